@@ -1,0 +1,47 @@
+# Mercato: `make run` starts the whole system, `make test` runs the whole suite.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+PYTEST_ARGS ?=
+
+.PHONY: run test lint format bench install install-dev clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Stamps: reinstall only when the pinned requirements change.
+$(VENV)/.installed-runtime: requirements.txt | $(PY)
+	$(PIP) install -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(PY)
+	$(PIP) install -r requirements-dev.txt
+	touch $@ $(VENV)/.installed-runtime
+
+install: $(VENV)/.installed-runtime
+install-dev: $(VENV)/.installed-dev
+
+run: install
+	$(PY) scripts/run_stack.py
+
+lint: install-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+
+format: install-dev
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+# The suite against real PostgreSQL (primary + streaming replica) and Redis, provided
+# by scripts/testenv.py unless DATABASE_URL / REDIS_URL are given; then the tests of
+# the embedded mode (SQLite, file cache, filesystem broker) that `make run` uses.
+test: lint
+	DJANGO_ENV=test $(PY) scripts/testenv.py run -- $(PY) -m pytest -m "not embedded" $(PYTEST_ARGS)
+	env -u DATABASE_URL -u DATABASE_REPLICA_URLS -u REDIS_URL -u CELERY_BROKER_URL \
+		DJANGO_ENV=test MERCATO_VAR_DIR=$$(mktemp -d) $(PY) -m pytest -m embedded $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Catalog context: categories, products, stock and reservations (issue: catalog)."""

@@ -1,0 +1,95 @@
+"""Structured logging: structlog for our code and the stdlib loggers alike.
+
+Every line carries the context bound for the request or task (request_id, user_id,
+correlation ids). Secrets are redacted before rendering, whoever logged them.
+"""
+
+import re
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+REDACTED = "[redacted]"
+# Keys whose values are never written to a log, at any depth.
+_SECRET_KEY = re.compile(
+    r"pass(word)?|secret|token|authorization|cookie|api[_-]?key|^access$|^refresh$|signature",
+    re.IGNORECASE,
+)
+# Bearer tokens and JWTs that slipped into free text.
+_SECRET_TEXT = re.compile(r"(Bearer\s+)[\w\-.=]+|eyJ[\w\-]+\.[\w\-]+\.[\w\-]+", re.IGNORECASE)
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: REDACTED if _SECRET_KEY.search(str(k)) else _scrub(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_scrub(v) for v in value)
+    if isinstance(value, str):
+        return _SECRET_TEXT.sub(lambda m: (m.group(1) or "") + REDACTED, value)
+    return value
+
+
+def redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping) -> MutableMapping:
+    for key in list(event_dict):
+        if _SECRET_KEY.search(key):
+            event_dict[key] = REDACTED
+        else:
+            event_dict[key] = _scrub(event_dict[key])
+    return event_dict
+
+
+_SHARED_PROCESSORS: list = [
+    structlog.contextvars.merge_contextvars,
+    structlog.stdlib.add_log_level,
+    structlog.stdlib.add_logger_name,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+    structlog.stdlib.ExtraAdder(),
+    redact_secrets,
+]
+
+
+def build_logging_config(*, level: str, fmt: str) -> dict:
+    """stdlib logging dictConfig whose formatter renders through structlog."""
+    renderer = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "structured": {
+                "()": structlog.stdlib.ProcessorFormatter,
+                "processors": [
+                    structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info,
+                    renderer,
+                ],
+                "foreign_pre_chain": _SHARED_PROCESSORS,
+            }
+        },
+        "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "structured"}},
+        "root": {"handlers": ["console"], "level": level},
+        "loggers": {
+            # django.request repeats what django_structlog already logs per request.
+            "django.request": {"level": "ERROR"},
+            "django.server": {"level": "WARNING"},
+            "django.db.backends": {"level": "INFO"},
+        },
+    }
+
+
+def configure_structlog() -> None:
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *_SHARED_PROCESSORS,
+            structlog.processors.StackInfoRenderer(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )

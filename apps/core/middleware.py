@@ -1,0 +1,79 @@
+import re
+import uuid
+
+import structlog
+from django.conf import settings
+from django.contrib.auth import SESSION_KEY
+from rest_framework_simplejwt.exceptions import TokenError
+from rest_framework_simplejwt.settings import api_settings as jwt_settings
+from rest_framework_simplejwt.tokens import AccessToken
+
+from apps.core.routing import pin_user_to_primary, routing_scope
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# Accept a client's id only when it cannot smuggle anything into logs or headers.
+_WELL_FORMED_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{7,127}$")
+
+
+class RequestIdMiddleware:
+    """Give every request an id, bind it into every log line, and return it.
+
+    Runs before django_structlog's RequestMiddleware, which picks the id up from the
+    request header we set here.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        # META, not request.headers: that cached view would hide the id we set below.
+        offered = request.META.get("HTTP_X_REQUEST_ID", "")
+        request_id = offered if _WELL_FORMED_ID.match(offered) else uuid.uuid4().hex
+        request.META["HTTP_X_REQUEST_ID"] = request_id
+        request.request_id = request_id
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:
+            response = self.get_response(request)
+        finally:
+            structlog.contextvars.unbind_contextvars("request_id")
+        response[REQUEST_ID_HEADER] = request_id
+        return response
+
+
+class ReadYourWritesMiddleware:
+    """Open the routing scope of a request and pin clients that wrote to the primary.
+
+    The client is known before authentication runs: the user id comes from a valid
+    bearer token (signature checked, no database) or the session, so this runs after
+    SessionMiddleware.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        if not settings.DATABASE_REPLICAS:
+            return self.get_response(request)
+        with routing_scope(user_id=self._client_user_id(request)) as scope:
+            response = self.get_response(request)
+            user = getattr(request, "user", None)
+            user_id = user.pk if user is not None and user.is_authenticated else scope.user_id
+            if scope.wrote and user_id is not None:
+                pin_user_to_primary(user_id)
+        return response
+
+    @staticmethod
+    def _client_user_id(request) -> int | str | None:
+        header = request.headers.get("Authorization", "")
+        scheme, _, raw = header.partition(" ")
+        if scheme in jwt_settings.AUTH_HEADER_TYPES and raw:
+            try:
+                return AccessToken(raw.strip())[jwt_settings.USER_ID_CLAIM]
+            except (TokenError, KeyError):
+                return None
+        session = getattr(request, "session", None)
+        if session is not None and request.COOKIES.get(settings.SESSION_COOKIE_NAME):
+            # Loaded once and reused by AuthenticationMiddleware; sessions are always
+            # read from the primary (PRIMARY_ONLY_APPS).
+            return session.get(SESSION_KEY)
+        return None

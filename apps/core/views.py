@@ -1,0 +1,30 @@
+"""Operations endpoints, outside the API: liveness and readiness."""
+
+from django.http import JsonResponse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+
+from apps.core.health import run_readiness_checks
+
+
+@never_cache
+@require_GET
+def healthz(request):
+    """Liveness: the process answers. No I/O, so a slow dependency never restarts us."""
+    return JsonResponse({"status": "ok"})
+
+
+@never_cache
+@require_GET
+def readyz(request):
+    """Readiness: 503 without the primary; 'degraded' when only optional parts are down."""
+    results = run_readiness_checks()
+    if any(not r.ok and r.critical for r in results):
+        status, code = "down", 503
+    elif any(not r.ok for r in results):
+        status, code = "degraded", 200
+    else:
+        status, code = "ok", 200
+    return JsonResponse(
+        {"status": status, "checks": {r.name: r.as_dict() for r in results}}, status=code
+    )

@@ -1,0 +1,1 @@
+"""Payments context: payments, refunds and the provider gateway (issue: payments)."""

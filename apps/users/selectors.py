@@ -1,0 +1,24 @@
+"""Users context queries (routed to a replica where the router allows)."""
+
+from django.db.models import QuerySet
+
+from apps.core.errors import NotFound
+from apps.users.models import Address, User
+
+
+def user_get(*, user_id: int) -> User:
+    try:
+        return User.objects.get(pk=user_id, is_active=True)
+    except User.DoesNotExist as exc:
+        raise NotFound("No such user.") from exc
+
+
+def address_list(*, user: User) -> QuerySet[Address]:
+    return Address.objects.filter(user=user).order_by("id")
+
+
+def address_get(*, user: User, address_id: int) -> Address:
+    try:
+        return Address.objects.get(pk=address_id, user=user)
+    except Address.DoesNotExist as exc:
+        raise NotFound("No such address.") from exc

@@ -1,0 +1,150 @@
+"""Primary/replica routing.
+
+Writes, migrations and anything inside a transaction go to the primary. Reads go to
+a healthy replica, round robin per request (one replica per request keeps its reads
+monotonic), unless `apps.core.routing` says this read must see the primary. A replica
+that is unreachable or lags more than REPLICA_MAX_LAG_SECONDS is skipped; each process
+re-checks it every REPLICA_CHECK_INTERVAL_SECONDS.
+"""
+
+import itertools
+import threading
+import time
+
+import structlog
+from django.conf import settings
+from django.db import DatabaseError, connections
+
+from apps.core.routing import current_scope, must_read_primary, record_write
+
+logger = structlog.get_logger(__name__)
+
+PRIMARY = "default"
+# Apps whose reads decide who the client is: a just-written session or a revoked token
+# must never be read stale.
+PRIMARY_ONLY_APPS = frozenset({"sessions", "token_blacklist"})
+
+_LAG_SQL = """
+SELECT CASE
+    WHEN NOT pg_is_in_recovery() THEN 0
+    WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
+    ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0)
+END
+"""
+
+
+class ReplicaHealth:
+    """Per-process view of each replica: usable or not, re-measured periodically."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._checked_at: dict[str, float] = {}
+        self._healthy: dict[str, bool] = {}
+        self.lag_seconds: dict[str, float | None] = {}
+
+    def is_healthy(self, alias: str) -> bool:
+        now = time.monotonic()
+        checked_at = self._checked_at.get(alias)
+        if checked_at is None or now - checked_at >= settings.REPLICA_CHECK_INTERVAL_SECONDS:
+            self._measure(alias, now)
+        return self._healthy.get(alias, False)
+
+    def mark_down(self, alias: str) -> None:
+        with self._lock:
+            self._healthy[alias] = False
+            self._checked_at[alias] = time.monotonic()
+            self.lag_seconds[alias] = None
+
+    def _measure(self, alias: str, now: float) -> None:
+        with self._lock:
+            # Another thread may have measured while we waited.
+            checked_at = self._checked_at.get(alias)
+            if (
+                checked_at is not None
+                and now - checked_at < settings.REPLICA_CHECK_INTERVAL_SECONDS
+            ):
+                return
+            self._checked_at[alias] = now
+        try:
+            lag = measure_replica_lag(alias)
+        except DatabaseError as exc:
+            logger.warning("replica_unavailable", alias=alias, error=str(exc).strip())
+            self.mark_down(alias)
+            return
+        healthy = lag <= settings.REPLICA_MAX_LAG_SECONDS
+        if not healthy:
+            logger.warning("replica_lagging", alias=alias, lag_seconds=round(lag, 3))
+        with self._lock:
+            self._healthy[alias] = healthy
+            self.lag_seconds[alias] = lag
+
+
+def measure_replica_lag(alias: str) -> float:
+    """Seconds the replica's replayed data is behind the primary (0 when caught up)."""
+    with connections[alias].cursor() as cursor:
+        cursor.execute(_LAG_SQL)
+        return float(cursor.fetchone()[0])
+
+
+replica_health = ReplicaHealth()
+_round_robin = itertools.count()
+
+
+def _connection_usable(alias: str) -> bool:
+    """Open (or re-validate) the replica connection before routing a read to it.
+
+    A replica that went away since the last periodic check would otherwise fail the
+    request; this costs one `SELECT 1` per request and replica, as Django's own
+    CONN_HEALTH_CHECKS does.
+    """
+    scope = current_scope()
+    if scope is not None and alias in scope.verified_aliases:
+        return True
+    connection = connections[alias]
+    try:
+        if connection.connection is not None and not connection.is_usable():
+            connection.close()
+        connection.ensure_connection()
+    except DatabaseError as exc:
+        logger.warning("replica_unavailable", alias=alias, error=str(exc).strip())
+        replica_health.mark_down(alias)
+        connection.close()
+        return False
+    if scope is not None:
+        scope.verified_aliases.add(alias)
+    return True
+
+
+def choose_read_database() -> str:
+    replicas = settings.DATABASE_REPLICAS
+    if not replicas or connections[PRIMARY].in_atomic_block or must_read_primary():
+        return PRIMARY
+    scope = current_scope()
+    if scope is not None and scope.replica_alias is not None:
+        return scope.replica_alias
+    start = next(_round_robin)
+    for offset in range(len(replicas)):
+        alias = replicas[(start + offset) % len(replicas)]
+        if replica_health.is_healthy(alias) and _connection_usable(alias):
+            if scope is not None:
+                scope.replica_alias = alias
+            return alias
+    return PRIMARY
+
+
+class ReplicaRouter:
+    def db_for_read(self, model, **hints) -> str:
+        if model._meta.app_label in PRIMARY_ONLY_APPS:
+            return PRIMARY
+        return choose_read_database()
+
+    def db_for_write(self, model, **hints) -> str:
+        record_write()
+        return PRIMARY
+
+    def allow_relation(self, obj1, obj2, **hints) -> bool:
+        # Every alias holds the same data (replicas are physical copies).
+        return True
+
+    def allow_migrate(self, db, app_label, model_name=None, **hints) -> bool:
+        return db == PRIMARY

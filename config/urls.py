@@ -1,0 +1,23 @@
+from django.conf import settings
+from django.contrib import admin
+from django.urls import include, path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from apps.core import views as ops_views
+from apps.core.api.problems import not_found
+
+urlpatterns = [
+    path("healthz", ops_views.healthz, name="healthz"),
+    path("readyz", ops_views.readyz, name="readyz"),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("api/v1/", include("apps.users.api.urls")),
+    # Unknown API paths answer with a problem, in DEBUG too.
+    re_path(r"^api/", not_found),
+    path(settings.ADMIN_URL, admin.site.urls),
+]
+
+handler400 = "apps.core.api.problems.bad_request"
+handler403 = "apps.core.api.problems.permission_denied"
+handler404 = "apps.core.api.problems.not_found"
+handler500 = "apps.core.api.problems.server_error"
