@@ -71,11 +71,15 @@ class ReplicaHealth:
             logger.warning("replica_unavailable", alias=alias, error=str(exc).strip())
             self.mark_down(alias)
             return
+        self.record_lag(alias, lag)
+
+    def record_lag(self, alias: str, lag: float) -> None:
         healthy = lag <= settings.REPLICA_MAX_LAG_SECONDS
         if not healthy:
             logger.warning("replica_lagging", alias=alias, lag_seconds=round(lag, 3))
         with self._lock:
             self._healthy[alias] = healthy
+            self._checked_at[alias] = time.monotonic()
             self.lag_seconds[alias] = lag
 
 

@@ -272,6 +272,8 @@ if PRODUCTION:
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 LOG_FORMAT = env.str("LOG_FORMAT", default="json" if PRODUCTION else "console")
 DJANGO_STRUCTLOG_CELERY_ENABLED = True
+# RequestIdMiddleware has already replaced any ill-formed client id with our own.
+DJANGO_STRUCTLOG_TRUST_UPSTREAM_REQUEST_ID = True
 
 from apps.core.logging import build_logging_config, configure_structlog  # noqa: E402
 

@@ -50,6 +50,7 @@ def _check_primary() -> str:
 def _check_replica(alias: str) -> Callable[[], str]:
     def check() -> str:
         lag = measure_replica_lag(alias)
+        replica_health.record_lag(alias, lag)
         if lag > settings.REPLICA_MAX_LAG_SECONDS:
             raise RuntimeError(f"lagging {lag:.2f}s (max {settings.REPLICA_MAX_LAG_SECONDS}s)")
         return f"lag {lag:.3f}s"

@@ -1,0 +1,164 @@
+"""Read/write routing against the real streaming replica of the test run."""
+
+import time
+
+import pytest
+from django.db import connections, transaction
+from django.test.utils import CaptureQueriesContext
+
+from apps.core.routing import routing_scope
+from apps.users.models import User
+from config.celery import app as celery_app
+from config.db_router import PRIMARY, choose_read_database
+from tests.conftest import bearer_client
+from tests.core.conftest import replay_paused, replica_stopped
+from tests.support.replica import served_by_replica, wait_for_catch_up
+from tests.users.factories import DEFAULT_PASSWORD, UserFactory
+
+pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
+
+ME = "/api/v1/users/me"
+
+
+def queries_on(alias: str) -> CaptureQueriesContext:
+    return CaptureQueriesContext(connections[alias])
+
+
+def user_queries(captured: CaptureQueriesContext) -> list[str]:
+    return [q["sql"] for q in captured.captured_queries if '"users_user"' in q["sql"]]
+
+
+def test_unrelated_read_is_served_by_the_replica(replica_alias):
+    user = UserFactory()
+    wait_for_catch_up(replica_alias)
+    client = bearer_client(user)
+
+    with queries_on(replica_alias) as on_replica, queries_on(PRIMARY) as on_primary:
+        response = client.get(ME)
+
+    assert response.status_code == 200
+    assert response.json()["email"] == user.email
+    assert user_queries(on_replica) and not user_queries(on_primary)
+    assert served_by_replica(replica_alias) is True
+
+
+def test_client_reads_its_own_write_while_the_replica_is_stale(replica_alias, no_lag_guard):
+    user = UserFactory(full_name="Before")
+    client = bearer_client(user)
+    with replay_paused(replica_alias):
+        assert client.patch(ME, {"full_name": "After"}, format="json").status_code == 200
+        own_read = client.get(ME)
+        # Any unpinned reader is served by the frozen replica: proof that it is stale.
+        with routing_scope():
+            stale = User.objects.get(pk=user.pk)
+
+    assert own_read.json()["full_name"] == "After"
+    assert stale._state.db == replica_alias
+    assert stale.full_name == "Before"
+
+
+def test_pin_expires_and_reads_return_to_the_replica(replica_alias, settings):
+    settings.READ_YOUR_WRITES_SECONDS = 0.5
+    user = UserFactory()
+    client = bearer_client(user)
+    client.patch(ME, {"full_name": "Pinned"}, format="json")
+    wait_for_catch_up(replica_alias)
+    with queries_on(replica_alias) as pinned_period:
+        client.get(ME)
+    time.sleep(0.6)
+    with queries_on(replica_alias) as after_expiry:
+        client.get(ME)
+    assert not user_queries(pinned_period)
+    assert user_queries(after_expiry)
+
+
+def test_new_account_can_log_in_and_read_itself_while_the_replica_is_stale(
+    replica_alias, no_lag_guard, api_client
+):
+    UserFactory()  # the replica has data; only the new account is missing from it
+    with replay_paused(replica_alias):
+        registered = api_client.post(
+            "/api/v1/auth/register",
+            {"email": "fresh@example.com", "password": DEFAULT_PASSWORD},
+            format="json",
+        )
+        tokens = api_client.post(
+            "/api/v1/auth/token",
+            {"email": "fresh@example.com", "password": DEFAULT_PASSWORD},
+            format="json",
+        )
+        api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {tokens.json()['access']}")
+        me = api_client.get(ME)
+    assert registered.status_code == 201
+    assert tokens.status_code == 200
+    assert me.status_code == 200 and me.json()["email"] == "fresh@example.com"
+
+
+def test_lagging_replica_is_skipped_until_it_catches_up(replica_alias, settings):
+    settings.REPLICA_MAX_LAG_SECONDS = 0.3
+    UserFactory()
+    with replay_paused(replica_alias):
+        UserFactory()  # WAL the replica has received but not replayed
+        time.sleep(0.5)
+        with routing_scope():
+            assert choose_read_database() == PRIMARY
+    with routing_scope():
+        assert choose_read_database() == replica_alias
+
+
+def test_stopped_replica_reads_fall_back_to_primary_and_readyz_is_degraded(
+    replica_alias, api_client, settings
+):
+    # No periodic re-check during the test: the fallback must not depend on its timing.
+    settings.REPLICA_CHECK_INTERVAL_SECONDS = 3600
+    user = UserFactory()
+    client = bearer_client(user)
+    wait_for_catch_up(replica_alias)
+    client.get(ME)  # hold an open connection to the replica, as a live process would
+
+    with replica_stopped(replica_alias):
+        responses = [client.get(ME) for _ in range(3)]
+        ready = api_client.get("/readyz")
+
+    assert [r.status_code for r in responses] == [200, 200, 200]
+    assert all(r.json()["email"] == user.email for r in responses)
+    assert ready.status_code == 200
+    body = ready.json()
+    assert body["status"] == "degraded"
+    assert body["checks"][f"database:{replica_alias}"]["status"] == "down"
+    assert body["checks"]["database:default"]["status"] == "ok"
+
+    # Recovered: readiness is ok and reads use the replica again.
+    assert api_client.get("/readyz").json()["status"] == "ok"
+    with queries_on(replica_alias) as on_replica:
+        client.get(ME)
+    assert user_queries(on_replica)
+
+
+def test_reads_inside_a_transaction_go_to_the_primary(replica_alias):
+    with routing_scope(), transaction.atomic():
+        assert choose_read_database() == PRIMARY
+    with routing_scope():
+        assert choose_read_database() == replica_alias
+
+
+def test_without_replicas_everything_uses_the_primary(replica_alias, settings):
+    settings.DATABASE_REPLICAS = []
+    with routing_scope():
+        assert choose_read_database() == PRIMARY
+
+
+@celery_app.task(name="tests.read_database")
+def read_database() -> str:
+    return choose_read_database()
+
+
+@celery_app.task(name="tests.read_database_from_replica", reads_from_replica=True)
+def read_database_from_replica() -> str:
+    return choose_read_database()
+
+
+def test_celery_tasks_read_from_the_primary_unless_they_opt_out(replica_alias):
+    wait_for_catch_up(replica_alias)
+    assert read_database.apply().get() == PRIMARY
+    assert read_database_from_replica.apply().get() == replica_alias

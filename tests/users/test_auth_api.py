@@ -1,0 +1,109 @@
+import pytest
+from rest_framework_simplejwt.tokens import RefreshToken
+
+from apps.users.models import User
+from tests.users.factories import DEFAULT_PASSWORD, UserFactory
+
+pytestmark = pytest.mark.django_db
+
+REGISTER = "/api/v1/auth/register"
+TOKEN = "/api/v1/auth/token"
+REFRESH = "/api/v1/auth/token/refresh"
+ME = "/api/v1/users/me"
+
+
+def assert_problem(response, status: int, problem_type: str) -> dict:
+    assert response.status_code == status, response.content
+    assert response["Content-Type"] == "application/problem+json"
+    body = response.json()
+    assert body["status"] == status
+    assert body["type"] == f"/problems/{problem_type}"
+    assert body["title"] and body["detail"]
+    return body
+
+
+def test_register_then_token_then_me(api_client):
+    response = api_client.post(
+        REGISTER,
+        {"email": "Ada@Example.COM", "password": "analytical-engine-1843", "full_name": "Ada"},
+        format="json",
+    )
+    assert response.status_code == 201
+    assert response.json()["email"] == "ada@example.com"
+    assert "password" not in response.json()
+
+    tokens = api_client.post(
+        TOKEN, {"email": "ADA@example.com", "password": "analytical-engine-1843"}, format="json"
+    ).json()
+    assert set(tokens) == {"access", "refresh"}
+
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {tokens['access']}")
+    me = api_client.get(ME)
+    assert me.status_code == 200
+    assert me.json()["email"] == "ada@example.com"
+    assert me.json()["full_name"] == "Ada"
+
+
+def test_register_duplicate_email_is_conflict_case_insensitively(api_client):
+    UserFactory(email="taken@example.com")
+    response = api_client.post(
+        REGISTER, {"email": "TAKEN@example.com", "password": "a-long-passphrase-77"}, format="json"
+    )
+    assert_problem(response, 409, "email-taken")
+    assert User.objects.filter(email__iexact="taken@example.com").count() == 1
+
+
+@pytest.mark.parametrize("password", ["short", "12345678901", "password123"])
+def test_register_weak_password_has_field_errors(api_client, password):
+    response = api_client.post(
+        REGISTER, {"email": "weak@example.com", "password": password}, format="json"
+    )
+    body = assert_problem(response, 400, "validation-error")
+    assert body["errors"]["password"]
+    assert not User.objects.filter(email="weak@example.com").exists()
+
+
+def test_register_invalid_fields_are_reported_per_field(api_client):
+    response = api_client.post(
+        REGISTER, {"email": "not-an-email", "password": "", "nickname": "x"}, format="json"
+    )
+    body = assert_problem(response, 400, "validation-error")
+    assert set(body["errors"]) == {"email", "password", "nickname"}
+
+
+def test_token_with_wrong_password_is_401_problem(api_client):
+    user = UserFactory()
+    response = api_client.post(TOKEN, {"email": user.email, "password": "wrong"}, format="json")
+    assert_problem(response, 401, "authentication-failed")
+
+
+def test_refresh_rotates_and_old_refresh_is_refused(api_client):
+    user = UserFactory()
+    tokens = api_client.post(
+        TOKEN, {"email": user.email, "password": DEFAULT_PASSWORD}, format="json"
+    ).json()
+    rotated = api_client.post(REFRESH, {"refresh": tokens["refresh"]}, format="json")
+    assert rotated.status_code == 200
+    assert rotated.json()["refresh"] != tokens["refresh"]
+    replay = api_client.post(REFRESH, {"refresh": tokens["refresh"]}, format="json")
+    assert_problem(replay, 401, "authentication-failed")
+
+
+def test_me_requires_authentication(api_client):
+    response = api_client.get(ME)
+    assert_problem(response, 401, "not-authenticated")
+    assert response["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_refresh_token_is_not_accepted_as_access_token(api_client):
+    user = UserFactory()
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {RefreshToken.for_user(user)}")
+    assert_problem(api_client.get(ME), 401, "authentication-failed")
+
+
+def test_inactive_user_cannot_obtain_token(api_client):
+    user = UserFactory(is_active=False)
+    response = api_client.post(
+        TOKEN, {"email": user.email, "password": DEFAULT_PASSWORD}, format="json"
+    )
+    assert_problem(response, 401, "authentication-failed")
