@@ -36,7 +36,9 @@ def start_replica() -> None:
 def set_replay_paused(alias: str, paused: bool) -> None:
     """Freeze (or resume) WAL replay: the replica keeps serving, increasingly stale."""
     with connections[alias].cursor() as cursor:
-        cursor.execute("SELECT pg_wal_replay_pause()" if paused else "SELECT pg_wal_replay_resume()")
+        cursor.execute(
+            "SELECT pg_wal_replay_pause()" if paused else "SELECT pg_wal_replay_resume()"
+        )
 
 
 def wait_for_catch_up(alias: str) -> None:

@@ -53,7 +53,9 @@ def test_list_and_update_address(user_client):
 
 
 def test_invalid_address_reports_fields(user_client):
-    response = user_client.post(ADDRESSES, {**VALID, "country": "Germany", "city": ""}, format="json")
+    response = user_client.post(
+        ADDRESSES, {**VALID, "country": "Germany", "city": ""}, format="json"
+    )
     body = assert_problem(response, 400, "validation-error")
     assert set(body["errors"]) == {"country", "city"}
     assert not Address.objects.exists()

@@ -1,0 +1,20 @@
+from rest_framework.permissions import BasePermission
+
+
+def staff_role_required(*roles: str) -> type[BasePermission]:
+    """Permission class: an active staff member of one of the given groups (or a superuser).
+
+    Roles are the group names of apps.users.roles; anonymous callers get 401, others 403.
+    """
+
+    class HasStaffRole(BasePermission):
+        message = f"Requires the staff role: {' or '.join(roles)}."
+
+        def has_permission(self, request, view) -> bool:
+            user = request.user
+            if not (user and user.is_authenticated and user.is_active and user.is_staff):
+                return False
+            return user.is_superuser or user.groups.filter(name__in=roles).exists()
+
+    HasStaffRole.__name__ = f"HasStaffRole[{','.join(roles)}]"
+    return HasStaffRole
