@@ -1,8 +1,16 @@
 import pytest
+from django.core.cache import cache
 from rest_framework.test import APIClient
 from rest_framework_simplejwt.tokens import RefreshToken
 
 from tests.users.factories import UserFactory
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache():
+    """Each test starts with an empty cache: no read pins or cached values leak between tests."""
+    cache.clear()
+    yield
 
 
 @pytest.fixture

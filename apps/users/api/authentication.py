@@ -1,3 +1,4 @@
+from drf_spectacular.contrib.rest_framework_simplejwt import SimpleJWTScheme
 from rest_framework_simplejwt.authentication import JWTAuthentication as BaseJWTAuthentication
 from rest_framework_simplejwt.exceptions import AuthenticationFailed, InvalidToken
 
@@ -14,3 +15,9 @@ class JWTAuthentication(BaseJWTAuthentication):
             # The replica may not have replayed a brand-new account: ask the primary.
             with primary_reads():
                 return super().get_user(validated_token)
+
+
+class JWTAuthenticationScheme(SimpleJWTScheme):
+    """Documents our subclass in the OpenAPI schema as the bearer JWT scheme."""
+
+    target_class = JWTAuthentication

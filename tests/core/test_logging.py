@@ -1,0 +1,72 @@
+import io
+import json
+import logging
+
+import pytest
+import structlog
+
+from apps.core.logging import REDACTED, build_logging_config
+from tests.users.factories import DEFAULT_PASSWORD, UserFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def json_logs():
+    """Everything logged during the test, as the JSON lines production would write."""
+    stream = io.StringIO()
+    config = build_logging_config(level="INFO", fmt="json")
+    formatter = config["formatters"]["structured"]["()"](
+        **{k: v for k, v in config["formatters"]["structured"].items() if k != "()"}
+    )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield lambda: [json.loads(line) for line in stream.getvalue().splitlines() if line]
+    finally:
+        root.removeHandler(handler)
+
+
+def test_request_id_is_generated_and_returned(api_client):
+    response = api_client.get("/healthz")
+    assert len(response["X-Request-ID"]) == 32
+
+
+def test_well_formed_client_request_id_is_kept(api_client):
+    response = api_client.get("/healthz", HTTP_X_REQUEST_ID="client-id-0001")
+    assert response["X-Request-ID"] == "client-id-0001"
+
+
+@pytest.mark.parametrize("offered", ["short", "bad id with spaces", "x" * 200, "id\nInjected: 1"])
+def test_ill_formed_client_request_id_is_replaced(api_client, offered):
+    response = api_client.get("/healthz", HTTP_X_REQUEST_ID=offered)
+    assert response["X-Request-ID"] != offered
+    assert len(response["X-Request-ID"]) == 32
+
+
+def test_every_log_line_of_a_request_carries_its_request_id(api_client, json_logs):
+    response = api_client.get("/api/v1/users/me", HTTP_X_REQUEST_ID="trace-me-123")
+    lines = [line for line in json_logs() if line.get("request_id") == "trace-me-123"]
+    assert response.status_code == 401
+    assert {"request_started", "request_finished"} <= {line["event"] for line in lines}
+
+
+def test_secrets_never_reach_the_logs(api_client, json_logs):
+    user = UserFactory()
+    token = api_client.post(
+        "/api/v1/auth/token", {"email": user.email, "password": DEFAULT_PASSWORD}, format="json"
+    ).json()["access"]
+    api_client.get("/api/v1/users/me", HTTP_AUTHORIZATION=f"Bearer {token}")
+    structlog.get_logger("test").info(
+        "careless_call",
+        password="hunter2-secret",
+        headers={"Authorization": f"Bearer {token}"},
+        note=f"got token {token}",
+    )
+    text = json.dumps(json_logs())
+    assert "careless_call" in text
+    for secret in (DEFAULT_PASSWORD, token, "hunter2-secret"):
+        assert secret not in text
+    assert REDACTED in text

@@ -1,0 +1,91 @@
+"""Every API error is an RFC 9457 problem; malformed input never causes a 500."""
+
+import re
+
+import pytest
+from django.urls import URLPattern, URLResolver, get_resolver
+
+from tests.users.test_auth_api import assert_problem
+
+pytestmark = pytest.mark.django_db
+
+MALFORMED_BODIES = [
+    b'{"email": ',
+    b"[1, 2",
+    b"\xff\xfe not utf-8",
+    b'"just a string"',
+    b"[]",
+    b"null",
+]
+
+
+def api_paths() -> list[str]:
+    """Every API route, with 1 for each path parameter."""
+    paths: list[str] = []
+
+    def walk(patterns, prefix: str) -> None:
+        for pattern in patterns:
+            route = prefix + str(pattern.pattern)
+            if isinstance(pattern, URLResolver):
+                walk(pattern.url_patterns, route)
+            elif isinstance(pattern, URLPattern) and route.startswith("api/v1/"):
+                paths.append("/" + _fill(route))
+
+    walk(get_resolver().url_patterns, "")
+    return sorted(set(paths))
+
+
+def _fill(route: str) -> str:
+    return re.sub(r"<(?:\w+:)?\w+>", "1", route).lstrip("^").rstrip("$")
+
+
+@pytest.mark.parametrize("method", ["post", "put", "patch"])
+def test_no_endpoint_answers_500_to_malformed_json(user_client, method):
+    paths = api_paths()
+    assert len(paths) >= 6
+    for path in paths:
+        for body in MALFORMED_BODIES:
+            response = getattr(user_client, method)(path, body, content_type="application/json")
+            assert response.status_code < 500, (path, body, response.status_code)
+            if response.status_code >= 400:
+                assert response["Content-Type"] == "application/problem+json", path
+
+
+def test_malformed_json_is_400_problem(api_client):
+    response = api_client.post(
+        "/api/v1/auth/register", b'{"email": "a@b.c",', content_type="application/json"
+    )
+    assert_problem(response, 400, "malformed-request")
+
+
+def test_non_object_json_is_a_validation_problem(api_client):
+    response = api_client.post("/api/v1/auth/register", [1, 2], format="json")
+    body = assert_problem(response, 400, "validation-error")
+    assert body["errors"]["non_field_errors"]
+
+
+def test_unknown_api_path_is_404_problem(api_client):
+    assert_problem(api_client.get("/api/v1/does-not-exist"), 404, "not-found")
+
+
+def test_wrong_method_is_405_problem(user_client):
+    assert_problem(user_client.delete("/api/v1/users/me"), 405, "method-not-allowed")
+
+
+def test_wrong_media_type_is_415_problem(api_client):
+    response = api_client.post(
+        "/api/v1/auth/register", "email=a@b.c", content_type="application/x-www-form-urlencoded"
+    )
+    assert_problem(response, 415, "unsupported-media-type")
+
+
+def test_problem_carries_request_id_and_instance(api_client):
+    response = api_client.get("/api/v1/users/me", HTTP_X_REQUEST_ID="req-12345678")
+    body = assert_problem(response, 401, "not-authenticated")
+    assert body["request_id"] == "req-12345678"
+    assert body["instance"] == "/api/v1/users/me"
+
+
+def test_client_asking_only_for_problem_json_is_answered(api_client):
+    response = api_client.get("/api/v1/users/me", HTTP_ACCEPT="application/problem+json")
+    assert_problem(response, 401, "not-authenticated")
