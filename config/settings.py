@@ -51,6 +51,7 @@ INSTALLED_APPS = [
     "django_structlog",
     "apps.core",
     "apps.users",
+    "apps.orders",
 ]
 
 MIDDLEWARE = [
@@ -134,6 +135,11 @@ REPLICA_CHECK_INTERVAL_SECONDS = env.float("REPLICA_CHECK_INTERVAL_SECONDS", def
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 DEFAULT_CURRENCY = env.str("DEFAULT_CURRENCY", default="EUR")
 SUPPORTED_CURRENCIES = env.list("SUPPORTED_CURRENCIES", default=["EUR", "USD", "GBP"])
+
+# --- Orders ---------------------------------------------------------------------
+
+ORDER_MAX_LINES = env.int("ORDER_MAX_LINES", default=50)
+ORDER_MAX_QUANTITY_PER_LINE = env.int("ORDER_MAX_QUANTITY_PER_LINE", default=100)
 
 # --- Cache ----------------------------------------------------------------------
 

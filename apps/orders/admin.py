@@ -1,0 +1,62 @@
+from django.contrib import admin, messages
+from django.utils.html import format_html_join
+
+from apps.core.errors import DomainError
+from apps.orders import services
+from apps.orders.models import OrderSummary, StoredEvent
+
+
+@admin.register(OrderSummary)
+class OrderSummaryAdmin(admin.ModelAdmin):
+    """Orders from the read model; every change goes through the order services."""
+
+    list_display = ["id", "status", "user_id", "total", "currency", "item_count", "placed_at"]
+    list_filter = ["status", "placed_at", "currency"]
+    search_fields = ["=id", "=user_id", "tracking_number"]
+    date_hierarchy = "placed_at"
+    actions = ["cancel_orders"]
+    readonly_fields = [f.name for f in OrderSummary._meta.fields] + ["event_timeline"]
+    fields = readonly_fields
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="Event history")
+    def event_timeline(self, obj):
+        events = StoredEvent.objects.filter(aggregate_id=obj.pk).order_by("version")
+        return format_html_join(
+            "\n",
+            "<div>v{} · {} · <b>{}</b> <code>{}</code></div>",
+            ((e.version, e.recorded_at, e.event_type, e.data) for e in events),
+        )
+
+    @admin.action(description="Cancel selected orders (staff request)")
+    def cancel_orders(self, request, queryset):
+        for summary in queryset:
+            try:
+                services.order_cancel(order_id=str(summary.pk), reason="staff_request")
+            except DomainError as error:
+                self.message_user(request, f"{summary.pk}: {error.detail}", messages.WARNING)
+            else:
+                self.message_user(request, f"{summary.pk}: cancelled", messages.SUCCESS)
+
+
+@admin.register(StoredEvent)
+class StoredEventAdmin(admin.ModelAdmin):
+    """The event store is append-only: read-only here."""
+
+    list_display = ["aggregate_id", "version", "event_type", "schema_version", "recorded_at"]
+    list_filter = ["event_type", "recorded_at"]
+    search_fields = ["=aggregate_id"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

@@ -1,0 +1,146 @@
+import structlog
+from django.urls import reverse
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import status
+from rest_framework.generics import ListAPIView
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.core.api.permissions import staff_role_required
+from apps.orders import selectors, services
+from apps.orders.api.serializers import (
+    CancelSerializer,
+    OrderCreateSerializer,
+    OrderEventSerializer,
+    OrderListQuerySerializer,
+    OrderSerializer,
+    OrderStateSerializer,
+    ShipSerializer,
+    TimeTravelQuerySerializer,
+)
+from apps.users import selectors as user_selectors
+from apps.users.roles import ORDER_MANAGERS, SUPPORT
+
+CanSeeAllOrders = staff_role_required(ORDER_MANAGERS, SUPPORT)
+IsOrderManager = staff_role_required(ORDER_MANAGERS)
+
+
+def visible_to(request) -> int | None:
+    """None when the caller may see every order (order staff), else their own user id."""
+    return None if CanSeeAllOrders().has_permission(request, None) else request.user.pk
+
+
+def bind_actor(request) -> None:
+    # Recorded in the metadata of the events this request appends.
+    structlog.contextvars.bind_contextvars(actor_id=request.user.pk)
+
+
+class OrderListCreateView(ListAPIView):
+    serializer_class = OrderSerializer
+
+    def get_queryset(self):
+        query = OrderListQuerySerializer(data=self.request.query_params)
+        query.is_valid(raise_exception=True)
+        return selectors.order_list(
+            user_id=self.request.user.pk, status=query.validated_data.get("status")
+        )
+
+    @extend_schema(
+        request=OrderCreateSerializer,
+        responses={202: OrderSerializer},
+        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=True)],
+    )
+    def post(self, request):
+        serializer = OrderCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        if "shipping_address_id" in data:
+            address = user_selectors.address_get(
+                user=request.user, address_id=data["shipping_address_id"]
+            )
+            shipping_address = {f: getattr(address, f) for f in services.ADDRESS_SNAPSHOT_FIELDS}
+        else:
+            shipping_address = data["shipping_address"]
+        bind_actor(request)
+        summary = services.order_place(
+            user_id=request.user.pk,
+            items=[(item["product_id"], item["quantity"]) for item in data["items"]],
+            shipping_address=shipping_address,
+        )
+        location = reverse("order-detail", kwargs={"order_id": summary.pk})
+        return Response(
+            OrderSerializer(summary).data, status=status.HTTP_202_ACCEPTED, headers={"Location": location}
+        )
+
+
+class OrderDetailView(APIView):
+    @extend_schema(responses=OrderSerializer)
+    def get(self, request, order_id):
+        summary = selectors.order_summary(order_id=str(order_id), user_id=visible_to(request))
+        return Response(OrderSerializer(summary).data)
+
+
+class OrderEventsView(APIView):
+    @extend_schema(responses=OrderEventSerializer(many=True))
+    def get(self, request, order_id):
+        selectors.order_summary(order_id=str(order_id), user_id=visible_to(request))
+        events = selectors.order_events(order_id=str(order_id))
+        return Response(OrderEventSerializer(events, many=True).data)
+
+
+class OrderCancelView(APIView):
+    @extend_schema(request=CancelSerializer, responses=OrderSerializer)
+    def post(self, request, order_id):
+        serializer = CancelSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        summary = selectors.order_summary(order_id=str(order_id), user_id=_manager_or_owner(request))
+        bind_actor(request)
+        reason = "customer_request" if summary.user_id == request.user.pk else "staff_request"
+        services.order_cancel(
+            order_id=str(order_id), reason=reason, note=serializer.validated_data["note"]
+        )
+        return Response(OrderSerializer(_fresh(order_id)).data)
+
+
+class OrderShipView(APIView):
+    permission_classes = [IsOrderManager]
+
+    @extend_schema(request=ShipSerializer, responses=OrderSerializer)
+    def post(self, request, order_id):
+        serializer = ShipSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        bind_actor(request)
+        services.order_ship(order_id=str(order_id), **serializer.validated_data)
+        return Response(OrderSerializer(_fresh(order_id)).data)
+
+
+class OrderDeliverView(APIView):
+    permission_classes = [IsOrderManager]
+
+    @extend_schema(request=None, responses=OrderSerializer)
+    def post(self, request, order_id):
+        bind_actor(request)
+        services.order_deliver(order_id=str(order_id))
+        return Response(OrderSerializer(_fresh(order_id)).data)
+
+
+class OrderStateView(APIView):
+    """Time travel: the order as of a version or a moment, rebuilt from its events."""
+
+    permission_classes = [CanSeeAllOrders]
+
+    @extend_schema(parameters=[TimeTravelQuerySerializer], responses=OrderStateSerializer)
+    def get(self, request, order_id):
+        query = TimeTravelQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        order = selectors.order_as_of(order_id=str(order_id), **query.validated_data)
+        return Response(OrderStateSerializer(order).data)
+
+
+def _manager_or_owner(request) -> int | None:
+    return None if IsOrderManager().has_permission(request, None) else request.user.pk
+
+
+def _fresh(order_id):
+    # The command just wrote, so this request reads the primary: the summary is current.
+    return selectors.order_summary(order_id=str(order_id))

@@ -1,0 +1,76 @@
+"""Append-only event store of orders with optimistic concurrency.
+
+`append` writes the aggregate's pending events as versions `version+1…`; the unique
+`(aggregate_id, version)` constraint makes a concurrent writer of the same version fail
+with `ConcurrencyConflict` instead of silently interleaving.
+"""
+
+from datetime import datetime
+
+import structlog
+from django.db import IntegrityError, transaction
+
+from apps.core.errors import Conflict, NotFound
+from apps.orders.domain import Order
+from apps.orders.events import upcast
+from apps.orders.models import StoredEvent
+
+
+class ConcurrencyConflict(Conflict):
+    problem_type = "concurrency-conflict"
+    title = "The order changed concurrently"
+
+
+def history(order_id: str, *, as_of_version: int | None = None, as_of: datetime | None = None):
+    """(version, event, recorded_at) triples of an order, oldest first, upcast."""
+    rows = StoredEvent.objects.filter(aggregate_id=order_id).order_by("version")
+    if as_of_version is not None:
+        rows = rows.filter(version__lte=as_of_version)
+    if as_of is not None:
+        rows = rows.filter(recorded_at__lte=as_of)
+    return [
+        (row.version, upcast(row.event_type, row.schema_version, row.data), row.recorded_at)
+        for row in rows.only("version", "event_type", "schema_version", "data", "recorded_at")
+    ]
+
+
+def load_order(order_id: str, **as_of) -> Order:
+    order = Order.from_history(str(order_id), history(order_id, **as_of))
+    if not order.exists:
+        raise NotFound("No such order.")
+    return order
+
+
+def append(order: Order) -> list[StoredEvent]:
+    """Store the order's pending events after `order.version`; raise on a concurrent append."""
+    context = structlog.contextvars.get_contextvars()
+    metadata = {
+        key: context[key] for key in ("request_id", "correlation_id", "causation_id") if key in context
+    }
+    if "actor_id" in context:
+        metadata["user_id"] = context["actor_id"]
+    rows = [
+        StoredEvent(
+            aggregate_type="order",
+            aggregate_id=order.id,
+            version=order.version + offset,
+            event_type=event.event_type,
+            schema_version=event.SCHEMA_VERSION,
+            data=event.as_data(),
+            metadata=metadata,
+        )
+        for offset, event in enumerate(order.pending_events, start=1)
+    ]
+    try:
+        with transaction.atomic():
+            StoredEvent.objects.bulk_create(rows)
+    except IntegrityError as exc:
+        raise ConcurrencyConflict(
+            f"Order {order.id} was changed by someone else; reload and retry."
+        ) from exc
+    order.version += len(rows)
+    order.pending_events.clear()
+    if rows:
+        order.updated_at = rows[-1].recorded_at
+        order.placed_at = order.placed_at or rows[0].recorded_at
+    return rows

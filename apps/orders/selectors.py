@@ -1,0 +1,58 @@
+"""Orders context queries: the read model for lists and details, the event store for
+history and time travel."""
+
+from datetime import datetime
+
+from django.db.models import QuerySet
+
+from apps.core.errors import NotFound
+from apps.core.routing import primary_reads
+from apps.orders import event_store
+from apps.orders.domain import Order
+from apps.orders.models import OrderSummary, StoredEvent
+from apps.orders.projections import project_from_store
+
+
+def order_list(*, user_id: int | None = None, status: str | None = None) -> QuerySet[OrderSummary]:
+    orders = OrderSummary.objects.all()
+    if user_id is not None:
+        orders = orders.filter(user_id=user_id)
+    if status:
+        orders = orders.filter(status=status)
+    return orders
+
+
+def order_summary(*, order_id: str, user_id: int | None = None) -> OrderSummary:
+    """The order's summary; `user_id` restricts it to its owner (others get NotFound).
+
+    The owner is never told 404 for an order that exists: when the summary is not there
+    (a lagging replica, a projection not yet written) it is rebuilt from the event store
+    on the primary.
+    """
+    orders = OrderSummary.objects.all()
+    if user_id is not None:
+        orders = orders.filter(user_id=user_id)
+    summary = orders.filter(pk=order_id).first()
+    if summary is not None:
+        return summary
+    with primary_reads():
+        summary = orders.filter(pk=order_id).first()
+        if summary is None and StoredEvent.objects.filter(aggregate_id=order_id).exists():
+            order = project_from_store(order_id)
+            if user_id is None or order.user_id == user_id:
+                summary = OrderSummary.objects.get(pk=order_id)
+    if summary is None:
+        raise NotFound("No such order.")
+    return summary
+
+
+def order_events(*, order_id: str) -> QuerySet[StoredEvent]:
+    events = StoredEvent.objects.filter(aggregate_id=order_id).order_by("version")
+    if not events.exists():
+        raise NotFound("No such order.")
+    return events
+
+
+def order_as_of(*, order_id: str, version: int | None = None, at: datetime | None = None) -> Order:
+    """The order as it was at a version or a moment, rebuilt from its events."""
+    return event_store.load_order(order_id, as_of_version=version, as_of=at)

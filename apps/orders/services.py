@@ -1,0 +1,152 @@
+"""Orders context commands. Each loads the aggregate, runs one command, appends its
+events and projects the read model in one transaction, retrying a bounded number of
+times when another writer appended first (optimistic concurrency)."""
+
+import uuid
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import structlog
+from django.conf import settings
+from django.db import transaction
+
+from apps.catalog import selectors as catalog_selectors
+from apps.core.errors import ValidationFailed
+from apps.orders import event_store
+from apps.orders.domain import Order
+from apps.orders.event_store import ConcurrencyConflict
+from apps.orders.models import OrderSummary
+from apps.orders.projections import project
+
+logger = structlog.get_logger(__name__)
+
+MAX_COMMAND_ATTEMPTS = 5
+ADDRESS_SNAPSHOT_FIELDS = (
+    "full_name",
+    "line1",
+    "line2",
+    "city",
+    "region",
+    "postal_code",
+    "country",
+    "phone",
+)
+
+
+def _run(order_id: str, command: Callable[[Order], None]) -> Order:
+    for attempt in range(1, MAX_COMMAND_ATTEMPTS + 1):
+        try:
+            with transaction.atomic():
+                order = event_store.load_order(order_id)
+                command(order)
+                if order.pending_events:
+                    event_store.append(order)
+                    project(order)
+                return order
+        except ConcurrencyConflict:
+            logger.info("order_command_conflict", order_id=str(order_id), attempt=attempt)
+            if attempt == MAX_COMMAND_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _order_lines(items: list[tuple[int, int]]) -> tuple[list[dict[str, Any]], str]:
+    """Validated lines with a snapshot of each product's name and unit price."""
+    errors: dict[str, list[str]] = {}
+    if not items:
+        raise ValidationFailed({"items": ["An order needs at least one item."]})
+    if len(items) > settings.ORDER_MAX_LINES:
+        raise ValidationFailed({"items": [f"At most {settings.ORDER_MAX_LINES} lines."]})
+    seen: set[int] = set()
+    for index, (product_id, quantity) in enumerate(items):
+        if product_id in seen:
+            errors[f"items.{index}.product_id"] = ["Each product may appear once."]
+        seen.add(product_id)
+        if not 1 <= quantity <= settings.ORDER_MAX_QUANTITY_PER_LINE:
+            errors[f"items.{index}.quantity"] = [
+                f"Must be between 1 and {settings.ORDER_MAX_QUANTITY_PER_LINE}."
+            ]
+    snapshots = catalog_selectors.product_snapshots(product_ids=[p for p, _ in items])
+    for index, (product_id, _) in enumerate(items):
+        snapshot = snapshots.get(product_id)
+        if snapshot is None or not snapshot.is_active:
+            errors[f"items.{index}.product_id"] = ["No such product for sale."]
+    if errors:
+        raise ValidationFailed(errors)
+    currencies = {snapshots[p].currency for p, _ in items}
+    if len(currencies) > 1:
+        raise ValidationFailed({"items": ["All products of an order must share a currency."]})
+    lines = []
+    for product_id, quantity in items:
+        snapshot = snapshots[product_id]
+        unit_price = Decimal(snapshot.unit_price)
+        lines.append(
+            {
+                "product_id": product_id,
+                "sku": snapshot.sku,
+                "name": snapshot.name,
+                "unit_price": str(unit_price),
+                "quantity": quantity,
+                "line_total": str(unit_price * quantity),
+            }
+        )
+    return lines, currencies.pop()
+
+
+def order_place(
+    *,
+    user_id: int,
+    items: list[tuple[int, int]],
+    shipping_address: dict[str, Any],
+    order_id: str | None = None,
+) -> OrderSummary:
+    """Record a new pending order; the placement saga takes it from there."""
+    lines, currency = _order_lines(items)
+    order = Order(id=order_id or str(uuid.uuid4()))
+    order.place(
+        user_id=user_id,
+        items=lines,
+        currency=currency,
+        shipping_address={k: shipping_address.get(k, "") for k in ADDRESS_SNAPSHOT_FIELDS},
+    )
+    with transaction.atomic():
+        event_store.append(order)
+        return project(order, is_new=True)
+
+
+def order_record_stock_reserved(*, order_id: str, reservation_reference: str) -> Order:
+    return _run(
+        order_id, lambda o: o.record_stock_reserved(reservation_reference=reservation_reference)
+    )
+
+
+def order_record_payment_captured(*, order_id: str, payment_id: str, amount: Decimal) -> Order:
+    return _run(
+        order_id, lambda o: o.record_payment_captured(payment_id=payment_id, amount=amount)
+    )
+
+
+def order_confirm(*, order_id: str) -> Order:
+    return _run(order_id, lambda o: o.confirm())
+
+
+def order_ship(*, order_id: str, tracking_number: str, carrier: str = "unknown") -> Order:
+    return _run(order_id, lambda o: o.ship(tracking_number=tracking_number, carrier=carrier))
+
+
+def order_deliver(*, order_id: str) -> Order:
+    return _run(order_id, lambda o: o.deliver())
+
+
+def order_cancel(*, order_id: str, reason: str, note: str = "") -> Order:
+    return _run(order_id, lambda o: o.cancel(reason=reason, note=note))
+
+
+def order_record_refund(
+    *, order_id: str, amount: Decimal, payment_id: str, refund_ids: list[str]
+) -> Order:
+    return _run(
+        order_id,
+        lambda o: o.record_refund(amount=amount, payment_id=payment_id, refund_ids=refund_ids),
+    )
