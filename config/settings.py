@@ -51,6 +51,7 @@ INSTALLED_APPS = [
     "django_structlog",
     "apps.core",
     "apps.users",
+    "apps.catalog",
     "apps.orders",
 ]
 
@@ -166,6 +167,9 @@ else:
         }
     }
 
+# Popular products: a slower query is abandoned for the last known list.
+CATALOG_POPULAR_QUERY_TIMEOUT_MS = env.int("CATALOG_POPULAR_QUERY_TIMEOUT_MS", default=2000)
+
 # --- Celery ---------------------------------------------------------------------
 
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
@@ -193,6 +197,10 @@ CELERY_TASK_TIME_LIMIT = 120
 CELERY_TASK_SOFT_TIME_LIMIT = 100
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_BEAT_SCHEDULE: dict = {}
+CELERY_BEAT_SCHEDULE["catalog-release-expired-reservations"] = {
+    "task": "catalog.release_expired_reservations",
+    "schedule": env.float("CATALOG_SWEEP_INTERVAL_SECONDS", default=60.0),
+}
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 

@@ -1,0 +1,110 @@
+from django.conf import settings
+from rest_framework import serializers
+
+from apps.core.api.serializers import StrictSerializer
+
+ORDERINGS = {
+    # query value -> cursor ordering (a unique last field keeps pages stable)
+    "newest": ("-created_at", "-id"),
+    "price": ("price", "id"),
+    "-price": ("-price", "-id"),
+    "name": ("name", "id"),
+    "-name": ("-name", "-id"),
+}
+
+
+class ProductListParamsSerializer(serializers.Serializer):
+    """Query parameters of the product list (pagination parameters pass through)."""
+
+    category = serializers.CharField(required=False, max_length=140)
+    min_price = serializers.DecimalField(
+        required=False, max_digits=12, decimal_places=2, min_value=0
+    )
+    max_price = serializers.DecimalField(
+        required=False, max_digits=12, decimal_places=2, min_value=0
+    )
+    in_stock = serializers.BooleanField(required=False, allow_null=True, default=None)
+    search = serializers.CharField(required=False, max_length=200, trim_whitespace=True)
+    ordering = serializers.ChoiceField(required=False, choices=sorted(ORDERINGS))
+
+    def validate(self, attrs):
+        low, high = attrs.get("min_price"), attrs.get("max_price")
+        if low is not None and high is not None and low > high:
+            raise serializers.ValidationError({"max_price": ["Must not be below min_price."]})
+        return attrs
+
+
+class CategoryRefSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    slug = serializers.CharField()
+    name = serializers.CharField()
+
+
+class ProductSerializer(serializers.Serializer):
+    """The shape of `selectors.product_payload` (documentation of the response)."""
+
+    id = serializers.IntegerField()
+    sku = serializers.CharField()
+    slug = serializers.CharField()
+    name = serializers.CharField()
+    price = serializers.DecimalField(max_digits=12, decimal_places=2, coerce_to_string=True)
+    currency = serializers.CharField()
+    is_active = serializers.BooleanField()
+    category = CategoryRefSerializer(allow_null=True)
+    available = serializers.IntegerField()
+    in_stock = serializers.BooleanField()
+    image_urls = serializers.ListField(child=serializers.URLField())
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+
+
+class ProductDetailSerializer(ProductSerializer):
+    description = serializers.CharField()
+    attributes = serializers.DictField()
+
+
+class CategoryNodeSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    slug = serializers.CharField()
+    position = serializers.IntegerField()
+    children = serializers.ListField(child=serializers.DictField())
+
+
+class ProductWriteSerializer(StrictSerializer):
+    sku = serializers.CharField(max_length=64)
+    name = serializers.CharField(max_length=200)
+    slug = serializers.SlugField(max_length=160, required=False)
+    description = serializers.CharField(required=False, allow_blank=True, max_length=20000)
+    category_id = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    price = serializers.DecimalField(max_digits=12, decimal_places=2, min_value=0)
+    currency = serializers.ChoiceField(choices=settings.SUPPORTED_CURRENCIES, required=False)
+    is_active = serializers.BooleanField(required=False)
+    attributes = serializers.DictField(required=False)
+    image_urls = serializers.ListField(
+        child=serializers.URLField(max_length=500), required=False, max_length=20
+    )
+
+
+class ProductCreateSerializer(ProductWriteSerializer):
+    initial_stock = serializers.IntegerField(required=False, min_value=0, default=0)
+
+
+class StockAdjustmentSerializer(StrictSerializer):
+    delta = serializers.IntegerField(min_value=-1_000_000, max_value=1_000_000)
+    reason = serializers.CharField(max_length=200)
+
+    def validate_delta(self, value):
+        if value == 0:
+            raise serializers.ValidationError("Must not be zero.")
+        return value
+
+
+class StockAdjustmentResultSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    product_id = serializers.IntegerField()
+    delta = serializers.IntegerField()
+    reason = serializers.CharField()
+    actor_id = serializers.IntegerField(allow_null=True)
+    on_hand_after = serializers.IntegerField()
+    created_at = serializers.DateTimeField()

@@ -1,0 +1,126 @@
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import status
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.catalog import selectors, services
+from apps.catalog.api.serializers import (
+    ORDERINGS,
+    CategoryNodeSerializer,
+    ProductCreateSerializer,
+    ProductDetailSerializer,
+    ProductListParamsSerializer,
+    ProductSerializer,
+    ProductWriteSerializer,
+    StockAdjustmentResultSerializer,
+    StockAdjustmentSerializer,
+)
+from apps.core.api.pagination import CursorPagination
+from apps.core.api.permissions import staff_role_required
+from apps.users.roles import CATALOG_MANAGERS
+
+CatalogManager = staff_role_required(CATALOG_MANAGERS)
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+class PublicReadStaffWrite:
+    """Anyone may read; only catalog managers may write."""
+
+    def get_permissions(self):
+        if self.request.method in SAFE_METHODS:
+            return [AllowAny()]
+        return [CatalogManager()]
+
+
+class CategoryTreeView(APIView):
+    permission_classes = [AllowAny]
+
+    @extend_schema(responses=CategoryNodeSerializer(many=True))
+    def get(self, request):
+        return Response(selectors.category_tree())
+
+
+class ProductListView(PublicReadStaffWrite, APIView):
+    @extend_schema(
+        parameters=[
+            ProductListParamsSerializer,
+            OpenApiParameter("cursor", OpenApiTypes.STR),
+            OpenApiParameter("page_size", OpenApiTypes.INT),
+        ],
+        responses=ProductSerializer(many=True),
+    )
+    def get(self, request):
+        params = ProductListParamsSerializer(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        filters = dict(params.validated_data)
+        ordering = filters.pop("ordering", None)
+        products = selectors.product_list(**filters)
+        paginator = CursorPagination()
+        if ordering:
+            paginator.ordering = ORDERINGS[ordering]
+        elif filters.get("search"):
+            paginator.ordering = ("-relevance", "-id")
+        page = paginator.paginate_queryset(products, request, view=self)
+        return paginator.get_paginated_response(
+            [selectors.product_payload(product, detail=False) for product in page]
+        )
+
+    @extend_schema(request=ProductCreateSerializer, responses={201: ProductDetailSerializer})
+    def post(self, request):
+        serializer = ProductCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        product = services.product_create(**serializer.validated_data, actor_id=request.user.pk)
+        return Response(
+            selectors.product_staff_detail(product_id=product.pk), status=status.HTTP_201_CREATED
+        )
+
+
+class PopularProductsView(APIView):
+    permission_classes = [AllowAny]
+
+    @extend_schema(responses=ProductSerializer(many=True))
+    def get(self, request):
+        return Response(selectors.popular_products())
+
+
+class ProductDetailView(PublicReadStaffWrite, APIView):
+    @extend_schema(responses=ProductDetailSerializer)
+    def get(self, request, id_or_slug: str):
+        return Response(selectors.product_detail(id_or_slug=id_or_slug))
+
+    @extend_schema(request=ProductWriteSerializer, responses=ProductDetailSerializer)
+    def patch(self, request, id_or_slug: str):
+        serializer = ProductWriteSerializer(data=request.data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        product = services.product_update(
+            product_id=selectors.product_id_for(id_or_slug=id_or_slug), **serializer.validated_data
+        )
+        # An inactive product is hidden from the public detail, not from its editor.
+        return Response(selectors.product_staff_detail(product_id=product.pk))
+
+    @extend_schema(responses={204: None})
+    def delete(self, request, id_or_slug: str):
+        """Deactivate: the product stays for orders that refer to it."""
+        services.product_deactivate(product_id=selectors.product_id_for(id_or_slug=id_or_slug))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class StockAdjustmentView(APIView):
+    permission_classes = [CatalogManager]
+
+    @extend_schema(
+        request=StockAdjustmentSerializer, responses={201: StockAdjustmentResultSerializer}
+    )
+    def post(self, request, id_or_slug: str):
+        serializer = StockAdjustmentSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        adjustment = services.stock_adjust(
+            product_id=selectors.product_id_for(id_or_slug=id_or_slug),
+            actor_id=request.user.pk,
+            **serializer.validated_data,
+        )
+        return Response(
+            StockAdjustmentResultSerializer(adjustment).data, status=status.HTTP_201_CREATED
+        )

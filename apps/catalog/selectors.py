@@ -1,0 +1,279 @@
+"""Catalog queries: the public read surface, routed to replicas where safe.
+
+Cached reads (product detail, category tree) load from the primary on a miss: a
+lagging replica's old row would otherwise be cached under the new version.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+import structlog
+from django.conf import settings
+from django.core.cache import cache
+from django.db import DatabaseError, connections, router, transaction
+from django.db.models import F, Q, QuerySet, Sum
+from django.utils import timezone
+
+from apps.catalog.cache import (
+    CATEGORY_TREE_KEY,
+    POPULAR_KEY,
+    POPULAR_LAST_KNOWN_KEY,
+    category_cache,
+    product_cache,
+)
+from apps.catalog.models import Category, Product, Reservation, Stock
+from apps.catalog.search import search_products
+from apps.catalog.services import CategoryNotFound, ProductNotFound
+from apps.core.routing import primary_reads
+
+logger = structlog.get_logger(__name__)
+
+POPULAR_WINDOW = timedelta(days=30)
+POPULAR_LIMIT = 12
+POPULAR_FRESH_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class ProductSnapshot:
+    """What an order keeps of a product at the time it is placed."""
+
+    id: int
+    sku: str
+    name: str
+    unit_price: Decimal
+    currency: str
+    is_active: bool
+
+
+def product_snapshots(*, product_ids: list[int]) -> dict[int, ProductSnapshot]:
+    """Snapshots of the given products in one query; unknown ids are absent."""
+    rows = Product.objects.filter(pk__in=product_ids).values_list(
+        "id", "sku", "name", "price", "currency", "is_active"
+    )
+    return {row[0]: ProductSnapshot(*row) for row in rows}
+
+
+# --- Categories -----------------------------------------------------------------------
+
+
+def category_tree() -> list[dict]:
+    """Root categories with nested `children`, siblings by position."""
+    return category_cache.get_or_load(CATEGORY_TREE_KEY, _load_category_tree)
+
+
+def _load_category_tree() -> list[dict]:
+    with primary_reads():
+        rows = list(Category.objects.order_by("position", "name", "id"))
+    nodes = {
+        c.pk: {"id": c.pk, "name": c.name, "slug": c.slug, "position": c.position, "children": []}
+        for c in rows
+    }
+    roots = []
+    for c in rows:
+        (nodes[c.parent_id]["children"] if c.parent_id in nodes else roots).append(nodes[c.pk])
+    return roots
+
+
+def category_and_descendant_ids(*, category: str) -> list[int]:
+    """Ids of the category given by id or slug and of every category below it."""
+    stack = list(category_tree())
+    while stack:
+        node = stack.pop()
+        if str(node["id"]) == category or node["slug"] == category:
+            ids, below = [], [node]
+            while below:
+                current = below.pop()
+                ids.append(current["id"])
+                below.extend(current["children"])
+            return ids
+        stack.extend(node["children"])
+    raise CategoryNotFound(f"No category {category!r}.")
+
+
+# --- Products -------------------------------------------------------------------------
+
+
+def product_list(
+    *,
+    category: str | None = None,
+    min_price: Decimal | None = None,
+    max_price: Decimal | None = None,
+    in_stock: bool | None = None,
+    search: str | None = None,
+) -> QuerySet[Product]:
+    """Active products; with `search`, only matches, annotated with `relevance`."""
+    products = Product.objects.filter(is_active=True).select_related("category", "stock")
+    if category is not None:
+        products = products.filter(category_id__in=category_and_descendant_ids(category=category))
+    if min_price is not None:
+        products = products.filter(price__gte=min_price)
+    if max_price is not None:
+        products = products.filter(price__lte=max_price)
+    if in_stock is True:
+        products = products.filter(stock__on_hand__gt=F("stock__reserved"))
+    elif in_stock is False:
+        products = products.filter(
+            Q(stock__isnull=True) | Q(stock__on_hand__lte=F("stock__reserved"))
+        )
+    if search:
+        products = search_products(products, search)
+    return products
+
+
+def product_detail(*, id_or_slug: str) -> dict:
+    """The public representation of an active product (cached)."""
+    if id_or_slug.isdigit():
+        product_id = int(id_or_slug)
+    else:
+        product_id = product_cache.get_or_load(
+            f"slug:{id_or_slug}", lambda: _load_product_id(id_or_slug)
+        )
+    if product_id is None:
+        raise ProductNotFound(f"No product {id_or_slug!r}.")
+    payload = product_cache.get_or_load(f"id:{product_id}", lambda: _load_product(product_id))
+    if payload is None or not payload["is_active"]:
+        raise ProductNotFound(f"No product {id_or_slug!r}.")
+    return payload
+
+
+def product_staff_detail(*, product_id: int) -> dict:
+    """Any product, active or not, fresh from the primary (for its editors)."""
+    payload = _load_product(product_id)
+    if payload is None:
+        raise ProductNotFound(f"No product {product_id}.")
+    return payload
+
+
+def product_id_for(*, id_or_slug: str) -> int:
+    """The id of a product, active or not, given its id or slug."""
+    product_id = int(id_or_slug) if id_or_slug.isdigit() else _load_product_id(id_or_slug)
+    if product_id is None:
+        raise ProductNotFound(f"No product {id_or_slug!r}.")
+    return product_id
+
+
+def _load_product_id(slug: str) -> int | None:
+    with primary_reads():
+        return Product.objects.filter(slug=slug).values_list("pk", flat=True).first()
+
+
+def _load_product(product_id: int) -> dict | None:
+    with primary_reads():
+        product = Product.objects.select_related("category", "stock").filter(pk=product_id).first()
+    return None if product is None else product_payload(product, detail=True)
+
+
+def product_payload(product: Product, *, detail: bool) -> dict:
+    """Plain data (cacheable, renderable): money as a decimal string with its currency."""
+    try:
+        available = product.stock.available
+    except Stock.DoesNotExist:
+        available = 0
+    category = product.category
+    data = {
+        "id": product.pk,
+        "sku": product.sku,
+        "slug": product.slug,
+        "name": product.name,
+        "price": f"{product.price:.2f}",
+        "currency": product.currency,
+        "is_active": product.is_active,
+        "category": None
+        if category is None
+        else {"id": category.pk, "slug": category.slug, "name": category.name},
+        "available": available,
+        "in_stock": available > 0,
+        "image_urls": list(product.image_urls),
+        "created_at": _timestamp(product.created_at),
+        "updated_at": _timestamp(product.updated_at),
+    }
+    if detail:
+        data["description"] = product.description
+        data["attributes"] = product.attributes
+    return data
+
+
+def _timestamp(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+# --- Popular --------------------------------------------------------------------------
+
+# This process's last good list: served when both the database and Redis fail.
+_last_known_popular: list[dict] | None = None
+
+
+def popular_products() -> list[dict]:
+    """Best sellers of the last 30 days, topped up with the newest products.
+
+    Fresh for POPULAR_FRESH_SECONDS in the shared cache; when the database cannot
+    answer, the last list computed (by any process, else by this one) is served.
+    """
+    global _last_known_popular
+    fresh = _cache_get(POPULAR_KEY)
+    if fresh is not None:
+        return fresh
+    try:
+        products = _compute_popular()
+    except DatabaseError as exc:
+        logger.warning("popular_source_failed", error=str(exc).strip())
+        return _cache_get(POPULAR_LAST_KNOWN_KEY) or _last_known_popular or []
+    _last_known_popular = products
+    _cache_set_many({POPULAR_KEY: products}, POPULAR_FRESH_SECONDS)
+    _cache_set_many({POPULAR_LAST_KNOWN_KEY: products}, None)
+    return products
+
+
+def _compute_popular() -> list[dict]:
+    alias = router.db_for_read(Product)
+    since = timezone.now() - POPULAR_WINDOW
+    with transaction.atomic(using=alias):
+        connection = connections[alias]
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                # Fail fast to the last-known list rather than hang the page.
+                cursor.execute(
+                    "SELECT set_config('statement_timeout', %s, true)",
+                    [str(settings.CATALOG_POPULAR_QUERY_TIMEOUT_MS)],
+                )
+        best_sellers = list(
+            Reservation.objects.using(alias)
+            .filter(
+                status=Reservation.Status.COMMITTED,
+                updated_at__gte=since,
+                product__is_active=True,
+            )
+            .values("product_id")
+            .annotate(units=Sum("quantity"))
+            .order_by("-units", "product_id")
+            .values_list("product_id", flat=True)[:POPULAR_LIMIT]
+        )
+        active = Product.objects.using(alias).filter(is_active=True)
+        products = active.select_related("category", "stock").in_bulk(best_sellers)
+        ranked = [products[pk] for pk in best_sellers if pk in products]
+        if len(ranked) < POPULAR_LIMIT:
+            ranked += list(
+                active.select_related("category", "stock")
+                .exclude(pk__in=best_sellers)
+                .order_by("-created_at", "-id")[: POPULAR_LIMIT - len(ranked)]
+            )
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT set_config('statement_timeout', '0', true)")
+    return [product_payload(product, detail=False) for product in ranked]
+
+
+def _cache_get(key: str):
+    try:
+        return cache.get(key)
+    except Exception as exc:
+        logger.warning("popular_cache_unavailable", error=repr(exc))
+        return None
+
+
+def _cache_set_many(values: dict, timeout: int | None) -> None:
+    try:
+        cache.set_many(values, timeout)
+    except Exception as exc:
+        logger.warning("popular_cache_unavailable", error=repr(exc))

@@ -1,0 +1,537 @@
+"""Catalog commands: products, categories, stock and reservations.
+
+Stock is changed only by conditional updates taken in product-id order, inside one
+transaction per command: no oversell (the database re-checks availability on every
+row it updates) and no deadlock (every transaction locks stock rows in the same order).
+
+Reservation life cycle, per reference (an order id), all lines together:
+active -> committed (sold) or active -> released (returned to stock, also on expiry).
+Repeating a command is a no-op. The two end states exclude each other: committing a
+released reference or releasing a committed one raises `InvalidState`, because after
+a crash the caller must learn that its view of the order is wrong, and neither a
+resurrected reservation nor an un-sold sale is a safe default.
+"""
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+from django.utils.text import slugify
+
+from apps.catalog.cache import (
+    CATEGORY_TREE_KEY,
+    category_cache,
+    forget_popular_on_commit,
+    invalidate_products_on_commit,
+    product_cache,
+    product_keys,
+)
+from apps.catalog.models import Category, Product, Reservation, Stock, StockAdjustment
+from apps.core.errors import Conflict, InvalidState, NotFound, ValidationFailed
+from apps.core.routing import primary_reads
+
+MAX_REFERENCE_LENGTH = 100
+PRODUCT_FIELDS = frozenset(
+    {
+        "sku",
+        "slug",
+        "name",
+        "description",
+        "category_id",
+        "price",
+        "currency",
+        "is_active",
+        "attributes",
+        "image_urls",
+    }
+)
+CATEGORY_FIELDS = frozenset({"name", "slug", "parent_id", "position"})
+
+
+class OutOfStock(Conflict):
+    problem_type = "out-of-stock"
+    title = "Not enough stock"
+
+    def __init__(self, product_ids: list[int]) -> None:
+        super().__init__(
+            f"Not enough stock for product(s) {', '.join(map(str, product_ids))}.",
+            extra={"product_ids": product_ids},
+        )
+        self.product_ids = product_ids
+
+
+class ProductUnavailable(Conflict):
+    problem_type = "product-unavailable"
+    title = "Product unknown or inactive"
+
+    def __init__(self, product_ids: list[int]) -> None:
+        super().__init__(
+            f"Product(s) {', '.join(map(str, product_ids))} cannot be sold.",
+            extra={"product_ids": product_ids},
+        )
+        self.product_ids = product_ids
+
+
+class ProductNotFound(NotFound):
+    problem_type = "product-not-found"
+    title = "Product not found"
+
+
+class CategoryNotFound(NotFound):
+    problem_type = "category-not-found"
+    title = "Category not found"
+
+
+class ProductExists(Conflict):
+    problem_type = "product-exists"
+    title = "A product with this SKU or slug exists"
+
+
+class CategoryExists(Conflict):
+    problem_type = "category-exists"
+    title = "A category with this slug exists"
+
+
+class ReservationNotFound(NotFound):
+    problem_type = "reservation-not-found"
+    title = "Reservation not found"
+
+
+class ReservationMismatch(Conflict):
+    problem_type = "reservation-mismatch"
+    title = "Reference already reserved other items"
+
+
+class ReservationReleased(InvalidState):
+    problem_type = "reservation-released"
+    title = "Reservation was released"
+
+
+class ReservationCommitted(InvalidState):
+    problem_type = "reservation-committed"
+    title = "Reservation was committed"
+
+
+class StockBelowReserved(InvalidState):
+    problem_type = "stock-below-reserved"
+    title = "Stock would drop below the reserved units"
+
+
+@dataclass(frozen=True)
+class ReservationLine:
+    reference: str
+    product_id: int
+    quantity: int
+    status: str
+    expires_at: datetime
+
+
+# --- Reservations -------------------------------------------------------------------
+
+
+def reserve_stock(
+    *, reference: str, items: list[tuple[int, int]], ttl_seconds: int = 900
+) -> list[ReservationLine]:
+    """Hold `quantity` units of each product for `reference`, all or nothing.
+
+    Idempotent per reference: a repeat with the same items returns the existing lines
+    (whatever their status) and changes nothing; other items raise ReservationMismatch.
+    """
+    _validate_reference(reference)
+    wanted = _normalize_items(items)
+    if not isinstance(ttl_seconds, int) or ttl_seconds <= 0:
+        raise ValidationFailed({"ttl_seconds": ["Must be a positive number of seconds."]})
+    try:
+        with transaction.atomic():
+            existing = _locked_reservations(reference)
+            if existing:
+                return _same_reservation(existing, wanted)
+            _check_sellable(wanted)
+            _take_stock(wanted)
+            expires_at = timezone.now() + timedelta(seconds=ttl_seconds)
+            rows = Reservation.objects.bulk_create(
+                Reservation(
+                    reference=reference,
+                    product_id=product_id,
+                    quantity=quantity,
+                    expires_at=expires_at,
+                )
+                for product_id, quantity in wanted.items()
+            )
+            invalidate_products_on_commit(list(wanted))
+    except IntegrityError:
+        # A concurrent call with the same reference committed first (unique constraint).
+        with transaction.atomic():
+            existing = _locked_reservations(reference)
+        if not existing:
+            raise
+        return _same_reservation(existing, wanted)
+    return [_line(row) for row in rows]
+
+
+@transaction.atomic
+def commit_reservation(*, reference: str) -> None:
+    """Turn the reserved units into sold ones (they leave `on_hand`)."""
+    rows = _locked_reservations(reference)
+    if not rows:
+        raise ReservationNotFound(f"No reservation with reference {reference!r}.")
+    statuses = {row.status for row in rows}
+    if statuses == {Reservation.Status.COMMITTED}:
+        return
+    if Reservation.Status.RELEASED in statuses:
+        raise ReservationReleased(f"Reservation {reference!r} was released; it cannot be sold.")
+    for row in rows:
+        Stock.objects.filter(product_id=row.product_id).update(
+            on_hand=F("on_hand") - row.quantity, reserved=F("reserved") - row.quantity
+        )
+    _set_status(rows, Reservation.Status.COMMITTED)
+
+
+@transaction.atomic
+def release_reservation(*, reference: str) -> None:
+    """Return the reserved units to stock. Unknown or already released: nothing to do."""
+    rows = _locked_reservations(reference)
+    statuses = {row.status for row in rows}
+    if not rows or statuses == {Reservation.Status.RELEASED}:
+        return
+    if Reservation.Status.COMMITTED in statuses:
+        raise ReservationCommitted(f"Reservation {reference!r} was sold; it cannot be released.")
+    _release(rows)
+
+
+def release_expired_reservations(*, now: datetime | None = None, limit: int = 500) -> int:
+    """Release active reservations whose `expires_at` has passed; returns how many
+    references were released. One short transaction per reference."""
+    now = now or timezone.now()
+    with primary_reads():
+        references = list(
+            Reservation.objects.filter(status=Reservation.Status.ACTIVE, expires_at__lte=now)
+            .order_by("reference")
+            .values_list("reference", flat=True)
+            .distinct()[:limit]
+        )
+    released = 0
+    for reference in references:
+        with transaction.atomic():
+            rows = _locked_reservations(reference)
+            # Re-checked under the lock: it may have been committed meanwhile.
+            if rows and all(
+                row.status == Reservation.Status.ACTIVE and row.expires_at <= now for row in rows
+            ):
+                _release(rows)
+                released += 1
+    return released
+
+
+def _validate_reference(reference: str) -> None:
+    if not isinstance(reference, str) or not 0 < len(reference) <= MAX_REFERENCE_LENGTH:
+        raise ValidationFailed(
+            {"reference": [f"Must be a string of 1 to {MAX_REFERENCE_LENGTH} characters."]}
+        )
+
+
+def _normalize_items(items: list[tuple[int, int]]) -> dict[int, int]:
+    """{product_id: quantity} in product-id order, duplicates summed."""
+    errors: dict[str, list[str]] = {}
+    wanted: dict[int, int] = defaultdict(int)
+    if not items:
+        raise ValidationFailed({"items": ["At least one item is required."]})
+    for index, item in enumerate(items):
+        try:
+            product_id, quantity = item
+        except (TypeError, ValueError):
+            errors[f"items.{index}"] = ["Must be a (product_id, quantity) pair."]
+            continue
+        if not isinstance(product_id, int) or isinstance(product_id, bool) or product_id <= 0:
+            errors[f"items.{index}.product_id"] = ["Must be a positive integer."]
+        if not isinstance(quantity, int) or isinstance(quantity, bool) or quantity <= 0:
+            errors[f"items.{index}.quantity"] = ["Must be a positive integer."]
+        if f"items.{index}.product_id" not in errors and f"items.{index}.quantity" not in errors:
+            wanted[product_id] += quantity
+    if errors:
+        raise ValidationFailed(errors)
+    return dict(sorted(wanted.items()))
+
+
+def _locked_reservations(reference: str) -> list[Reservation]:
+    # Locked in product order, as stock rows are, so two commands never wait in a cycle.
+    return list(
+        Reservation.objects.select_for_update().filter(reference=reference).order_by("product_id")
+    )
+
+
+def _same_reservation(rows: list[Reservation], wanted: dict[int, int]) -> list[ReservationLine]:
+    if {row.product_id: row.quantity for row in rows} != wanted:
+        raise ReservationMismatch(
+            f"Reference {rows[0].reference!r} already holds a reservation of other items."
+        )
+    return [_line(row) for row in rows]
+
+
+def _check_sellable(wanted: dict[int, int]) -> None:
+    sellable = set(
+        Product.objects.filter(pk__in=wanted, is_active=True).values_list("pk", flat=True)
+    )
+    unavailable = [product_id for product_id in wanted if product_id not in sellable]
+    if unavailable:
+        raise ProductUnavailable(unavailable)
+
+
+def _take_stock(wanted: dict[int, int]) -> None:
+    short = []
+    for product_id, quantity in wanted.items():  # product-id order: see module doc
+        updated = Stock.objects.filter(
+            product_id=product_id, on_hand__gte=F("reserved") + quantity
+        ).update(reserved=F("reserved") + quantity)
+        if not updated:
+            short.append(product_id)
+    if short:
+        raise OutOfStock(short)
+
+
+def _release(rows: list[Reservation]) -> None:
+    for row in rows:
+        if row.status == Reservation.Status.ACTIVE:
+            Stock.objects.filter(product_id=row.product_id).update(
+                reserved=F("reserved") - row.quantity
+            )
+    _set_status(rows, Reservation.Status.RELEASED)
+
+
+def _set_status(rows: list[Reservation], status: str) -> None:
+    Reservation.objects.filter(pk__in=[row.pk for row in rows]).update(
+        status=status, updated_at=timezone.now()
+    )
+    for row in rows:
+        row.status = status
+    invalidate_products_on_commit([row.product_id for row in rows])
+    if status == Reservation.Status.COMMITTED:
+        forget_popular_on_commit()
+
+
+def _line(row: Reservation) -> ReservationLine:
+    return ReservationLine(
+        reference=row.reference,
+        product_id=row.product_id,
+        quantity=row.quantity,
+        status=row.status,
+        expires_at=row.expires_at,
+    )
+
+
+# --- Stock adjustments ----------------------------------------------------------------
+
+
+@transaction.atomic
+def stock_adjust(
+    *, product_id: int, delta: int, reason: str, actor_id: int | None = None
+) -> StockAdjustment:
+    """Add (or with a negative delta, remove) on-hand units, recording who and why."""
+    errors = {}
+    if not isinstance(delta, int) or isinstance(delta, bool) or delta == 0:
+        errors["delta"] = ["Must be a non-zero integer."]
+    if not reason or not reason.strip():
+        errors["reason"] = ["A reason is required."]
+    if errors:
+        raise ValidationFailed(errors)
+    stock = Stock.objects.select_for_update().filter(product_id=product_id).first()
+    if stock is None:
+        raise ProductNotFound(f"No product {product_id}.")
+    on_hand = stock.on_hand + delta
+    if on_hand < stock.reserved:
+        raise StockBelowReserved(
+            f"{stock.reserved} units are reserved; on hand cannot drop to {on_hand}.",
+            extra={"on_hand": stock.on_hand, "reserved": stock.reserved},
+        )
+    stock.on_hand = on_hand
+    stock.save(update_fields=["on_hand"])
+    invalidate_products_on_commit([product_id])
+    return StockAdjustment.objects.create(
+        product_id=product_id,
+        delta=delta,
+        reason=reason.strip(),
+        actor_id=actor_id,
+        on_hand_after=on_hand,
+    )
+
+
+# --- Products -------------------------------------------------------------------------
+
+
+def product_create(
+    *,
+    sku: str,
+    name: str,
+    price: Decimal,
+    currency: str | None = None,
+    slug: str | None = None,
+    description: str = "",
+    category_id: int | None = None,
+    is_active: bool = True,
+    attributes: dict | None = None,
+    image_urls: list[str] | None = None,
+    initial_stock: int = 0,
+    actor_id: int | None = None,
+) -> Product:
+    product = Product(
+        sku=sku,
+        name=name,
+        slug=slug or slugify(f"{name}-{sku}")[:160],
+        description=description,
+        category_id=category_id,
+        price=price,
+        currency=currency or settings.DEFAULT_CURRENCY,
+        is_active=is_active,
+        attributes=attributes or {},
+        image_urls=image_urls or [],
+    )
+    _validate_product(product)
+    if initial_stock < 0:
+        raise ValidationFailed({"initial_stock": ["Must be zero or more."]})
+    try:
+        with transaction.atomic():
+            product.save(force_insert=True)
+            Stock.objects.create(product=product, on_hand=initial_stock)
+            if initial_stock:
+                StockAdjustment.objects.create(
+                    product=product,
+                    delta=initial_stock,
+                    reason="initial stock",
+                    actor_id=actor_id,
+                    on_hand_after=initial_stock,
+                )
+    except IntegrityError as exc:
+        raise ProductExists(f"SKU {sku!r} or slug {product.slug!r} is taken.") from exc
+    return product
+
+
+def product_update(*, product_id: int, **changes) -> Product:
+    unknown = set(changes) - PRODUCT_FIELDS
+    if unknown:
+        raise ValidationFailed({name: ["Unknown field."] for name in sorted(unknown)})
+    try:
+        with transaction.atomic():
+            product = Product.objects.select_for_update().filter(pk=product_id).first()
+            if product is None:
+                raise ProductNotFound(f"No product {product_id}.")
+            old_slug = product.slug
+            for name, value in changes.items():
+                setattr(product, name, value)
+            _validate_product(product)
+            product.save()
+            product_cache.invalidate_on_commit(*product_keys(product.pk, old_slug, product.slug))
+            forget_popular_on_commit()
+    except IntegrityError as exc:
+        raise ProductExists("The SKU or slug is taken.") from exc
+    return product
+
+
+def product_deactivate(*, product_id: int) -> Product:
+    return product_update(product_id=product_id, is_active=False)
+
+
+def product_set_active(*, product_ids: list[int], is_active: bool) -> int:
+    """Bulk (de)activation, as the admin does it."""
+    with transaction.atomic():
+        products = list(
+            Product.objects.select_for_update().filter(pk__in=product_ids).order_by("pk")
+        )
+        Product.objects.filter(pk__in=[p.pk for p in products]).update(
+            is_active=is_active, updated_at=timezone.now()
+        )
+        keys = [key for p in products for key in product_keys(p.pk, p.slug)]
+        if keys:
+            product_cache.invalidate_on_commit(*keys)
+            forget_popular_on_commit()
+    return len(products)
+
+
+def _validate_product(product: Product) -> None:
+    errors: dict[str, list[str]] = {}
+    if not product.sku or not str(product.sku).strip():
+        errors["sku"] = ["Required."]
+    if not product.name or not str(product.name).strip():
+        errors["name"] = ["Required."]
+    if not product.slug or slugify(product.slug) != product.slug:
+        errors["slug"] = ["Use lowercase letters, digits and hyphens."]
+    if not isinstance(product.price, Decimal) or product.price < 0:
+        errors["price"] = ["Must be a decimal amount of zero or more."]
+    if product.currency not in settings.SUPPORTED_CURRENCIES:
+        errors["currency"] = [f"Use one of {', '.join(settings.SUPPORTED_CURRENCIES)}."]
+    if not isinstance(product.attributes, dict):
+        errors["attributes"] = ["Must be an object."]
+    if not isinstance(product.image_urls, list):
+        errors["image_urls"] = ["Must be a list of URLs."]
+    if errors:
+        raise ValidationFailed(errors)
+    if product.category_id is not None and not _category_exists(product.category_id):
+        raise ValidationFailed({"category_id": ["No such category."]})
+
+
+def _category_exists(category_id: int) -> bool:
+    with primary_reads():
+        return Category.objects.filter(pk=category_id).exists()
+
+
+# --- Categories -----------------------------------------------------------------------
+
+
+def category_create(
+    *, name: str, slug: str | None = None, parent_id: int | None = None, position: int = 0
+) -> Category:
+    category = Category(
+        name=name, slug=slug or slugify(name), parent_id=parent_id, position=position
+    )
+    try:
+        with transaction.atomic():
+            _validate_category(category)
+            category.save(force_insert=True)
+            category_cache.invalidate_on_commit(CATEGORY_TREE_KEY)
+    except IntegrityError as exc:
+        raise CategoryExists(f"Slug {category.slug!r} is taken.") from exc
+    return category
+
+
+def category_update(*, category_id: int, **changes) -> Category:
+    unknown = set(changes) - CATEGORY_FIELDS
+    if unknown:
+        raise ValidationFailed({name: ["Unknown field."] for name in sorted(unknown)})
+    try:
+        with transaction.atomic():
+            category = Category.objects.select_for_update().filter(pk=category_id).first()
+            if category is None:
+                raise CategoryNotFound(f"No category {category_id}.")
+            for name, value in changes.items():
+                setattr(category, name, value)
+            _validate_category(category)
+            category.save()
+            category_cache.invalidate_on_commit(CATEGORY_TREE_KEY)
+            # Product details embed their category.
+            invalidate_products_on_commit(list(category.products.values_list("pk", flat=True)))
+    except IntegrityError as exc:
+        raise CategoryExists(f"Slug {category.slug!r} is taken.") from exc
+    return category
+
+
+def _validate_category(category: Category) -> None:
+    errors: dict[str, list[str]] = {}
+    if not category.name or not category.name.strip():
+        errors["name"] = ["Required."]
+    if not category.slug or slugify(category.slug) != category.slug:
+        errors["slug"] = ["Use lowercase letters, digits and hyphens."]
+    if errors:
+        raise ValidationFailed(errors)
+    # Walk up from the new parent: meeting this category would make a cycle.
+    parents = dict(Category.objects.values_list("pk", "parent_id"))
+    ancestor = category.parent_id
+    if ancestor is not None and ancestor not in parents:
+        raise ValidationFailed({"parent_id": ["No such category."]})
+    while ancestor is not None:
+        if ancestor == category.pk:
+            raise ValidationFailed({"parent_id": ["A category cannot be inside itself."]})
+        ancestor = parents.get(ancestor)

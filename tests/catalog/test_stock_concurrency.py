@@ -1,0 +1,90 @@
+"""Real concurrent buyers: threads with their own PostgreSQL connections."""
+
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from django.db import DatabaseError, connections
+
+from apps.catalog.models import Reservation, Stock
+from apps.catalog.services import OutOfStock, commit_reservation, reserve_stock
+from apps.core.routing import primary_reads
+from tests.catalog.factories import ProductFactory
+
+pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
+
+TIMEOUT_SECONDS = 30
+
+
+def run_concurrently(calls: list) -> list[str]:
+    """Start every call at once (a barrier); each returns its outcome's name."""
+    barrier = threading.Barrier(len(calls), timeout=TIMEOUT_SECONDS)
+
+    def run(call) -> str:
+        try:
+            barrier.wait()
+            call()
+            return "ok"
+        except OutOfStock:
+            return "out-of-stock"
+        except DatabaseError as exc:  # a deadlock or a constraint breach would land here
+            return f"database-error: {exc}"
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        futures = [pool.submit(run, call) for call in calls]
+        return [future.result(timeout=TIMEOUT_SECONDS) for future in futures]
+
+
+@pytest.fixture(autouse=True)
+def read_the_primary():
+    # The assertions read what the threads just wrote: a lagging replica would not have it.
+    with primary_reads():
+        yield
+
+
+def test_fifty_buyers_for_ten_units_reserve_exactly_ten():
+    product = ProductFactory(stock__on_hand=10)
+    calls = [
+        lambda i=i: reserve_stock(reference=f"buyer-{i}", items=[(product.pk, 1)])
+        for i in range(50)
+    ]
+
+    outcomes = Counter(run_concurrently(calls))
+
+    assert outcomes == {"ok": 10, "out-of-stock": 40}
+    stock = Stock.objects.get(product=product)
+    assert (stock.on_hand, stock.reserved) == (10, 10)
+    assert Reservation.objects.filter(product=product).count() == 10
+
+
+def test_multi_item_reservations_in_opposite_orders_do_not_deadlock():
+    a, b, c = (ProductFactory(stock__on_hand=1000) for _ in range(3))
+    orders = [[(a.pk, 1), (b.pk, 2), (c.pk, 1)], [(c.pk, 1), (b.pk, 2), (a.pk, 1)]]
+
+    def buy(i: int) -> None:
+        # Several round trips per thread keep the row locks contended.
+        for round_ in range(3):
+            reference = f"buyer-{i}-{round_}"
+            reserve_stock(reference=reference, items=orders[i % 2])
+            commit_reservation(reference=reference)
+
+    outcomes = Counter(run_concurrently([lambda i=i: buy(i) for i in range(20)]))
+
+    assert outcomes == {"ok": 20}
+    on_hand = dict(Stock.objects.values_list("product_id", "on_hand"))
+    assert on_hand == {a.pk: 940, b.pk: 880, c.pk: 940}
+    assert set(Stock.objects.values_list("reserved", flat=True)) == {0}
+
+
+def test_concurrent_repeats_of_one_reference_reserve_once():
+    product = ProductFactory(stock__on_hand=10)
+    calls = [lambda: reserve_stock(reference="order-7", items=[(product.pk, 3)])] * 8
+
+    outcomes = Counter(run_concurrently(calls))
+
+    assert outcomes == {"ok": 8}
+    assert Stock.objects.get(product=product).reserved == 3
+    assert Reservation.objects.filter(reference="order-7").count() == 1
