@@ -20,16 +20,17 @@ from apps.core.routing import current_scope, must_read_primary, record_write
 logger = structlog.get_logger(__name__)
 
 PRIMARY = "default"
+SECOND_SAMPLE_DELAY_SECONDS = 0.02
 # Apps whose reads decide who the client is: a just-written session or a revoked token
 # must never be read stale.
 PRIMARY_ONLY_APPS = frozenset({"sessions", "token_blacklist"})
 
 _LAG_SQL = """
-SELECT CASE
-    WHEN NOT pg_is_in_recovery() THEN 0
-    WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
-    ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0)
-END
+SELECT pg_is_in_recovery(),
+       pg_last_wal_receive_lsn()::text,
+       pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn(),
+       pg_last_wal_replay_lsn() >= %s::pg_lsn,
+       EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp())
 """
 
 
@@ -40,13 +41,15 @@ class ReplicaHealth:
         self._lock = threading.Lock()
         self._checked_at: dict[str, float] = {}
         self._healthy: dict[str, bool] = {}
+        # (when, receive LSN) of the previous measurement, to tell progress from lag.
+        self._received: dict[str, tuple[float, str]] = {}
         self.lag_seconds: dict[str, float | None] = {}
 
     def is_healthy(self, alias: str) -> bool:
         now = time.monotonic()
         checked_at = self._checked_at.get(alias)
         if checked_at is None or now - checked_at >= settings.REPLICA_CHECK_INTERVAL_SECONDS:
-            self._measure(alias, now)
+            self._refresh(alias, now)
         return self._healthy.get(alias, False)
 
     def mark_down(self, alias: str) -> None:
@@ -55,39 +58,58 @@ class ReplicaHealth:
             self._checked_at[alias] = time.monotonic()
             self.lag_seconds[alias] = None
 
-    def _measure(self, alias: str, now: float) -> None:
+    def _refresh(self, alias: str, now: float) -> None:
         with self._lock:
             # Another thread may have measured while we waited.
             checked_at = self._checked_at.get(alias)
-            if (
-                checked_at is not None
-                and now - checked_at < settings.REPLICA_CHECK_INTERVAL_SECONDS
-            ):
+            if checked_at is not None and now - checked_at < settings.REPLICA_CHECK_INTERVAL_SECONDS:
                 return
             self._checked_at[alias] = now
         try:
-            lag = measure_replica_lag(alias)
+            self.measure(alias)
         except DatabaseError as exc:
             logger.warning("replica_unavailable", alias=alias, error=str(exc).strip())
             self.mark_down(alias)
-            return
-        self.record_lag(alias, lag)
 
-    def record_lag(self, alias: str, lag: float) -> None:
-        healthy = lag <= settings.REPLICA_MAX_LAG_SECONDS
-        if not healthy:
+    def measure(self, alias: str) -> float:
+        first_sample = alias not in self._received
+        lag = self._measure_once(alias)
+        if first_sample and lag > settings.REPLICA_MAX_LAG_SECONDS:
+            # No earlier sample to tell a replaying tail from real lag: take one more.
+            time.sleep(SECOND_SAMPLE_DELAY_SECONDS)
+            lag = self._measure_once(alias)
+        if lag > settings.REPLICA_MAX_LAG_SECONDS:
             logger.warning("replica_lagging", alias=alias, lag_seconds=round(lag, 3))
+        return lag
+
+    def _measure_once(self, alias: str) -> float:
+        """Measure the replica's lag now, record whether it is usable, and return the lag.
+
+        Caught up (everything received is replayed) means 0. Otherwise the lag is the age
+        of the last replayed transaction, except when the replica has replayed all it had
+        received at the previous measurement: then it is keeping up, and behind by at most
+        the time since. That avoids calling an idle replica, replaying a tail of
+        non-transactional WAL, hours behind.
+        """
+        previous = self._received.get(alias)
+        with connections[alias].cursor() as cursor:
+            cursor.execute(_LAG_SQL, [previous[1] if previous else "0/0"])
+            in_recovery, received, caught_up, replayed_previous, staleness = cursor.fetchone()
+        now = time.monotonic()
+        if not in_recovery or caught_up:
+            lag = 0.0
+        elif previous is not None and replayed_previous:
+            lag = min(float(staleness or 0), now - previous[0])
+        else:
+            lag = float(staleness or 0)
+        healthy = lag <= settings.REPLICA_MAX_LAG_SECONDS
         with self._lock:
+            if received:
+                self._received[alias] = (now, received)
             self._healthy[alias] = healthy
-            self._checked_at[alias] = time.monotonic()
+            self._checked_at[alias] = now
             self.lag_seconds[alias] = lag
-
-
-def measure_replica_lag(alias: str) -> float:
-    """Seconds the replica's replayed data is behind the primary (0 when caught up)."""
-    with connections[alias].cursor() as cursor:
-        cursor.execute(_LAG_SQL)
-        return float(cursor.fetchone()[0])
+        return lag
 
 
 replica_health = ReplicaHealth()

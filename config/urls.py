@@ -13,6 +13,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/v1/", include("apps.users.api.urls")),
     path("api/v1/", include("apps.catalog.api.urls")),
+    path("api/v1/", include("apps.orders.api.urls")),
     # Unknown API paths answer with a problem, in DEBUG too.
     re_path(r"^api/", not_found),
     path(settings.ADMIN_URL, admin.site.urls),

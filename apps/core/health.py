@@ -10,7 +10,7 @@ from django.core.cache import cache
 from django.db import connections
 
 from config.celery import app as celery_app
-from config.db_router import PRIMARY, measure_replica_lag, replica_health
+from config.db_router import PRIMARY, replica_health
 
 BROKER_TIMEOUT_SECONDS = 1.0
 
@@ -49,8 +49,7 @@ def _check_primary() -> str:
 
 def _check_replica(alias: str) -> Callable[[], str]:
     def check() -> str:
-        lag = measure_replica_lag(alias)
-        replica_health.record_lag(alias, lag)
+        lag = replica_health.measure(alias)
         if lag > settings.REPLICA_MAX_LAG_SECONDS:
             raise RuntimeError(f"lagging {lag:.2f}s (max {settings.REPLICA_MAX_LAG_SECONDS}s)")
         return f"lag {lag:.3f}s"

@@ -13,6 +13,7 @@ from django.db import transaction
 
 from apps.catalog import selectors as catalog_selectors
 from apps.core.errors import ValidationFailed
+from apps.core.routing import primary_reads
 from apps.orders import event_store
 from apps.orders.domain import Order
 from apps.orders.event_store import ConcurrencyConflict
@@ -67,7 +68,9 @@ def _order_lines(items: list[tuple[int, int]]) -> tuple[list[dict[str, Any]], st
             errors[f"items.{index}.quantity"] = [
                 f"Must be between 1 and {settings.ORDER_MAX_QUANTITY_PER_LINE}."
             ]
-    snapshots = catalog_selectors.product_snapshots(product_ids=[p for p, _ in items])
+    # The price charged must be the current one: read it from the primary, not a replica.
+    with primary_reads():
+        snapshots = catalog_selectors.product_snapshots(product_ids=[p for p, _ in items])
     for index, (product_id, _) in enumerate(items):
         snapshot = snapshots.get(product_id)
         if snapshot is None or not snapshot.is_active:

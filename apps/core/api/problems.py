@@ -14,6 +14,7 @@ from django.http import Http404, JsonResponse
 from django.views import defaults
 from rest_framework import exceptions
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 
 from apps.core.errors import DomainError
 
@@ -61,7 +62,11 @@ def flatten_errors(detail: Any, prefix: str = "") -> dict[str, list[str]]:
     if isinstance(detail, dict):
         flat: dict[str, list[str]] = {}
         for key, value in detail.items():
-            flat.update(flatten_errors(value, f"{prefix}.{key}" if prefix else str(key)))
+            if key == api_settings.NON_FIELD_ERRORS_KEY and prefix:
+                path = prefix  # an error of the nested object or list as a whole
+            else:
+                path = f"{prefix}.{key}" if prefix else str(key)
+            flat.update(flatten_errors(value, path))
         return flat
     if isinstance(detail, list) and detail and all(not isinstance(i, dict | list) for i in detail):
         return {prefix or "non_field_errors": [str(i) for i in detail]}

@@ -6,6 +6,7 @@ from rest_framework.generics import ListAPIView
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.core.api.pagination import CursorPagination
 from apps.core.api.permissions import staff_role_required
 from apps.orders import selectors, services
 from apps.orders.api.serializers import (
@@ -35,8 +36,13 @@ def bind_actor(request) -> None:
     structlog.contextvars.bind_contextvars(actor_id=request.user.pk)
 
 
+class NewestFirst(CursorPagination):
+    ordering = ("-placed_at", "-id")
+
+
 class OrderListCreateView(ListAPIView):
     serializer_class = OrderSerializer
+    pagination_class = NewestFirst
 
     def get_queryset(self):
         query = OrderListQuerySerializer(data=self.request.query_params)
