@@ -60,6 +60,17 @@ class EventEnvelope:
         return self.headers.get("request_id")
 
 
+def event_log_context(*, event_id, event_type: str, headers: dict) -> dict:
+    """What every log line about handling this event carries (None values left out)."""
+    context = {
+        "request_id": headers.get("request_id"),
+        "correlation_id": headers.get("correlation_id"),
+        "event_id": str(event_id),
+        "event_type": event_type,
+    }
+    return {k: v for k, v in context.items() if v is not None}
+
+
 Handler = Callable[[EventEnvelope], None]
 
 # event type -> consumer name -> handler

@@ -33,9 +33,11 @@ again; consumers deduplicate through the inbox (`apps.core.inbox`). Consumers mu
 rely on the order of events.
 """
 
+import contextlib
 import dataclasses
 import enum
 import uuid
+from collections.abc import Iterator
 from datetime import date, datetime, time
 from decimal import Decimal
 from typing import Any
@@ -47,7 +49,7 @@ from django.db.models import F
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerUnavailable
 
-from apps.core.inbox import consumers_of
+from apps.core.inbox import consumers_of, event_log_context
 from apps.core.models import OutboxMessage
 from config.celery import app as celery_app
 
@@ -181,26 +183,52 @@ def claim_pending_messages(*, limit: int) -> list[OutboxMessage]:
     return list(pending[:limit])
 
 
+@contextlib.contextmanager
+def _log_context_of(message: OutboxMessage) -> Iterator[None]:
+    """The event's log context alone, in place of the relay's, for the duration.
+
+    django_structlog copies the context at publish time into the task's headers, so the
+    consumer task's every log line (started, succeeded, retried) names the event's flow.
+    """
+    saved = structlog.contextvars.get_contextvars()
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(
+        **event_log_context(
+            event_id=message.id, event_type=message.event_type, headers=message.headers
+        )
+    )
+    try:
+        yield
+    finally:
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(**saved)
+
+
 def send_message(message: OutboxMessage, *, producer=None) -> int:
     """Send one `deliver_event` task per registered consumer; return how many."""
     consumers = consumers_of(message.event_type)
     for consumer in consumers:
-        celery_app.send_task(
-            DELIVER_TASK,
-            kwargs={
-                "event_id": str(message.id),
-                "event_type": message.event_type,
-                "aggregate_type": message.aggregate_type,
-                "aggregate_id": message.aggregate_id,
-                "payload": message.payload,
-                "headers": message.headers,
-                "created_at": message.created_at.isoformat(),
-                "consumer": consumer,
-            },
-            queue=EVENTS_QUEUE,
-            producer=producer,
-        )
+        with _log_context_of(message):
+            _send_delivery(message, consumer, producer)
     return len(consumers)
+
+
+def _send_delivery(message: OutboxMessage, consumer: str, producer) -> None:
+    celery_app.send_task(
+        DELIVER_TASK,
+        kwargs={
+            "event_id": str(message.id),
+            "event_type": message.event_type,
+            "aggregate_type": message.aggregate_type,
+            "aggregate_id": message.aggregate_id,
+            "payload": message.payload,
+            "headers": message.headers,
+            "created_at": message.created_at.isoformat(),
+            "consumer": consumer,
+        },
+        queue=EVENTS_QUEUE,
+        producer=producer,
+    )
 
 
 def relay_batch(*, limit: int) -> list[uuid.UUID]:

@@ -17,7 +17,7 @@ from celery import shared_task
 from django.conf import settings
 
 from apps.core.idempotency import idempotency_records_purge_expired
-from apps.core.inbox import EventEnvelope, UnknownConsumer, consume_event
+from apps.core.inbox import EventEnvelope, UnknownConsumer, consume_event, event_log_context
 from apps.core.outbox import relay_pending_messages
 
 logger = structlog.get_logger(__name__)
@@ -63,16 +63,8 @@ def deliver_event(
         headers=headers,
         created_at=datetime.fromisoformat(created_at) if created_at else None,
     )
-    context = {
-        "request_id": event.request_id,
-        "correlation_id": event.correlation_id,
-        "event_id": event_id,
-        "event_type": event_type,
-        "consumer": consumer,
-    }
-    with structlog.contextvars.bound_contextvars(
-        **{k: v for k, v in context.items() if v is not None}
-    ):
+    context = event_log_context(event_id=event_id, event_type=event_type, headers=headers)
+    with structlog.contextvars.bound_contextvars(**context, consumer=consumer):
         try:
             return consume_event(event, consumer=consumer)
         except UnknownConsumer:
