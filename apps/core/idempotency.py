@@ -35,12 +35,15 @@ import hashlib
 import json
 import re
 from collections.abc import Callable
+from contextlib import nullcontext
 from datetime import timedelta
 
 import structlog
 from django.conf import settings
-from django.db import IntegrityError, router, transaction
+from django.db import IntegrityError, connections, router, transaction
 from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.utils.encoders import JSONEncoder
@@ -56,6 +59,19 @@ REPLAYED_RESPONSE_HEADERS = ("Location", "Content-Location", "ETag")
 _VALID_KEY = re.compile(r"^[\x20-\x7e]{1,255}$")
 # Bounded: each round means another request released or expired the key meanwhile.
 CLAIM_ATTEMPTS = 3
+
+
+IDEMPOTENCY_KEY_PARAMETER = OpenApiParameter(
+    IDEMPOTENCY_HEADER,
+    OpenApiTypes.STR,
+    location=OpenApiParameter.HEADER,
+    required=True,
+    description=(
+        "A unique key per operation (e.g. a UUID), reused when retrying it: the first "
+        "answer is replayed (`Idempotent-Replayed: true`) for 24 hours; the same key with "
+        "another body is a 422, while the first request runs a 409."
+    ),
+)
 
 
 class IdempotencyKeyMissing(DomainError):
@@ -107,8 +123,11 @@ def _claim(*, user_id: int | None, key: str, fingerprint: str) -> tuple[Idempote
     records = IdempotencyRecord.objects.using(alias)
     for _ in range(CLAIM_ATTEMPTS):
         now = timezone.now()
+        # In autocommit the INSERT is its own transaction, committed before the view runs;
+        # inside a caller's transaction, a savepoint keeps it usable after a conflict.
+        in_transaction = connections[alias].in_atomic_block
         try:
-            with transaction.atomic(using=alias):
+            with transaction.atomic(using=alias) if in_transaction else nullcontext():
                 record = records.create(
                     user_id=user_id,
                     key=key,
@@ -212,7 +231,7 @@ def idempotent_request(view: Callable) -> Callable:
             _complete(record, response)
         return response
 
-    return wrapper
+    return extend_schema(parameters=[IDEMPOTENCY_KEY_PARAMETER])(wrapper)
 
 
 def idempotency_records_purge_expired() -> int:

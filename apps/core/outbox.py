@@ -36,9 +36,11 @@ rely on the order of events.
 import contextlib
 import dataclasses
 import enum
+import time
 import uuid
 from collections.abc import Iterator
-from datetime import date, datetime, time
+from datetime import date, datetime
+from datetime import time as time_of_day
 from decimal import Decimal
 from typing import Any
 
@@ -82,7 +84,7 @@ def json_safe(value: Any) -> Any:
         return json_safe(value.value)
     if isinstance(value, Decimal | uuid.UUID):
         return str(value)
-    if isinstance(value, datetime | date | time):
+    if isinstance(value, datetime | date | time_of_day):
         return value.isoformat()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return json_safe(dataclasses.asdict(value))
@@ -274,13 +276,12 @@ def relay_pending_messages(
     """Relay batches until none is full or the time budget is spent; return the count."""
     batch_size = batch_size or settings.OUTBOX_RELAY_BATCH_SIZE
     time_budget = settings.OUTBOX_RELAY_TIME_BUDGET_SECONDS if time_budget is None else time_budget
-    started = timezone.now()
+    deadline = time.monotonic() + time_budget
     total = 0
     while True:
         sent = relay_batch(limit=batch_size)
         total += len(sent)
-        elapsed = (timezone.now() - started).total_seconds()
-        if len(sent) < batch_size or elapsed >= time_budget:
+        if len(sent) < batch_size or time.monotonic() >= deadline:
             break
     if total:
         logger.info("outbox_relayed", count=total)
