@@ -200,6 +200,7 @@ CELERY_TASK_ROUTES = {
     "apps.core.tasks.relay_outbox": {"queue": "events"},
     "apps.core.tasks.deliver_event": {"queue": "events"},
     "apps.core.tasks.purge_expired_idempotency_records": {"queue": "default"},
+    "apps.core.tasks.purge_processed_messages": {"queue": "default"},
 }
 # With late acks, a task must not keep running after its message went back to the broker.
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
@@ -216,6 +217,9 @@ EVENT_HANDLER_MAX_RETRIES = env.int("EVENT_HANDLER_MAX_RETRIES", default=10)
 EVENT_HANDLER_RETRY_BASE_SECONDS = env.float("EVENT_HANDLER_RETRY_BASE_SECONDS", default=1.0)
 # Below the broker's visibility timeout: a waiting retry must not be redelivered early.
 EVENT_HANDLER_RETRY_MAX_SECONDS = env.float("EVENT_HANDLER_RETRY_MAX_SECONDS", default=600.0)
+# Published outbox rows and inbox rows are kept this long, for diagnosis.
+OUTBOX_RETENTION_DAYS = env.int("OUTBOX_RETENTION_DAYS", default=7)
+INBOX_RETENTION_DAYS = env.int("INBOX_RETENTION_DAYS", default=30)
 IDEMPOTENCY_KEY_TTL_SECONDS = env.int("IDEMPOTENCY_KEY_TTL_SECONDS", default=24 * 3600)
 # Longer than any request may run: an older in-flight claim belongs to a dead process.
 IDEMPOTENCY_IN_FLIGHT_TIMEOUT_SECONDS = env.int("IDEMPOTENCY_IN_FLIGHT_TIMEOUT_SECONDS", default=60)
@@ -228,6 +232,10 @@ CELERY_BEAT_SCHEDULE["outbox-relay-sweep"] = {
 CELERY_BEAT_SCHEDULE["purge-expired-idempotency-records"] = {
     "task": "apps.core.tasks.purge_expired_idempotency_records",
     "schedule": 3600.0,
+}
+CELERY_BEAT_SCHEDULE["purge-processed-messages"] = {
+    "task": "apps.core.tasks.purge_processed_messages",
+    "schedule": 24 * 3600.0,
 }
 
 # --- Auth -----------------------------------------------------------------------

@@ -25,12 +25,14 @@ keeps its correlation id.
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from uuid import UUID
 
 import structlog
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import IntegrityError, router, transaction
+from django.utils import timezone
 
 from apps.core.models import InboxMessage
 
@@ -122,3 +124,18 @@ def consume_event(event: EventEnvelope, *, consumer: str) -> bool:
             return False
         handler(event)
     return True
+
+
+def inbox_purge_processed() -> int:
+    """Forget events handled more than INBOX_RETENTION_DAYS ago; return how many.
+
+    Safe because no redelivery comes that late: the broker's visibility timeout and the
+    handler retries end within hours.
+    """
+    cutoff = timezone.now() - timedelta(days=settings.INBOX_RETENTION_DAYS)
+    deleted, _ = (
+        InboxMessage.objects.using(router.db_for_write(InboxMessage))
+        .filter(processed_at__lt=cutoff)
+        .delete()
+    )
+    return deleted

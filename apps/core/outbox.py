@@ -39,7 +39,7 @@ import enum
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from datetime import time as time_of_day
 from decimal import Decimal
 from typing import Any
@@ -286,3 +286,14 @@ def relay_pending_messages(
     if total:
         logger.info("outbox_relayed", count=total)
     return total
+
+
+def outbox_purge_published() -> int:
+    """Delete messages published more than OUTBOX_RETENTION_DAYS ago; return how many."""
+    cutoff = timezone.now() - timedelta(days=settings.OUTBOX_RETENTION_DAYS)
+    deleted, _ = (
+        OutboxMessage.objects.using(router.db_for_write(OutboxMessage))
+        .filter(published_at__lt=cutoff)
+        .delete()
+    )
+    return deleted

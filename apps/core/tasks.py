@@ -6,6 +6,8 @@
   the event's request_id / correlation_id into the task's log context; retries a
   failing handler with jittered exponential backoff.
 - `purge_expired_idempotency_records` (queue `default`): hourly by beat.
+- `purge_processed_messages` (queue `default`): daily by beat; published outbox rows
+  and inbox rows past their retention.
 """
 
 import random
@@ -17,8 +19,14 @@ from celery import shared_task
 from django.conf import settings
 
 from apps.core.idempotency import idempotency_records_purge_expired
-from apps.core.inbox import EventEnvelope, UnknownConsumer, consume_event, event_log_context
-from apps.core.outbox import relay_pending_messages
+from apps.core.inbox import (
+    EventEnvelope,
+    UnknownConsumer,
+    consume_event,
+    event_log_context,
+    inbox_purge_processed,
+)
+from apps.core.outbox import outbox_purge_published, relay_pending_messages
 
 logger = structlog.get_logger(__name__)
 
@@ -85,3 +93,8 @@ def deliver_event(
 @shared_task(name="apps.core.tasks.purge_expired_idempotency_records")
 def purge_expired_idempotency_records() -> int:
     return idempotency_records_purge_expired()
+
+
+@shared_task(name="apps.core.tasks.purge_processed_messages")
+def purge_processed_messages() -> dict[str, int]:
+    return {"outbox": outbox_purge_published(), "inbox": inbox_purge_processed()}

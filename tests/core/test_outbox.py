@@ -27,7 +27,7 @@ from apps.core.outbox import (
     relay_pending_messages,
 )
 from apps.core.selectors import outbox_backlog
-from apps.core.tasks import deliver_event
+from apps.core.tasks import deliver_event, purge_processed_messages
 from tests.core.event_probes import ECHOED, FLAKY, PROBED
 from tests.core.urls import PROBES
 
@@ -303,3 +303,21 @@ def test_delivery_to_a_consumer_that_no_longer_exists_is_dropped():
     message = OutboxMessage.objects.get(pk=event_id)
     assert deliver_event.apply(kwargs=delivery_kwargs(message, "tests.gone")).get() is False
     assert not InboxMessage.objects.exists()
+
+
+def test_purge_deletes_only_messages_past_their_retention(settings):
+    now = timezone.now()
+    old = now - timedelta(days=settings.OUTBOX_RETENTION_DAYS, seconds=1)
+    expired = OutboxMessage.objects.create(event_type=PROBED, payload={}, published_at=old)
+    kept = OutboxMessage.objects.create(event_type=PROBED, payload={}, published_at=now)
+    pending = OutboxMessage.objects.create(event_type=PROBED, payload={}, created_at=old)
+    InboxMessage.objects.create(consumer="tests.echo", event_id=uuid.uuid4())
+    forgotten = InboxMessage.objects.create(consumer="tests.echo", event_id=uuid.uuid4())
+    InboxMessage.objects.filter(pk=forgotten.pk).update(
+        processed_at=now - timedelta(days=settings.INBOX_RETENTION_DAYS, seconds=1)
+    )
+
+    assert purge_processed_messages.apply().get() == {"outbox": 1, "inbox": 1}
+    assert set(OutboxMessage.objects.values_list("pk", flat=True)) == {kept.pk, pending.pk}
+    assert not OutboxMessage.objects.filter(pk=expired.pk).exists()
+    assert not InboxMessage.objects.filter(pk=forgotten.pk).exists()
