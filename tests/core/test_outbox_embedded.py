@@ -7,7 +7,7 @@ select, serialised by SQLite's IMMEDIATE write transactions.
 from pathlib import Path
 
 import pytest
-from django.db import connection, transaction
+from django.db import transaction
 
 from apps.core.models import InboxMessage, OutboxMessage
 from apps.core.outbox import publish_event, relay_pending_messages
@@ -15,7 +15,11 @@ from apps.core.selectors import outbox_backlog
 from apps.core.tasks import deliver_event
 from tests.core.event_probes import ECHOED, PROBED
 
-pytestmark = [pytest.mark.embedded, pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    pytest.mark.embedded,
+    pytest.mark.django_db(transaction=True, databases="__all__"),
+    pytest.mark.usefixtures("assertions_read_the_primary"),
+]
 
 
 @pytest.fixture
@@ -49,4 +53,3 @@ def test_events_are_published_relayed_and_consumed_once_on_the_embedded_defaults
     assert deliver_event.apply(kwargs=delivery).get() is False
     assert OutboxMessage.objects.filter(event_type=ECHOED, payload__of=str(event_id)).count() == 1
     assert InboxMessage.objects.filter(event_id=event_id).count() == 1
-    print(f"embedded run on {connection.vendor}")
