@@ -1,12 +1,14 @@
 """Read-only admin views of the event pipeline and idempotency keys, for diagnosis.
 
 Rows are written only by the outbox, the relay, the consumers and the idempotency
-decorator; staff look, and never edit them by hand.
+decorator; staff look, and never edit them by hand. One action, for users with the
+outbox change permission: send messages again (e.g. after a consumer gave up).
 """
 
 from django.contrib import admin
 
 from apps.core.models import IdempotencyRecord, InboxMessage, OutboxMessage
+from apps.core.outbox import outbox_messages_resend
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -42,6 +44,15 @@ class OutboxMessageAdmin(ReadOnlyAdmin):
     list_filter = [PendingFilter, "event_type"]
     search_fields = ["=id", "=aggregate_id"]
     date_hierarchy = "created_at"
+    actions = ["resend"]
+
+    def has_resend_permission(self, request) -> bool:
+        return request.user.has_perm("core.change_outboxmessage")
+
+    @admin.action(description="Send again to every consumer", permissions=["resend"])
+    def resend(self, request, queryset):
+        count = outbox_messages_resend(ids=list(queryset.values_list("pk", flat=True)))
+        self.message_user(request, f"{count} message(s) will be sent again.")
 
 
 @admin.register(InboxMessage)

@@ -288,6 +288,23 @@ def relay_pending_messages(
     return total
 
 
+def outbox_messages_resend(*, ids: list) -> int:
+    """Make messages pending again: the relay re-sends them to every consumer.
+
+    For an event a consumer gave up on (EVENT_HANDLER_MAX_RETRIES): the consumers that
+    already handled it skip it, through the inbox.
+    """
+    alias = router.db_for_write(OutboxMessage)
+    with transaction.atomic(using=alias):
+        count = (
+            OutboxMessage.objects.using(alias)
+            .filter(pk__in=ids)
+            .update(published_at=None, last_error="")
+        )
+        transaction.on_commit(kick_relay, using=alias, robust=True)
+    return count
+
+
 def outbox_purge_published() -> int:
     """Delete messages published more than OUTBOX_RETENTION_DAYS ago; return how many."""
     cutoff = timezone.now() - timedelta(days=settings.OUTBOX_RETENTION_DAYS)
