@@ -4,12 +4,16 @@ import os
 
 from celery import Celery
 from celery.signals import task_postrun, task_prerun
+from django_structlog.celery.steps import DjangoStructLogInitStep
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 app = Celery("mercato")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+# Worker side of django_structlog: each task's log lines carry the context (request_id,
+# correlation_id, ...) of whoever published it.
+app.steps["worker"].add(DjangoStructLogInitStep)
 
 _task_scopes: dict[str, object] = {}
 

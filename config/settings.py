@@ -10,6 +10,7 @@ from pathlib import Path
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
+from kombu import Queue
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(environ.Env().str("MERCATO_VAR_DIR", default=str(BASE_DIR / "var")))
@@ -181,10 +182,14 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "data_folder_out": str(_broker_dir / "queue"),
         "processed_folder": str(_broker_dir / "processed"),
         "store_processed": False,
+        # Exchange tables (worker control, pidbox); the default is ./control in the cwd.
+        "control_folder": str(_broker_dir / "control"),
     }
 elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
     # Longer than any countdown or ETA we schedule, so a task is not redelivered early.
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT_SECONDS", default=3600)
+    }
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
@@ -203,6 +208,49 @@ CELERY_BEAT_SCHEDULE["catalog-release-expired-reservations"] = {
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Queues: request-path work (default), the event pipeline (events), saga steps (sagas).
+CELERY_TASK_QUEUES = [Queue("default"), Queue("events"), Queue("sagas")]
+CELERY_TASK_ROUTES = {
+    "apps.core.tasks.relay_outbox": {"queue": "events"},
+    "apps.core.tasks.deliver_event": {"queue": "events"},
+    "apps.core.tasks.purge_expired_idempotency_records": {"queue": "default"},
+    "apps.core.tasks.purge_processed_messages": {"queue": "default"},
+}
+# With late acks, a task must not keep running after its message went back to the broker.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+
+# --- Events (outbox, relay, inbox) and idempotency keys -----------------------------
+
+OUTBOX_RELAY_BATCH_SIZE = env.int("OUTBOX_RELAY_BATCH_SIZE", default=100)
+# One relay task stops after this long (well below the task time limit); the next
+# kick or sweep goes on.
+OUTBOX_RELAY_TIME_BUDGET_SECONDS = env.float("OUTBOX_RELAY_TIME_BUDGET_SECONDS", default=20.0)
+OUTBOX_SWEEP_SECONDS = env.float("OUTBOX_SWEEP_SECONDS", default=5.0)
+EVENT_HANDLER_MAX_RETRIES = env.int("EVENT_HANDLER_MAX_RETRIES", default=10)
+EVENT_HANDLER_RETRY_BASE_SECONDS = env.float("EVENT_HANDLER_RETRY_BASE_SECONDS", default=1.0)
+# Below the broker's visibility timeout: a waiting retry must not be redelivered early.
+EVENT_HANDLER_RETRY_MAX_SECONDS = env.float("EVENT_HANDLER_RETRY_MAX_SECONDS", default=600.0)
+# Published outbox rows and inbox rows are kept this long, for diagnosis.
+OUTBOX_RETENTION_DAYS = env.int("OUTBOX_RETENTION_DAYS", default=7)
+INBOX_RETENTION_DAYS = env.int("INBOX_RETENTION_DAYS", default=30)
+IDEMPOTENCY_KEY_TTL_SECONDS = env.int("IDEMPOTENCY_KEY_TTL_SECONDS", default=24 * 3600)
+# Longer than any request may run: an older in-flight claim belongs to a dead process.
+IDEMPOTENCY_IN_FLIGHT_TIMEOUT_SECONDS = env.int("IDEMPOTENCY_IN_FLIGHT_TIMEOUT_SECONDS", default=60)
+CELERY_BEAT_SCHEDULE["outbox-relay-sweep"] = {
+    "task": "apps.core.tasks.relay_outbox",
+    "schedule": OUTBOX_SWEEP_SECONDS,
+    # A sweep nobody ran in time is superseded by the next one: don't let them pile up.
+    "options": {"expires": OUTBOX_SWEEP_SECONDS},
+}
+CELERY_BEAT_SCHEDULE["purge-expired-idempotency-records"] = {
+    "task": "apps.core.tasks.purge_expired_idempotency_records",
+    "schedule": 3600.0,
+}
+CELERY_BEAT_SCHEDULE["purge-processed-messages"] = {
+    "task": "apps.core.tasks.purge_processed_messages",
+    "schedule": 24 * 3600.0,
+}
 
 # --- Auth -----------------------------------------------------------------------
 

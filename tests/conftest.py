@@ -5,6 +5,9 @@ from rest_framework_simplejwt.tokens import RefreshToken
 
 from tests.users.factories import UserFactory
 
+# Fixtures for real worker processes: celery_worker, start_celery_worker.
+pytest_plugins = ["tests.support.celery_worker"]
+
 
 @pytest.fixture(autouse=True)
 def _isolated_cache():

@@ -1,7 +1,13 @@
 from django.apps import AppConfig
+from django.utils.module_loading import autodiscover_modules
 
 
 class CoreConfig(AppConfig):
     name = "apps.core"
     label = "core"
     verbose_name = "Platform"
+
+    def ready(self) -> None:
+        # Every context's event handlers register themselves on import (apps.core.inbox),
+        # in each process: the relay sends to the consumers registered here.
+        autodiscover_modules("handlers")

@@ -11,15 +11,18 @@ from rest_framework_simplejwt.tokens import AccessToken
 from apps.core.routing import pin_user_to_primary, routing_scope
 
 REQUEST_ID_HEADER = "X-Request-ID"
+CORRELATION_ID_HEADER = "X-Correlation-ID"
 # Accept a client's id only when it cannot smuggle anything into logs or headers.
 _WELL_FORMED_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{7,127}$")
 
 
 class RequestIdMiddleware:
-    """Give every request an id, bind it into every log line, and return it.
+    """Give every request an id and a correlation id, bind them into every log line.
 
-    Runs before django_structlog's RequestMiddleware, which picks the id up from the
-    request header we set here.
+    The correlation id names the whole flow a request starts (the events it publishes
+    and the tasks they trigger carry it on): a well-formed X-Correlation-ID from the
+    client, else the request id. Runs before django_structlog's RequestMiddleware, which
+    picks the request id up from the header we set here.
     """
 
     def __init__(self, get_response):
@@ -31,12 +34,16 @@ class RequestIdMiddleware:
         request_id = offered if _WELL_FORMED_ID.match(offered) else uuid.uuid4().hex
         request.META["HTTP_X_REQUEST_ID"] = request_id
         request.request_id = request_id
-        structlog.contextvars.bind_contextvars(request_id=request_id)
+        offered = request.META.get("HTTP_X_CORRELATION_ID", "")
+        correlation_id = offered if _WELL_FORMED_ID.match(offered) else request_id
+        request.META["HTTP_X_CORRELATION_ID"] = correlation_id
+        structlog.contextvars.bind_contextvars(request_id=request_id, correlation_id=correlation_id)
         try:
             response = self.get_response(request)
         finally:
-            structlog.contextvars.unbind_contextvars("request_id")
+            structlog.contextvars.unbind_contextvars("request_id", "correlation_id")
         response[REQUEST_ID_HEADER] = request_id
+        response[CORRELATION_ID_HEADER] = correlation_id
         return response
 
 

@@ -1,0 +1,246 @@
+"""Idempotency-Key support for unsafe API requests, with Stripe's semantics.
+
+Public API:
+
+    class OrderListView(APIView):
+        @idempotent_request
+        def post(self, request): ...
+
+(also works on `@api_view` functions). For a decorated method:
+- the `Idempotency-Key` header is required (1-255 printable ASCII characters), else a
+  400 problem `idempotency-key-missing` / `idempotency-key-invalid`;
+- keys are scoped per authenticated user (anonymous callers share one scope);
+- the first response with a status below 500 is stored (status, JSON body, content type,
+  and the `Location`, `Content-Location` and `ETag` headers) and replayed for a retry with
+  the same key, method, path and body, marked `Idempotent-Replayed: true`;
+- the same key with another method, path or body: 422 problem `idempotency-key-reused`;
+- the same key while the first request is still running: 409 problem
+  `idempotency-key-in-flight` (retry later);
+- a 5xx answer or an exception (including validation errors raised by the view) is not
+  stored: the key is released and the client may retry with it;
+- keys expire IDEMPOTENCY_KEY_TTL_SECONDS (24 h) after their first use; the
+  `purge_expired_idempotency_records` task deletes them hourly. A claim whose process died
+  is taken over after IDEMPOTENCY_IN_FLIGHT_TIMEOUT_SECONDS.
+
+The claim is an INSERT on the unique (user, key) constraint, committed in its own
+transaction before the view runs: among concurrent duplicates the database lets exactly
+one insert win, and the others see its row. So the view must not run inside an outer
+transaction (ATOMIC_REQUESTS stays off), and the view's own writes commit before the
+response is stored: a crash in between leaves an in-flight claim that is taken over after
+the timeout, the one case where the effect may happen twice.
+"""
+
+import functools
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from contextlib import nullcontext
+from datetime import timedelta
+
+import structlog
+from django.conf import settings
+from django.db import IntegrityError, connections, router, transaction
+from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.utils.encoders import JSONEncoder
+
+from apps.core.errors import Conflict, DomainError
+from apps.core.models import IdempotencyRecord
+
+logger = structlog.get_logger(__name__)
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+REPLAYED_RESPONSE_HEADERS = ("Location", "Content-Location", "ETag")
+_VALID_KEY = re.compile(r"^[\x20-\x7e]{1,255}$")
+# Bounded: each round means another request released or expired the key meanwhile.
+CLAIM_ATTEMPTS = 3
+
+
+IDEMPOTENCY_KEY_PARAMETER = OpenApiParameter(
+    IDEMPOTENCY_HEADER,
+    OpenApiTypes.STR,
+    location=OpenApiParameter.HEADER,
+    required=True,
+    description=(
+        "A unique key per operation (e.g. a UUID), reused when retrying it: the first "
+        "answer is replayed (`Idempotent-Replayed: true`) for 24 hours; the same key with "
+        "another body is a 422, while the first request runs a 409."
+    ),
+)
+
+
+class IdempotencyKeyMissing(DomainError):
+    problem_type = "idempotency-key-missing"
+    title = "Idempotency-Key header required"
+
+
+class IdempotencyKeyInvalid(DomainError):
+    problem_type = "idempotency-key-invalid"
+    title = "Invalid Idempotency-Key header"
+
+
+class IdempotencyKeyReused(DomainError):
+    status = 422
+    problem_type = "idempotency-key-reused"
+    title = "Idempotency key reused for another request"
+
+
+class IdempotencyKeyInFlight(Conflict):
+    problem_type = "idempotency-key-in-flight"
+    title = "A request with this idempotency key is in progress"
+
+
+def request_fingerprint(*, method: str, path: str, data) -> str:
+    """sha256 of method, path (with query) and the parsed body in canonical form."""
+    if hasattr(data, "lists"):  # QueryDict: form bodies
+        data = dict(data.lists())
+    body = json.dumps(data, sort_keys=True, separators=(",", ":"), cls=JSONEncoder)
+    return hashlib.sha256(f"{method.upper()}\n{path}\n{body}".encode()).hexdigest()
+
+
+def _key_from(request: Request) -> str:
+    key = request.headers.get(IDEMPOTENCY_HEADER, "").strip()
+    if not key:
+        raise IdempotencyKeyMissing(
+            f"This request must carry an {IDEMPOTENCY_HEADER} header, "
+            "a unique value (e.g. a UUID) per operation, reused when retrying it."
+        )
+    if not _VALID_KEY.match(key):
+        raise IdempotencyKeyInvalid(
+            f"The {IDEMPOTENCY_HEADER} header must be 1 to 255 printable ASCII characters."
+        )
+    return key
+
+
+def _claim(*, user_id: int | None, key: str, fingerprint: str) -> tuple[IdempotencyRecord, bool]:
+    """(record, True) when this request now owns the key; (completed record, False) to replay."""
+    alias = router.db_for_write(IdempotencyRecord)
+    records = IdempotencyRecord.objects.using(alias)
+    for _ in range(CLAIM_ATTEMPTS):
+        now = timezone.now()
+        # In autocommit the INSERT is its own transaction, committed before the view runs;
+        # inside a caller's transaction, a savepoint keeps it usable after a conflict.
+        in_transaction = connections[alias].in_atomic_block
+        try:
+            with transaction.atomic(using=alias) if in_transaction else nullcontext():
+                record = records.create(
+                    user_id=user_id,
+                    key=key,
+                    fingerprint=fingerprint,
+                    state=IdempotencyRecord.State.IN_FLIGHT,
+                    locked_at=now,
+                    created_at=now,
+                    expires_at=now + timedelta(seconds=settings.IDEMPOTENCY_KEY_TTL_SECONDS),
+                )
+            return record, True
+        except IntegrityError:
+            pass
+        existing = records.filter(user_id=user_id, key=key).first()
+        if existing is None:
+            continue  # released by a failed first attempt meanwhile
+        if existing.expires_at <= now:
+            records.filter(pk=existing.pk, expires_at__lte=now).delete()
+            continue
+        if existing.fingerprint != fingerprint:
+            raise IdempotencyKeyReused(
+                "This idempotency key was already used for a request with another "
+                "method, path or body. Use a new key for a new operation."
+            )
+        if existing.state == IdempotencyRecord.State.COMPLETED:
+            return existing, False
+        abandoned_before = now - timedelta(seconds=settings.IDEMPOTENCY_IN_FLIGHT_TIMEOUT_SECONDS)
+        if existing.locked_at <= abandoned_before:
+            taken = records.filter(
+                pk=existing.pk,
+                state=IdempotencyRecord.State.IN_FLIGHT,
+                locked_at=existing.locked_at,
+            ).update(locked_at=now)
+            if taken:
+                logger.warning("idempotency_claim_taken_over", idempotency_key=key)
+                existing.locked_at = now
+                return existing, True
+            continue
+        raise IdempotencyKeyInFlight(
+            "The first request with this idempotency key has not finished yet; retry shortly."
+        )
+    raise IdempotencyKeyInFlight("This idempotency key is contended; retry shortly.")
+
+
+def _owned(record: IdempotencyRecord):
+    """Our claim, unless an abandoned-claim takeover replaced it meanwhile."""
+    return IdempotencyRecord.objects.using(router.db_for_write(IdempotencyRecord)).filter(
+        pk=record.pk, state=IdempotencyRecord.State.IN_FLIGHT, locked_at=record.locked_at
+    )
+
+
+def _release(record: IdempotencyRecord) -> None:
+    _owned(record).delete()
+
+
+def _complete(record: IdempotencyRecord, response: Response) -> None:
+    data = getattr(response, "data", None)
+    stored = _owned(record).update(
+        state=IdempotencyRecord.State.COMPLETED,
+        response_status=response.status_code,
+        response_headers={h: response[h] for h in REPLAYED_RESPONSE_HEADERS if h in response},
+        response_content_type=getattr(response, "content_type", None) or "",
+        response_body="" if data is None else json.dumps(data, cls=JSONEncoder),
+    )
+    if not stored:
+        logger.warning("idempotency_response_not_stored", idempotency_key=record.key)
+
+
+def _replay(record: IdempotencyRecord) -> Response:
+    headers = {**record.response_headers, REPLAYED_HEADER: "true"}
+    return Response(
+        json.loads(record.response_body) if record.response_body else None,
+        status=record.response_status,
+        headers=headers,
+        content_type=record.response_content_type or None,
+    )
+
+
+def idempotent_request(view: Callable) -> Callable:
+    """Make a DRF view method (or `@api_view` function) honour the Idempotency-Key header."""
+
+    @functools.wraps(view)
+    def wrapper(*args, **kwargs):
+        request = next(arg for arg in args[:2] if isinstance(arg, Request))
+        key = _key_from(request)
+        user = request.user
+        user_id = user.pk if user is not None and user.is_authenticated else None
+        fingerprint = request_fingerprint(
+            method=request.method, path=request.get_full_path(), data=request.data
+        )
+        record, owned = _claim(user_id=user_id, key=key, fingerprint=fingerprint)
+        if not owned:
+            return _replay(record)
+        try:
+            response = view(*args, **kwargs)
+        except BaseException:
+            _release(record)
+            raise
+        if response.status_code >= 500:
+            _release(record)
+        else:
+            _complete(record, response)
+        return response
+
+    return extend_schema(parameters=[IDEMPOTENCY_KEY_PARAMETER])(wrapper)
+
+
+def idempotency_records_purge_expired() -> int:
+    """Delete expired keys (in flight or not); return how many."""
+    deleted, _ = (
+        IdempotencyRecord.objects.using(router.db_for_write(IdempotencyRecord))
+        .filter(expires_at__lte=timezone.now())
+        .delete()
+    )
+    if deleted:
+        logger.info("idempotency_records_purged", count=deleted)
+    return deleted

@@ -1,0 +1,141 @@
+"""Event consumers: the handler registry and the inbox that makes them idempotent.
+
+Public API (for every context's `handlers.py`):
+
+    @event_handler("OrderPlaced", consumer="catalog.reserve_stock")
+    def reserve_stock(event: EventEnvelope) -> None: ...
+
+`consumer` names the reaction, unique per event type ("<context>.<what it does>"); it is
+the inbox key, so renaming it makes already handled events look new. Stack decorators
+to react to several types. `handlers.py` modules are imported at start-up by
+`CoreConfig.ready()`.
+
+Each (event, consumer) pair is delivered by its own `apps.core.tasks.deliver_event`
+task: `consume_event` runs the handler inside `transaction.atomic` together with the
+insert of an `InboxMessage(consumer, event_id)`. A redelivered event finds the row and
+is skipped; a concurrent duplicate waits on the unique index and is skipped once the
+first commits; a failing handler rolls back its inbox row with its effect, and its task
+retries with backoff without touching the other consumers of that event.
+
+Handlers receive an `EventEnvelope`: id, type, payload (plain JSON), aggregate type/id,
+headers (correlation_id, causation_id, request_id) and created_at. Whatever a handler
+publishes through `apps.core.outbox` gets the handled event as its causation id and
+keeps its correlation id.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from uuid import UUID
+
+import structlog
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.db import IntegrityError, router, transaction
+from django.utils import timezone
+
+from apps.core.models import InboxMessage
+
+logger = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class EventEnvelope:
+    id: UUID
+    type: str
+    payload: dict
+    aggregate_type: str = ""
+    aggregate_id: str = ""
+    headers: dict = field(default_factory=dict)
+    created_at: datetime | None = None
+
+    @property
+    def correlation_id(self) -> str | None:
+        return self.headers.get("correlation_id")
+
+    @property
+    def causation_id(self) -> str | None:
+        return self.headers.get("causation_id")
+
+    @property
+    def request_id(self) -> str | None:
+        return self.headers.get("request_id")
+
+
+def event_log_context(*, event_id, event_type: str, headers: dict) -> dict:
+    """What every log line about handling this event carries (None values left out)."""
+    context = {
+        "request_id": headers.get("request_id"),
+        "correlation_id": headers.get("correlation_id"),
+        "event_id": str(event_id),
+        "event_type": event_type,
+    }
+    return {k: v for k, v in context.items() if v is not None}
+
+
+Handler = Callable[[EventEnvelope], None]
+
+# event type -> consumer name -> handler
+_handlers: dict[str, dict[str, Handler]] = {}
+
+
+def _qualified_name(func: Callable) -> str:
+    return f"{func.__module__}.{func.__qualname__}"
+
+
+def event_handler(event_type: str, *, consumer: str) -> Callable[[Handler], Handler]:
+    """Register `func` as the reaction `consumer` to events of `event_type`."""
+
+    def register(func: Handler) -> Handler:
+        registered = _handlers.setdefault(event_type, {})
+        existing = registered.get(consumer)
+        if existing is not None and _qualified_name(existing) != _qualified_name(func):
+            raise ImproperlyConfigured(
+                f"consumer {consumer!r} of {event_type} is already "
+                f"{_qualified_name(existing)}; consumer names must be unique per event type"
+            )
+        registered[consumer] = func
+        return func
+
+    return register
+
+
+def consumers_of(event_type: str) -> list[str]:
+    return sorted(_handlers.get(event_type, {}))
+
+
+class UnknownConsumer(LookupError):
+    """No handler of that name for that event type (removed since the event was sent)."""
+
+
+def consume_event(event: EventEnvelope, *, consumer: str) -> bool:
+    """Run `consumer`'s handler once per event; False if it had already handled it."""
+    handler = _handlers.get(event.type, {}).get(consumer)
+    if handler is None:
+        raise UnknownConsumer(f"no consumer {consumer!r} of {event.type}")
+    alias = router.db_for_write(InboxMessage)
+    with transaction.atomic(using=alias):
+        try:
+            # Insert first: the unique index, not a lookup, decides between duplicates.
+            with transaction.atomic(using=alias):
+                InboxMessage.objects.using(alias).create(consumer=consumer, event_id=event.id)
+        except IntegrityError:
+            logger.info("event_already_handled")
+            return False
+        handler(event)
+    return True
+
+
+def inbox_purge_processed() -> int:
+    """Forget events handled more than INBOX_RETENTION_DAYS ago; return how many.
+
+    Safe because no redelivery comes that late: the broker's visibility timeout and the
+    handler retries end within hours.
+    """
+    cutoff = timezone.now() - timedelta(days=settings.INBOX_RETENTION_DAYS)
+    deleted, _ = (
+        InboxMessage.objects.using(router.db_for_write(InboxMessage))
+        .filter(processed_at__lt=cutoff)
+        .delete()
+    )
+    return deleted

@@ -1,0 +1,104 @@
+"""Shared-kernel tables: the transactional outbox, the consumer inbox, idempotency keys.
+
+- `OutboxMessage`: one row per event, written in the transaction of the state change
+  (`apps.core.outbox.publish_event`); the relay publishes pending rows to Celery and
+  stamps `published_at`. Its id is the event id.
+- `InboxMessage`: (consumer, event id) pairs already handled, inserted in the same
+  transaction as the consumer's effect, so a redelivered event has no second effect.
+- `IdempotencyRecord`: one row per (user, Idempotency-Key): the request fingerprint and,
+  once completed, the response replayed to retries (`apps.core.idempotency`).
+
+No foreign key leaves the shared kernel: users are plain integer ids.
+"""
+
+import uuid
+
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+class OutboxMessage(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    event_type = models.CharField(max_length=200)
+    aggregate_type = models.CharField(max_length=100, blank=True)
+    aggregate_id = models.CharField(max_length=100, blank=True)
+    payload = models.JSONField()
+    # correlation_id, causation_id, request_id (strings or null)
+    headers = models.JSONField(default=dict)
+    created_at = models.DateTimeField(default=timezone.now)
+    published_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["created_at"]
+        indexes = [
+            # The relay's claim and the backlog metric scan only pending rows.
+            models.Index(
+                fields=["created_at"],
+                condition=Q(published_at__isnull=True),
+                name="core_outbox_pending_idx",
+            ),
+            models.Index(fields=["aggregate_type", "aggregate_id"], name="core_outbox_agg_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} {self.id}"
+
+
+class InboxMessage(models.Model):
+    consumer = models.CharField(max_length=200)
+    event_id = models.UUIDField()
+    processed_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["consumer", "event_id"], name="core_inbox_consumer_event_uniq"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.consumer} <- {self.event_id}"
+
+
+class IdempotencyRecord(models.Model):
+    class State(models.TextChoices):
+        IN_FLIGHT = "in_flight", "In flight"
+        COMPLETED = "completed", "Completed"
+
+    user_id = models.BigIntegerField(null=True, blank=True)
+    key = models.CharField(max_length=255)
+    # sha256 of method, path and canonical body
+    fingerprint = models.CharField(max_length=64)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.IN_FLIGHT)
+    # When the current holder claimed the key; an in-flight claim older than the
+    # in-flight timeout is considered abandoned (its process died) and may be taken over.
+    locked_at = models.DateTimeField(default=timezone.now)
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_headers = models.JSONField(default=dict)
+    response_content_type = models.CharField(max_length=100, blank=True)
+    # The rendered JSON text: a text column keeps the key order a jsonb column would lose,
+    # so a replay is byte for byte the first answer.
+    response_body = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        constraints = [
+            # Partial constraints: NULL user ids (anonymous) must collide too, on every backend.
+            models.UniqueConstraint(
+                fields=["user_id", "key"],
+                condition=Q(user_id__isnull=False),
+                name="core_idem_user_key_uniq",
+            ),
+            models.UniqueConstraint(
+                fields=["key"],
+                condition=Q(user_id__isnull=True),
+                name="core_idem_anonymous_key_uniq",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id or 'anonymous'}:{self.key} ({self.state})"

@@ -1,0 +1,316 @@
+"""The transactional outbox: publish events in the transaction of the state change.
+
+Public API (for every context's services):
+
+    publish_event(*, event_type, payload, aggregate_type="", aggregate_id="",
+                  causation_id=None) -> uuid.UUID
+    publish(event, *, aggregate_type="", aggregate_id="", causation_id=None) -> uuid.UUID
+    event_message(event) -> (event_type, payload)       # dataclass -> JSON-safe dict
+    json_safe(value)                                    # Decimal/UUID/datetime -> str
+
+Both publish functions must run inside `transaction.atomic` (they raise
+`NotInTransaction` otherwise): the outbox row commits or rolls back with the state
+change, so an event is published if and only if its change happened. The returned id is
+the event id (`OutboxMessage.id`) that consumers deduplicate on.
+
+Headers: `request_id` and `correlation_id` come from the structlog context (bound per
+request by `RequestIdMiddleware`, per delivered event by `deliver_event`); the
+correlation id falls back to the request id, then to the event id itself (a flow that
+starts outside a request). `causation_id` defaults to the event being handled, when
+called from an event handler.
+
+After commit, the relay is kicked (a `relay_outbox` task) for low latency; the periodic
+sweep (`CELERY_BEAT_SCHEDULE["outbox-relay-sweep"]`) catches whatever the kick missed
+(broker down at commit time, a crash right after commit).
+
+The relay (`relay_pending_messages`, run by the `apps.core.tasks.relay_outbox` task)
+claims pending rows with `SELECT ... FOR UPDATE SKIP LOCKED`, so several relays share
+the work without publishing a message twice per claim, sends one
+`apps.core.tasks.deliver_event` task per registered consumer of the event type, and
+stamps `published_at` in the same transaction. Delivery is at-least-once: a relay that
+dies after sending but before committing leaves the rows pending, and they are sent
+again; consumers deduplicate through the inbox (`apps.core.inbox`). Consumers must not
+rely on the order of events.
+"""
+
+import contextlib
+import dataclasses
+import enum
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import date, datetime, timedelta
+from datetime import time as time_of_day
+from decimal import Decimal
+from typing import Any
+
+import structlog
+from django.conf import settings
+from django.db import connections, router, transaction
+from django.db.models import F
+from django.utils import timezone
+from kombu.exceptions import OperationalError as BrokerUnavailable
+
+from apps.core.inbox import consumers_of, event_log_context
+from apps.core.models import OutboxMessage
+from config.celery import app as celery_app
+
+logger = structlog.get_logger(__name__)
+
+EVENTS_QUEUE = "events"
+RELAY_TASK = "apps.core.tasks.relay_outbox"
+DELIVER_TASK = "apps.core.tasks.deliver_event"
+LAST_ERROR_MAX_CHARS = 2000
+
+
+class NotInTransaction(RuntimeError):
+    """An outbox write or claim outside `transaction.atomic`: it would not be atomic."""
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with Decimals, UUIDs, dates and enums as strings, ready for a JSON column.
+
+    Decimals keep their exact digits (money is never a float); datetimes keep microseconds.
+    """
+    if value is None or isinstance(value, str | bool | int | float):
+        return value
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, set | frozenset):
+        return sorted(json_safe(v) for v in value)
+    if isinstance(value, enum.Enum):
+        return json_safe(value.value)
+    if isinstance(value, Decimal | uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime | date | time_of_day):
+        return value.isoformat()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return json_safe(dataclasses.asdict(value))
+    raise TypeError(f"{type(value).__name__} cannot be part of an event payload")
+
+
+def event_message(event: Any) -> tuple[str, dict]:
+    """A dataclass event as (event type = class name, JSON-safe payload)."""
+    if not dataclasses.is_dataclass(event) or isinstance(event, type):
+        raise TypeError(f"expected a dataclass instance, got {type(event).__name__}")
+    return type(event).__name__, json_safe(dataclasses.asdict(event))
+
+
+def _require_transaction(alias: str) -> None:
+    if not connections[alias].in_atomic_block:
+        raise NotInTransaction(
+            "the outbox is written in the transaction of the state change: "
+            "call this inside transaction.atomic()"
+        )
+
+
+def publish_event(
+    *,
+    event_type: str,
+    payload: dict,
+    aggregate_type: str = "",
+    aggregate_id: str = "",
+    causation_id: str | None = None,
+) -> uuid.UUID:
+    """Write an event to the outbox, in the caller's transaction; return its id."""
+    alias = router.db_for_write(OutboxMessage)
+    _require_transaction(alias)
+    event_id = uuid.uuid4()
+    context = structlog.contextvars.get_contextvars()
+    request_id = context.get("request_id")
+    cause = causation_id or context.get("event_id")
+    headers = {
+        "correlation_id": str(context.get("correlation_id") or request_id or event_id),
+        "causation_id": str(cause) if cause else None,
+        "request_id": request_id,
+    }
+    OutboxMessage.objects.using(alias).create(
+        id=event_id,
+        event_type=event_type,
+        aggregate_type=aggregate_type,
+        aggregate_id=str(aggregate_id),
+        payload=json_safe(payload),
+        headers=headers,
+        created_at=timezone.now(),
+    )
+    # Several events of one transaction may each kick: a kick finding nothing is cheap.
+    transaction.on_commit(kick_relay, using=alias, robust=True)
+    return event_id
+
+
+def publish(
+    event: Any,
+    *,
+    aggregate_type: str = "",
+    aggregate_id: str = "",
+    causation_id: str | None = None,
+) -> uuid.UUID:
+    """`publish_event` for a dataclass event: its class name is the event type."""
+    event_type, payload = event_message(event)
+    return publish_event(
+        event_type=event_type,
+        payload=payload,
+        aggregate_type=aggregate_type,
+        aggregate_id=aggregate_id,
+        causation_id=causation_id,
+    )
+
+
+def kick_relay() -> None:
+    """Ask a worker to relay now. Best effort: the periodic sweep is the guarantee."""
+    try:
+        celery_app.send_task(RELAY_TASK, queue=EVENTS_QUEUE, retry=False)
+    except Exception:  # the commit already happened; the sweep will pick the rows up
+        logger.warning("outbox_relay_kick_failed", exc_info=True)
+
+
+# --- The relay ----------------------------------------------------------------------
+
+
+def claim_pending_messages(*, limit: int) -> list[OutboxMessage]:
+    """Lock up to `limit` oldest pending messages that no other relay holds.
+
+    Call inside `transaction.atomic`; the locks last until it ends. SQLite has no row
+    locks (nor SKIP LOCKED): there the IMMEDIATE transaction already serialises relays.
+    """
+    alias = router.db_for_write(OutboxMessage)
+    _require_transaction(alias)
+    pending = (
+        OutboxMessage.objects.using(alias).filter(published_at__isnull=True).order_by("created_at")
+    )
+    if connections[alias].features.has_select_for_update_skip_locked:
+        pending = pending.select_for_update(skip_locked=True)
+    return list(pending[:limit])
+
+
+@contextlib.contextmanager
+def _log_context_of(message: OutboxMessage) -> Iterator[None]:
+    """The event's log context alone, in place of the relay's, for the duration.
+
+    django_structlog copies the context at publish time into the task's headers, so the
+    consumer task's every log line (started, succeeded, retried) names the event's flow.
+    """
+    saved = structlog.contextvars.get_contextvars()
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(
+        **event_log_context(
+            event_id=message.id, event_type=message.event_type, headers=message.headers
+        )
+    )
+    try:
+        yield
+    finally:
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(**saved)
+
+
+def send_message(message: OutboxMessage, *, producer=None) -> int:
+    """Send one `deliver_event` task per registered consumer; return how many."""
+    consumers = consumers_of(message.event_type)
+    for consumer in consumers:
+        with _log_context_of(message):
+            _send_delivery(message, consumer, producer)
+    return len(consumers)
+
+
+def _send_delivery(message: OutboxMessage, consumer: str, producer) -> None:
+    celery_app.send_task(
+        DELIVER_TASK,
+        kwargs={
+            "event_id": str(message.id),
+            "event_type": message.event_type,
+            "aggregate_type": message.aggregate_type,
+            "aggregate_id": message.aggregate_id,
+            "payload": message.payload,
+            "headers": message.headers,
+            "created_at": message.created_at.isoformat(),
+            "consumer": consumer,
+        },
+        queue=EVENTS_QUEUE,
+        producer=producer,
+    )
+
+
+def relay_batch(*, limit: int) -> list[uuid.UUID]:
+    """Claim, send and stamp one batch in one transaction; return the ids sent."""
+    alias = router.db_for_write(OutboxMessage)
+    sent: list[uuid.UUID] = []
+    with transaction.atomic(using=alias):
+        messages = claim_pending_messages(limit=limit)
+        if not messages:
+            return sent
+        with celery_app.producer_or_acquire() as producer:
+            for message in messages:
+                try:
+                    send_message(message, producer=producer)
+                except BrokerUnavailable as exc:
+                    # The broker is down: the rest of the batch would fail the same way.
+                    _record_failure(alias, message, exc)
+                    break
+                except Exception as exc:
+                    # This message alone is unsendable: keep it pending, send the others.
+                    _record_failure(alias, message, exc)
+                else:
+                    sent.append(message.id)
+        OutboxMessage.objects.using(alias).filter(pk__in=sent).update(
+            published_at=timezone.now(), attempts=F("attempts") + 1
+        )
+    return sent
+
+
+def _record_failure(alias: str, message: OutboxMessage, exc: Exception) -> None:
+    logger.warning(
+        "outbox_send_failed", event_id=str(message.id), event_type=message.event_type, exc_info=exc
+    )
+    OutboxMessage.objects.using(alias).filter(pk=message.pk).update(
+        attempts=F("attempts") + 1,
+        last_error=f"{type(exc).__name__}: {exc}"[:LAST_ERROR_MAX_CHARS],
+    )
+
+
+def relay_pending_messages(
+    *, batch_size: int | None = None, time_budget: float | None = None
+) -> int:
+    """Relay batches until none is full or the time budget is spent; return the count."""
+    batch_size = batch_size or settings.OUTBOX_RELAY_BATCH_SIZE
+    time_budget = settings.OUTBOX_RELAY_TIME_BUDGET_SECONDS if time_budget is None else time_budget
+    deadline = time.monotonic() + time_budget
+    total = 0
+    while True:
+        sent = relay_batch(limit=batch_size)
+        total += len(sent)
+        if len(sent) < batch_size or time.monotonic() >= deadline:
+            break
+    if total:
+        logger.info("outbox_relayed", count=total)
+    return total
+
+
+def outbox_messages_resend(*, ids: list) -> int:
+    """Make messages pending again: the relay re-sends them to every consumer.
+
+    For an event a consumer gave up on (EVENT_HANDLER_MAX_RETRIES): the consumers that
+    already handled it skip it, through the inbox.
+    """
+    alias = router.db_for_write(OutboxMessage)
+    with transaction.atomic(using=alias):
+        count = (
+            OutboxMessage.objects.using(alias)
+            .filter(pk__in=ids)
+            .update(published_at=None, last_error="")
+        )
+        transaction.on_commit(kick_relay, using=alias, robust=True)
+    return count
+
+
+def outbox_purge_published() -> int:
+    """Delete messages published more than OUTBOX_RETENTION_DAYS ago; return how many."""
+    cutoff = timezone.now() - timedelta(days=settings.OUTBOX_RETENTION_DAYS)
+    deleted, _ = (
+        OutboxMessage.objects.using(router.db_for_write(OutboxMessage))
+        .filter(published_at__lt=cutoff)
+        .delete()
+    )
+    return deleted

@@ -1,0 +1,323 @@
+"""The outbox, the relay's claims and the inbox, in this process, on the real PostgreSQL.
+
+Delivery by a real worker process is in test_event_delivery.py.
+"""
+
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+import structlog
+from django.core.exceptions import ImproperlyConfigured
+from django.db import connections, transaction
+from django.utils import timezone
+
+from apps.core.inbox import EventEnvelope, consume_event, consumers_of, event_handler
+from apps.core.models import InboxMessage, OutboxMessage
+from apps.core.outbox import (
+    NotInTransaction,
+    claim_pending_messages,
+    event_message,
+    publish,
+    publish_event,
+    relay_batch,
+    relay_pending_messages,
+)
+from apps.core.selectors import outbox_backlog
+from apps.core.tasks import deliver_event, purge_processed_messages
+from tests.core.event_probes import ECHOED, FLAKY, PROBED
+from tests.core.urls import PROBES
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True, databases="__all__"),
+    pytest.mark.usefixtures("assertions_read_the_primary"),
+]
+
+
+class Boom(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class ParcelWeighed:
+    parcel_id: uuid.UUID
+    grams: Decimal
+    weighed_at: datetime
+    tags: tuple[str, ...] = ()
+
+
+def publish_probe(**payload) -> uuid.UUID:
+    with transaction.atomic():
+        return publish_event(event_type=PROBED, payload=payload or {"n": 1})
+
+
+def echoes_of(event_id) -> list[OutboxMessage]:
+    return list(OutboxMessage.objects.filter(event_type=ECHOED, payload__of=str(event_id)))
+
+
+def delivery_kwargs(message: OutboxMessage, consumer: str) -> dict:
+    return {
+        "event_id": str(message.id),
+        "event_type": message.event_type,
+        "payload": message.payload,
+        "headers": message.headers,
+        "consumer": consumer,
+    }
+
+
+def test_publishing_outside_a_transaction_is_refused():
+    with pytest.raises(NotInTransaction):
+        publish_event(event_type=PROBED, payload={})
+    assert not OutboxMessage.objects.exists()
+
+
+def test_event_of_a_rolled_back_transaction_is_never_written_nor_relayed():
+    with pytest.raises(Boom), transaction.atomic():
+        publish_event(event_type=PROBED, payload={"n": 1})
+        raise Boom
+    assert not OutboxMessage.objects.exists()
+    assert relay_pending_messages() == 0
+
+
+def test_event_headers_carry_the_context_ids_and_causation():
+    cause = uuid.uuid4()
+    context = structlog.contextvars.bound_contextvars(
+        request_id="req-12345678", correlation_id="c-1"
+    )
+    with context, transaction.atomic():
+        event_id = publish_event(
+            event_type=PROBED,
+            payload={"n": 1},
+            aggregate_type="probe",
+            aggregate_id=42,
+            causation_id=str(cause),
+        )
+    message = OutboxMessage.objects.get()
+    assert message.id == event_id
+    assert message.headers == {
+        "request_id": "req-12345678",
+        "correlation_id": "c-1",
+        "causation_id": str(cause),
+    }
+    assert (message.aggregate_type, message.aggregate_id) == ("probe", "42")
+    assert message.published_at is None and message.attempts == 0
+
+
+def test_event_published_outside_any_flow_correlates_to_itself():
+    event_id = publish_probe()
+    assert OutboxMessage.objects.get().headers == {
+        "request_id": None,
+        "correlation_id": str(event_id),
+        "causation_id": None,
+    }
+
+
+@pytest.mark.urls("tests.core.urls")
+def test_event_published_by_a_request_carries_its_request_and_correlation_ids(user_client):
+    response = user_client.post(
+        PROBES,
+        {"note": "x"},
+        format="json",
+        HTTP_IDEMPOTENCY_KEY="k-1",
+        HTTP_X_CORRELATION_ID="checkout-flow-0001",
+    )
+    assert response.status_code == 201
+    headers = OutboxMessage.objects.get(pk=response.json()["event_id"]).headers
+    assert headers["request_id"] == response["X-Request-ID"]
+    assert headers["correlation_id"] == response["X-Correlation-ID"] == "checkout-flow-0001"
+
+
+@pytest.mark.urls("tests.core.urls")
+def test_request_without_correlation_id_correlates_by_its_request_id(user_client):
+    response = user_client.post(PROBES, {"note": "x"}, format="json", HTTP_IDEMPOTENCY_KEY="k-2")
+    headers = OutboxMessage.objects.get(pk=response.json()["event_id"]).headers
+    assert headers["correlation_id"] == headers["request_id"] == response["X-Request-ID"]
+
+
+def test_dataclass_event_is_published_under_its_class_name_with_a_json_safe_payload():
+    parcel_id = uuid.uuid4()
+    weighed_at = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+    event = ParcelWeighed(parcel_id, Decimal("1250.50"), weighed_at, ("fragile",))
+    with transaction.atomic():
+        event_id = publish(event, aggregate_type="parcel", aggregate_id=str(parcel_id))
+
+    message = OutboxMessage.objects.get(pk=event_id)
+    assert message.event_type == "ParcelWeighed"
+    assert message.payload == {
+        "parcel_id": str(parcel_id),
+        "grams": "1250.50",
+        "weighed_at": "2026-01-02T03:04:05.123456+00:00",
+        "tags": ["fragile"],
+    }
+    assert event_message(event) == ("ParcelWeighed", message.payload)
+
+
+def test_payload_that_json_cannot_hold_is_refused():
+    with pytest.raises(TypeError), transaction.atomic():
+        publish_event(event_type=PROBED, payload={"when": object()})
+    assert not OutboxMessage.objects.exists()
+
+
+def test_outbox_backlog_reports_pending_count_and_oldest_age():
+    assert outbox_backlog() == (0, 0.0)
+    now = timezone.now()
+    for age, published in ((30, False), (10, False), (300, True)):
+        OutboxMessage.objects.create(
+            event_type=PROBED,
+            payload={},
+            created_at=now - timedelta(seconds=age),
+            published_at=now if published else None,
+        )
+    pending, oldest_age = outbox_backlog()
+    assert pending == 2
+    assert 30 <= oldest_age < 40
+
+
+def test_relay_publishes_pending_messages_once_and_stamps_them():
+    first, second = publish_probe(n=1), publish_probe(n=2)
+    assert relay_pending_messages() == 2
+    assert relay_pending_messages() == 0
+    stamped = OutboxMessage.objects.filter(pk__in=[first, second])
+    assert all(m.published_at is not None and m.attempts == 1 for m in stamped)
+    assert outbox_backlog() == (0, 0.0)
+
+
+def test_relay_claim_is_refused_outside_a_transaction():
+    with pytest.raises(NotInTransaction):
+        claim_pending_messages(limit=10)
+
+
+def test_relay_that_dies_mid_batch_leaves_every_claimed_message_pending():
+    ids = [publish_probe(n=n) for n in range(5)]
+    with pytest.raises(Boom), transaction.atomic():
+        claimed = claim_pending_messages(limit=10)
+        assert [m.id for m in claimed] == ids  # oldest first
+        raise Boom  # the relay process dies before it stamps the batch
+    assert outbox_backlog()[0] == 5
+    assert relay_pending_messages() == 5
+
+
+def test_two_relays_claim_disjoint_batches_with_skip_locked():
+    ids = {publish_probe(n=n) for n in range(10)}
+    both_claimed = threading.Barrier(2, timeout=10)
+    claims: dict[str, list[uuid.UUID]] = {}
+
+    def relay(name: str) -> None:
+        try:
+            with transaction.atomic():
+                claims[name] = [m.id for m in claim_pending_messages(limit=4)]
+                both_claimed.wait()  # each holds its locks while the other claims
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=relay, args=(name,)) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=15)
+
+    assert len(claims["a"]) == len(claims["b"]) == 4
+    assert not set(claims["a"]) & set(claims["b"])
+    assert set(claims["a"]) | set(claims["b"]) <= ids
+
+
+def test_concurrent_relays_send_each_message_exactly_once():
+    OutboxMessage.objects.bulk_create(
+        OutboxMessage(event_type=PROBED, payload={"n": n}, created_at=timezone.now())
+        for n in range(120)
+    )
+    sent: list[uuid.UUID] = []
+    lock = threading.Lock()
+
+    def relay() -> None:
+        try:
+            while batch := relay_batch(limit=10):
+                with lock:
+                    sent.extend(batch)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=relay) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    assert len(sent) == len(set(sent)) == 120
+    assert outbox_backlog() == (0, 0.0)
+
+
+def test_consumer_names_are_unique_per_event_type():
+    with pytest.raises(ImproperlyConfigured):
+
+        @event_handler(PROBED, consumer="tests.echo")
+        def another_echo(event: EventEnvelope) -> None: ...
+
+    assert consumers_of(PROBED) == ["tests.echo"]
+    assert consumers_of(FLAKY) == ["tests.flaky", "tests.steady"]
+
+
+def test_redelivered_event_has_no_second_effect():
+    event_id = publish_probe()
+    message = OutboxMessage.objects.get(pk=event_id)
+    results = [deliver_event.apply(kwargs=delivery_kwargs(message, "tests.echo")).get()]
+    results += [deliver_event.apply(kwargs=delivery_kwargs(message, "tests.echo")).get()]
+    assert results == [True, False]
+    assert len(echoes_of(event_id)) == 1
+    assert InboxMessage.objects.filter(event_id=event_id, consumer="tests.echo").count() == 1
+
+
+def test_failing_handler_rolls_back_its_effect_and_inbox_row():
+    with transaction.atomic():
+        event_id = publish_event(event_type=FLAKY, payload={"failures": 1})
+    message = OutboxMessage.objects.get(pk=event_id)
+    event = EventEnvelope(id=event_id, type=FLAKY, payload=message.payload)
+    with pytest.raises(RuntimeError):
+        consume_event(event, consumer="tests.flaky")
+    assert not InboxMessage.objects.filter(event_id=event_id).exists()
+    assert echoes_of(event_id) == []
+
+    assert consume_event(event, consumer="tests.flaky") is True
+    assert [e.payload["by"] for e in echoes_of(event_id)] == ["tests.flaky"]
+
+
+def test_handler_sees_the_event_ids_in_its_log_context_and_causes_its_reactions():
+    with structlog.contextvars.bound_contextvars(request_id="req-abcdefgh", correlation_id="c-9"):
+        event_id = publish_probe()
+    message = OutboxMessage.objects.get(pk=event_id)
+    deliver_event.apply(kwargs=delivery_kwargs(message, "tests.echo")).get()
+
+    (echo,) = echoes_of(event_id)
+    assert echo.payload["logged_request_id"] == "req-abcdefgh"
+    assert echo.payload["logged_correlation_id"] == "c-9"
+    assert echo.headers["causation_id"] == str(event_id)
+    assert echo.headers["correlation_id"] == "c-9"
+    assert "event_id" not in structlog.contextvars.get_contextvars()
+
+
+def test_delivery_to_a_consumer_that_no_longer_exists_is_dropped():
+    event_id = publish_probe()
+    message = OutboxMessage.objects.get(pk=event_id)
+    assert deliver_event.apply(kwargs=delivery_kwargs(message, "tests.gone")).get() is False
+    assert not InboxMessage.objects.exists()
+
+
+def test_purge_deletes_only_messages_past_their_retention(settings):
+    now = timezone.now()
+    old = now - timedelta(days=settings.OUTBOX_RETENTION_DAYS, seconds=1)
+    expired = OutboxMessage.objects.create(event_type=PROBED, payload={}, published_at=old)
+    kept = OutboxMessage.objects.create(event_type=PROBED, payload={}, published_at=now)
+    pending = OutboxMessage.objects.create(event_type=PROBED, payload={}, created_at=old)
+    InboxMessage.objects.create(consumer="tests.echo", event_id=uuid.uuid4())
+    forgotten = InboxMessage.objects.create(consumer="tests.echo", event_id=uuid.uuid4())
+    InboxMessage.objects.filter(pk=forgotten.pk).update(
+        processed_at=now - timedelta(days=settings.INBOX_RETENTION_DAYS, seconds=1)
+    )
+
+    assert purge_processed_messages.apply().get() == {"outbox": 1, "inbox": 1}
+    assert set(OutboxMessage.objects.values_list("pk", flat=True)) == {kept.pk, pending.pk}
+    assert not OutboxMessage.objects.filter(pk=expired.pk).exists()
+    assert not InboxMessage.objects.filter(pk=forgotten.pk).exists()

@@ -1,0 +1,53 @@
+"""Staff see the event pipeline in the admin and can send a message again."""
+
+import pytest
+from django.db import transaction
+
+from apps.core.models import OutboxMessage
+from apps.core.outbox import publish_event, relay_pending_messages
+from tests.core.event_probes import PROBED
+from tests.support.replica import wait_for_catch_up
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True, databases="__all__"),
+    pytest.mark.usefixtures("assertions_read_the_primary"),
+]
+CHANGELIST = "/admin/core/outboxmessage/"
+
+
+@pytest.fixture
+def replicas_caught_up(settings):
+    """The admin reads from replicas: let them see what the test just wrote."""
+
+    def wait() -> None:
+        for alias in settings.DATABASE_REPLICAS:
+            wait_for_catch_up(alias)
+
+    return wait
+
+
+def test_staff_see_pending_messages_but_cannot_edit_them(admin_client, replicas_caught_up):
+    with transaction.atomic():
+        publish_event(event_type=PROBED, payload={"n": 1})
+    replicas_caught_up()
+    page = admin_client.get(CHANGELIST, {"pending": "yes"})
+    assert page.status_code == 200
+    assert PROBED in page.content.decode()
+    assert admin_client.get(f"{CHANGELIST}add/").status_code == 403
+    for path in ("/admin/core/inboxmessage/", "/admin/core/idempotencyrecord/"):
+        assert admin_client.get(path).status_code == 200
+
+
+def test_resend_action_makes_a_published_message_pending_again(admin_client, replicas_caught_up):
+    with transaction.atomic():
+        event_id = publish_event(event_type=PROBED, payload={"n": 1})
+    relay_pending_messages()
+    replicas_caught_up()
+    response = admin_client.post(
+        CHANGELIST,
+        {"action": "resend", "index": 0, "_selected_action": [str(event_id)]},
+        follow=True,
+    )
+    assert response.status_code == 200
+    assert OutboxMessage.objects.get(pk=event_id).published_at is None
+    assert relay_pending_messages() == 1

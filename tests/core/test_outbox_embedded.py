@@ -1,0 +1,55 @@
+"""The event pipeline on the embedded defaults of `make run` (SQLite, filesystem broker).
+
+SQLite has neither row locks nor SKIP LOCKED: the relay's claim degrades to a plain
+select, serialised by SQLite's IMMEDIATE write transactions.
+"""
+
+from pathlib import Path
+
+import pytest
+from django.db import transaction
+
+from apps.core.models import InboxMessage, OutboxMessage
+from apps.core.outbox import publish_event, relay_pending_messages
+from apps.core.selectors import outbox_backlog
+from apps.core.tasks import deliver_event
+from tests.core.event_probes import ECHOED, PROBED
+
+pytestmark = [
+    pytest.mark.embedded,
+    pytest.mark.django_db(transaction=True, databases="__all__"),
+    pytest.mark.usefixtures("assertions_read_the_primary"),
+]
+
+
+@pytest.fixture
+def broker_folders(settings):
+    # `make run` creates them (scripts/run_stack.py); a filesystem broker needs them.
+    for option in ("data_folder_in", "data_folder_out", "processed_folder"):
+        folder = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get(option)
+        if folder:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+
+
+def test_events_are_published_relayed_and_consumed_once_on_the_embedded_defaults(
+    broker_folders,
+):
+    with transaction.atomic():
+        event_id = publish_event(event_type=PROBED, payload={"n": 1})
+    assert outbox_backlog()[0] == 1
+
+    assert relay_pending_messages() == 1
+    assert OutboxMessage.objects.get(pk=event_id).published_at is not None
+
+    message = OutboxMessage.objects.get(pk=event_id)
+    delivery = {
+        "event_id": str(event_id),
+        "event_type": PROBED,
+        "payload": message.payload,
+        "headers": message.headers,
+        "consumer": "tests.echo",
+    }
+    assert deliver_event.apply(kwargs=delivery).get() is True
+    assert deliver_event.apply(kwargs=delivery).get() is False
+    assert OutboxMessage.objects.filter(event_type=ECHOED, payload__of=str(event_id)).count() == 1
+    assert InboxMessage.objects.filter(event_id=event_id).count() == 1
