@@ -62,7 +62,10 @@ class ReplicaHealth:
         with self._lock:
             # Another thread may have measured while we waited.
             checked_at = self._checked_at.get(alias)
-            if checked_at is not None and now - checked_at < settings.REPLICA_CHECK_INTERVAL_SECONDS:
+            if (
+                checked_at is not None
+                and now - checked_at < settings.REPLICA_CHECK_INTERVAL_SECONDS
+            ):
                 return
             self._checked_at[alias] = now
         try:

@@ -150,7 +150,9 @@ class Order:
         if self.reservation_reference == reservation_reference:
             return  # already recorded: commands from a retried saga step are no-ops
         self._require({OrderStatus.PENDING}, "reserve stock for")
-        self._record(ev.StockReserved(order_id=self.id, reservation_reference=reservation_reference))
+        self._record(
+            ev.StockReserved(order_id=self.id, reservation_reference=reservation_reference)
+        )
 
     def record_payment_captured(self, *, payment_id: str, amount: Decimal) -> None:
         if self.payment_id == payment_id:

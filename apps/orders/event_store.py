@@ -8,9 +8,10 @@ with `ConcurrencyConflict` instead of silently interleaving.
 from datetime import datetime
 
 import structlog
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection
 
 from apps.core.errors import Conflict, NotFound
+from apps.core.outbox import publish_event
 from apps.orders.domain import Order
 from apps.orders.events import upcast
 from apps.orders.models import StoredEvent
@@ -45,7 +46,9 @@ def append(order: Order) -> list[StoredEvent]:
     """Store the order's pending events after `order.version`; raise on a concurrent append."""
     context = structlog.contextvars.get_contextvars()
     metadata = {
-        key: context[key] for key in ("request_id", "correlation_id", "causation_id") if key in context
+        key: context[key]
+        for key in ("request_id", "correlation_id", "causation_id")
+        if key in context
     }
     if "actor_id" in context:
         metadata["user_id"] = context["actor_id"]
@@ -61,13 +64,26 @@ def append(order: Order) -> list[StoredEvent]:
         )
         for offset, event in enumerate(order.pending_events, start=1)
     ]
+    if not connection.in_atomic_block:
+        raise RuntimeError(
+            "append inside transaction.atomic: events, outbox and read model commit together"
+        )
     try:
-        with transaction.atomic():
-            StoredEvent.objects.bulk_create(rows)
+        StoredEvent.objects.bulk_create(rows)
     except IntegrityError as exc:
+        # The caller's transaction is now unusable: the conflict aborts the whole command,
+        # which then reloads and retries from scratch.
         raise ConcurrencyConflict(
             f"Order {order.id} was changed by someone else; reload and retry."
         ) from exc
+    # Published for other contexts in the same transaction (transactional outbox).
+    for row in rows:
+        publish_event(
+            event_type=row.event_type,
+            payload={**row.data, "version": row.version},
+            aggregate_type="order",
+            aggregate_id=str(order.id),
+        )
     order.version += len(rows)
     order.pending_events.clear()
     if rows:

@@ -23,7 +23,9 @@ class StoredEvent(models.Model):
             models.UniqueConstraint(
                 fields=["aggregate_id", "version"], name="orders_event_aggregate_version_unique"
             ),
-            models.CheckConstraint(condition=models.Q(version__gte=1), name="orders_event_version_gte_1"),
+            models.CheckConstraint(
+                condition=models.Q(version__gte=1), name="orders_event_version_gte_1"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -54,7 +56,9 @@ class OrderSummary(models.Model):
     class Meta:
         ordering = ["-placed_at", "-id"]
         verbose_name = "order"
-        indexes = [models.Index(fields=["user_id", "-placed_at"], name="orders_summary_user_placed")]
+        indexes = [
+            models.Index(fields=["user_id", "-placed_at"], name="orders_summary_user_placed")
+        ]
 
     def __str__(self) -> str:
         return f"Order {self.id} ({self.status})"

@@ -58,7 +58,9 @@ def project_from_store(order_id: str) -> Order:
 
 
 @transaction.atomic
-def rebuild_all(*, batch_size: int = 500, progress: Callable[[int, int], None] | None = None) -> int:
+def rebuild_all(
+    *, batch_size: int = 500, progress: Callable[[int, int], None] | None = None
+) -> int:
     """Replace the read model with one recomputed from the event store; returns the count.
 
     One pass over the store in (aggregate, version) order; summaries are written in

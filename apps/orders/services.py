@@ -113,9 +113,17 @@ def order_place(
         currency=currency,
         shipping_address={k: shipping_address.get(k, "") for k in ADDRESS_SNAPSHOT_FIELDS},
     )
-    with transaction.atomic():
-        event_store.append(order)
-        return project(order, is_new=True)
+    try:
+        with transaction.atomic():
+            event_store.append(order)
+            return project(order, is_new=True)
+    except ConcurrencyConflict:
+        # The same order id was placed already (a retried request): the placement is
+        # idempotent for its owner.
+        existing = OrderSummary.objects.filter(pk=order.id, user_id=user_id).first()
+        if existing is None:
+            raise
+        return existing
 
 
 def order_record_stock_reserved(*, order_id: str, reservation_reference: str) -> Order:
@@ -125,9 +133,7 @@ def order_record_stock_reserved(*, order_id: str, reservation_reference: str) ->
 
 
 def order_record_payment_captured(*, order_id: str, payment_id: str, amount: Decimal) -> Order:
-    return _run(
-        order_id, lambda o: o.record_payment_captured(payment_id=payment_id, amount=amount)
-    )
+    return _run(order_id, lambda o: o.record_payment_captured(payment_id=payment_id, amount=amount))
 
 
 def order_confirm(*, order_id: str) -> Order:

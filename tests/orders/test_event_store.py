@@ -1,7 +1,7 @@
 import threading
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 
 from apps.core.errors import InvalidState
 from apps.core.routing import primary_reads
@@ -31,7 +31,7 @@ def test_a_stale_writer_gets_a_concurrency_conflict(customer):
     first.cancel(reason="customer_request")
     event_store.append(first)
     second.record_stock_reserved(reservation_reference="r-1")
-    with pytest.raises(ConcurrencyConflict):
+    with pytest.raises(ConcurrencyConflict), transaction.atomic():
         event_store.append(second)
     assert StoredEvent.objects.filter(aggregate_id=order_id).count() == 2
 

@@ -24,9 +24,7 @@ def order_body(products, quantity: int = 1, **overrides) -> dict:
 
 
 def post_order(client, body, key: str | None = None):
-    return client.post(
-        ORDERS, body, format="json", HTTP_IDEMPOTENCY_KEY=key or str(uuid.uuid4())
-    )
+    return client.post(ORDERS, body, format="json", HTTP_IDEMPOTENCY_KEY=key or str(uuid.uuid4()))
 
 
 def test_placing_an_order_answers_202_pending_with_location(customer_client, customer):
@@ -85,9 +83,7 @@ def test_inactive_product_cannot_be_ordered(customer_client):
     assert "items.0.product_id" in assert_problem(response, 400, "validation-error")["errors"]
 
 
-def test_placing_a_five_line_order_runs_few_queries(
-    customer_client, django_assert_max_num_queries
-):
+def test_placing_a_five_line_order_runs_few_queries(customer_client, django_assert_max_num_queries):
     products = ProductFactory.create_batch(5)
     with django_assert_max_num_queries(12):
         response = post_order(customer_client, order_body(products))
@@ -183,3 +179,21 @@ def test_staff_time_travel_by_version(customer, support_client, customer_client)
     assert support_client.get(state, {"version": 4}).json()["status"] == "confirmed"
     assert support_client.get(state).json()["version"] == 4
     assert_problem(customer_client.get(state, {"version": 1}), 403, "permission-denied")
+
+
+def test_placing_needs_an_idempotency_key(customer_client):
+    response = customer_client.post(ORDERS, order_body([ProductFactory()]), format="json")
+    assert_problem(response, 400, "idempotency-key-missing")
+    assert not StoredEvent.objects.exists()
+
+
+def test_same_key_and_body_replays_and_another_body_is_422(customer_client):
+    products = [ProductFactory()]
+    first = post_order(customer_client, order_body(products), key="order-key-1")
+    again = post_order(customer_client, order_body(products), key="order-key-1")
+    assert first.status_code == again.status_code == 202
+    assert again.json() == first.json() and again["Location"] == first["Location"]
+    assert again["Idempotent-Replayed"] == "true"
+    other = post_order(customer_client, order_body(products, quantity=2), key="order-key-1")
+    assert_problem(other, 422, "idempotency-key-reused")
+    assert OrderSummary.objects.count() == 1

@@ -1,6 +1,8 @@
+import uuid
+
 import structlog
 from django.urls import reverse
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.generics import ListAPIView
 from rest_framework.response import Response
@@ -8,6 +10,7 @@ from rest_framework.views import APIView
 
 from apps.core.api.pagination import CursorPagination
 from apps.core.api.permissions import staff_role_required
+from apps.core.idempotency import IDEMPOTENCY_HEADER, idempotent_request
 from apps.orders import selectors, services
 from apps.orders.api.serializers import (
     CancelSerializer,
@@ -22,6 +25,7 @@ from apps.orders.api.serializers import (
 from apps.users import selectors as user_selectors
 from apps.users.roles import ORDER_MANAGERS, SUPPORT
 
+ORDER_ID_NAMESPACE = uuid.UUID("5f0c1f4e-8d4b-4a8e-9b1c-6f1d2e3a4b5c")
 CanSeeAllOrders = staff_role_required(ORDER_MANAGERS, SUPPORT)
 IsOrderManager = staff_role_required(ORDER_MANAGERS)
 
@@ -29,6 +33,16 @@ IsOrderManager = staff_role_required(ORDER_MANAGERS)
 def visible_to(request) -> int | None:
     """None when the caller may see every order (order staff), else their own user id."""
     return None if CanSeeAllOrders().has_permission(request, None) else request.user.pk
+
+
+def order_id_for(request) -> str:
+    """The order id a request places, derived from its idempotency key.
+
+    Even a retry that outlived its idempotency record (a crash between the order commit
+    and the stored response) lands on the same order instead of creating a second one.
+    """
+    key = request.headers[IDEMPOTENCY_HEADER]
+    return str(uuid.uuid5(ORDER_ID_NAMESPACE, f"{request.user.pk}:{key}"))
 
 
 def bind_actor(request) -> None:
@@ -51,11 +65,8 @@ class OrderListCreateView(ListAPIView):
             user_id=self.request.user.pk, status=query.validated_data.get("status")
         )
 
-    @extend_schema(
-        request=OrderCreateSerializer,
-        responses={202: OrderSerializer},
-        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=True)],
-    )
+    @extend_schema(request=OrderCreateSerializer, responses={202: OrderSerializer})
+    @idempotent_request
     def post(self, request):
         serializer = OrderCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -69,13 +80,16 @@ class OrderListCreateView(ListAPIView):
             shipping_address = data["shipping_address"]
         bind_actor(request)
         summary = services.order_place(
+            order_id=order_id_for(request),
             user_id=request.user.pk,
             items=[(item["product_id"], item["quantity"]) for item in data["items"]],
             shipping_address=shipping_address,
         )
         location = reverse("order-detail", kwargs={"order_id": summary.pk})
         return Response(
-            OrderSerializer(summary).data, status=status.HTTP_202_ACCEPTED, headers={"Location": location}
+            OrderSerializer(summary).data,
+            status=status.HTTP_202_ACCEPTED,
+            headers={"Location": location},
         )
 
 
@@ -99,7 +113,9 @@ class OrderCancelView(APIView):
     def post(self, request, order_id):
         serializer = CancelSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        summary = selectors.order_summary(order_id=str(order_id), user_id=_manager_or_owner(request))
+        summary = selectors.order_summary(
+            order_id=str(order_id), user_id=_manager_or_owner(request)
+        )
         bind_actor(request)
         reason = "customer_request" if summary.user_id == request.user.pk else "staff_request"
         services.order_cancel(
