@@ -12,6 +12,7 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/v1/", include("apps.users.api.urls")),
+    path("api/v1/", include("apps.payments.api.urls")),
     # Unknown API paths answer with a problem, in DEBUG too.
     re_path(r"^api/", not_found),
     path(settings.ADMIN_URL, admin.site.urls),
