@@ -2,6 +2,7 @@
 
 import json
 import os
+import select
 import subprocess
 import sys
 import time
@@ -22,7 +23,8 @@ pytestmark = pytest.mark.django_db
 
 FAST_FAIL_BUDGET_SECONDS = 0.005
 
-# A second process with the same settings: what does it see, and what does it do?
+# A second process with the same settings. It starts (Django setup takes a while) before
+# the test acts, then answers one JSON line per command read from stdin.
 OTHER_PROCESS = """
 import json, sys, time
 from decimal import Decimal
@@ -30,19 +32,22 @@ import django
 django.setup()
 from apps.payments.gateway import ProviderUnavailable, get_provider
 
-provider = get_provider()
-seen = provider.breaker_state()
-started = time.perf_counter()
-try:
-    provider.charge(idempotency_key=sys.argv[1], amount=Decimal("1.00"), currency="EUR",
-                    token="tok_visa", reference=sys.argv[1])
-    outcome = "charged"
-except ProviderUnavailable as exc:
-    outcome = "circuit_open" if exc.circuit_open else "unavailable"
-elapsed_ms = (time.perf_counter() - started) * 1000
-print(json.dumps({"seen": seen, "outcome": outcome, "elapsed_ms": elapsed_ms,
-                  "after": provider.breaker_state()}))
+print(json.dumps({"ready": True}), flush=True)
+for key in sys.stdin:
+    provider = get_provider()
+    seen = provider.breaker_state()
+    started = time.perf_counter()
+    try:
+        provider.charge(idempotency_key=key.strip(), amount=Decimal("1.00"), currency="EUR",
+                        token="tok_visa", reference=key.strip())
+        outcome = "charged"
+    except ProviderUnavailable as exc:
+        outcome = "circuit_open" if exc.circuit_open else "unavailable"
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    print(json.dumps({"seen": seen, "outcome": outcome, "elapsed_ms": elapsed_ms,
+                      "after": provider.breaker_state()}), flush=True)
 """
+OTHER_PROCESS_TIMEOUT_SECONDS = 30
 
 
 @pytest.fixture
@@ -75,27 +80,58 @@ def wait_for_cool_down(settings) -> None:
     time.sleep(settings.PAYMENT_BREAKER_RESET_SECONDS + 0.05)
 
 
-def run_other_process(settings, sandbox, key: str) -> dict:
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "config.settings",
-        "PAYMENT_PROVIDER_URL": sandbox.url,
-        "CIRCUIT_BREAKER_NAMESPACE": settings.CIRCUIT_BREAKER_NAMESPACE,
-        "PAYMENT_BREAKER_FAIL_MAX": str(settings.PAYMENT_BREAKER_FAIL_MAX),
-        "PAYMENT_BREAKER_RESET_SECONDS": str(settings.PAYMENT_BREAKER_RESET_SECONDS),
-        "PAYMENT_RETRY_ATTEMPTS": "1",
-        "LOG_LEVEL": "WARNING",
-    }
-    completed = subprocess.run(
-        [sys.executable, "-c", OTHER_PROCESS, key],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+class OtherProcess:
+    def __init__(self, settings, sandbox) -> None:
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "config.settings",
+            "PAYMENT_PROVIDER_URL": sandbox.url,
+            "CIRCUIT_BREAKER_NAMESPACE": settings.CIRCUIT_BREAKER_NAMESPACE,
+            "PAYMENT_BREAKER_FAIL_MAX": str(settings.PAYMENT_BREAKER_FAIL_MAX),
+            "PAYMENT_BREAKER_RESET_SECONDS": str(settings.PAYMENT_BREAKER_RESET_SECONDS),
+            "PAYMENT_RETRY_ATTEMPTS": "1",
+            "LOG_LEVEL": "WARNING",
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", OTHER_PROCESS],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self._read() == {"ready": True}
+
+    def charge(self, key: str) -> dict:
+        self.process.stdin.write(key + "\n")
+        self.process.stdin.flush()
+        return self._read()
+
+    def _read(self) -> dict:
+        deadline = time.monotonic() + OTHER_PROCESS_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.process.stdout], [], [], 1)
+            if ready:
+                line = self.process.stdout.readline()
+                assert line, "the other process exited"
+                if line.startswith("{"):
+                    return json.loads(line)
+        raise AssertionError("the other process did not answer in time")
+
+    def stop(self) -> None:
+        self.process.stdin.close()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def other_process(one_attempt_per_call, sandbox):
+    other = OtherProcess(one_attempt_per_call, sandbox)
+    yield other
+    other.stop()
 
 
 def test_consecutive_failures_open_the_breaker_and_calls_then_fail_fast_without_a_request(
@@ -164,20 +200,21 @@ def test_a_declined_card_does_not_count_towards_opening_the_breaker(sandbox, one
     assert provider_breaker_state() == "closed"
 
 
-def test_two_processes_see_the_same_breaker_state(sandbox, one_attempt_per_call):
+def test_two_processes_see_the_same_breaker_state(sandbox, one_attempt_per_call, other_process):
     settings = one_attempt_per_call
     trip_breaker(sandbox, settings)
     served = sandbox.requests_served()
 
-    other = run_other_process(settings, sandbox, new_order_id())
+    other = other_process.charge(new_order_id())
 
     assert other["seen"] == "open"
     assert other["outcome"] == "circuit_open"
+    assert other["elapsed_ms"] < FAST_FAIL_BUDGET_SECONDS * 1000
     assert sandbox.requests_served() == served  # the other process sent nothing either
 
     sandbox.chaos(down=False)
     wait_for_cool_down(settings)
-    other = run_other_process(settings, sandbox, new_order_id())
+    other = other_process.charge(new_order_id())
 
     # The other process's probe closed the breaker, and this process sees it closed.
     assert (other["outcome"], other["after"]) == ("charged", "closed")
