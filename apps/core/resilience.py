@@ -21,6 +21,54 @@ CircuitBreakerError = pybreaker.CircuitBreakerError
 CircuitBreakerListener = pybreaker.CircuitBreakerListener
 
 
+class PreciseRedisStorage(pybreaker.CircuitRedisStorage):
+    """pybreaker's Redis storage with `opened_at` in microseconds.
+
+    pybreaker stores whole seconds, so a cool-down of N seconds would last anywhere
+    between N-1 and N; that breaks short cool-downs (and our tests of them).
+    """
+
+    # Only move forward: two processes opening at once keep the later time.
+    _SET_IF_GREATER = """
+    local current = redis.call('GET', KEYS[1])
+    if not current or tonumber(ARGV[1]) > tonumber(current) then
+        redis.call('SET', KEYS[1], ARGV[1])
+    end
+    """
+
+    def state_and_opened_at(self) -> tuple[str, datetime | None]:
+        """Both in one round trip (the fast-fail check runs before every call)."""
+        try:
+            state, opened_at = self._redis.mget(
+                self._namespace("state"), self._namespace("opened_at")
+            )
+        except redis.RedisError:
+            logger.warning("circuit_breaker_redis_error", exc_info=True)
+            return STATE_CLOSED, None
+        return (
+            state.decode() if state else STATE_CLOSED,
+            datetime.fromtimestamp(float(opened_at), UTC) if opened_at else None,
+        )
+
+    @property
+    def opened_at(self) -> datetime | None:
+        try:
+            value = self._redis.get(self._namespace("opened_at"))
+        except redis.RedisError:
+            logger.warning("circuit_breaker_redis_error", exc_info=True)
+            return None
+        return datetime.fromtimestamp(float(value), UTC) if value else None
+
+    @opened_at.setter
+    def opened_at(self, now: datetime) -> None:
+        try:
+            self._redis.eval(
+                self._SET_IF_GREATER, 1, self._namespace("opened_at"), f"{now.timestamp():.6f}"
+            )
+        except redis.RedisError:
+            logger.warning("circuit_breaker_redis_error", exc_info=True)
+
+
 class SharedCircuitBreaker(pybreaker.CircuitBreaker):
     """pybreaker's breaker without its process-wide lock around the guarded call.
 
@@ -34,11 +82,15 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
 
     def rejects_calls(self) -> bool:
         """Open and still cooling down: a call would fail at once without being made."""
-        if self.current_state != STATE_OPEN:
-            return False
-        opened_at = self._state_storage.opened_at
-        return opened_at is not None and datetime.now(UTC) < opened_at + timedelta(
-            seconds=self.reset_timeout
+        storage = self._state_storage
+        if isinstance(storage, PreciseRedisStorage):
+            state, opened_at = storage.state_and_opened_at()
+        else:
+            state, opened_at = storage.state, storage.opened_at
+        return (
+            state == STATE_OPEN
+            and opened_at is not None
+            and datetime.now(UTC) < opened_at + timedelta(seconds=self.reset_timeout)
         )
 
 
@@ -79,7 +131,7 @@ def shared_circuit_breaker(
         cacheable = True
         if settings.REDIS_URL:
             try:
-                storage = pybreaker.CircuitRedisStorage(
+                storage = PreciseRedisStorage(
                     STATE_CLOSED, _redis_client(settings.REDIS_URL), namespace=namespace
                 )
             except redis.RedisError:

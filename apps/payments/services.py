@@ -94,15 +94,17 @@ def charge_for_order(
     *, order_id: str, user_id: int, amount: Decimal, currency: str, token: str
 ) -> PaymentResult:
     """Charge the order once. A second call returns the first payment's outcome (a decline
-    raises PaymentDeclined again); a payment left pending is resumed with its key."""
+    raises PaymentDeclined again); a payment left pending is resumed with its key.
+    While the provider's circuit is open every call raises PaymentProviderUnavailable."""
     _validate_charge(order_id=order_id, amount=amount, currency=currency, token=token)
     provider = get_provider()
+    if provider.rejects_calls():
+        # Open circuit: fail fast (one Redis read), touch neither the provider nor the
+        # database. The error is transient; a retry after the cool-down gets the outcome.
+        raise PaymentProviderUnavailable("The payment provider is unavailable; retry later.")
     with primary_reads():
         payment = Payment.objects.filter(order_id=order_id).first()
     if payment is None:
-        if provider.rejects_calls():
-            # Fail fast and write nothing: no request would leave anyway.
-            raise PaymentProviderUnavailable("The payment provider is unavailable; retry later.")
         payment = _payment_create(
             order_id=order_id, user_id=user_id, amount=amount, currency=currency, provider=provider
         )
