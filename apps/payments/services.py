@@ -241,7 +241,7 @@ def _payment_result(payment: Payment) -> PaymentResult:
         )
     return PaymentResult(
         payment_id=payment.pk,
-        status=payment.status,
+        status=str(payment.status),
         amount=payment.amount,
         currency=payment.currency,
         provider_charge_id=payment.provider_charge_id,
@@ -389,11 +389,11 @@ def _refund_result(refund: Refund) -> RefundResult:
     return RefundResult(
         refund_id=refund.pk,
         payment_id=refund.payment_id,
-        status=refund.status,
+        status=str(refund.status),
         amount=refund.amount,
         currency=refund.currency,
         provider_refund_id=refund.provider_refund_id,
-        payment_status=refund.payment.status,
+        payment_status=str(refund.payment.status),
         amount_refunded=refund.payment.amount_refunded,
     )
 

@@ -1,6 +1,7 @@
 from decimal import Decimal
 
 import pytest
+from prometheus_client import REGISTRY
 
 from apps.core.errors import ValidationFailed
 from apps.payments.models import Payment
@@ -49,13 +50,20 @@ def test_second_charge_for_an_order_returns_the_first_without_charging_again(san
     assert Payment.objects.filter(order_id=order_id).count() == 1
 
 
+def retries_metric() -> float:
+    labels = {"provider": "sandbox", "operation": "charge"}
+    return REGISTRY.get_sample_value("mercato_payment_provider_retries_total", labels) or 0.0
+
+
 def test_flaky_card_succeeds_after_a_retry(sandbox):
     order_id = new_order_id()
     served = sandbox.requests_served()
+    retries = retries_metric()
 
     result = charge(order_id, card="tok_flaky")
 
     assert result.status == "succeeded"
+    assert retries_metric() == retries + 1
     # The 500, then (outcome unknown) a look-up by key, then the retried charge.
     assert sandbox.requests_served() - served == 3
     assert len(sandbox.charges_for(order_id)) == 1
