@@ -1,9 +1,12 @@
+import threading
 from decimal import Decimal
 
 import pytest
 from django.contrib.auth.models import Group
+from django.db import connection
 
 from apps.core.errors import Conflict, InvalidState
+from apps.core.routing import primary_reads
 from apps.payments.models import Payment, Refund
 from apps.payments.services import RefundExceedsCaptured, charge_for_order, refund_payment
 from apps.users.roles import ORDER_MANAGERS
@@ -183,3 +186,43 @@ def test_refund_api_is_for_payment_staff_only(captured):
     )
     assert_problem(response, 403, "permission-denied")
     assert not captured.refunds.exists()
+
+
+@pytest.mark.django_db(transaction=True, databases="__all__")
+def test_concurrent_refunds_never_exceed_the_captured_amount(sandbox):
+    result = charge_for_order(
+        order_id=new_order_id(),
+        user_id=3,
+        amount=Decimal("100.00"),
+        currency="EUR",
+        token="tok_visa",
+    )
+    start = threading.Barrier(2, timeout=10)
+    outcomes: list[str] = []
+
+    def refund_sixty(key: str) -> None:
+        try:
+            start.wait()
+            refund_payment(
+                payment_id=result.payment_id,
+                amount=Decimal("60.00"),
+                reason="race",
+                idempotency_key=key,
+            )
+            outcomes.append("refunded")
+        except RefundExceedsCaptured:
+            outcomes.append("refused")
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=refund_sixty, args=(f"race-{i}",)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    assert sorted(outcomes) == ["refunded", "refused"]
+    with primary_reads():
+        payment = Payment.objects.get(pk=result.payment_id)
+        assert payment.amount_refunded == Decimal("60.00")
+        assert payment.refunds.count() == 1

@@ -88,7 +88,7 @@ class SandboxConfig:
     db_path: str
     webhook_url: str = ""
     webhook_secret: str = ""
-    slow_seconds: float = 3.0
+    slow_seconds: float = 8.0
     webhook_backoff_seconds: float = 0.5
     webhook_max_attempts: int = 8
     chaos: Chaos = field(default_factory=Chaos)

@@ -22,7 +22,10 @@ class Command(BaseCommand):
         )
         parser.add_argument("--webhook-secret", default=settings.PAYMENT_WEBHOOK_SECRET)
         parser.add_argument(
-            "--slow-seconds", type=float, default=3.0, help="tok_slow's first answer delay"
+            "--slow-seconds",
+            type=float,
+            default=8.0,
+            help="tok_slow's first answer delay (longer than the client's read timeout)",
         )
         parser.add_argument("--webhook-backoff", type=float, default=0.5)
         parser.add_argument("--webhook-max-attempts", type=int, default=8)
