@@ -207,11 +207,11 @@ def test_two_processes_see_the_same_breaker_state(sandbox, one_attempt_per_call,
     trip_breaker(sandbox, settings)
     served = sandbox.requests_served()
 
-    other = other_process.charge(new_order_id())
+    answers = [other_process.charge(new_order_id()) for _ in range(5)]
 
-    assert other["seen"] == "open"
-    assert other["outcome"] == "circuit_open"
-    assert other["elapsed_ms"] < FAST_FAIL_BUDGET_SECONDS * 1000
+    assert {(a["seen"], a["outcome"]) for a in answers} == {("open", "circuit_open")}
+    elapsed_ms = [a["elapsed_ms"] for a in answers]
+    assert statistics.median(elapsed_ms) < FAST_FAIL_BUDGET_SECONDS * 1000, elapsed_ms
     assert sandbox.requests_served() == served  # the other process sent nothing either
 
     sandbox.chaos(down=False)
