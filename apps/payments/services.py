@@ -298,7 +298,8 @@ def refund_payment(
             refund, _ = _settle_refund(
                 refund_id=refund.pk, failure_code=exc.code, source="provider-response"
             )
-            raise RefundExceedsCaptured(f"The provider refused the refund: {exc}") from exc
+            error = RefundExceedsCaptured if exc.code == "amount_exceeds_charge" else InvalidState
+            raise error(f"The provider refused the refund: {exc}") from exc
         refund, _ = _settle_refund(
             refund_id=refund.pk, provider_refund=provider_refund, source="provider-response"
         )
