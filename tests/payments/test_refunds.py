@@ -105,6 +105,18 @@ def test_a_full_refund_without_a_key_is_repeatable(captured, sandbox):
     assert captured.refunds.count() == 1
 
 
+def test_a_refund_the_provider_refuses_is_recorded_as_failed_and_frees_the_amount(sandbox):
+    payment = PaymentFactory(provider_charge_id="ch_unknown_to_the_provider")
+
+    with pytest.raises(InvalidState):
+        refund_payment(payment_id=payment.pk, amount=Decimal("5.00"), reason="x")
+
+    refund = payment.refunds.get()
+    assert (refund.status, refund.failure_code) == ("failed", "no_such_charge")
+    payment.refresh_from_db()
+    assert (payment.status, payment.amount_refunded) == ("succeeded", Decimal("0.00"))
+
+
 def test_a_failed_payment_cannot_be_refunded():
     payment = PaymentFactory(status=Payment.Status.FAILED)
     with pytest.raises(InvalidState):
