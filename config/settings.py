@@ -54,6 +54,7 @@ INSTALLED_APPS = [
     "apps.users",
     "apps.catalog",
     "apps.orders",
+    "apps.payments",
 ]
 
 MIDDLEWARE = [
@@ -341,3 +342,31 @@ from apps.core.logging import build_logging_config, configure_structlog  # noqa:
 
 LOGGING = build_logging_config(level=LOG_LEVEL, fmt=LOG_FORMAT)
 configure_structlog()
+
+# --- Payments -------------------------------------------------------------------
+
+PAYMENT_PROVIDER = env.str("PAYMENT_PROVIDER", default="sandbox")
+PSP_PORT = env.int("PSP_PORT", default=8100)
+PAYMENT_PROVIDER_URL = env.str("PAYMENT_PROVIDER_URL", default=f"http://127.0.0.1:{PSP_PORT}")
+PAYMENT_WEBHOOK_SECRET = env.str("PAYMENT_WEBHOOK_SECRET", default="sandbox-webhook-secret")
+PAYMENT_WEBHOOK_URL = env.str(
+    "PAYMENT_WEBHOOK_URL", default=f"http://127.0.0.1:{PORT}/api/v1/payments/webhooks/sandbox"
+)
+# A signed webhook older (or newer) than this is refused: a replayed capture is stale.
+PAYMENT_WEBHOOK_TOLERANCE_SECONDS = env.int("PAYMENT_WEBHOOK_TOLERANCE_SECONDS", default=300)
+PAYMENT_CONNECT_TIMEOUT_SECONDS = env.float("PAYMENT_CONNECT_TIMEOUT_SECONDS", default=1.0)
+PAYMENT_READ_TIMEOUT_SECONDS = env.float("PAYMENT_READ_TIMEOUT_SECONDS", default=5.0)
+PAYMENT_RETRY_ATTEMPTS = env.int("PAYMENT_RETRY_ATTEMPTS", default=4)
+PAYMENT_RETRY_BACKOFF_SECONDS = env.float("PAYMENT_RETRY_BACKOFF_SECONDS", default=0.2)
+PAYMENT_RETRY_MAX_BACKOFF_SECONDS = env.float("PAYMENT_RETRY_MAX_BACKOFF_SECONDS", default=2.0)
+PAYMENT_RETRY_TOTAL_SECONDS = env.float("PAYMENT_RETRY_TOTAL_SECONDS", default=15.0)
+PAYMENT_BREAKER_FAIL_MAX = env.int("PAYMENT_BREAKER_FAIL_MAX", default=5)
+PAYMENT_BREAKER_RESET_SECONDS = env.float("PAYMENT_BREAKER_RESET_SECONDS", default=30.0)
+# Pending payments untouched this long are settled by the reconciliation task.
+PAYMENT_RECONCILE_AFTER_SECONDS = env.int("PAYMENT_RECONCILE_AFTER_SECONDS", default=300)
+# Redis key prefix of the shared circuit breakers (apps.core.resilience).
+CIRCUIT_BREAKER_NAMESPACE = env.str("CIRCUIT_BREAKER_NAMESPACE", default="mercato:breaker")
+CELERY_BEAT_SCHEDULE["payments-reconcile-pending"] = {
+    "task": "apps.payments.tasks.reconcile_pending_payments",
+    "schedule": 60.0,
+}

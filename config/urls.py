@@ -14,6 +14,7 @@ urlpatterns = [
     path("api/v1/", include("apps.users.api.urls")),
     path("api/v1/", include("apps.catalog.api.urls")),
     path("api/v1/", include("apps.orders.api.urls")),
+    path("api/v1/", include("apps.payments.api.urls")),
     # Unknown API paths answer with a problem, in DEBUG too.
     re_path(r"^api/", not_found),
     path(settings.ADMIN_URL, admin.site.urls),

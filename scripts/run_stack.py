@@ -1,8 +1,8 @@
 """`make run`: the whole system on this machine, as real processes.
 
-Migrates, loads the demo data, then starts the web server, a Celery worker and the
-Celery scheduler as child processes. Ctrl-C or SIGTERM stops them all; if one of them
-dies, the others are stopped too and the exit code says so.
+Migrates, loads the demo data, then starts the web server, a Celery worker, the
+Celery scheduler and the sandbox payment provider as child processes. Ctrl-C or SIGTERM
+stops them all; if one of them dies, the others are stopped too and the exit code says so.
 """
 
 import os
@@ -41,6 +41,11 @@ def child_commands(port: int, host: str) -> dict[str, list[str]]:
         "scheduler": [
             celery, "-A", "config", "beat", "--loglevel", "INFO",
             "--schedule", str(var_dir() / "celerybeat-schedule"),
+        ],
+        "psp": [
+            PYTHON, "manage.py", "run_sandbox_psp", "--host", "127.0.0.1",
+            "--port", os.environ.get("PSP_PORT", "8100"),
+            "--db", str(var_dir() / "sandbox-psp.sqlite3"),
         ],
     }  # fmt: skip
 

@@ -1,0 +1,176 @@
+"""Resilience helpers for calls to remote services: a circuit breaker whose state is
+shared through Redis (pybreaker) and bounded retries with full-jitter backoff (tenacity).
+"""
+
+import threading
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+
+import pybreaker
+import redis
+import structlog
+import tenacity
+from django.conf import settings
+
+logger = structlog.get_logger(__name__)
+
+STATE_CLOSED = pybreaker.STATE_CLOSED
+STATE_OPEN = pybreaker.STATE_OPEN
+STATE_HALF_OPEN = pybreaker.STATE_HALF_OPEN
+CircuitBreakerError = pybreaker.CircuitBreakerError
+CircuitBreakerListener = pybreaker.CircuitBreakerListener
+
+
+class PreciseRedisStorage(pybreaker.CircuitRedisStorage):
+    """pybreaker's Redis storage with `opened_at` in microseconds.
+
+    pybreaker stores whole seconds, so a cool-down of N seconds would last anywhere
+    between N-1 and N; that breaks short cool-downs (and our tests of them).
+    """
+
+    # Only move forward: two processes opening at once keep the later time.
+    _SET_IF_GREATER = """
+    local current = redis.call('GET', KEYS[1])
+    if not current or tonumber(ARGV[1]) > tonumber(current) then
+        redis.call('SET', KEYS[1], ARGV[1])
+    end
+    """
+
+    def state_and_opened_at(self) -> tuple[str, datetime | None]:
+        """Both in one round trip (the fast-fail check runs before every call)."""
+        try:
+            state, opened_at = self._redis.mget(
+                self._namespace("state"), self._namespace("opened_at")
+            )
+        except redis.RedisError:
+            logger.warning("circuit_breaker_redis_error", exc_info=True)
+            return STATE_CLOSED, None
+        return (
+            state.decode() if state else STATE_CLOSED,
+            datetime.fromtimestamp(float(opened_at), UTC) if opened_at else None,
+        )
+
+    @property
+    def opened_at(self) -> datetime | None:
+        try:
+            value = self._redis.get(self._namespace("opened_at"))
+        except redis.RedisError:
+            logger.warning("circuit_breaker_redis_error", exc_info=True)
+            return None
+        return datetime.fromtimestamp(float(value), UTC) if value else None
+
+    @opened_at.setter
+    def opened_at(self, now: datetime) -> None:
+        try:
+            self._redis.eval(
+                self._SET_IF_GREATER, 1, self._namespace("opened_at"), f"{now.timestamp():.6f}"
+            )
+        except redis.RedisError:
+            logger.warning("circuit_breaker_redis_error", exc_info=True)
+
+
+class SharedCircuitBreaker(pybreaker.CircuitBreaker):
+    """pybreaker's breaker without its process-wide lock around the guarded call.
+
+    pybreaker holds one lock for the whole call, so in a threaded web process every
+    call would queue behind the one in flight (up to its read timeout). State changes
+    still take that lock; the state itself lives in the storage (Redis).
+    """
+
+    def call(self, func, *args, **kwargs):
+        return self.state.call(func, *args, **kwargs)
+
+    def rejects_calls(self) -> bool:
+        """Open and still cooling down: a call would fail at once without being made."""
+        storage = self._state_storage
+        if isinstance(storage, PreciseRedisStorage):
+            state, opened_at = storage.state_and_opened_at()
+        else:
+            state, opened_at = storage.state, storage.opened_at
+        return (
+            state == STATE_OPEN
+            and opened_at is not None
+            and datetime.now(UTC) < opened_at + timedelta(seconds=self.reset_timeout)
+        )
+
+
+_breakers: dict[tuple, SharedCircuitBreaker] = {}
+_breakers_lock = threading.Lock()
+_redis_clients: dict[str, redis.Redis] = {}
+
+
+def _redis_client(url: str) -> redis.Redis:
+    client = _redis_clients.get(url)
+    if client is None:
+        # Short timeouts: a dead Redis must not stall the call it guards.
+        client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        _redis_clients[url] = client
+    return client
+
+
+def shared_circuit_breaker(
+    name: str,
+    *,
+    fail_max: int,
+    reset_timeout: float,
+    exclude: Iterable[type[BaseException]] = (),
+    listeners: Iterable[pybreaker.CircuitBreakerListener] = (),
+) -> SharedCircuitBreaker:
+    """The breaker `name`, its state in Redis under CIRCUIT_BREAKER_NAMESPACE.
+
+    Every process that asks for the same name agrees on the state. Without REDIS_URL
+    (`make run`'s embedded mode) the state is per process.
+    """
+    namespace = f"{settings.CIRCUIT_BREAKER_NAMESPACE}:{name}"
+    key = (settings.REDIS_URL, namespace, fail_max, reset_timeout)
+    with _breakers_lock:
+        breaker = _breakers.get(key)
+        if breaker is not None:
+            return breaker
+        storage: pybreaker.CircuitBreakerStorage
+        cacheable = True
+        if settings.REDIS_URL:
+            try:
+                storage = PreciseRedisStorage(
+                    STATE_CLOSED, _redis_client(settings.REDIS_URL), namespace=namespace
+                )
+            except redis.RedisError:
+                # Degrade to a per-process breaker; try Redis again on the next call.
+                logger.warning("circuit_breaker_redis_unavailable", breaker=name, exc_info=True)
+                storage, cacheable = pybreaker.CircuitMemoryStorage(STATE_CLOSED), False
+        else:
+            storage = pybreaker.CircuitMemoryStorage(STATE_CLOSED)
+        breaker = SharedCircuitBreaker(
+            fail_max=fail_max,
+            reset_timeout=reset_timeout,
+            exclude=list(exclude),
+            listeners=list(listeners),
+            state_storage=storage,
+            name=name,
+        )
+        if cacheable:
+            _breakers[key] = breaker
+        return breaker
+
+
+def jittered_retry(
+    *,
+    retry_on: tuple[type[BaseException], ...],
+    attempts: int,
+    backoff_seconds: float,
+    max_backoff_seconds: float,
+    total_seconds: float,
+    before_sleep: Callable[[tenacity.RetryCallState], None] | None = None,
+) -> tenacity.Retrying:
+    """Exponential backoff with full jitter, bounded in attempts and in total time.
+
+    Only `retry_on` exceptions are retried; anything else (a decline, an open
+    circuit) propagates at once. The last error is re-raised when the budget is spent.
+    """
+    return tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(attempts) | tenacity.stop_after_delay(total_seconds),
+        wait=tenacity.wait_random_exponential(multiplier=backoff_seconds, max=max_backoff_seconds),
+        retry=tenacity.retry_if_exception_type(retry_on),
+        before_sleep=before_sleep,
+        reraise=True,
+    )

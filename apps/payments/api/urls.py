@@ -1,0 +1,18 @@
+from django.urls import path
+
+from apps.payments.api import views
+
+urlpatterns = [
+    path("payments", views.PaymentListView.as_view(), name="payments"),
+    path(
+        "payments/webhooks/sandbox",
+        views.SandboxWebhookView.as_view(),
+        name="payments-webhook-sandbox",
+    ),
+    path("payments/<int:payment_id>", views.PaymentDetailView.as_view(), name="payment"),
+    path(
+        "payments/<int:payment_id>/refunds",
+        views.RefundCreateView.as_view(),
+        name="payment-refunds",
+    ),
+]

@@ -1,0 +1,80 @@
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import status
+from rest_framework.exceptions import ValidationError
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.core.api.pagination import CursorPagination
+from apps.core.api.permissions import staff_role_required
+from apps.payments import selectors, services
+from apps.payments.api.serializers import (
+    PaymentListQuerySerializer,
+    PaymentSerializer,
+    RefundCreateSerializer,
+    RefundResultSerializer,
+)
+from apps.users.roles import ORDER_MANAGERS, SUPPORT
+
+PaymentStaff = staff_role_required(ORDER_MANAGERS, SUPPORT)
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+def _visible_user_id(request, view) -> int | None:
+    """None (every payment) for payment staff, else the caller's own id."""
+    return None if PaymentStaff().has_permission(request, view) else request.user.pk
+
+
+class PaymentListView(APIView):
+    @extend_schema(parameters=[PaymentListQuerySerializer], responses=PaymentSerializer(many=True))
+    def get(self, request):
+        query = PaymentListQuerySerializer(data=request.query_params.dict())
+        query.is_valid(raise_exception=True)
+        payments = selectors.payment_list(
+            user_id=_visible_user_id(request, self),
+            order_id=query.validated_data.get("order_id"),
+        )
+        paginator = CursorPagination()
+        page = paginator.paginate_queryset(payments, request, view=self)
+        return paginator.get_paginated_response(PaymentSerializer(page, many=True).data)
+
+
+class PaymentDetailView(APIView):
+    @extend_schema(responses=PaymentSerializer)
+    def get(self, request, payment_id: int):
+        payment = selectors.payment_get(
+            payment_id=payment_id, user_id=_visible_user_id(request, self)
+        )
+        return Response(PaymentSerializer(payment).data)
+
+
+class RefundCreateView(APIView):
+    permission_classes = [PaymentStaff]
+
+    @extend_schema(
+        request=RefundCreateSerializer,
+        responses={201: RefundResultSerializer},
+        parameters=[OpenApiParameter(IDEMPOTENCY_HEADER, location="header", required=True)],
+    )
+    def post(self, request, payment_id: int):
+        key = request.headers.get(IDEMPOTENCY_HEADER, "").strip()
+        if not key or len(key) > 255:
+            raise ValidationError({IDEMPOTENCY_HEADER: ["Send a key of 1 to 255 characters."]})
+        serializer = RefundCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        result = services.refund_payment(
+            payment_id=payment_id, idempotency_key=key, **serializer.validated_data
+        )
+        return Response(RefundResultSerializer(result).data, status=status.HTTP_201_CREATED)
+
+
+class SandboxWebhookView(APIView):
+    """The sandbox PSP's webhooks: authenticated by their signature, not by a user."""
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(request=None, responses={200: None})
+    def post(self, request):
+        outcome = services.webhook_handle(body=request.body, headers=request.headers)
+        return Response({"status": outcome})

@@ -1,0 +1,522 @@
+"""Payments context commands: charges, refunds, provider webhooks and reconciliation.
+
+Provider calls happen outside database transactions: a payment or refund row is first
+committed as pending (with the idempotency key sent to the provider), then settled under
+a row lock. Whoever settles first (the synchronous response, a webhook, the
+reconciliation task) wins; the others find it settled and change nothing.
+"""
+
+import uuid
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+
+import structlog
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Sum
+from django.utils import timezone
+
+from apps.core.errors import Conflict, DomainError, InvalidState, NotFound, ValidationFailed
+from apps.core.routing import primary_reads
+from apps.payments.gateway import (
+    ProviderCharge,
+    ProviderRefund,
+    ProviderRejected,
+    ProviderUnavailable,
+    WebhookVerificationFailed,
+    get_provider,
+)
+from apps.payments.models import Payment, PaymentEvent, Refund
+
+logger = structlog.get_logger(__name__)
+
+MAX_AMOUNT = Decimal("9999999999.99")
+
+
+class PaymentDeclined(DomainError):
+    status = 402
+    problem_type = "payment-declined"
+    title = "Payment declined"
+
+    def __init__(self, detail: str | None = None, *, decline_code: str, payment_id: int) -> None:
+        super().__init__(detail, extra={"decline_code": decline_code, "payment_id": payment_id})
+        self.decline_code = decline_code
+        self.payment_id = payment_id
+
+
+class PaymentProviderUnavailable(DomainError):
+    """Transient: the provider did not answer in the retry budget, or the circuit is open."""
+
+    status = 503
+    problem_type = "payment-provider-unavailable"
+    title = "Payment provider unavailable"
+
+
+class RefundExceedsCaptured(InvalidState):
+    problem_type = "refund-exceeds-captured"
+    title = "Refund exceeds the captured amount"
+
+
+class InvalidWebhook(DomainError):
+    problem_type = "invalid-webhook"
+    title = "Invalid webhook"
+
+
+@dataclass(frozen=True)
+class PaymentResult:
+    payment_id: int
+    status: str
+    amount: Decimal
+    currency: str
+    provider_charge_id: str
+    failure_code: str
+
+
+@dataclass(frozen=True)
+class RefundResult:
+    refund_id: int
+    payment_id: int
+    status: str
+    amount: Decimal
+    currency: str
+    provider_refund_id: str
+    payment_status: str
+    amount_refunded: Decimal
+
+
+# -- charges -----------------------------------------------------------------------------
+
+
+def charge_for_order(
+    *, order_id: str, user_id: int, amount: Decimal, currency: str, token: str
+) -> PaymentResult:
+    """Charge the order once. A second call returns the first payment's outcome (a decline
+    raises PaymentDeclined again); a payment left pending is resumed with its key.
+    While the provider's circuit is open every call raises PaymentProviderUnavailable."""
+    _validate_charge(order_id=order_id, amount=amount, currency=currency, token=token)
+    provider = get_provider()
+    if provider.rejects_calls():
+        # Open circuit: fail fast (one Redis read), touch neither the provider nor the
+        # database. The error is transient; a retry after the cool-down gets the outcome.
+        raise PaymentProviderUnavailable("The payment provider is unavailable; retry later.")
+    with primary_reads():
+        payment = Payment.objects.filter(order_id=order_id).first()
+    if payment is None:
+        payment = _payment_create(
+            order_id=order_id, user_id=user_id, amount=amount, currency=currency, provider=provider
+        )
+    if payment.amount != amount or payment.currency != currency:
+        raise Conflict(
+            f"Order {order_id} was already charged {payment.amount} {payment.currency}.",
+            extra={"payment_id": payment.pk},
+        )
+    if payment.status == Payment.Status.PENDING:
+        try:
+            charge = provider.charge(
+                idempotency_key=payment.idempotency_key,
+                amount=payment.amount,
+                currency=payment.currency,
+                token=token,
+                reference=order_id,
+            )
+        except ProviderUnavailable as exc:
+            logger.warning("payment_provider_unavailable", payment_id=payment.pk, error=str(exc))
+            raise PaymentProviderUnavailable(
+                "The payment provider is unavailable; retry later."
+            ) from exc
+        except ProviderRejected as exc:
+            payment, _ = _settle_charge(
+                payment_id=payment.pk, failure=(exc.code, str(exc)), source="provider-response"
+            )
+        else:
+            payment, _ = _settle_charge(
+                payment_id=payment.pk, charge=charge, source="provider-response"
+            )
+    return _payment_result(payment)
+
+
+def _validate_charge(*, order_id: str, amount: Decimal, currency: str, token: str) -> None:
+    errors: dict[str, list[str]] = {}
+    if not order_id or len(order_id) > 64:
+        errors["order_id"] = ["Give an order id of 1 to 64 characters."]
+    if not _valid_amount(amount):
+        errors["amount"] = ["Give a positive decimal amount with at most 2 decimal places."]
+    if currency not in settings.SUPPORTED_CURRENCIES:
+        errors["currency"] = [f"Use one of {', '.join(settings.SUPPORTED_CURRENCIES)}."]
+    if not token:
+        errors["token"] = ["A card token is required."]
+    if errors:
+        raise ValidationFailed(errors)
+
+
+def _valid_amount(amount: object) -> bool:
+    return (
+        isinstance(amount, Decimal)
+        and amount.is_finite()
+        and Decimal("0") < amount <= MAX_AMOUNT
+        and amount.as_tuple().exponent >= -2
+    )
+
+
+def _payment_create(
+    *, order_id: str, user_id: int, amount: Decimal, currency: str, provider
+) -> Payment:
+    try:
+        with transaction.atomic():
+            payment = Payment.objects.create(
+                order_id=order_id,
+                user_id=user_id,
+                amount=amount,
+                currency=currency,
+                provider=provider.name,
+                # Our own key, not the order id: unique even if order ids are ever reused.
+                idempotency_key=f"pay_{uuid.uuid4().hex}",
+            )
+            _log(payment, "payment.created", "api", {"amount": str(amount), "currency": currency})
+            return payment
+    except IntegrityError:
+        # A concurrent call for the same order won the unique order_id.
+        with primary_reads():
+            return Payment.objects.get(order_id=order_id)
+
+
+def _settle_charge(
+    *,
+    payment_id: int,
+    source: str,
+    charge: ProviderCharge | None = None,
+    failure: tuple[str, str] | None = None,
+    provider_event_id: str | None = None,
+) -> tuple[Payment, str]:
+    """Apply a charge outcome to a pending payment, once. Returns (payment, what happened):
+    'settled', 'already-settled' or 'duplicate' (this provider event was seen before)."""
+    with transaction.atomic():
+        payment = Payment.objects.select_for_update().get(pk=payment_id)
+        if provider_event_id is not None and not _record_provider_event(
+            payment, provider_event_id, charge
+        ):
+            return payment, "duplicate"
+        if payment.status != Payment.Status.PENDING:
+            return payment, "already-settled"
+        if charge is not None and charge.succeeded:
+            payment.status = Payment.Status.SUCCEEDED
+            payment.provider_charge_id = charge.id
+        else:
+            payment.status = Payment.Status.FAILED
+            if charge is not None:
+                payment.provider_charge_id = charge.id
+                failure = (charge.decline_code, charge.decline_message)
+            payment.failure_code, payment.failure_message = failure or ("unknown", "")
+            payment.failure_message = payment.failure_message[:255]
+        payment.save(
+            update_fields=[
+                "status",
+                "provider_charge_id",
+                "failure_code",
+                "failure_message",
+                "updated_at",
+            ]
+        )
+        _log(
+            payment,
+            f"payment.{payment.status}",
+            source,
+            {
+                "provider_charge_id": payment.provider_charge_id,
+                "failure_code": payment.failure_code,
+            },
+        )
+        return payment, "settled"
+
+
+def _payment_result(payment: Payment) -> PaymentResult:
+    if payment.status == Payment.Status.FAILED:
+        raise PaymentDeclined(
+            payment.failure_message or "The payment was declined.",
+            decline_code=payment.failure_code,
+            payment_id=payment.pk,
+        )
+    return PaymentResult(
+        payment_id=payment.pk,
+        status=str(payment.status),
+        amount=payment.amount,
+        currency=payment.currency,
+        provider_charge_id=payment.provider_charge_id,
+        failure_code=payment.failure_code,
+    )
+
+
+# -- refunds -----------------------------------------------------------------------------
+
+
+def refund_payment(
+    *,
+    payment_id: int,
+    amount: Decimal | None = None,
+    reason: str,
+    idempotency_key: str | None = None,
+) -> RefundResult:
+    """Refund `amount` (default: all that is left) of a captured payment.
+
+    The same key twice refunds once and returns the first refund. Without a key, a full
+    refund is keyed per payment (repeatable), a partial one gets a fresh key.
+    """
+    if not reason or not reason.strip() or len(reason) > 200:
+        raise ValidationFailed({"reason": ["Give a reason of 1 to 200 characters."]})
+    if amount is not None and not _valid_amount(amount):
+        raise ValidationFailed(
+            {"amount": ["Give a positive decimal amount with at most 2 decimal places."]}
+        )
+    if idempotency_key is None:
+        idempotency_key = (
+            f"refund:{payment_id}:remaining" if amount is None else f"refund:{uuid.uuid4().hex}"
+        )
+    if len(idempotency_key) > 255:
+        raise ValidationFailed({"idempotency_key": ["At most 255 characters."]})
+
+    refund = _refund_reserve(
+        payment_id=payment_id, amount=amount, reason=reason, idempotency_key=idempotency_key
+    )
+    if refund.status == Refund.Status.PENDING:
+        payment = refund.payment
+        try:
+            provider_refund = get_provider().refund(
+                idempotency_key=refund.idempotency_key,
+                charge_id=payment.provider_charge_id,
+                amount=refund.amount,
+                reason=refund.reason,
+            )
+        except ProviderUnavailable as exc:
+            # The refund stays pending: the same key resumes it, reconciliation settles it.
+            raise PaymentProviderUnavailable(
+                "The payment provider is unavailable; retry with the same key."
+            ) from exc
+        except ProviderRejected as exc:
+            refund, _ = _settle_refund(
+                refund_id=refund.pk, failure_code=exc.code, source="provider-response"
+            )
+            error = RefundExceedsCaptured if exc.code == "amount_exceeds_charge" else InvalidState
+            raise error(f"The provider refused the refund: {exc}") from exc
+        refund, _ = _settle_refund(
+            refund_id=refund.pk, provider_refund=provider_refund, source="provider-response"
+        )
+    return _refund_result(refund)
+
+
+@transaction.atomic
+def _refund_reserve(
+    *, payment_id: int, amount: Decimal | None, reason: str, idempotency_key: str
+) -> Refund:
+    """Lock the payment and record a pending refund that fits in what is left."""
+    try:
+        payment = Payment.objects.select_for_update().get(pk=payment_id)
+    except Payment.DoesNotExist as exc:
+        raise NotFound("No such payment.") from exc
+    existing = Refund.objects.filter(idempotency_key=idempotency_key).first()
+    if existing is not None:
+        if existing.payment_id != payment.pk or (amount is not None and existing.amount != amount):
+            raise Conflict("This idempotency key was used for a different refund.")
+        existing.payment = payment
+        return existing
+    if payment.status not in (Payment.Status.SUCCEEDED, Payment.Status.PARTIALLY_REFUNDED):
+        raise InvalidState(f"A {payment.get_status_display().lower()} payment cannot be refunded.")
+    # Pending refunds count as spent, so two concurrent refunds cannot overshoot.
+    pending = payment.refunds.filter(status=Refund.Status.PENDING).aggregate(total=Sum("amount"))
+    refundable = payment.amount - payment.amount_refunded - (pending["total"] or Decimal("0"))
+    refund_amount = refundable if amount is None else amount
+    if refund_amount <= 0 or refund_amount > refundable:
+        raise RefundExceedsCaptured(
+            f"At most {refundable} {payment.currency} can be refunded.",
+            extra={"refundable": str(refundable)},
+        )
+    refund = Refund.objects.create(
+        payment=payment,
+        amount=refund_amount,
+        currency=payment.currency,
+        reason=reason,
+        idempotency_key=idempotency_key,
+    )
+    _log(payment, "refund.requested", "api", {"refund_id": refund.pk, "amount": str(refund_amount)})
+    return refund
+
+
+def _settle_refund(
+    *,
+    refund_id: int,
+    source: str,
+    provider_refund: ProviderRefund | None = None,
+    failure_code: str = "",
+    provider_event_id: str | None = None,
+) -> tuple[Refund, str]:
+    with transaction.atomic():
+        payment_pk = Refund.objects.values_list("payment_id", flat=True).get(pk=refund_id)
+        # Lock order payment -> refund, as in _refund_reserve.
+        payment = Payment.objects.select_for_update().get(pk=payment_pk)
+        refund = Refund.objects.select_for_update().get(pk=refund_id)
+        refund.payment = payment
+        if provider_event_id is not None and not _record_provider_event(
+            payment, provider_event_id, provider_refund
+        ):
+            return refund, "duplicate"
+        if refund.status != Refund.Status.PENDING:
+            return refund, "already-settled"
+        if provider_refund is not None:
+            refund.status = Refund.Status.SUCCEEDED
+            refund.provider_refund_id = provider_refund.id
+            payment.amount_refunded += refund.amount
+            payment.status = (
+                Payment.Status.REFUNDED
+                if payment.amount_refunded == payment.amount
+                else Payment.Status.PARTIALLY_REFUNDED
+            )
+            payment.save(update_fields=["amount_refunded", "status", "updated_at"])
+        else:
+            refund.status = Refund.Status.FAILED
+            refund.failure_code = failure_code[:64]
+        refund.save(update_fields=["status", "provider_refund_id", "failure_code", "updated_at"])
+        _log(
+            payment,
+            f"refund.{refund.status}",
+            source,
+            {"refund_id": refund.pk, "amount": str(refund.amount), "failure_code": failure_code},
+        )
+        return refund, "settled"
+
+
+def _refund_result(refund: Refund) -> RefundResult:
+    return RefundResult(
+        refund_id=refund.pk,
+        payment_id=refund.payment_id,
+        status=str(refund.status),
+        amount=refund.amount,
+        currency=refund.currency,
+        provider_refund_id=refund.provider_refund_id,
+        payment_status=str(refund.payment.status),
+        amount_refunded=refund.payment.amount_refunded,
+    )
+
+
+# -- webhooks ----------------------------------------------------------------------------
+
+
+def webhook_handle(*, body: bytes, headers: Mapping[str, str]) -> str:
+    """Verify and apply a provider webhook; returns what happened to it:
+    'settled', 'already-settled', 'duplicate' or 'ignored' (not about our payments)."""
+    provider = get_provider()
+    try:
+        event = provider.verify_webhook(body=body, headers=headers)
+    except WebhookVerificationFailed as exc:
+        raise InvalidWebhook(f"Webhook refused: {exc}.") from exc
+    try:
+        if event.type in ("charge.succeeded", "charge.failed"):
+            return _webhook_charge(event.id, ProviderCharge.from_json(event.data))
+        if event.type == "refund.succeeded":
+            return _webhook_refund(event.id, ProviderRefund.from_json(event.data))
+    except (KeyError, TypeError, ArithmeticError) as exc:
+        raise InvalidWebhook("The event's data is malformed.") from exc
+    return "ignored"
+
+
+def _webhook_charge(event_id: str, charge: ProviderCharge) -> str:
+    with primary_reads():
+        payment_pk = (
+            Payment.objects.filter(idempotency_key=charge.idempotency_key)
+            .values_list("pk", flat=True)
+            .first()
+        )
+    if payment_pk is None:
+        return "ignored"
+    _, outcome = _settle_charge(
+        payment_id=payment_pk, charge=charge, source="webhook", provider_event_id=event_id
+    )
+    return outcome
+
+
+def _webhook_refund(event_id: str, provider_refund: ProviderRefund) -> str:
+    with primary_reads():
+        refund_pk = (
+            Refund.objects.filter(idempotency_key=provider_refund.idempotency_key)
+            .values_list("pk", flat=True)
+            .first()
+        )
+    if refund_pk is None:
+        return "ignored"
+    _, outcome = _settle_refund(
+        refund_id=refund_pk,
+        provider_refund=provider_refund,
+        source="webhook",
+        provider_event_id=event_id,
+    )
+    return outcome
+
+
+def _record_provider_event(payment: Payment, provider_event_id: str, obj) -> bool:
+    """Store the provider event id once; False if it was stored before."""
+    try:
+        with transaction.atomic():
+            PaymentEvent.objects.create(
+                payment=payment,
+                kind="webhook.received",
+                source="webhook",
+                provider_event_id=provider_event_id,
+                data={"object_id": getattr(obj, "id", "")},
+            )
+    except IntegrityError:
+        return False
+    return True
+
+
+# -- reconciliation ----------------------------------------------------------------------
+
+
+def payments_reconcile_pending(
+    *, older_than_seconds: float | None = None, limit: int = 100
+) -> dict[str, int]:
+    """Settle payments and refunds left pending (a crash between the provider call and our
+    write) by looking each up at the provider by its idempotency key. One the provider
+    never received is failed as 'not_submitted'."""
+    if older_than_seconds is None:
+        older_than_seconds = settings.PAYMENT_RECONCILE_AFTER_SECONDS
+    cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
+    with primary_reads():
+        payments = list(
+            Payment.objects.filter(status=Payment.Status.PENDING, updated_at__lt=cutoff)
+            .order_by("id")
+            .values_list("pk", "idempotency_key")[:limit]
+        )
+        refunds = list(
+            Refund.objects.filter(status=Refund.Status.PENDING, updated_at__lt=cutoff)
+            .order_by("id")
+            .values_list("pk", "idempotency_key")[:limit]
+        )
+    provider = get_provider()
+    counts: Counter[str] = Counter()
+    try:
+        for payment_pk, key in payments:
+            charge = provider.find_charge(idempotency_key=key)
+            failure = None if charge else ("not_submitted", "The provider never got this charge.")
+            _, outcome = _settle_charge(
+                payment_id=payment_pk, charge=charge, failure=failure, source="reconciliation"
+            )
+            counts[f"payments_{outcome}"] += 1
+        for refund_pk, key in refunds:
+            provider_refund = provider.find_refund(idempotency_key=key)
+            _, outcome = _settle_refund(
+                refund_id=refund_pk,
+                provider_refund=provider_refund,
+                failure_code="" if provider_refund else "not_submitted",
+                source="reconciliation",
+            )
+            counts[f"refunds_{outcome}"] += 1
+    except ProviderUnavailable:
+        # The next run picks up what is left.
+        logger.warning("payments_reconciliation_deferred", done=dict(counts))
+        counts["deferred"] += 1
+    return dict(counts)
+
+
+def _log(payment: Payment, kind: str, source: str, data: dict) -> None:
+    PaymentEvent.objects.create(payment=payment, kind=kind, source=source, data=data)

@@ -1,0 +1,129 @@
+"""apps.core.resilience: the Redis-shared breaker and the bounded jittered retry."""
+
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pybreaker
+import pytest
+
+from apps.core.resilience import (
+    PreciseRedisStorage,
+    jittered_retry,
+    shared_circuit_breaker,
+)
+
+
+class Transient(Exception):
+    pass
+
+
+class Permanent(Exception):
+    pass
+
+
+@pytest.fixture
+def redis_namespace(settings):
+    assert settings.REDIS_URL, "needs Redis: run through scripts/testenv.py"
+    settings.CIRCUIT_BREAKER_NAMESPACE = f"test-breaker:{uuid.uuid4().hex}"
+    return settings
+
+
+def failing_call(attempts: list) -> None:
+    attempts.append(time.monotonic())
+    raise Transient
+
+
+def test_retry_stops_after_the_attempt_budget():
+    attempts: list[float] = []
+    retry = jittered_retry(
+        retry_on=(Transient,),
+        attempts=4,
+        backoff_seconds=0.001,
+        max_backoff_seconds=0.002,
+        total_seconds=10,
+    )
+    with pytest.raises(Transient):
+        retry(failing_call, attempts)
+    assert len(attempts) == 4
+
+
+def test_retry_stops_after_the_time_budget():
+    attempts: list[float] = []
+    retry = jittered_retry(
+        retry_on=(Transient,),
+        attempts=1000,
+        backoff_seconds=0.05,
+        max_backoff_seconds=0.05,
+        total_seconds=0.2,
+    )
+    started = time.monotonic()
+    with pytest.raises(Transient):
+        retry(failing_call, attempts)
+    assert time.monotonic() - started < 1.0
+    assert 1 < len(attempts) < 1000
+
+
+def test_retry_never_repeats_other_errors():
+    calls = []
+
+    def permanent() -> None:
+        calls.append(1)
+        raise Permanent
+
+    retry = jittered_retry(
+        retry_on=(Transient,),
+        attempts=5,
+        backoff_seconds=0.001,
+        max_backoff_seconds=0.001,
+        total_seconds=5,
+    )
+    with pytest.raises(Permanent):
+        retry(permanent)
+    assert calls == [1]
+
+
+def test_opened_at_keeps_sub_second_precision_and_only_moves_forward(redis_namespace):
+    breaker = shared_circuit_breaker("precision", fail_max=1, reset_timeout=1)
+    storage = breaker._state_storage
+    assert isinstance(storage, PreciseRedisStorage)
+    later = datetime(2030, 1, 1, 12, 0, 0, 750_000, tzinfo=UTC)
+
+    storage.opened_at = later
+    storage.opened_at = later - timedelta(milliseconds=500)
+
+    assert storage.opened_at == later
+
+
+def test_a_slow_call_does_not_hold_up_other_calls_in_the_process(redis_namespace):
+    breaker = shared_circuit_breaker("concurrency", fail_max=5, reset_timeout=1)
+    slow_started, release = threading.Event(), threading.Event()
+
+    def slow() -> None:
+        slow_started.set()
+        release.wait(5)
+
+    thread = threading.Thread(target=breaker.call, args=(slow,))
+    thread.start()
+    try:
+        assert slow_started.wait(5)
+        started = time.monotonic()
+        assert breaker.call(lambda: "fast") == "fast"
+        assert time.monotonic() - started < 0.5
+    finally:
+        release.set()
+        thread.join(5)
+
+
+@pytest.mark.embedded
+def test_without_redis_the_breaker_state_is_per_process(settings):
+    assert not settings.REDIS_URL
+    breaker = shared_circuit_breaker("embedded", fail_max=1, reset_timeout=60)
+
+    with pytest.raises(pybreaker.CircuitBreakerError):
+        breaker.call(failing_call, [])
+
+    assert isinstance(breaker._state_storage, pybreaker.CircuitMemoryStorage)
+    assert breaker.rejects_calls()
+    assert shared_circuit_breaker("embedded", fail_max=1, reset_timeout=60) is breaker
