@@ -143,6 +143,10 @@ SUPPORTED_CURRENCIES = env.list("SUPPORTED_CURRENCIES", default=["EUR", "USD", "
 
 ORDER_MAX_LINES = env.int("ORDER_MAX_LINES", default=50)
 ORDER_MAX_QUANTITY_PER_LINE = env.int("ORDER_MAX_QUANTITY_PER_LINE", default=100)
+# Placement saga: reserve stock -> charge -> confirm, compensated past this deadline.
+ORDER_SAGA_TIMEOUT_SECONDS = env.float("ORDER_SAGA_TIMEOUT_SECONDS", default=120.0)
+# Longer than the saga may run, so a reservation never expires under a live saga.
+ORDER_RESERVATION_TTL_SECONDS = env.int("ORDER_RESERVATION_TTL_SECONDS", default=900)
 
 # --- Cache ----------------------------------------------------------------------
 
@@ -216,6 +220,8 @@ CELERY_TASK_ROUTES = {
     "apps.core.tasks.deliver_event": {"queue": "events"},
     "apps.core.tasks.purge_expired_idempotency_records": {"queue": "default"},
     "apps.core.tasks.purge_processed_messages": {"queue": "default"},
+    "apps.core.tasks.advance_saga": {"queue": "sagas"},
+    "apps.core.tasks.sweep_sagas": {"queue": "sagas"},
 }
 # With late acks, a task must not keep running after its message went back to the broker.
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
@@ -251,6 +257,23 @@ CELERY_BEAT_SCHEDULE["purge-expired-idempotency-records"] = {
 CELERY_BEAT_SCHEDULE["purge-processed-messages"] = {
     "task": "apps.core.tasks.purge_processed_messages",
     "schedule": 24 * 3600.0,
+}
+
+# --- Sagas ----------------------------------------------------------------------
+
+# Longer than any one step may take (a provider call with its retries): a worker that
+# died mid-step leaves the saga to the sweeper after this.
+SAGA_LEASE_SECONDS = env.float("SAGA_LEASE_SECONDS", default=60.0)
+SAGA_RETRY_BASE_SECONDS = env.float("SAGA_RETRY_BASE_SECONDS", default=0.5)
+SAGA_RETRY_MAX_SECONDS = env.float("SAGA_RETRY_MAX_SECONDS", default=15.0)
+# A saga this far past its wake-up time with no lease is resumed by the sweeper.
+SAGA_STALE_SECONDS = env.float("SAGA_STALE_SECONDS", default=10.0)
+SAGA_SWEEP_SECONDS = env.float("SAGA_SWEEP_SECONDS", default=5.0)
+SAGA_EARLY_WAKE_SECONDS = 0.5
+CELERY_BEAT_SCHEDULE["saga-sweep"] = {
+    "task": "apps.core.tasks.sweep_sagas",
+    "schedule": SAGA_SWEEP_SECONDS,
+    "options": {"expires": SAGA_SWEEP_SECONDS},
 }
 
 # --- Auth -----------------------------------------------------------------------

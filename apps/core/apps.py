@@ -11,3 +11,5 @@ class CoreConfig(AppConfig):
         # Every context's event handlers register themselves on import (apps.core.inbox),
         # in each process: the relay sends to the consumers registered here.
         autodiscover_modules("handlers")
+        # Saga definitions register themselves the same way (apps.core.sagas).
+        autodiscover_modules("sagas")

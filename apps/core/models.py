@@ -102,3 +102,63 @@ class IdempotencyRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user_id or 'anonymous'}:{self.key} ({self.state})"
+
+
+class SagaInstance(models.Model):
+    """A running (or finished) orchestrated saga: which step, its context, its errors.
+
+    `apps.core.sagas` moves it one step at a time; `lease_until` keeps two workers from
+    running the same saga at once, and `wake_at` is when it should next run (the sweeper
+    resumes sagas whose worker died and left them past it).
+    """
+
+    class State(models.TextChoices):
+        RUNNING = "running", "Running"
+        COMPENSATING = "compensating", "Compensating"
+        SUCCEEDED = "succeeded", "Succeeded"
+        COMPENSATED = "compensated", "Compensated"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    saga_type = models.CharField(max_length=100)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.RUNNING)
+    current_step = models.PositiveSmallIntegerField(default=0)
+    context = models.JSONField(default=dict)
+    attempts = models.PositiveIntegerField(default=0)  # of the current step
+    last_error = models.TextField(blank=True)
+    failure_reason = models.CharField(max_length=100, blank=True)
+    deadline = models.DateTimeField()
+    wake_at = models.DateTimeField(default=timezone.now)
+    lease_until = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["wake_at"],
+                condition=Q(state__in=["running", "compensating"]),
+                name="core_saga_active_wake",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.saga_type} {self.id} ({self.state}, step {self.current_step})"
+
+
+class SagaTransition(models.Model):
+    """The saga's log: every step outcome and state change, append-only."""
+
+    saga = models.ForeignKey(SagaInstance, on_delete=models.CASCADE, related_name="transitions")
+    at = models.DateTimeField(default=timezone.now)
+    step = models.CharField(max_length=100, blank=True)
+    kind = models.CharField(max_length=40)  # step_done, retry, compensating, compensated, ...
+    state = models.CharField(max_length=16)
+    detail = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["saga", "id"], name="core_sagatransition_saga")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.step} -> {self.state}"

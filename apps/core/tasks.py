@@ -27,6 +27,7 @@ from apps.core.inbox import (
     inbox_purge_processed,
 )
 from apps.core.outbox import outbox_purge_published, relay_pending_messages
+from apps.core.sagas import saga_advance, saga_sweep
 
 logger = structlog.get_logger(__name__)
 
@@ -98,3 +99,13 @@ def purge_expired_idempotency_records() -> int:
 @shared_task(name="apps.core.tasks.purge_processed_messages")
 def purge_processed_messages() -> dict[str, int]:
     return {"outbox": outbox_purge_published(), "inbox": inbox_purge_processed()}
+
+
+@shared_task(name="apps.core.tasks.advance_saga")
+def advance_saga(*, saga_id: str) -> str | None:
+    return saga_advance(saga_id)
+
+
+@shared_task(name="apps.core.tasks.sweep_sagas")
+def sweep_sagas() -> int:
+    return saga_sweep()

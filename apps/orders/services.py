@@ -14,6 +14,7 @@ from django.db import transaction
 from apps.catalog import selectors as catalog_selectors
 from apps.core.errors import ValidationFailed
 from apps.core.routing import primary_reads
+from apps.core.sagas import saga_start
 from apps.orders import event_store
 from apps.orders.domain import Order
 from apps.orders.event_store import ConcurrencyConflict
@@ -23,6 +24,8 @@ from apps.orders.projections import project
 logger = structlog.get_logger(__name__)
 
 MAX_COMMAND_ATTEMPTS = 5
+# Defined in apps.orders.sagas: reserve stock -> charge -> confirm, with compensations.
+ORDER_PLACEMENT_SAGA = "order_placement"
 ADDRESS_SNAPSHOT_FIELDS = (
     "full_name",
     "line1",
@@ -102,9 +105,10 @@ def order_place(
     user_id: int,
     items: list[tuple[int, int]],
     shipping_address: dict[str, Any],
+    payment_token: str,
     order_id: str | None = None,
 ) -> OrderSummary:
-    """Record a new pending order; the placement saga takes it from there."""
+    """Record a new pending order and start its placement saga, in one transaction."""
     lines, currency = _order_lines(items)
     order = Order(id=order_id or str(uuid.uuid4()))
     order.place(
@@ -116,7 +120,21 @@ def order_place(
     try:
         with transaction.atomic():
             event_store.append(order)
-            return project(order, is_new=True)
+            summary = project(order, is_new=True)
+            saga_start(
+                saga_type=ORDER_PLACEMENT_SAGA,
+                saga_id=order.id,
+                timeout_seconds=settings.ORDER_SAGA_TIMEOUT_SECONDS,
+                context={
+                    "order_id": order.id,
+                    "user_id": user_id,
+                    "items": [[line["product_id"], line["quantity"]] for line in lines],
+                    "total": str(order.total),
+                    "currency": currency,
+                    "payment_token": payment_token,
+                },
+            )
+            return summary
     except ConcurrencyConflict:
         # The same order id was placed already (a retried request): the placement is
         # idempotent for its owner.

@@ -138,6 +138,33 @@ def charge_for_order(
     return _payment_result(payment)
 
 
+def payment_void_for_order(*, order_id: str, reason: str) -> RefundResult | None:
+    """Undo whatever was charged for the order (a saga's compensation). Idempotent.
+
+    Nothing charged or a failed charge: None. A pending charge (its outcome unknown, the
+    classic timed-out-but-charged case) is first settled from the provider by its key.
+    A captured one is refunded in full, once (the refund is keyed per payment).
+    """
+    with primary_reads():
+        payment = Payment.objects.filter(order_id=order_id).first()
+    if payment is None:
+        return None
+    if payment.status == Payment.Status.PENDING:
+        try:
+            charge = get_provider().find_charge(idempotency_key=payment.idempotency_key)
+        except ProviderUnavailable as exc:
+            raise PaymentProviderUnavailable(
+                "The payment provider is unavailable; the charge outcome is unknown."
+            ) from exc
+        failure = None if charge else ("not_submitted", "The provider never got this charge.")
+        payment, _ = _settle_charge(
+            payment_id=payment.pk, charge=charge, failure=failure, source="compensation"
+        )
+    if payment.status in (Payment.Status.FAILED, Payment.Status.REFUNDED):
+        return None
+    return refund_payment(payment_id=payment.pk, reason=reason)
+
+
 def _validate_charge(*, order_id: str, amount: Decimal, currency: str, token: str) -> None:
     errors: dict[str, list[str]] = {}
     if not order_id or len(order_id) > 64:

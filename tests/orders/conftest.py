@@ -24,6 +24,7 @@ def place_order(user, *, products=None, quantity: int = 1):
         user_id=user.pk,
         items=[(p.pk, quantity) for p in products],
         shipping_address=ADDRESS,
+        payment_token="tok_visa",
     )
 
 

@@ -18,7 +18,8 @@ from apps.payments.services import (
     PaymentProviderUnavailable,
     charge_for_order,
 )
-from tests.payments.conftest import ROOT, new_order_id
+from tests.payments.conftest import new_order_id
+from tests.support.sandbox import ROOT
 
 pytestmark = pytest.mark.django_db
 

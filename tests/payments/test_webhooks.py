@@ -11,8 +11,8 @@ from apps.payments.gateway import get_provider
 from apps.payments.models import Payment, PaymentEvent
 from apps.payments.sandbox.server import sign
 from apps.payments.services import charge_for_order, webhook_handle
-from tests.payments.conftest import WEBHOOK_SECRET
 from tests.payments.factories import PaymentFactory
+from tests.support.sandbox import WEBHOOK_SECRET
 from tests.users.test_auth_api import assert_problem
 
 WEBHOOK = "/api/v1/payments/webhooks/sandbox"

@@ -84,6 +84,7 @@ class OrderListCreateView(ListAPIView):
             user_id=request.user.pk,
             items=[(item["product_id"], item["quantity"]) for item in data["items"]],
             shipping_address=shipping_address,
+            payment_token=data["payment"]["token"],
         )
         location = reverse("order-detail", kwargs={"order_id": summary.pk})
         return Response(

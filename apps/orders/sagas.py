@@ -1,0 +1,121 @@
+"""The order placement saga: reserve stock → charge payment → confirm order.
+
+On a business failure (out of stock, declined) or when the provider stays unreachable
+past the deadline, the completed steps are undone in reverse (refund, release stock)
+and the order is cancelled with the reason. Every action and compensation is idempotent:
+a worker may die at any point and the step runs again.
+"""
+
+import contextlib
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db import DatabaseError
+
+from apps.catalog import services as catalog
+from apps.core.errors import DomainError, InvalidState
+from apps.core.sagas import SagaDefinition, Step, register_saga
+from apps.orders import services as orders
+from apps.orders.event_store import ConcurrencyConflict
+from apps.payments import services as payments
+
+
+def reserve_stock(ctx: dict[str, Any]) -> None:
+    catalog.reserve_stock(
+        reference=ctx["order_id"],
+        items=[(product_id, quantity) for product_id, quantity in ctx["items"]],
+        ttl_seconds=settings.ORDER_RESERVATION_TTL_SECONDS,
+    )
+    orders.order_record_stock_reserved(
+        order_id=ctx["order_id"], reservation_reference=ctx["order_id"]
+    )
+
+
+def release_stock(ctx: dict[str, Any]) -> None:
+    catalog.release_reservation(reference=ctx["order_id"])
+
+
+def charge_payment(ctx: dict[str, Any]) -> dict[str, Any]:
+    result = payments.charge_for_order(
+        order_id=ctx["order_id"],
+        user_id=ctx["user_id"],
+        amount=Decimal(ctx["total"]),
+        currency=ctx["currency"],
+        token=ctx["payment_token"],
+    )
+    orders.order_record_payment_captured(
+        order_id=ctx["order_id"], payment_id=str(result.payment_id), amount=result.amount
+    )
+    return {"payment_id": result.payment_id}
+
+
+def refund_payment(ctx: dict[str, Any]) -> dict[str, Any]:
+    refund = payments.payment_void_for_order(order_id=ctx["order_id"], reason="order not placed")
+    if refund is None:
+        return {}
+    return {"refund": {"amount": str(refund.amount), "payment_id": refund.payment_id,
+                       "refund_id": refund.refund_id}}  # fmt: skip
+
+
+def confirm_order(ctx: dict[str, Any]) -> None:
+    # Confirm first: if the reservation then cannot be committed (it expired), the
+    # compensation can still cancel a confirmed order; the reverse order could leave
+    # sold stock under an order that is not confirmed.
+    orders.order_confirm(order_id=ctx["order_id"])
+    catalog.commit_reservation(reference=ctx["order_id"])
+
+
+def cancel_order(ctx: dict[str, Any], reason: str) -> None:
+    # InvalidState: cancelled already (by its owner, or by an earlier run of this step).
+    with contextlib.suppress(InvalidState):
+        orders.order_cancel(order_id=ctx["order_id"], reason=reason)
+    refund = ctx.get("refund")
+    if refund:
+        # InvalidState: recorded by an earlier run of this step.
+        with contextlib.suppress(InvalidState):
+            orders.order_record_refund(
+                order_id=ctx["order_id"],
+                amount=Decimal(refund["amount"]),
+                payment_id=str(refund["payment_id"]),
+                refund_ids=[str(refund["refund_id"])],
+            )
+
+
+def failure_reason(exc: Exception) -> str | None:
+    """A business failure's reason, or None for a transient error worth retrying."""
+    if isinstance(exc, catalog.OutOfStock | catalog.ProductUnavailable):
+        return "out_of_stock"
+    if isinstance(exc, payments.PaymentDeclined):
+        return "payment_declined"
+    if isinstance(exc, payments.PaymentProviderUnavailable | ConcurrencyConflict | DatabaseError):
+        return None
+    if isinstance(exc, catalog.ReservationReleased):
+        return "reservation_expired"
+    if isinstance(exc, InvalidState):
+        return "order_not_pending"  # cancelled by its owner while the saga ran
+    if isinstance(exc, DomainError):
+        return exc.problem_type.replace("-", "_")
+    return None  # unexpected: retried until the deadline, then compensated
+
+
+def timeout_reason(exc: Exception) -> str:
+    if isinstance(exc, payments.PaymentProviderUnavailable):
+        return "payment_unavailable"
+    return "timed_out"
+
+
+register_saga(
+    SagaDefinition(
+        name=orders.ORDER_PLACEMENT_SAGA,
+        steps=(
+            Step("reserve_stock", reserve_stock, release_stock),
+            Step("charge_payment", charge_payment, refund_payment),
+            Step("confirm_order", confirm_order),
+        ),
+        failure_reason=failure_reason,
+        timeout_reason=timeout_reason,
+        on_compensated=cancel_order,
+        sensitive_keys=("payment_token",),
+    )
+)
