@@ -68,7 +68,8 @@ def explain(queryset) -> str:
 def test_full_text_and_trigram_searches_use_their_gin_indexes():
     ProductFactory(name="Electric kettle")
     ProductFactory.create_batch(3)
-    full_text = explain(search_products(Product.objects.all(), "kettle"))
-    typo = explain(search_products(Product.objects.all(), "kettel"))
+    unordered = Product.objects.order_by()  # no primary-key walk for the planner to pick
+    full_text = explain(search_products(unordered, "kettle"))
+    typo = explain(search_products(unordered, "kettel"))
     assert "catalog_product_search_idx" in full_text
     assert "catalog_product_name_trgm_idx" in typo
