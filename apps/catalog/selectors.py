@@ -75,6 +75,12 @@ def _load_category_tree() -> list[dict]:
     return roots
 
 
+def category_ids_by_slug() -> dict[str, int]:
+    """{slug: id} of every category."""
+    with primary_reads():
+        return dict(Category.objects.values_list("slug", "pk"))
+
+
 def category_and_descendant_ids(*, category: str) -> list[int]:
     """Ids of the category given by id or slug and of every category below it."""
     stack = list(category_tree())

@@ -535,3 +535,98 @@ def _validate_category(category: Category) -> None:
         if ancestor == category.pk:
             raise ValidationFailed({"parent_id": ["A category cannot be inside itself."]})
         ancestor = parents.get(ancestor)
+
+
+# --- Bulk import ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProductRow:
+    """One validated product of an import; `stock` is the on-hand count of a new product."""
+
+    sku: str
+    name: str
+    price: Decimal
+    currency: str
+    category_id: int | None = None
+    description: str = ""
+    stock: int = 0
+    is_active: bool = True
+    slug: str | None = None
+    image_urls: tuple[str, ...] = ()
+
+
+IMPORT_UPDATED_FIELDS = [
+    "name",
+    "price",
+    "currency",
+    "category_id",
+    "description",
+    "is_active",
+    "image_urls",
+]
+
+
+def products_import(
+    *, rows: list[ProductRow], actor_id: int | None = None, reason: str = "import"
+) -> tuple[int, int]:
+    """Create or update products by SKU in one transaction; returns (created, updated).
+
+    Idempotent: a second run of the same rows changes nothing. Stock is set only when a
+    product is created; later counts go through stock adjustments.
+    """
+    by_sku = {row.sku: row for row in rows}
+    with transaction.atomic():
+        existing = {
+            product.sku: product
+            for product in Product.objects.select_for_update().filter(sku__in=by_sku)
+        }
+        new_products = [
+            Product(
+                sku=row.sku,
+                slug=row.slug or slugify(f"{row.name}-{row.sku}")[:160],
+                name=row.name,
+                description=row.description,
+                category_id=row.category_id,
+                price=row.price,
+                currency=row.currency,
+                is_active=row.is_active,
+                image_urls=list(row.image_urls),
+            )
+            for sku, row in by_sku.items()
+            if sku not in existing
+        ]
+        try:
+            with transaction.atomic():
+                Product.objects.bulk_create(new_products)
+        except IntegrityError as exc:
+            raise ProductExists("A slug of the import is taken by another product.") from exc
+        Stock.objects.bulk_create(
+            Stock(product=product, on_hand=by_sku[product.sku].stock) for product in new_products
+        )
+        StockAdjustment.objects.bulk_create(
+            StockAdjustment(
+                product=product,
+                delta=by_sku[product.sku].stock,
+                reason=reason,
+                actor_id=actor_id,
+                on_hand_after=by_sku[product.sku].stock,
+            )
+            for product in new_products
+            if by_sku[product.sku].stock
+        )
+        changed, now = [], timezone.now()
+        for sku, product in existing.items():
+            row = by_sku[sku]
+            values = {name: getattr(row, name) for name in IMPORT_UPDATED_FIELDS}
+            values["image_urls"] = list(row.image_urls)
+            if any(getattr(product, name) != value for name, value in values.items()):
+                for name, value in values.items():
+                    setattr(product, name, value)
+                product.updated_at = now  # bulk_update skips auto_now
+                changed.append(product)
+        Product.objects.bulk_update(changed, [*IMPORT_UPDATED_FIELDS, "updated_at"])
+        if changed:
+            invalidate_products_on_commit([product.pk for product in changed])
+            forget_popular_on_commit()
+    return len(new_products), len(changed)
