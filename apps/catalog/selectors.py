@@ -54,6 +54,11 @@ def product_snapshots(*, product_ids: list[int]) -> dict[int, ProductSnapshot]:
     return {row[0]: ProductSnapshot(*row) for row in rows}
 
 
+def product_ids_by_sku(*, skus: list[str]) -> dict[str, int]:
+    with primary_reads():
+        return dict(Product.objects.filter(sku__in=skus).values_list("sku", "pk"))
+
+
 # --- Categories -----------------------------------------------------------------------
 
 
