@@ -21,7 +21,8 @@ from django.test.utils import CaptureQueriesContext
 
 from apps.catalog.cache import POPULAR_KEY
 from apps.catalog.selectors import product_detail
-from tests.catalog.factories import ProductFactory
+from apps.catalog.services import category_update, reserve_stock
+from tests.catalog.factories import CategoryFactory, ProductFactory
 from tests.support.replica import wait_for_catch_up
 
 PRODUCTS = "/api/v1/products"
@@ -102,7 +103,6 @@ def test_after_a_staff_update_every_process_reads_the_new_price(
 
 @pytest.mark.django_db(transaction=True, databases="__all__")
 def test_stock_changes_show_in_the_cached_detail(api_client):
-    from apps.catalog.services import reserve_stock
 
     product = ProductFactory(stock__on_hand=3)
     assert api_client.get(f"{PRODUCTS}/{product.pk}").json()["available"] == 3
@@ -262,3 +262,17 @@ def test_list_reads_go_to_the_replica(api_client):
         response = api_client.get(PRODUCTS)
     assert [item["id"] for item in response.json()["results"]] == [product.pk]
     assert any('"catalog_product"' in q["sql"] for q in on_replica.captured_queries)
+
+
+@pytest.mark.django_db(transaction=True, databases="__all__")
+def test_a_category_change_shows_in_the_cached_tree_and_product(api_client):
+
+    kitchen = CategoryFactory(name="Kitchen")
+    product = ProductFactory(category=kitchen)
+    assert api_client.get("/api/v1/categories").json()[0]["name"] == "Kitchen"
+    assert api_client.get(f"{PRODUCTS}/{product.pk}").json()["category"]["name"] == "Kitchen"
+
+    category_update(category_id=kitchen.pk, name="Cooking")
+
+    assert api_client.get("/api/v1/categories").json()[0]["name"] == "Cooking"
+    assert api_client.get(f"{PRODUCTS}/{product.pk}").json()["category"]["name"] == "Cooking"

@@ -4,7 +4,8 @@ from decimal import Decimal
 
 import pytest
 
-from apps.catalog.selectors import product_detail
+from apps.catalog.selectors import ProductSnapshot, product_detail, product_snapshots
+from apps.catalog.services import commit_reservation, reserve_stock
 from tests.catalog.factories import CategoryFactory, ProductFactory
 from tests.users.test_auth_api import assert_problem
 
@@ -154,7 +155,6 @@ def test_category_tree_nests_children_by_position(api_client, django_assert_num_
 
 
 def test_snapshot_selector_is_one_query(django_assert_num_queries):
-    from apps.catalog.selectors import ProductSnapshot, product_snapshots
 
     a, b = ProductFactory(price=Decimal("1.50")), ProductFactory(is_active=False)
     with django_assert_num_queries(1):
@@ -166,7 +166,6 @@ def test_snapshot_selector_is_one_query(django_assert_num_queries):
 
 
 def test_popular_ranks_best_sellers_first_then_newest(api_client):
-    from apps.catalog.services import commit_reservation, reserve_stock
 
     seller, top_seller, newest = ProductFactory(), ProductFactory(), ProductFactory()
     reserve_stock(reference="o1", items=[(seller.pk, 1), (top_seller.pk, 3)])

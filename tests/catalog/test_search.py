@@ -73,3 +73,19 @@ def test_full_text_and_trigram_searches_use_their_gin_indexes():
     typo = explain(search_products(unordered, "kettel"))
     assert "catalog_product_search_idx" in full_text
     assert "catalog_product_name_trgm_idx" in typo
+
+
+def test_search_results_page_by_relevance_without_repeats(
+    api_client, django_assert_max_num_queries
+):
+    kettles = {ProductFactory(name=f"Kettle model {n}").pk for n in range(5)}
+    ProductFactory(name="Toaster")
+    seen, url, params = [], PRODUCTS, {"search": "kettle", "page_size": 2}
+    for _ in range(4):
+        with django_assert_max_num_queries(4):
+            body = api_client.get(url, params).json()
+        seen += [item["id"] for item in body["results"]]
+        if not body["next"]:
+            break
+        url, params = body["next"], None
+    assert sorted(seen) == sorted(kettles)
