@@ -407,6 +407,8 @@ def product_create(
                 )
     except IntegrityError as exc:
         raise ProductExists(f"SKU {sku!r} or slug {product.slug!r} is taken.") from exc
+    # A lookup of this slug (or id) before it existed may have cached "no such product".
+    product_cache.invalidate_on_commit(*product_keys(product.pk, product.slug))
     return product
 
 
@@ -457,8 +459,9 @@ def _validate_product(product: Product) -> None:
         errors["sku"] = ["Required."]
     if not product.name or not str(product.name).strip():
         errors["name"] = ["Required."]
-    if not product.slug or slugify(product.slug) != product.slug:
-        errors["slug"] = ["Use lowercase letters, digits and hyphens."]
+    if not product.slug or slugify(product.slug) != product.slug or product.slug.isdigit():
+        # All digits would read as an id in /products/{id or slug}.
+        errors["slug"] = ["Use lowercase letters, digits and hyphens, not only digits."]
     if not isinstance(product.price, Decimal) or product.price < 0:
         errors["price"] = ["Must be a decimal amount of zero or more."]
     if product.currency not in settings.SUPPORTED_CURRENCIES:
@@ -626,7 +629,9 @@ def products_import(
                 product.updated_at = now  # bulk_update skips auto_now
                 changed.append(product)
         Product.objects.bulk_update(changed, [*IMPORT_UPDATED_FIELDS, "updated_at"])
-        if changed:
-            invalidate_products_on_commit([product.pk for product in changed])
+        stale_keys = [key for p in new_products for key in product_keys(p.pk, p.slug)]
+        stale_keys += [key for p in changed for key in product_keys(p.pk)]
+        if stale_keys:
+            product_cache.invalidate_on_commit(*stale_keys)
             forget_popular_on_commit()
     return len(new_products), len(changed)

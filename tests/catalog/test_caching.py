@@ -90,6 +90,7 @@ def test_after_a_staff_update_every_process_reads_the_new_price(
     api_client, manager_client, reader_process
 ):
     product = ProductFactory(price=Decimal("10.00"))
+    wait_for_catch_up(django_settings.DATABASE_REPLICAS[0])  # the manager's role, for one
     assert api_client.get(f"{PRODUCTS}/{product.pk}").json()["price"] == "10.00"
     assert reader_process.price(product.pk) == "10.00"
     assert reader_process.price(product.pk) == "10.00"  # now from its own LRU
@@ -276,3 +277,18 @@ def test_a_category_change_shows_in_the_cached_tree_and_product(api_client):
 
     assert api_client.get("/api/v1/categories").json()[0]["name"] == "Cooking"
     assert api_client.get(f"{PRODUCTS}/{product.pk}").json()["category"]["name"] == "Cooking"
+
+
+@pytest.mark.django_db(transaction=True, databases="__all__")
+def test_a_slug_looked_up_before_it_existed_is_found_once_created(api_client, manager_client):
+    # The role check reads group membership through the router, from the replica.
+    wait_for_catch_up(django_settings.DATABASE_REPLICAS[0])
+    assert api_client.get(f"{PRODUCTS}/blue-mug").status_code == 404
+    created = manager_client.post(
+        PRODUCTS,
+        {"sku": "MUG-1", "slug": "blue-mug", "name": "Blue mug", "price": "9.00"},
+        format="json",
+    )
+    assert created.status_code == 201
+    assert api_client.get(f"{PRODUCTS}/blue-mug").status_code == 200
+    assert api_client.get(f"{PRODUCTS}/{created.json()['id']}").status_code == 200
