@@ -38,6 +38,7 @@ TREE = {
 ADJECTIVES = ["Classic", "Compact", "Deluxe", "Eco", "Ergonomic", "Pro", "Smart", "Travel"]
 MATERIALS = ["bamboo", "steel", "oak", "aluminium", "ceramic", "recycled plastic", "cotton"]
 COLOURS = ["black", "white", "red", "blue", "green", "grey"]
+SINGULAR = {"Knives": "knife", "Yoga": "yoga mat", "Headphones": "headphones", "Cookware": "pan"}
 
 
 @demo_seeder(order=20)
@@ -46,7 +47,7 @@ def seed_catalog() -> list[str]:
     leaves = _seed_categories()
     rows = []
     for leaf_slug, leaf_name, leaf_id in leaves:
-        singular = leaf_name.rstrip("s")
+        singular = SINGULAR.get(leaf_name, leaf_name.rstrip("s"))
         for number in range(1, PRODUCTS_PER_LEAF + 1):
             adjective, material = rng.choice(ADJECTIVES), rng.choice(MATERIALS)
             name = f"{adjective} {material} {singular.lower()} {number}"

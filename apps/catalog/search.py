@@ -27,7 +27,8 @@ def search_products(queryset: QuerySet, text: str) -> QuerySet:
     """Filter to matches and annotate `relevance` (higher is better)."""
     if connection.vendor != "postgresql":
         matches = queryset.filter(Q(name__icontains=text) | Q(description__icontains=text))
-        return matches.annotate(**{RELEVANCE: Value(0.0)})
+        # No ranking here: "relevance" is the id (newest first), unique for cursor pages.
+        return matches.annotate(**{RELEVANCE: F("id")})
     query = SearchQuery(text, search_type="websearch", config=SEARCH_CONFIG)
     full_text = queryset.annotate(document=product_search_vector()).filter(document=query)
     if full_text.exists():

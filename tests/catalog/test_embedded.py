@@ -38,3 +38,11 @@ def test_reserve_and_commit_work(api_client):
     commit_reservation(reference="order-1")
     assert api_client.get(f"{PRODUCTS}/{product.pk}").json()["in_stock"] is False
     assert api_client.get("/api/v1/products/popular").json()[0]["id"] == product.pk
+
+
+def test_search_results_page_without_repeats(api_client):
+    kettles = {ProductFactory(name=f"Kettle {n}").pk for n in range(3)}
+    first = api_client.get(PRODUCTS, {"search": "kettle", "page_size": 2}).json()
+    second = api_client.get(first["next"]).json()
+    seen = [item["id"] for item in first["results"] + second["results"]]
+    assert sorted(seen) == sorted(kettles) and second["next"] is None
