@@ -182,21 +182,25 @@ def test_with_redis_stopped_list_detail_and_popular_still_answer(
 ):
     product = ProductFactory(price=Decimal("10.00"))
     wait_for_catch_up(django_settings.DATABASE_REPLICAS[0])  # the list reads the replica
-    for url in (PRODUCTS, f"{PRODUCTS}/{product.pk}", f"{PRODUCTS}/{product.slug}", POPULAR):
+    by_category = f"{PRODUCTS}?category={product.category.slug}"
+    for url in (by_category, f"{PRODUCTS}/{product.pk}", f"{PRODUCTS}/{product.slug}", POPULAR):
         assert api_client.get(url).status_code == 200  # warm every cache
 
     throwaway_redis.kill()
     throwaway_redis.wait()
 
     started = time.monotonic()
-    listing = api_client.get(PRODUCTS)
+    listing = api_client.get(by_category)
+    categories = api_client.get("/api/v1/categories")
     detail = api_client.get(f"{PRODUCTS}/{product.slug}")
     popular = api_client.get(POPULAR)
     update = manager_client.patch(f"{PRODUCTS}/{product.pk}", {"price": "11.00"}, format="json")
     after_update = api_client.get(f"{PRODUCTS}/{product.pk}")
     elapsed = time.monotonic() - started
 
-    assert [r.status_code for r in (listing, detail, popular, update, after_update)] == [200] * 5
+    responses = (listing, categories, detail, popular, update, after_update)
+    assert [r.status_code for r in responses] == [200] * 6
+    assert categories.json()[0]["slug"] == product.category.slug
     assert [item["id"] for item in listing.json()["results"]] == [product.pk]
     assert detail.json()["id"] == product.pk
     assert [item["id"] for item in popular.json()] == [product.pk]
