@@ -164,8 +164,9 @@ def reserve_stock(
                 for product_id, quantity in wanted.items()
             )
             invalidate_products_on_commit(list(wanted))
-    except IntegrityError:
-        # A concurrent call with the same reference committed first (unique constraint).
+    except (IntegrityError, OutOfStock):
+        # A concurrent call with the same reference may have committed first: then the
+        # unique constraint stopped us, or its units made ours look short.
         with transaction.atomic():
             existing = _locked_reservations(reference)
         if not existing:
