@@ -6,6 +6,7 @@ import pytest
 
 from apps.catalog.models import Category, Product, StockAdjustment
 from tests.catalog.factories import CategoryFactory, ProductFactory
+from tests.users.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -107,3 +108,13 @@ def test_category_cannot_become_its_own_descendant(admin_client):
     )
     assert response.status_code == 200  # the form again, with the error
     assert Category.objects.get(pk=home.pk).parent_id is None
+
+
+def test_catalog_managers_are_granted_the_catalog_permissions(manager, client):
+    assert manager.has_perms(
+        ["catalog.change_product", "catalog.add_stockadjustment", "catalog.change_category"]
+    )
+    assert not manager.has_perm("catalog.delete_product")  # products are deactivated instead
+    customer_staff = UserFactory(is_staff=True)
+    client.force_login(customer_staff)
+    assert client.get(CHANGELIST).status_code == 403
