@@ -310,9 +310,8 @@ def _set_status(rows: list[Reservation], status: str) -> None:
     )
     for row in rows:
         row.status = status
+    # Not the popular list: a sale need not reorder it before it expires (60 s).
     invalidate_products_on_commit([row.product_id for row in rows])
-    if status == Reservation.Status.COMMITTED:
-        forget_popular_on_commit()
 
 
 def _line(row: Reservation) -> ReservationLine:
