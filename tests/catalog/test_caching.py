@@ -296,3 +296,21 @@ def test_a_slug_looked_up_before_it_existed_is_found_once_created(api_client, ma
     assert created.status_code == 201
     assert api_client.get(f"{PRODUCTS}/blue-mug").status_code == 200
     assert api_client.get(f"{PRODUCTS}/{created.json()['id']}").status_code == 200
+
+
+@pytest.mark.django_db(transaction=True)
+def test_popular_falls_back_to_this_process_when_redis_and_its_query_both_fail(
+    api_client, settings, throwaway_redis
+):
+    settings.CATALOG_POPULAR_QUERY_TIMEOUT_MS = 100
+    settings.DATABASE_REPLICAS = []  # the lock is taken on the primary
+    ProductFactory()
+    first = api_client.get(POPULAR)
+    throwaway_redis.kill()
+    throwaway_redis.wait()
+
+    with TableLocked("catalog_reservation"):
+        during = api_client.get(POPULAR)
+
+    assert during.status_code == 200
+    assert during.json() == first.json() != []
