@@ -1,6 +1,8 @@
-"""Product search: PostgreSQL full text (name above description) plus trigram typo
-tolerance; a plain substring match on other databases (SQLite in `make run`)."""
+"""Product search: PostgreSQL full text (name above description, web-search syntax)
+with a trigram fallback for typos; a plain substring match on other databases (SQLite
+in `make run`)."""
 
+from django.contrib.postgres.lookups import TrigramWordSimilar
 from django.contrib.postgres.search import (
     SearchQuery,
     SearchRank,
@@ -8,7 +10,7 @@ from django.contrib.postgres.search import (
     TrigramWordSimilarity,
 )
 from django.db import connection
-from django.db.models import F, Q, QuerySet
+from django.db.models import F, Q, QuerySet, Value
 
 SEARCH_CONFIG = "english"
 RELEVANCE = "relevance"
@@ -25,16 +27,14 @@ def search_products(queryset: QuerySet, text: str) -> QuerySet:
     """Filter to matches and annotate `relevance` (higher is better)."""
     if connection.vendor != "postgresql":
         matches = queryset.filter(Q(name__icontains=text) | Q(description__icontains=text))
-        return matches.annotate(**{RELEVANCE: F("id") * 0})
+        # No ranking here: "relevance" is the id (newest first), unique for cursor pages.
+        return matches.annotate(**{RELEVANCE: F("id")})
     query = SearchQuery(text, search_type="websearch", config=SEARCH_CONFIG)
-    return (
-        queryset.annotate(
-            document=product_search_vector(),
-            typo_similarity=TrigramWordSimilarity(text, "name"),
-        )
-        .filter(
-            # `<%` (word similarity) uses the trigram index; `@@` the full-text one.
-            Q(document=query) | Q(name__trigram_word_similar=text)
-        )
-        .annotate(**{RELEVANCE: SearchRank(F("document"), query) + F("typo_similarity")})
+    full_text = queryset.annotate(document=product_search_vector()).filter(document=query)
+    if full_text.exists():
+        return full_text.annotate(**{RELEVANCE: SearchRank(F("document"), query)})
+    # No word matched: tolerate typos in the name. Only as a fallback, so that a
+    # web-search exclusion ("-glass") is never undone by a similar-looking name.
+    return queryset.filter(TrigramWordSimilar(F("name"), Value(text))).annotate(
+        **{RELEVANCE: TrigramWordSimilarity(text, "name")}
     )

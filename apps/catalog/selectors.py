@@ -54,6 +54,11 @@ def product_snapshots(*, product_ids: list[int]) -> dict[int, ProductSnapshot]:
     return {row[0]: ProductSnapshot(*row) for row in rows}
 
 
+def product_ids_by_sku(*, skus: list[str]) -> dict[str, int]:
+    with primary_reads():
+        return dict(Product.objects.filter(sku__in=skus).values_list("sku", "pk"))
+
+
 # --- Categories -----------------------------------------------------------------------
 
 
@@ -73,6 +78,12 @@ def _load_category_tree() -> list[dict]:
     for c in rows:
         (nodes[c.parent_id]["children"] if c.parent_id in nodes else roots).append(nodes[c.pk])
     return roots
+
+
+def category_ids_by_slug() -> dict[str, int]:
+    """{slug: id} of every category."""
+    with primary_reads():
+        return dict(Category.objects.values_list("slug", "pk"))
 
 
 def category_and_descendant_ids(*, category: str) -> list[int]:

@@ -164,8 +164,9 @@ def reserve_stock(
                 for product_id, quantity in wanted.items()
             )
             invalidate_products_on_commit(list(wanted))
-    except IntegrityError:
-        # A concurrent call with the same reference committed first (unique constraint).
+    except (IntegrityError, OutOfStock):
+        # A concurrent call with the same reference may have committed first: then the
+        # unique constraint stopped us, or its units made ours look short.
         with transaction.atomic():
             existing = _locked_reservations(reference)
         if not existing:
@@ -309,9 +310,8 @@ def _set_status(rows: list[Reservation], status: str) -> None:
     )
     for row in rows:
         row.status = status
+    # Not the popular list: a sale need not reorder it before it expires (60 s).
     invalidate_products_on_commit([row.product_id for row in rows])
-    if status == Reservation.Status.COMMITTED:
-        forget_popular_on_commit()
 
 
 def _line(row: Reservation) -> ReservationLine:
@@ -407,6 +407,8 @@ def product_create(
                 )
     except IntegrityError as exc:
         raise ProductExists(f"SKU {sku!r} or slug {product.slug!r} is taken.") from exc
+    # A lookup of this slug (or id) before it existed may have cached "no such product".
+    product_cache.invalidate_on_commit(*product_keys(product.pk, product.slug))
     return product
 
 
@@ -457,8 +459,9 @@ def _validate_product(product: Product) -> None:
         errors["sku"] = ["Required."]
     if not product.name or not str(product.name).strip():
         errors["name"] = ["Required."]
-    if not product.slug or slugify(product.slug) != product.slug:
-        errors["slug"] = ["Use lowercase letters, digits and hyphens."]
+    if not product.slug or slugify(product.slug) != product.slug or product.slug.isdigit():
+        # All digits would read as an id in /products/{id or slug}.
+        errors["slug"] = ["Use lowercase letters, digits and hyphens, not only digits."]
     if not isinstance(product.price, Decimal) or product.price < 0:
         errors["price"] = ["Must be a decimal amount of zero or more."]
     if product.currency not in settings.SUPPORTED_CURRENCIES:
@@ -535,3 +538,100 @@ def _validate_category(category: Category) -> None:
         if ancestor == category.pk:
             raise ValidationFailed({"parent_id": ["A category cannot be inside itself."]})
         ancestor = parents.get(ancestor)
+
+
+# --- Bulk import ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProductRow:
+    """One validated product of an import; `stock` is the on-hand count of a new product."""
+
+    sku: str
+    name: str
+    price: Decimal
+    currency: str
+    category_id: int | None = None
+    description: str = ""
+    stock: int = 0
+    is_active: bool = True
+    slug: str | None = None
+    image_urls: tuple[str, ...] = ()
+
+
+IMPORT_UPDATED_FIELDS = [
+    "name",
+    "price",
+    "currency",
+    "category_id",
+    "description",
+    "is_active",
+    "image_urls",
+]
+
+
+def products_import(
+    *, rows: list[ProductRow], actor_id: int | None = None, reason: str = "import"
+) -> tuple[int, int]:
+    """Create or update products by SKU in one transaction; returns (created, updated).
+
+    Idempotent: a second run of the same rows changes nothing. Stock is set only when a
+    product is created; later counts go through stock adjustments.
+    """
+    by_sku = {row.sku: row for row in rows}
+    with transaction.atomic():
+        existing = {
+            product.sku: product
+            for product in Product.objects.select_for_update().filter(sku__in=by_sku)
+        }
+        new_products = [
+            Product(
+                sku=row.sku,
+                slug=row.slug or slugify(f"{row.name}-{row.sku}")[:160],
+                name=row.name,
+                description=row.description,
+                category_id=row.category_id,
+                price=row.price,
+                currency=row.currency,
+                is_active=row.is_active,
+                image_urls=list(row.image_urls),
+            )
+            for sku, row in by_sku.items()
+            if sku not in existing
+        ]
+        try:
+            with transaction.atomic():
+                Product.objects.bulk_create(new_products)
+        except IntegrityError as exc:
+            raise ProductExists("A slug of the import is taken by another product.") from exc
+        Stock.objects.bulk_create(
+            Stock(product=product, on_hand=by_sku[product.sku].stock) for product in new_products
+        )
+        StockAdjustment.objects.bulk_create(
+            StockAdjustment(
+                product=product,
+                delta=by_sku[product.sku].stock,
+                reason=reason,
+                actor_id=actor_id,
+                on_hand_after=by_sku[product.sku].stock,
+            )
+            for product in new_products
+            if by_sku[product.sku].stock
+        )
+        changed, now = [], timezone.now()
+        for sku, product in existing.items():
+            row = by_sku[sku]
+            values = {name: getattr(row, name) for name in IMPORT_UPDATED_FIELDS}
+            values["image_urls"] = list(row.image_urls)
+            if any(getattr(product, name) != value for name, value in values.items()):
+                for name, value in values.items():
+                    setattr(product, name, value)
+                product.updated_at = now  # bulk_update skips auto_now
+                changed.append(product)
+        Product.objects.bulk_update(changed, [*IMPORT_UPDATED_FIELDS, "updated_at"])
+        stale_keys = [key for p in new_products for key in product_keys(p.pk, p.slug)]
+        stale_keys += [key for p in changed for key in product_keys(p.pk)]
+        if stale_keys:
+            product_cache.invalidate_on_commit(*stale_keys)
+            forget_popular_on_commit()
+    return len(new_products), len(changed)

@@ -60,5 +60,6 @@ def catalog_manager():
     from apps.users.roles import CATALOG_MANAGERS
 
     user = UserFactory(is_staff=True)
-    user.groups.add(Group.objects.get(name=CATALOG_MANAGERS))
+    # get_or_create: transactional tests flush the group that a migration created.
+    user.groups.add(Group.objects.get_or_create(name=CATALOG_MANAGERS)[0])
     return user

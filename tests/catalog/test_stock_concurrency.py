@@ -80,11 +80,12 @@ def test_multi_item_reservations_in_opposite_orders_do_not_deadlock():
 
 
 def test_concurrent_repeats_of_one_reference_reserve_once():
+    # Two reservations of 6 would not fit in 10: the repeats must see the first one.
     product = ProductFactory(stock__on_hand=10)
-    calls = [lambda: reserve_stock(reference="order-7", items=[(product.pk, 3)])] * 8
+    calls = [lambda: reserve_stock(reference="order-7", items=[(product.pk, 6)])] * 8
 
     outcomes = Counter(run_concurrently(calls))
 
     assert outcomes == {"ok": 8}
-    assert Stock.objects.get(product=product).reserved == 3
+    assert Stock.objects.get(product=product).reserved == 6
     assert Reservation.objects.filter(reference="order-7").count() == 1

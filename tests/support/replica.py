@@ -44,8 +44,11 @@ def set_replay_paused(alias: str, paused: bool) -> None:
 def wait_for_catch_up(alias: str) -> None:
     """Block until the replica has replayed everything the primary has written so far."""
     with connections[PRIMARY].cursor() as cursor:
-        # The insert position: with synchronous_commit=off a commit may not be written yet.
-        cursor.execute("SELECT pg_current_wal_insert_lsn()")
+        # A marker record, and its end position as the target: with synchronous_commit=off
+        # (testenv) the last commit may not be written out yet, so the current write
+        # position could stop short of it, and an insert position can point past a page
+        # header that replay never reports. The marker's end is exactly what replay reports.
+        cursor.execute("SELECT pg_logical_emit_message(false, 'mercato-test-catch-up', '')")
         target = cursor.fetchone()[0]
     deadline = time.monotonic() + CATCH_UP_TIMEOUT_SECONDS
     while time.monotonic() < deadline:

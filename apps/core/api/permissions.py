@@ -1,5 +1,7 @@
 from rest_framework.permissions import BasePermission
 
+from apps.core.routing import primary_reads
+
 
 def staff_role_required(*roles: str) -> type[BasePermission]:
     """Permission class: an active staff member of one of the given groups (or a superuser).
@@ -14,7 +16,9 @@ def staff_role_required(*roles: str) -> type[BasePermission]:
             user = request.user
             if not (user and user.is_authenticated and user.is_active and user.is_staff):
                 return False
-            return user.is_superuser or user.groups.filter(name__in=roles).exists()
+            # Authorization must not lag: a revoked role is revoked now, not after replay.
+            with primary_reads():
+                return user.is_superuser or user.groups.filter(name__in=roles).exists()
 
     HasStaffRole.__name__ = f"HasStaffRole[{','.join(roles)}]"
     return HasStaffRole
