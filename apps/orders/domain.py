@@ -157,7 +157,9 @@ class Order:
     def record_payment_captured(self, *, payment_id: str, amount: Decimal) -> None:
         if self.payment_id == payment_id:
             return
-        self._require({OrderStatus.PENDING}, "capture a payment for")
+        # Cancelled too: a charge that completed after its owner cancelled is a fact the
+        # history must hold, so that its refund can be recorded against it.
+        self._require({OrderStatus.PENDING, OrderStatus.CANCELLED}, "capture a payment for")
         if amount != self.total:
             raise InvalidState(f"Captured {amount} does not match the order total {self.total}.")
         self._record(

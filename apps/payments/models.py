@@ -25,6 +25,9 @@ class Payment(models.Model):
     idempotency_key = models.CharField(max_length=255, unique=True)
     failure_code = models.CharField(max_length=64, blank=True)
     failure_message = models.CharField(max_length=255, blank=True)
+    # Set when the order was given up while this charge's outcome was unknown: once the
+    # outcome is known, a captured charge is refunded in full (reconciliation, webhook).
+    void_requested_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -152,10 +152,11 @@ def payment_void_for_order(*, order_id: str, reason: str) -> RefundResult | None
     if payment.status == Payment.Status.PENDING:
         try:
             charge = get_provider().find_charge(idempotency_key=payment.idempotency_key)
-        except ProviderUnavailable as exc:
-            raise PaymentProviderUnavailable(
-                "The payment provider is unavailable; the charge outcome is unknown."
-            ) from exc
+        except ProviderUnavailable:
+            # The outcome is unknowable now; the order need not wait for it. Whoever
+            # learns it (reconciliation, a webhook) refunds a capture (_void_if_requested).
+            _request_void(payment, reason=reason)
+            return None
         failure = None if charge else ("not_submitted", "The provider never got this charge.")
         payment, _ = _settle_charge(
             payment_id=payment.pk, charge=charge, failure=failure, source="compensation"
@@ -163,6 +164,28 @@ def payment_void_for_order(*, order_id: str, reason: str) -> RefundResult | None
     if payment.status in (Payment.Status.FAILED, Payment.Status.REFUNDED):
         return None
     return refund_payment(payment_id=payment.pk, reason=reason)
+
+
+def _request_void(payment: Payment, *, reason: str) -> None:
+    with transaction.atomic():
+        updated = Payment.objects.filter(pk=payment.pk, void_requested_at__isnull=True).update(
+            void_requested_at=timezone.now()
+        )
+        if updated:
+            _log(payment, "payment.void_requested", "compensation", {"reason": reason})
+
+
+def _void_if_requested(payment: Payment) -> None:
+    """Refund a charge whose order was given up before its outcome was known."""
+    if payment.void_requested_at is None or payment.status not in (
+        Payment.Status.SUCCEEDED,
+        Payment.Status.PARTIALLY_REFUNDED,
+    ):
+        return
+    try:
+        refund_payment(payment_id=payment.pk, reason="order not placed (late capture)")
+    except PaymentProviderUnavailable:
+        logger.warning("late_capture_refund_deferred", payment_id=payment.pk)
 
 
 def _validate_charge(*, order_id: str, amount: Decimal, currency: str, token: str) -> None:
@@ -456,9 +479,11 @@ def _webhook_charge(event_id: str, charge: ProviderCharge) -> str:
         )
     if payment_pk is None:
         return "ignored"
-    _, outcome = _settle_charge(
+    payment, outcome = _settle_charge(
         payment_id=payment_pk, charge=charge, source="webhook", provider_event_id=event_id
     )
+    if outcome == "settled":
+        _void_if_requested(payment)
     return outcome
 
 
@@ -525,10 +550,12 @@ def payments_reconcile_pending(
         for payment_pk, key in payments:
             charge = provider.find_charge(idempotency_key=key)
             failure = None if charge else ("not_submitted", "The provider never got this charge.")
-            _, outcome = _settle_charge(
+            payment, outcome = _settle_charge(
                 payment_id=payment_pk, charge=charge, failure=failure, source="reconciliation"
             )
             counts[f"payments_{outcome}"] += 1
+            if outcome == "settled":
+                _void_if_requested(payment)
         for refund_pk, key in refunds:
             provider_refund = provider.find_refund(idempotency_key=key)
             _, outcome = _settle_refund(

@@ -104,3 +104,14 @@ def test_rebuilding_from_history_gives_the_same_state():
 def test_old_schema_versions_are_upcast():
     event = upcast("OrderShipped", 1, {"order_id": "o-1", "tracking_number": "T-1"})
     assert event == OrderShipped(order_id="o-1", tracking_number="T-1", carrier="unknown")
+
+
+def test_a_capture_after_cancellation_is_recorded_so_its_refund_can_be():
+    order = placed()
+    order.record_stock_reserved(reservation_reference="r-1")
+    order.cancel(reason="customer_request")
+    order.record_payment_captured(payment_id="p-1", amount=Decimal("10.00"))
+    order.record_refund(amount=Decimal("10.00"), payment_id="p-1", refund_ids=["r"])
+    assert order.status == OrderStatus.REFUNDED
+    with pytest.raises(InvalidState):
+        order.confirm()

@@ -1,0 +1,256 @@
+"""The order placement saga end to end: the API in this process, a real Celery worker
+process on the Redis broker, the real sandbox PSP, PostgreSQL."""
+
+import uuid
+from decimal import Decimal
+
+import pytest
+from django.db.models import Sum
+
+from apps.catalog.models import Reservation, Stock
+from apps.core.models import SagaInstance
+from apps.core.routing import primary_reads
+from apps.core.sagas import saga_sweep
+from apps.orders.models import OrderSummary, StoredEvent
+from apps.payments.models import Payment
+from tests.catalog.factories import ProductFactory
+from tests.conftest import bearer_client
+from tests.orders.conftest import ADDRESS
+from tests.support.celery_worker import wait_until
+from tests.support.sandbox import fast_payment_settings
+from tests.users.factories import UserFactory
+
+pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
+
+ORDERS = "/api/v1/orders"
+TERMINAL = {"confirmed", "cancelled", "refunded"}
+
+
+@pytest.fixture
+def saga_settings(settings, sandbox):
+    """The same payment and saga settings in this process and in the worker's."""
+    values = {
+        **fast_payment_settings(sandbox),
+        "SAGA_LEASE_SECONDS": 3.0,
+        "SAGA_RETRY_BASE_SECONDS": 0.1,
+        "SAGA_RETRY_MAX_SECONDS": 0.5,
+        "SAGA_STALE_SECONDS": 1.0,
+    }
+    for name, value in values.items():
+        setattr(settings, name, value)
+    yield {name: str(value) for name, value in values.items()}
+    sandbox.chaos(failure_rate=0, latency_ms=0, down=False)
+
+
+@pytest.fixture
+def worker(start_celery_worker, saga_settings):
+    return start_celery_worker(env=saga_settings)
+
+
+@pytest.fixture
+def customer_client():
+    return bearer_client(UserFactory())
+
+
+def place(client, items, token: str = "tok_visa") -> str:
+    response = client.post(
+        ORDERS,
+        {
+            "items": [{"product_id": p.pk, "quantity": q} for p, q in items],
+            "shipping_address": ADDRESS,
+            "payment": {"token": token},
+        },
+        format="json",
+        HTTP_IDEMPOTENCY_KEY=str(uuid.uuid4()),
+    )
+    assert response.status_code == 202, response.content
+    assert response.json()["status"] == "pending"
+    return response.json()["id"]
+
+
+def summary(order_id: str) -> OrderSummary:
+    with primary_reads():
+        return OrderSummary.objects.get(pk=order_id)
+
+
+def wait_for_outcome(order_id: str, timeout: float = 20.0) -> OrderSummary:
+    def finished():
+        with primary_reads():
+            saga = SagaInstance.objects.filter(pk=order_id).first()
+            done = saga is not None and saga.state in {"succeeded", "compensated"}
+        return done and summary(order_id)
+
+    try:
+        return wait_until(finished, timeout=timeout, what=f"order {order_id} saga to finish")
+    except AssertionError as error:
+        raise AssertionError(f"{error}\n{saga_report(order_id)}") from None
+
+
+def saga_report(order_id: str) -> str:
+    with primary_reads():
+        saga = SagaInstance.objects.filter(pk=order_id).first()
+        if saga is None:
+            return "no saga"
+        log = [f"  {t.kind} {t.step} {t.state} {t.detail[:150]}" for t in saga.transitions.all()]
+    return "\n".join([f"saga {saga.state} step {saga.current_step} error {saga.last_error}", *log])
+
+
+def stock(product) -> tuple[int, int]:
+    with primary_reads():
+        row = Stock.objects.get(product=product)
+    return row.on_hand, row.reserved
+
+
+def payments_of(order_id: str) -> list[str]:
+    with primary_reads():
+        return list(Payment.objects.filter(order_id=order_id).values_list("status", flat=True))
+
+
+def test_happy_path_confirms_commits_stock_and_charges_once(worker, customer_client, sandbox):
+    product = ProductFactory(price=Decimal("20.00"), stock__on_hand=5)
+    order_id = place(customer_client, [(product, 2)])
+
+    order = wait_for_outcome(order_id)
+
+    assert order.status == "confirmed"
+    assert stock(product) == (3, 0)  # two units sold, none left reserved
+    assert payments_of(order_id) == ["succeeded"]
+    assert len(sandbox.charges_for(order_id)) == 1
+    with primary_reads():
+        events = list(
+            StoredEvent.objects.filter(aggregate_id=order_id)
+            .order_by("version")
+            .values_list("event_type", flat=True)
+        )
+        saga = SagaInstance.objects.get(pk=order_id)
+    assert events == ["OrderPlaced", "StockReserved", "PaymentCaptured", "OrderConfirmed"]
+    assert "payment_token" not in saga.context  # scrubbed once finished
+
+
+def test_declined_card_releases_stock_and_cancels(worker, customer_client, sandbox):
+    product = ProductFactory(stock__on_hand=5)
+    order_id = place(customer_client, [(product, 2)], token="tok_declined")
+
+    order = wait_for_outcome(order_id)
+
+    assert (order.status, order.cancellation_reason) == ("cancelled", "payment_declined")
+    assert stock(product) == (5, 0)
+    assert payments_of(order_id) == ["failed"]
+
+
+def test_out_of_stock_cancels_without_charging(worker, customer_client, sandbox):
+    scarce = ProductFactory(stock__on_hand=1)
+    plenty = ProductFactory(stock__on_hand=10)
+    order_id = place(customer_client, [(plenty, 3), (scarce, 2)])
+
+    order = wait_for_outcome(order_id)
+
+    assert (order.status, order.cancellation_reason) == ("cancelled", "out_of_stock")
+    assert stock(scarce) == (1, 0) and stock(plenty) == (10, 0)
+    assert payments_of(order_id) == []
+    assert sandbox.charges_for(order_id) == []
+
+
+def test_provider_down_until_the_deadline_compensates(worker, customer_client, sandbox, settings):
+    settings.ORDER_SAGA_TIMEOUT_SECONDS = 2.0
+    sandbox.chaos(down=True)
+    product = ProductFactory(stock__on_hand=4)
+    order_id = place(customer_client, [(product, 1)])
+
+    order = wait_for_outcome(order_id, timeout=30)
+
+    assert (order.status, order.cancellation_reason) == ("cancelled", "payment_unavailable")
+    assert stock(product) == (4, 0)
+    assert sandbox.charges_for(order_id) == []
+    with primary_reads():
+        assert SagaInstance.objects.get(pk=order_id).transitions.filter(kind="step_retry").exists()
+
+
+def test_a_failure_after_the_charge_refunds_it(worker, customer_client, sandbox):
+    sandbox.chaos(latency_ms=400)  # keeps the saga in its charge step for a while
+    product = ProductFactory(price=Decimal("15.00"), stock__on_hand=3)
+    order_id = place(customer_client, [(product, 1)])
+
+    def charging():
+        with primary_reads():
+            return SagaInstance.objects.filter(pk=order_id, current_step=1).exists()
+
+    wait_until(charging, timeout=15, what="the saga to reach its charge step")
+    cancel = customer_client.post(f"{ORDERS}/{order_id}/cancel", {}, format="json")
+    assert cancel.status_code == 200
+
+    order = wait_for_outcome(order_id, timeout=30)
+
+    assert order.status in {"cancelled", "refunded"}
+    assert order.cancellation_reason == "customer_request"
+    assert stock(product) == (3, 0)
+    assert payments_of(order_id) in (["refunded"], ["failed"])
+    charges = sandbox.charges_for(order_id)
+    assert len(charges) <= 1
+    if payments_of(order_id) == ["refunded"]:
+        assert order.refunded_amount == Decimal("15.00")
+
+
+def conserved(products, initial: dict[int, int]) -> None:
+    """initial = on hand now + sold; available + reserved = on hand."""
+    with primary_reads():
+        for product in products:
+            row = Stock.objects.get(product=product)
+            sold = (
+                Reservation.objects.filter(product=product, status="committed").aggregate(
+                    n=Sum("quantity")
+                )["n"]
+                or 0
+            )
+            assert row.on_hand + sold == initial[product.pk], product
+            assert row.reserved == 0, product
+
+
+def test_sagas_finish_after_workers_are_killed_in_every_step(
+    start_celery_worker, saga_settings, customer_client, sandbox
+):
+    sandbox.chaos(latency_ms=400)
+    products = [ProductFactory(stock__on_hand=6) for _ in range(3)]
+    initial = {p.pk: 6 for p in products}
+    worker = start_celery_worker(env=saga_settings)
+    order_ids = []
+    steps_at_kill: set[int] = set()
+    for round_ in range(3):
+        for n in range(3):
+            order_ids.append(place(customer_client, [(products[(round_ + n) % 3], 1 + n % 2)]))
+        # Let the sagas get going, then crash the worker in the middle of them.
+        wait_until(
+            lambda: _active_steps(order_ids),
+            timeout=10,
+            what="sagas in progress",
+        )
+        steps_at_kill |= _active_steps(order_ids)
+        worker.kill()
+        worker.start()
+
+    def all_finished():
+        saga_sweep()  # what beat does every few seconds: resume what the crash left
+        with primary_reads():
+            return not SagaInstance.objects.filter(
+                pk__in=order_ids, state__in=["running", "compensating"]
+            ).exists()
+
+    wait_until(all_finished, timeout=90, interval=0.5, what="every saga to finish")
+
+    assert steps_at_kill & {0, 1}, steps_at_kill
+    for order_id in order_ids:
+        assert summary(order_id).status in TERMINAL
+        assert len(sandbox.charges_for(order_id)) <= 1
+        statuses = payments_of(order_id)
+        if summary(order_id).status == "confirmed":
+            assert statuses == ["succeeded"]
+    conserved(products, initial)
+
+
+def _active_steps(order_ids: list[str]) -> set[int]:
+    with primary_reads():
+        return set(
+            SagaInstance.objects.filter(pk__in=order_ids, state="running").values_list(
+                "current_step", flat=True
+            )
+        )
