@@ -147,6 +147,10 @@ ORDER_MAX_QUANTITY_PER_LINE = env.int("ORDER_MAX_QUANTITY_PER_LINE", default=100
 ORDER_SAGA_TIMEOUT_SECONDS = env.float("ORDER_SAGA_TIMEOUT_SECONDS", default=120.0)
 # Longer than the saga may run, so a reservation never expires under a live saga.
 ORDER_RESERVATION_TTL_SECONDS = env.int("ORDER_RESERVATION_TTL_SECONDS", default=900)
+# Refund-and-restock only moves forward; it keeps retrying (a provider outage) this long.
+ORDER_CANCELLATION_SAGA_TIMEOUT_SECONDS = env.float(
+    "ORDER_CANCELLATION_SAGA_TIMEOUT_SECONDS", default=24 * 3600.0
+)
 
 # --- Cache ----------------------------------------------------------------------
 

@@ -80,12 +80,13 @@ class Stock(models.Model):
 
 class Reservation(models.Model):
     """Units of one product held for one reference (an order id) until it is committed,
-    released, or expires."""
+    released, or expires; committed units come back on hand when they are returned."""
 
     class Status(models.TextChoices):
         ACTIVE = "active", "Active"
         COMMITTED = "committed", "Committed"
         RELEASED = "released", "Released"
+        RETURNED = "returned", "Returned"
 
     reference = models.CharField(max_length=100)
     product = models.ForeignKey(Product, on_delete=models.PROTECT, related_name="reservations")

@@ -205,6 +205,20 @@ def release_reservation(*, reference: str) -> None:
     _release(rows)
 
 
+@transaction.atomic
+def return_reservation(*, reference: str) -> None:
+    """Put sold units back on hand (a cancelled, refunded order). Idempotent."""
+    rows = _locked_reservations(reference)
+    statuses = {row.status for row in rows}
+    if not rows or statuses == {Reservation.Status.RETURNED}:
+        return
+    if statuses != {Reservation.Status.COMMITTED}:
+        raise InvalidState(f"Reservation {reference!r} was not sold; nothing to return.")
+    for row in rows:
+        Stock.objects.filter(product_id=row.product_id).update(on_hand=F("on_hand") + row.quantity)
+    _set_status(rows, Reservation.Status.RETURNED)
+
+
 def release_expired_reservations(*, now: datetime | None = None, limit: int = 500) -> int:
     """Release active reservations whose `expires_at` has passed; returns how many
     references were released. One short transaction per reference."""

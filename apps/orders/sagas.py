@@ -1,9 +1,15 @@
-"""The order placement saga: reserve stock → charge payment → confirm order.
+"""The order sagas.
 
-On a business failure (out of stock, declined) or when the provider stays unreachable
-past the deadline, the completed steps are undone in reverse (refund, release stock)
-and the order is cancelled with the reason. Every action and compensation is idempotent:
-a worker may die at any point and the step runs again.
+Placement: reserve stock → charge payment → confirm order. On a business failure (out
+of stock, declined) or when the provider stays unreachable past the deadline, the
+completed steps are undone in reverse (refund, release stock) and the order is cancelled
+with the reason.
+
+Cancellation of a confirmed order: refund the payment → put the sold stock back. It only
+moves forward: each step is retried until it succeeds.
+
+Every action and compensation is idempotent: a worker may die at any point and the step
+runs again.
 """
 
 import contextlib
@@ -117,5 +123,33 @@ register_saga(
         timeout_reason=timeout_reason,
         on_compensated=cancel_order,
         sensitive_keys=("payment_token",),
+    )
+)
+
+
+def refund_cancelled_order(ctx: dict[str, Any]) -> None:
+    refund = payments.payment_void_for_order(order_id=ctx["order_id"], reason="order cancelled")
+    if refund is None:
+        return  # refunded by an earlier run, or nothing was captured
+    # InvalidState: recorded by an earlier run of this step.
+    with contextlib.suppress(InvalidState):
+        orders.order_record_refund(
+            order_id=ctx["order_id"],
+            amount=refund.amount,
+            payment_id=str(refund.payment_id),
+            refund_ids=[str(refund.refund_id)],
+        )
+
+
+def restock(ctx: dict[str, Any]) -> None:
+    catalog.return_reservation(reference=ctx["order_id"])
+
+
+register_saga(
+    SagaDefinition(
+        name=orders.ORDER_CANCELLATION_SAGA,
+        steps=(Step("refund_payment", refund_cancelled_order), Step("restock", restock)),
+        # Forward recovery only: every error is retried until the (long) deadline.
+        failure_reason=lambda exc: None,
     )
 )

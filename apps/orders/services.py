@@ -16,7 +16,7 @@ from apps.core.errors import ValidationFailed
 from apps.core.routing import primary_reads
 from apps.core.sagas import saga_start
 from apps.orders import event_store
-from apps.orders.domain import Order
+from apps.orders.domain import Order, OrderStatus
 from apps.orders.event_store import ConcurrencyConflict
 from apps.orders.models import OrderSummary
 from apps.orders.projections import project
@@ -26,6 +26,8 @@ logger = structlog.get_logger(__name__)
 MAX_COMMAND_ATTEMPTS = 5
 # Defined in apps.orders.sagas: reserve stock -> charge -> confirm, with compensations.
 ORDER_PLACEMENT_SAGA = "order_placement"
+# Refund, then restock, a cancelled order that had been confirmed (apps.orders.sagas).
+ORDER_CANCELLATION_SAGA = "order_cancellation"
 ADDRESS_SNAPSHOT_FIELDS = (
     "full_name",
     "line1",
@@ -167,7 +169,20 @@ def order_deliver(*, order_id: str) -> Order:
 
 
 def order_cancel(*, order_id: str, reason: str, note: str = "") -> Order:
-    return _run(order_id, lambda o: o.cancel(reason=reason, note=note))
+    """Cancel until shipped. A pending order's placement saga undoes its own steps when it
+    next runs; a confirmed order gets a refund-and-restock saga, started with the cancel."""
+
+    def cancel(order: Order) -> None:
+        was_confirmed = order.status == OrderStatus.CONFIRMED
+        order.cancel(reason=reason, note=note)
+        if was_confirmed:
+            saga_start(
+                saga_type=ORDER_CANCELLATION_SAGA,
+                timeout_seconds=settings.ORDER_CANCELLATION_SAGA_TIMEOUT_SECONDS,
+                context={"order_id": order.id},
+            )
+
+    return _run(order_id, cancel)
 
 
 def order_record_refund(

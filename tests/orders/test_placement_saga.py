@@ -191,6 +191,26 @@ def test_a_failure_after_the_charge_refunds_it(worker, customer_client, sandbox)
         assert order.refunded_amount == Decimal("15.00")
 
 
+def test_cancelling_a_confirmed_order_refunds_and_restocks(worker, customer_client, sandbox):
+    product = ProductFactory(price=Decimal("9.50"), stock__on_hand=4)
+    order_id = place(customer_client, [(product, 2)])
+    assert wait_for_outcome(order_id).status == "confirmed"
+    assert stock(product) == (2, 0)
+
+    response = customer_client.post(f"{ORDERS}/{order_id}/cancel", {}, format="json")
+    assert response.status_code == 200
+    assert response.json()["status"] == "cancelled"
+
+    def refunded():
+        return summary(order_id).status == "refunded" and stock(product) == (4, 0)
+
+    wait_until(refunded, timeout=20, what="refund and restock")
+    assert summary(order_id).refunded_amount == Decimal("19.00")
+    assert payments_of(order_id) == ["refunded"]
+    with primary_reads():
+        assert Reservation.objects.get(reference=order_id).status == "returned"
+
+
 def conserved(products, initial: dict[int, int]) -> None:
     """initial = on hand now + sold; available + reserved = on hand."""
     with primary_reads():
