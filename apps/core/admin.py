@@ -7,8 +7,15 @@ outbox change permission: send messages again (e.g. after a consumer gave up).
 
 from django.contrib import admin
 
-from apps.core.models import IdempotencyRecord, InboxMessage, OutboxMessage
+from apps.core.models import (
+    IdempotencyRecord,
+    InboxMessage,
+    OutboxMessage,
+    SagaInstance,
+    SagaTransition,
+)
 from apps.core.outbox import outbox_messages_resend
+from apps.core.sagas import saga_retry_now
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -67,3 +74,38 @@ class IdempotencyRecordAdmin(ReadOnlyAdmin):
     list_display = ["key", "user_id", "state", "response_status", "created_at", "expires_at"]
     list_filter = ["state"]
     search_fields = ["=key", "=user_id"]
+
+
+class SagaTransitionInline(admin.TabularInline):
+    model = SagaTransition
+    extra = 0
+    fields = ["at", "kind", "step", "state", "detail"]
+    readonly_fields = fields
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(SagaInstance)
+class SagaInstanceAdmin(ReadOnlyAdmin):
+    """Sagas with their history; a stuck one can be woken up (the engine does the rest)."""
+
+    list_display = [
+        "id", "saga_type", "state", "current_step", "attempts", "failure_reason", "wake_at",
+        "deadline", "updated_at",
+    ]  # fmt: skip
+    list_filter = ["state", "saga_type", "failure_reason"]
+    search_fields = ["=id"]
+    date_hierarchy = "created_at"
+    readonly_fields = [f.name for f in SagaInstance._meta.fields]
+    inlines = [SagaTransitionInline]
+    actions = ["retry_now"]
+
+    def has_retry_permission(self, request) -> bool:
+        return request.user.has_perm("core.change_sagainstance")
+
+    @admin.action(description="Retry now (wake the saga)", permissions=["retry"])
+    def retry_now(self, request, queryset):
+        woken = sum(saga_retry_now(saga_id=pk) for pk in queryset.values_list("pk", flat=True))
+        self.message_user(request, f"{woken} saga(s) woken; finished or running ones are left.")
