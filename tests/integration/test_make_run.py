@@ -18,6 +18,7 @@ pytestmark = pytest.mark.embedded
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_SECONDS = 420  # includes creating the virtualenv and installing
 STOP_TIMEOUT_SECONDS = 30
+ORDER_TIMEOUT_SECONDS = 60
 SERVICE_ENV = (
     "DATABASE_URL",
     "DATABASE_REPLICA_URLS",
@@ -52,11 +53,13 @@ def fresh_copy(target: Path) -> Path:
     return target
 
 
-def call(method: str, url: str, body: dict | None = None, token: str | None = None):
+def call(method: str, url: str, body: dict | None = None, token: str | None = None, **headers: str):
     request = urllib.request.Request(url, method=method)
     request.add_header("Content-Type", "application/json")
     if token:
         request.add_header("Authorization", f"Bearer {token}")
+    for name, value in headers.items():
+        request.add_header(name.replace("_", "-"), value)
     data = json.dumps(body).encode() if body is not None else None
     try:
         with urllib.request.urlopen(request, data=data, timeout=10) as response:
@@ -95,6 +98,7 @@ def test_make_run_serves_the_api_and_stops_cleanly(tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in SERVICE_ENV}
     env["PORT"] = str(port)
+    env["PSP_PORT"] = str(free_port())
     log = tmp_path / "make-run.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -115,9 +119,31 @@ def test_make_run_serves_the_api_and_stops_cleanly(tmp_path):
         status, me = call("GET", f"{base}/api/v1/users/me", token=access)
         assert status == 200 and json.loads(me)["email"] == "newcomer@example.com"
 
+        # An order goes through the saga (worker, filesystem broker, sandbox PSP).
+        status, products = call("GET", f"{base}/api/v1/products?in_stock=true", token=access)
+        assert status == 200, products
+        product = json.loads(products)["results"][0]
+        order = {
+            "items": [{"product_id": product["id"], "quantity": 1}],
+            "shipping_address": {"full_name": "New Comer", "line1": "1 Main St",
+                                 "city": "Leeds", "postal_code": "LS1 1AA", "country": "GB"},
+            "payment": {"token": "tok_visa"},
+        }  # fmt: skip
+        status, placed = call("POST", f"{base}/api/v1/orders", order, token=access,
+                              Idempotency_Key="make-run-order-1")  # fmt: skip
+        assert status == 202, placed
+        order_url = f"{base}/api/v1/orders/{json.loads(placed)['id']}"
+        deadline = time.monotonic() + ORDER_TIMEOUT_SECONDS
+        state = "pending"
+        while state == "pending" and time.monotonic() < deadline:
+            time.sleep(0.5)
+            state = json.loads(call("GET", order_url, token=access)[1])["status"]
+        assert state == "confirmed", log.read_text()[-4000:]
+
         output = log.read_text()
         assert "customer@mercato.local" in output and "staff@mercato.local" in output
-        assert "started worker" in output and "started scheduler" in output
+        for child in ("web", "worker", "scheduler", "psp"):
+            assert f"started {child}" in output
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=STOP_TIMEOUT_SECONDS)

@@ -6,12 +6,15 @@ from decimal import Decimal
 
 import pytest
 from django.db.models import Sum
+from django.forms.models import model_to_dict
 
 from apps.catalog.models import Reservation, Stock
 from apps.core.models import SagaInstance
 from apps.core.routing import primary_reads
 from apps.core.sagas import saga_sweep
+from apps.orders.event_store import load_order
 from apps.orders.models import OrderSummary, StoredEvent
+from apps.orders.projections import summary_fields
 from apps.payments.models import Payment
 from tests.catalog.factories import ProductFactory
 from tests.conftest import bearer_client
@@ -258,6 +261,14 @@ def test_sagas_finish_after_workers_are_killed_in_every_step(
     wait_until(all_finished, timeout=90, interval=0.5, what="every saga to finish")
 
     assert steps_at_kill & {0, 1}, steps_at_kill
+    # The read model the crashes left equals one rebuilt from the event store.
+    with primary_reads():
+        live = {str(o.pk): model_to_dict(o) for o in OrderSummary.objects.filter(pk__in=order_ids)}
+        rebuilt = {}
+        for order_id in order_ids:
+            order = load_order(order_id)
+            rebuilt[order_id] = model_to_dict(OrderSummary(id=order.id, **summary_fields(order)))
+    assert live == rebuilt
     for order_id in order_ids:
         assert summary(order_id).status in TERMINAL
         assert len(sandbox.charges_for(order_id)) <= 1
