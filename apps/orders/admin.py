@@ -1,9 +1,11 @@
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.utils.html import format_html_join
 
 from apps.core.errors import DomainError
 from apps.orders import services
 from apps.orders.models import OrderSummary, StoredEvent
+from apps.users import selectors as user_selectors
 
 
 @admin.register(OrderSummary)
@@ -11,6 +13,7 @@ class OrderSummaryAdmin(admin.ModelAdmin):
     """Orders from the read model; every change goes through the order services."""
 
     list_display = ["id", "status", "user_id", "total", "currency", "item_count", "placed_at"]
+    search_help_text = "An order id, a customer id or a customer email (contains @)."
     list_filter = ["status", "placed_at", "currency"]
     search_fields = ["=id", "=user_id", "tracking_number"]
     date_hierarchy = "placed_at"
@@ -23,6 +26,16 @@ class OrderSummaryAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+    def get_search_results(self, request, queryset, search_term):
+        """Also find orders by their customer's email (the read model keeps only ids)."""
+        if "@" in search_term:
+            user_ids = user_selectors.user_ids_by_email(fragment=search_term)
+            return queryset.filter(user_id__in=user_ids), False
+        try:
+            return super().get_search_results(request, queryset, search_term)
+        except ValidationError:
+            return queryset.none(), False  # not an order id, and not an email
 
     @admin.display(description="Event history")
     def event_timeline(self, obj):

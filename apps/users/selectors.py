@@ -22,3 +22,12 @@ def address_get(*, user: User, address_id: int) -> Address:
         return Address.objects.get(pk=address_id, user=user)
     except Address.DoesNotExist as exc:
         raise NotFound("No such address.") from exc
+
+
+def user_ids_by_email(*, fragment: str, limit: int = 500) -> list[int]:
+    """Ids of users whose email contains `fragment` (staff search in other contexts)."""
+    return list(
+        User.objects.filter(email__icontains=fragment.strip().lower())
+        .order_by("id")
+        .values_list("id", flat=True)[:limit]
+    )
