@@ -167,7 +167,7 @@ def test_staff_refund_through_the_api_replays_the_same_key(captured, order_manag
 def test_refund_api_requires_the_idempotency_key_and_valid_fields(captured, order_manager):
     client = bearer_client(order_manager)
     missing_key = client.post(refunds_url(captured), {"reason": "x"}, format="json")
-    assert "Idempotency-Key" in assert_problem(missing_key, 400, "validation-error")["errors"]
+    assert_problem(missing_key, 400, "idempotency-key-missing")
 
     invalid = client.post(
         refunds_url(captured),
@@ -238,3 +238,14 @@ def test_concurrent_refunds_never_exceed_the_captured_amount(sandbox):
         payment = Payment.objects.get(pk=result.payment_id)
         assert payment.amount_refunded == Decimal("60.00")
         assert payment.refunds.count() == 1
+
+
+def test_refund_api_same_key_other_body_is_422(captured, order_manager):
+    client = bearer_client(order_manager)
+    first = client.post(refunds_url(captured), {"amount": "1.00", "reason": "x"},
+                        format="json", HTTP_IDEMPOTENCY_KEY="refund-key")  # fmt: skip
+    other = client.post(refunds_url(captured), {"amount": "2.00", "reason": "x"},
+                        format="json", HTTP_IDEMPOTENCY_KEY="refund-key")  # fmt: skip
+    assert first.status_code == 201
+    assert_problem(other, 422, "idempotency-key-reused")
+    assert captured.refunds.count() == 1

@@ -1,12 +1,12 @@
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import status
-from rest_framework.exceptions import ValidationError
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.core.api.pagination import CursorPagination
 from apps.core.api.permissions import staff_role_required
+from apps.core.idempotency import IDEMPOTENCY_HEADER, idempotent_request
 from apps.payments import selectors, services
 from apps.payments.api.serializers import (
     PaymentListQuerySerializer,
@@ -17,7 +17,6 @@ from apps.payments.api.serializers import (
 from apps.users.roles import ORDER_MANAGERS, SUPPORT
 
 PaymentStaff = staff_role_required(ORDER_MANAGERS, SUPPORT)
-IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
 def _visible_user_id(request, view) -> int | None:
@@ -51,17 +50,14 @@ class PaymentDetailView(APIView):
 class RefundCreateView(APIView):
     permission_classes = [PaymentStaff]
 
-    @extend_schema(
-        request=RefundCreateSerializer,
-        responses={201: RefundResultSerializer},
-        parameters=[OpenApiParameter(IDEMPOTENCY_HEADER, location="header", required=True)],
-    )
+    @extend_schema(request=RefundCreateSerializer, responses={201: RefundResultSerializer})
+    @idempotent_request
     def post(self, request, payment_id: int):
-        key = request.headers.get(IDEMPOTENCY_HEADER, "").strip()
-        if not key or len(key) > 255:
-            raise ValidationError({IDEMPOTENCY_HEADER: ["Send a key of 1 to 255 characters."]})
         serializer = RefundCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
+        # The provider-side key: the client's key, scoped to this payment. The generic
+        # Idempotency-Key layer replays responses; this makes the refund itself once-only.
+        key = f"api:{payment_id}:{request.headers[IDEMPOTENCY_HEADER]}"
         result = services.refund_payment(
             payment_id=payment_id, idempotency_key=key, **serializer.validated_data
         )
