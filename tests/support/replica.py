@@ -44,7 +44,9 @@ def set_replay_paused(alias: str, paused: bool) -> None:
 def wait_for_catch_up(alias: str) -> None:
     """Block until the replica has replayed everything the primary has written so far."""
     with connections[PRIMARY].cursor() as cursor:
-        cursor.execute("SELECT pg_current_wal_lsn()")
+        # The insert position, not the write position: with synchronous_commit=off (the
+        # test server) a commit record may still sit in WAL buffers, past the write one.
+        cursor.execute("SELECT pg_current_wal_insert_lsn()")
         target = cursor.fetchone()[0]
     deadline = time.monotonic() + CATCH_UP_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
