@@ -9,15 +9,12 @@ from django.utils import timezone
 
 from apps.core.models import InboxMessage, OutboxMessage
 from apps.core.outbox import (
-    DELIVER_TASK,
-    EVENTS_QUEUE,
     claim_pending_messages,
     kick_relay,
     publish_event,
     send_message,
 )
 from apps.core.selectors import outbox_backlog
-from config.celery import app as celery_app
 from tests.core.event_probes import ECHOED, FLAKY, PROBED
 from tests.core.urls import PROBES
 from tests.support.celery_worker import wait_until
@@ -171,7 +168,3 @@ def test_request_and_correlation_ids_travel_from_the_request_into_the_consumer_l
         if "task_succeeded" in line and event_id in line
     ]
     assert task_lines and all(request_id in line for line in task_lines)
-
-
-def test_deliver_event_is_routed_to_the_events_queue():
-    assert celery_app.amqp.router.route({}, DELIVER_TASK)["queue"].name == EVENTS_QUEUE

@@ -28,6 +28,7 @@ from apps.core.outbox import (
 )
 from apps.core.selectors import outbox_backlog
 from apps.core.tasks import deliver_event, purge_processed_messages
+from config.celery import app as celery_app
 from tests.core.event_probes import ECHOED, FLAKY, PROBED
 from tests.core.urls import PROBES
 
@@ -321,3 +322,21 @@ def test_purge_deletes_only_messages_past_their_retention(settings):
     assert set(OutboxMessage.objects.values_list("pk", flat=True)) == {kept.pk, pending.pk}
     assert not OutboxMessage.objects.filter(pk=expired.pk).exists()
     assert not InboxMessage.objects.filter(pk=forgotten.pk).exists()
+
+
+def queued(queue: str) -> int:
+    with celery_app.connection_for_write() as connection:
+        return connection.default_channel.queue_declare(queue=queue).message_count
+
+
+def test_tasks_land_in_their_queues_on_the_broker():
+    before = {queue: queued(queue) for queue in ("default", "events", "sagas")}
+    celery_app.send_task("apps.core.tasks.relay_outbox")
+    celery_app.send_task("apps.core.tasks.deliver_event", kwargs={})
+    celery_app.send_task("apps.core.tasks.purge_processed_messages")
+    after = {queue: queued(queue) for queue in ("default", "events", "sagas")}
+    assert after == {
+        "default": before["default"] + 1,
+        "events": before["events"] + 2,
+        "sagas": before["sagas"],
+    }
