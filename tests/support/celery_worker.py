@@ -12,8 +12,11 @@ cache and broker, with DJANGO_ENV=test. It is ready once it answers a control pi
         worker.start()                             # a new process, same node name
 
 Modules in `include` are imported by the worker at start (e.g. test-only event handlers).
-Every worker started here is killed at teardown, and the queues are purged before a
-worker starts, so messages left by an earlier test cannot leak into this one.
+Every worker started here is killed at teardown. The queues are purged when the first
+worker of a test (or of a module, for `celery_worker`) starts, so messages left by an
+earlier test cannot leak into this one: start the worker before publishing anything.
+A SIGKILLed worker's unacknowledged tasks return to the queue VISIBILITY_TIMEOUT_SECONDS
+after they were delivered, when a worker starts (or on its periodic restore).
 """
 
 from __future__ import annotations
