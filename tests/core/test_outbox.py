@@ -21,6 +21,7 @@ from apps.core.outbox import (
     NotInTransaction,
     claim_pending_messages,
     event_message,
+    outbox_messages_resend,
     publish,
     publish_event,
     relay_batch,
@@ -340,3 +341,20 @@ def test_tasks_land_in_their_queues_on_the_broker():
         "events": before["events"] + 2,
         "sagas": before["sagas"],
     }
+
+
+def test_consumer_that_keeps_failing_gives_up_and_the_event_can_be_sent_again(settings):
+    settings.EVENT_HANDLER_MAX_RETRIES = 0
+    with transaction.atomic():
+        event_id = publish_event(event_type=FLAKY, payload={"failures": 1})
+    message = OutboxMessage.objects.get(pk=event_id)
+    failed = deliver_event.apply(kwargs=delivery_kwargs(message, "tests.flaky"))
+    assert failed.failed()
+    assert not InboxMessage.objects.filter(event_id=event_id, consumer="tests.flaky").exists()
+
+    # Staff send it again (admin action): every consumer gets it, the inbox filters.
+    relay_pending_messages()
+    assert outbox_messages_resend(ids=[event_id]) == 1
+    assert OutboxMessage.objects.get(pk=event_id).published_at is None
+    assert deliver_event.apply(kwargs=delivery_kwargs(message, "tests.flaky")).get() is True
+    assert [e.payload["by"] for e in echoes_of(event_id)] == ["tests.flaky"]
