@@ -24,10 +24,12 @@ PRIMARY = "default"
 # must never be read stale.
 PRIMARY_ONLY_APPS = frozenset({"sessions", "token_blacklist"})
 
+# `<=`, not `=`: after a replica restart the receive position restarts at the start of a
+# WAL segment, behind what was already replayed from disk; nothing is pending then.
 _LAG_SQL = """
 SELECT CASE
     WHEN NOT pg_is_in_recovery() THEN 0
-    WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
+    WHEN pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() THEN 0
     ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0)
 END
 """
