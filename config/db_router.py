@@ -25,10 +25,12 @@ SECOND_SAMPLE_DELAY_SECONDS = 0.02
 # must never be read stale.
 PRIMARY_ONLY_APPS = frozenset({"sessions", "token_blacklist"})
 
+# `<=`, not `=`: after a replica restart the receive position restarts at the start of a
+# WAL segment, behind what was already replayed from disk; nothing is pending then.
 _LAG_SQL = """
 SELECT pg_is_in_recovery(),
        pg_last_wal_receive_lsn()::text,
-       pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn(),
+       pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn(),
        pg_last_wal_replay_lsn() >= %s::pg_lsn,
        EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp())
 """

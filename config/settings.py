@@ -218,7 +218,7 @@ CELERY_BEAT_SCHEDULE["catalog-release-expired-reservations"] = {
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # Queues: request-path work (default), the event pipeline (events), saga steps (sagas).
-CELERY_TASK_QUEUES = [Queue("default"), Queue("events"), Queue("sagas")]
+CELERY_TASK_QUEUES = [Queue(name, routing_key=name) for name in ("default", "events", "sagas")]
 CELERY_TASK_ROUTES = {
     "apps.core.tasks.relay_outbox": {"queue": "events"},
     "apps.core.tasks.deliver_event": {"queue": "events"},

@@ -183,7 +183,7 @@ def _release(record: IdempotencyRecord) -> None:
 
 
 def _complete(record: IdempotencyRecord, response: Response) -> None:
-    data = getattr(response, "data", None)
+    data = response.data
     stored = _owned(record).update(
         state=IdempotencyRecord.State.COMPLETED,
         response_status=response.status_code,
@@ -225,6 +225,9 @@ def idempotent_request(view: Callable) -> Callable:
         except BaseException:
             _release(record)
             raise
+        if not isinstance(response, Response):
+            _release(record)
+            raise TypeError("an idempotent view must return a DRF Response (its data is stored)")
         if response.status_code >= 500:
             _release(record)
         else:

@@ -34,8 +34,10 @@ class RequestIdMiddleware:
         request_id = offered if _WELL_FORMED_ID.match(offered) else uuid.uuid4().hex
         request.META["HTTP_X_REQUEST_ID"] = request_id
         request.request_id = request_id
-        offered = request.META.get("HTTP_X_CORRELATION_ID", "")
-        correlation_id = offered if _WELL_FORMED_ID.match(offered) else request_id
+        offered_correlation = request.META.get("HTTP_X_CORRELATION_ID", "")
+        correlation_id = (
+            offered_correlation if _WELL_FORMED_ID.match(offered_correlation) else request_id
+        )
         request.META["HTTP_X_CORRELATION_ID"] = correlation_id
         structlog.contextvars.bind_contextvars(request_id=request_id, correlation_id=correlation_id)
         try:

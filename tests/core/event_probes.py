@@ -15,6 +15,7 @@ from apps.core.outbox import publish_event
 PROBED = "ProbeHappened"
 FLAKY = "FlakyProbeHappened"
 SLOW = "SlowProbeHappened"
+QUIET = "QuietProbeHappened"
 ECHOED = "ProbeEchoed"
 
 
@@ -57,3 +58,8 @@ def slow_probe(event: EventEnvelope) -> None:
     if cache.add(f"probe-started:{event.id}", time.time(), timeout=60):
         time.sleep(event.payload["seconds"])
     echo(event, consumer="tests.slow")
+
+
+@event_handler(QUIET, consumer="tests.quiet")
+def quiet_probe(event: EventEnvelope) -> None:
+    """No effect but its inbox row: cheap, for volume."""

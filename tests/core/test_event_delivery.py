@@ -9,15 +9,12 @@ from django.utils import timezone
 
 from apps.core.models import InboxMessage, OutboxMessage
 from apps.core.outbox import (
-    DELIVER_TASK,
-    EVENTS_QUEUE,
     claim_pending_messages,
     kick_relay,
     publish_event,
     send_message,
 )
 from apps.core.selectors import outbox_backlog
-from config.celery import app as celery_app
 from tests.core.event_probes import ECHOED, FLAKY, PROBED
 from tests.core.urls import PROBES
 from tests.support.celery_worker import wait_until
@@ -123,7 +120,7 @@ def test_relay_that_dies_mid_batch_still_delivers_every_event_once(celery_worker
     for message in messages:
         wait_for_echo(message.id)
     wait_until(
-        lambda: sum(already_handled_logged(celery_worker, m.id) for m in messages[:10]) == 10,
+        lambda: sum(already_handled_logged(celery_worker, m.id) for m in messages[:10]) >= 10,
         timeout=DELIVERY_TIMEOUT,
         what="the 10 re-sent events to be recognised as duplicates",
     )
@@ -173,5 +170,19 @@ def test_request_and_correlation_ids_travel_from_the_request_into_the_consumer_l
     assert task_lines and all(request_id in line for line in task_lines)
 
 
-def test_deliver_event_is_routed_to_the_events_queue():
-    assert celery_app.amqp.router.route({}, DELIVER_TASK)["queue"].name == EVENTS_QUEUE
+def test_periodic_sweep_relays_events_whose_kick_was_lost(celery_worker, start_celery_beat):
+    wait_until(
+        lambda: outbox_backlog() == (0, 0.0), timeout=DELIVERY_TIMEOUT, what="a quiet outbox"
+    )
+    # Pending rows nobody kicked a relay for (e.g. the broker was down at commit time).
+    lost = OutboxMessage.objects.bulk_create(
+        OutboxMessage(event_type=PROBED, payload={"n": n}, created_at=timezone.now())
+        for n in range(3)
+    )
+    time.sleep(0.3)
+    assert outbox_backlog()[0] == 3, "something else relayed them: the test proves nothing"
+
+    start_celery_beat(env={"OUTBOX_SWEEP_SECONDS": "0.5"})
+    for message in lost:
+        wait_for_echo(message.id)
+    assert all(len(echoes_of(m.id)) == 1 for m in lost)

@@ -17,7 +17,7 @@ from apps.core.models import IdempotencyRecord, OutboxMessage
 from apps.core.tasks import purge_expired_idempotency_records
 from tests.conftest import bearer_client
 from tests.core.event_probes import PROBED
-from tests.core.urls import PROBES
+from tests.core.urls import ANONYMOUS_PROBES, PROBES
 from tests.support.celery_worker import wait_until
 from tests.users.factories import UserFactory
 from tests.users.test_auth_api import assert_problem
@@ -244,3 +244,20 @@ def test_idempotency_key_header_is_documented_in_the_openapi_schema():
     assert {"in": "header", "name": "Idempotency-Key", "required": True} in [
         {k: p[k] for k in ("in", "name", "required")} for p in parameters
     ]
+
+
+def test_anonymous_callers_share_one_scope_on_a_function_view(api_client, user, user_client):
+    key = new_key()
+    first = api_client.post(
+        ANONYMOUS_PROBES, {"note": "a"}, format="json", HTTP_IDEMPOTENCY_KEY=key
+    )
+    again = APIClient().post(
+        ANONYMOUS_PROBES, {"note": "a"}, format="json", HTTP_IDEMPOTENCY_KEY=key
+    )
+    authenticated = post(user_client, {"note": "a"}, key)
+
+    assert first.status_code == 201 and again["Idempotent-Replayed"] == "true"
+    assert again.content == first.content
+    assert authenticated.status_code == 201 and "Idempotent-Replayed" not in authenticated
+    assert set(IdempotencyRecord.objects.values_list("user_id", flat=True)) == {None, user.pk}
+    assert effects() == 2

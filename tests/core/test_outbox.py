@@ -21,6 +21,7 @@ from apps.core.outbox import (
     NotInTransaction,
     claim_pending_messages,
     event_message,
+    outbox_messages_resend,
     publish,
     publish_event,
     relay_batch,
@@ -28,6 +29,7 @@ from apps.core.outbox import (
 )
 from apps.core.selectors import outbox_backlog
 from apps.core.tasks import deliver_event, purge_processed_messages
+from config.celery import app as celery_app
 from tests.core.event_probes import ECHOED, FLAKY, PROBED
 from tests.core.urls import PROBES
 
@@ -321,3 +323,38 @@ def test_purge_deletes_only_messages_past_their_retention(settings):
     assert set(OutboxMessage.objects.values_list("pk", flat=True)) == {kept.pk, pending.pk}
     assert not OutboxMessage.objects.filter(pk=expired.pk).exists()
     assert not InboxMessage.objects.filter(pk=forgotten.pk).exists()
+
+
+def queued(queue: str) -> int:
+    with celery_app.connection_for_write() as connection:
+        return connection.default_channel.queue_declare(queue=queue).message_count
+
+
+def test_tasks_land_in_their_queues_on_the_broker():
+    before = {queue: queued(queue) for queue in ("default", "events", "sagas")}
+    celery_app.send_task("apps.core.tasks.relay_outbox")
+    celery_app.send_task("apps.core.tasks.deliver_event", kwargs={})
+    celery_app.send_task("apps.core.tasks.purge_processed_messages")
+    after = {queue: queued(queue) for queue in ("default", "events", "sagas")}
+    assert after == {
+        "default": before["default"] + 1,
+        "events": before["events"] + 2,
+        "sagas": before["sagas"],
+    }
+
+
+def test_consumer_that_keeps_failing_gives_up_and_the_event_can_be_sent_again(settings):
+    settings.EVENT_HANDLER_MAX_RETRIES = 0
+    with transaction.atomic():
+        event_id = publish_event(event_type=FLAKY, payload={"failures": 1})
+    message = OutboxMessage.objects.get(pk=event_id)
+    failed = deliver_event.apply(kwargs=delivery_kwargs(message, "tests.flaky"))
+    assert failed.failed()
+    assert not InboxMessage.objects.filter(event_id=event_id, consumer="tests.flaky").exists()
+
+    # Staff send it again (admin action): every consumer gets it, the inbox filters.
+    relay_pending_messages()
+    assert outbox_messages_resend(ids=[event_id]) == 1
+    assert OutboxMessage.objects.get(pk=event_id).published_at is None
+    assert deliver_event.apply(kwargs=delivery_kwargs(message, "tests.flaky")).get() is True
+    assert [e.payload["by"] for e in echoes_of(event_id)] == ["tests.flaky"]

@@ -1,14 +1,16 @@
-"""A worker SIGKILLed while handling an event: the event is handled once after a restart."""
+"""Workers SIGKILLed mid-delivery or mid-relay: after a restart every event is handled once."""
 
 import time
 
 import pytest
 from django.core.cache import cache
-from django.db import transaction
+from django.db import connection, transaction
+from django.utils import timezone
 
 from apps.core.models import InboxMessage, OutboxMessage
-from apps.core.outbox import publish_event
-from tests.core.event_probes import ECHOED, SLOW
+from apps.core.outbox import kick_relay, publish_event
+from apps.core.selectors import outbox_backlog
+from tests.core.event_probes import ECHOED, QUIET, SLOW
 from tests.support.celery_worker import VISIBILITY_TIMEOUT_SECONDS, wait_until
 
 pytestmark = [
@@ -39,3 +41,62 @@ def test_worker_killed_mid_delivery_redelivers_the_event_after_restart(start_cel
     wait_until(lambda: echoes_of(event_id), timeout=15, what="the redelivered event's effect")
     assert len(echoes_of(event_id)) == 1
     assert InboxMessage.objects.filter(event_id=event_id).count() == 1
+
+
+def relay_blocked_stamping_its_batch() -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_clear_snapshot()")  # fresh activity, mid-transaction
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            ' AND query LIKE \'UPDATE "core_outboxmessage" SET "published_at"%%\''
+        )
+        return cursor.fetchone()[0] > 0
+
+
+def test_relay_killed_mid_batch_still_delivers_every_event_once(start_celery_worker):
+    worker = start_celery_worker(
+        include=["tests.core.event_probes"], env={"OUTBOX_RELAY_BATCH_SIZE": "10"}
+    )
+    messages = OutboxMessage.objects.bulk_create(
+        OutboxMessage(event_type=QUIET, payload={"n": n}, created_at=timezone.now())
+        for n in range(60)
+    )
+    ids = [m.id for m in messages]
+
+    with transaction.atomic():
+        # SHARE mode lets the relay claim (FOR UPDATE) and send its first batch, then
+        # holds it at the UPDATE that stamps the batch: killed there, it dies mid-batch.
+        with connection.cursor() as cursor:
+            cursor.execute("LOCK TABLE core_outboxmessage IN SHARE MODE")
+        kick_relay()
+        wait_until(relay_blocked_stamping_its_batch, timeout=15, what="the relay mid-batch")
+        worker.kill()
+        killed_at = time.time()
+    assert OutboxMessage.objects.filter(pk__in=ids, published_at__isnull=True).count() == 60
+
+    # The relay task was not acknowledged: it comes back once its visibility timeout passed
+    # and sends everything, the first batch a second time.
+    time.sleep(max(0.0, killed_at + VISIBILITY_TIMEOUT_SECONDS + 0.2 - time.time()))
+    worker.start()
+    wait_until(
+        lambda: InboxMessage.objects.filter(event_id__in=ids).count() == len(ids),
+        timeout=60,
+        interval=0.2,
+        what="every event handled",
+    )
+    assert outbox_backlog() == (0, 0.0)
+    # Each event of the first batch arrived at least twice (a task handled but not yet
+    # acknowledged at the kill comes back too); the inbox turned the extra copies away.
+    wait_until(
+        lambda: duplicates_turned_away(worker, ids) >= 10,
+        timeout=15,
+        what="the first batch's second copies to be turned away",
+    )
+
+
+def duplicates_turned_away(worker, ids) -> int:
+    lines = worker.log_path.read_text(errors="replace").splitlines()
+    wanted = {str(i) for i in ids}
+    return sum(
+        1 for line in lines if "event_already_handled" in line and any(i in line for i in wanted)
+    )

@@ -1,4 +1,4 @@
-"""Test-only URLs: a small idempotent endpoint that publishes an event (no order API yet)."""
+"""Test-only URLs: small idempotent endpoints that publish an event (no order API yet)."""
 
 import time
 
@@ -6,6 +6,8 @@ from django.core.cache import cache
 from django.db import transaction
 from django.urls import path
 from rest_framework import serializers
+from rest_framework.decorators import api_view, authentication_classes, permission_classes
+from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -15,6 +17,7 @@ from apps.core.outbox import publish_event
 from tests.core.event_probes import PROBED
 
 PROBES = "/probes"
+ANONYMOUS_PROBES = "/anonymous-probes"
 
 
 class ProbeSerializer(StrictSerializer):
@@ -25,25 +28,40 @@ class ProbeSerializer(StrictSerializer):
     first_attempt = serializers.ChoiceField(["ok", "error-500", "exception"], default="ok")
 
 
+def probe(request):
+    serializer = ProbeSerializer(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    data = serializer.validated_data
+    first_attempt = cache.add(f"probe-attempt:{request.headers[IDEMPOTENCY_HEADER]}", 1, 60)
+    if first_attempt and data["first_attempt"] == "error-500":
+        return Response({"detail": "dependency down"}, status=503)
+    if first_attempt and data["first_attempt"] == "exception":
+        raise RuntimeError("probe view crashes on purpose")
+    time.sleep(data["delay"])
+    with transaction.atomic():
+        event_id = publish_event(event_type=PROBED, payload={"note": data["note"]})
+    return Response(
+        {"event_id": str(event_id), "note": data["note"]},
+        status=201,
+        headers={"Location": f"{PROBES}/{event_id}"},
+    )
+
+
 class ProbeView(APIView):
     @idempotent_request
     def post(self, request):
-        serializer = ProbeSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        data = serializer.validated_data
-        first_attempt = cache.add(f"probe-attempt:{request.headers[IDEMPOTENCY_HEADER]}", 1, 60)
-        if first_attempt and data["first_attempt"] == "error-500":
-            return Response({"detail": "dependency down"}, status=503)
-        if first_attempt and data["first_attempt"] == "exception":
-            raise RuntimeError("probe view crashes on purpose")
-        time.sleep(data["delay"])
-        with transaction.atomic():
-            event_id = publish_event(event_type=PROBED, payload={"note": data["note"]})
-        return Response(
-            {"event_id": str(event_id), "note": data["note"]},
-            status=201,
-            headers={"Location": f"{PROBES}/{event_id}"},
-        )
+        return probe(request)
 
 
-urlpatterns = [path(PROBES.lstrip("/"), ProbeView.as_view())]
+@api_view(["POST"])
+@authentication_classes([])
+@permission_classes([AllowAny])
+@idempotent_request
+def anonymous_probe(request):
+    return probe(request)
+
+
+urlpatterns = [
+    path(PROBES.lstrip("/"), ProbeView.as_view()),
+    path(ANONYMOUS_PROBES.lstrip("/"), anonymous_probe),
+]

@@ -1,4 +1,4 @@
-"""Real Celery worker processes for tests: start, SIGKILL, restart.
+"""Real Celery worker (and beat) processes for tests: start, SIGKILL, restart.
 
 The worker runs `celery -A config worker` as a subprocess against the test database
 that pytest-django created (same PostgreSQL server, test database name), the same Redis
@@ -10,10 +10,15 @@ cache and broker, with DJANGO_ENV=test. It is ready once it answers a control pi
         worker = start_celery_worker(include=["tests.core.event_probes"])
         worker.kill()                              # SIGKILL, the whole process group
         worker.start()                             # a new process, same node name
+    def test_sweep(start_celery_beat):             # the scheduler, as a process
+        start_celery_beat(env={"OUTBOX_SWEEP_SECONDS": "0.5"})
 
 Modules in `include` are imported by the worker at start (e.g. test-only event handlers).
-Every worker started here is killed at teardown, and the queues are purged before a
-worker starts, so messages left by an earlier test cannot leak into this one.
+Every worker started here is killed at teardown. The queues are purged when the first
+worker of a test (or of a module, for `celery_worker`) starts, so messages left by an
+earlier test cannot leak into this one: start the worker before publishing anything.
+A SIGKILLed worker's unacknowledged tasks return to the queue VISIBILITY_TIMEOUT_SECONDS
+after they were delivered, when a worker starts (or on its periodic restore).
 """
 
 from __future__ import annotations
@@ -186,6 +191,66 @@ class CeleryWorker:
     def cleanup(self) -> None:
         self.kill()
         shutil.rmtree(self._logdir, ignore_errors=True)
+
+
+class CeleryBeat:
+    """The scheduler (`celery beat`) as a process, with a schedule file of its own."""
+
+    def __init__(self, *, env: dict[str, str] | None = None) -> None:
+        self.extra_env = env or {}
+        self.process: subprocess.Popen | None = None
+        self._dir = Path(tempfile.mkdtemp(prefix="mercato-beat-"))
+        self.log_path = self._dir / "beat.log"
+
+    def start(self, *, timeout: float = START_TIMEOUT_SECONDS) -> CeleryBeat:
+        celery = str(Path(sys.executable).parent / "celery")
+        command = [
+            celery, "-A", "config", "beat", "--loglevel", "INFO",
+            "--schedule", str(self._dir / "celerybeat-schedule"),
+        ]  # fmt: skip
+        env = {
+            **os.environ,
+            **worker_database_environment(),
+            "DJANGO_ENV": "test",
+            "MERCATO_VAR_DIR": str(self._dir),
+            **self.extra_env,
+        }
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        wait_until(
+            lambda: (
+                "beat: Starting" in self.log_path.read_text(errors="replace")
+                or self.process.poll() is not None
+            ),
+            timeout=timeout,
+            what="celery beat to start",
+        )
+        assert self.process.poll() is None, self.log_path.read_text(errors="replace")
+        return self
+
+    def cleanup(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=STOP_TIMEOUT_SECONDS)
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+@pytest.fixture
+def start_celery_beat(django_db_setup) -> Iterator[Callable[..., CeleryBeat]]:
+    """Factory: start the scheduler for this test (env overrides, e.g. the sweep period)."""
+    schedulers: list[CeleryBeat] = []
+
+    def start(**options) -> CeleryBeat:
+        scheduler = CeleryBeat(**options)
+        schedulers.append(scheduler)
+        return scheduler.start()
+
+    yield start
+    for scheduler in schedulers:
+        scheduler.cleanup()
 
 
 @pytest.fixture
