@@ -28,3 +28,11 @@ def readyz(request):
     return JsonResponse(
         {"status": status, "checks": {r.name: r.as_dict() for r in results}}, status=code
     )
+
+
+@never_cache
+@require_GET
+def ping(request):
+    """A constant JSON answer through the whole middleware stack: the benchmarks compare
+    it with the same view served bare (bench/baseline_wsgi.py)."""
+    return JsonResponse({"ping": "pong"})

@@ -10,7 +10,8 @@ from typing import Any
 import structlog
 from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.http import Http404, JsonResponse
+from django.core.exceptions import RequestDataTooBig
+from django.http import Http404, HttpResponse, JsonResponse
 from django.views import defaults
 from rest_framework import exceptions
 from rest_framework.response import Response
@@ -149,7 +150,20 @@ def not_found(request, exception=None):
     ) or defaults.page_not_found(request, exception)
 
 
+def payload_too_large(request):
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    return _problem_response(
+        request,
+        status=413,
+        problem_type="payload-too-large",
+        title="Payload too large",
+        detail=f"The request body exceeds {limit} bytes.",
+    ) or HttpResponse("Payload too large", status=413, content_type="text/plain")
+
+
 def bad_request(request, exception=None):
+    if isinstance(exception, RequestDataTooBig):  # a body without Content-Length, read
+        return payload_too_large(request)
     return _problem_response(
         request,
         status=400,
