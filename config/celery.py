@@ -1,6 +1,7 @@
 """The Celery app. Tasks read from the primary unless they set `reads_from_replica`."""
 
 import os
+from pathlib import Path
 
 from celery import Celery
 from celery.signals import (
@@ -13,6 +14,9 @@ from celery.signals import (
 from django_structlog.celery.steps import DjangoStructLogInitStep
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    # Metrics write there from the moment they are defined (multiprocess mode).
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 
 app = Celery("mercato")
 app.config_from_object("django.conf:settings", namespace="CELERY")
@@ -45,8 +49,6 @@ def close_task_routing_scope(task_id=None, **_):
 def serve_worker_metrics(**_):
     """With CELERY_METRICS_PORT set, the worker's main process serves the metrics of all
     its pool processes (PROMETHEUS_MULTIPROC_DIR, emptied here: a fresh start)."""
-    import shutil
-
     from django.conf import settings
 
     from apps.core.metrics import multiprocess_dir, start_worker_metrics_server
@@ -56,8 +58,11 @@ def serve_worker_metrics(**_):
     directory = multiprocess_dir()
     if directory is None:
         raise RuntimeError("CELERY_METRICS_PORT needs PROMETHEUS_MULTIPROC_DIR (pool processes)")
-    shutil.rmtree(directory, ignore_errors=True)
-    os.makedirs(directory, exist_ok=True)
+    # The pool is not forked yet: every file but this process's own is a leftover.
+    own_suffix = f"_{os.getpid()}.db"
+    for leftover in Path(directory).glob("*.db"):
+        if not leftover.name.endswith(own_suffix):
+            leftover.unlink(missing_ok=True)
     start_worker_metrics_server(settings.CELERY_METRICS_PORT)
 
 

@@ -15,6 +15,7 @@ import ipaddress
 import os
 import secrets
 
+import structlog
 from django.conf import settings
 from django.http import HttpResponse
 from prometheus_client import (
@@ -28,6 +29,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+logger = structlog.get_logger(__name__)
 
 ratelimited_requests = Counter(
     "mercato_ratelimited_requests_total",
@@ -81,7 +84,11 @@ class PlatformStateCollector(Collector):
             labels=["alias"],
         )
         for alias in settings.DATABASE_REPLICAS:
-            healthy = replica_health.is_healthy(alias)  # re-measured when stale
+            try:
+                healthy = replica_health.is_healthy(alias)  # re-measured when stale
+            except Exception:  # a scrape must not fail because one measurement did
+                logger.warning("replica_lag_measure_failed", alias=alias, exc_info=True)
+                healthy = False
             up.add_metric([alias], 1.0 if healthy else 0.0)
             seconds = replica_health.lag_seconds.get(alias)
             if seconds is not None:

@@ -79,7 +79,8 @@ def test_two_hundred_concurrent_requests_against_a_limit_of_fifty_let_exactly_fi
     assert statuses.count(429) == 150
 
 
-def test_health_readiness_and_metrics_are_never_limited(settings, api_client, db):
+@pytest.mark.django_db(databases="__all__")
+def test_health_readiness_and_metrics_are_never_limited(settings, api_client):
     limit(settings, "default", 1, 3600)
     for path in ("/healthz", "/readyz", "/metrics"):
         for _ in range(3):
