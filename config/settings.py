@@ -466,6 +466,8 @@ CORS_ALLOW_HEADERS = [
     "x-correlation-id",
 ]
 if PRODUCTION:
+    # Probes and Prometheus talk plain HTTP to the process, past the TLS proxy.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
     SECURE_CONTENT_TYPE_NOSNIFF = True
     SECURE_REFERRER_POLICY = "same-origin"
     SESSION_COOKIE_SAMESITE = "Lax"

@@ -70,9 +70,20 @@ class ReadYourWritesMiddleware:
         return response
 
 
+_UNKNOWN = object()
+
+
 def client_user_id(request) -> int | str | None:
     """The client's user id before authentication runs, without a database query: from a
-    valid bearer token (signature checked) or the session (after SessionMiddleware)."""
+    valid bearer token (signature checked) or the session (after SessionMiddleware).
+    Computed once per request (read routing and rate limiting both ask)."""
+    known = getattr(request, "_client_user_id", _UNKNOWN)
+    if known is _UNKNOWN:
+        known = request._client_user_id = _client_user_id(request)
+    return known
+
+
+def _client_user_id(request) -> int | str | None:
     header = request.headers.get("Authorization", "")
     scheme, _, raw = header.partition(" ")
     if scheme in jwt_settings.AUTH_HEADER_TYPES and raw:

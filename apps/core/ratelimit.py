@@ -135,9 +135,16 @@ class LocalLimiter:
 local_limiter = LocalLimiter()
 
 
+_gcra = None
+
+
 def redis_hit(key: str, policy: Policy) -> Decision:
+    global _gcra
     client = get_redis_connection("default")
-    raw = client.eval(_GCRA_SCRIPT, 1, key, policy.interval_ms, policy.period_ms)
+    if _gcra is None:
+        # EVALSHA, loading the script again when a (restarted) Redis does not know it.
+        _gcra = client.register_script(_GCRA_SCRIPT)
+    raw = _gcra(keys=[key], args=[policy.interval_ms, policy.period_ms], client=client)
     return _decision(policy, raw)
 
 
