@@ -45,14 +45,14 @@ AUTH_PATHS = ("/api/v1/auth/token", "/api/v1/auth/register")
 ORDERS_PATH = "/api/v1/orders"
 EXEMPT_PATHS = ("/healthz", "/readyz", "/metrics")
 
-# KEYS[1]: the bucket; ARGV: emission interval and period, in milliseconds.
-# Returns {allowed, remaining, retry_after_ms, reset_ms}. Redis's own clock is the
+# KEYS[1]: the bucket; ARGV: emission interval and period, in microseconds.
+# Returns {allowed, remaining, retry_after_us, reset_us}. Redis's own clock is the
 # only clock, so web processes with skewed clocks share one bucket correctly.
 _GCRA_SCRIPT = """
 local interval = tonumber(ARGV[1])
 local period = tonumber(ARGV[2])
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
 local new_tat = tat + interval
@@ -60,7 +60,7 @@ local allow_at = new_tat - period
 if now < allow_at then
   return {0, 0, allow_at - now, tat - now}
 end
-redis.call('SET', KEYS[1], new_tat, 'PX', new_tat - now)
+redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil((new_tat - now) / 1000))
 return {1, math.floor((period - (new_tat - now)) / interval), 0, new_tat - now}
 """
 
@@ -81,12 +81,12 @@ class Policy:
     period: float
 
     @property
-    def interval_ms(self) -> int:
-        return max(1, round(self.period * 1000 / self.limit))
+    def interval_us(self) -> int:
+        return max(1, round(self.period * 1_000_000 / self.limit))
 
     @property
-    def period_ms(self) -> int:
-        return round(self.period * 1000)
+    def period_us(self) -> int:
+        return round(self.period * 1_000_000)
 
 
 def policy(scope: str) -> Policy:
@@ -95,13 +95,13 @@ def policy(scope: str) -> Policy:
 
 
 def _decision(policy: Policy, raw: list) -> Decision:
-    allowed, remaining, retry_after_ms, reset_ms = (int(v) for v in raw)
+    allowed, remaining, retry_after_us, reset_us = (int(v) for v in raw)
     return Decision(
         allowed=bool(allowed),
         limit=policy.limit,
         remaining=max(0, remaining),
-        retry_after=retry_after_ms / 1000,
-        reset=reset_ms / 1000,
+        retry_after=retry_after_us / 1_000_000,
+        reset=reset_us / 1_000_000,
     )
 
 
@@ -114,17 +114,17 @@ class LocalLimiter:
         self._lock = threading.Lock()
 
     def hit(self, key: str, policy: Policy) -> Decision:
-        now = time.monotonic_ns() // 1_000_000
+        now = time.monotonic_ns() // 1000
         with self._lock:
             tat = max(self._tats.get(key, now), now)
-            new_tat = tat + policy.interval_ms
-            allow_at = new_tat - policy.period_ms
+            new_tat = tat + policy.interval_us
+            allow_at = new_tat - policy.period_us
             if now < allow_at:
                 return _decision(policy, [0, 0, allow_at - now, tat - now])
             self._tats[key] = new_tat
             if len(self._tats) > 100_000:  # forget buckets that emptied long ago
                 self._tats = {k: v for k, v in self._tats.items() if v > now}
-            remaining = (policy.period_ms - (new_tat - now)) // policy.interval_ms
+            remaining = (policy.period_us - (new_tat - now)) // policy.interval_us
             return _decision(policy, [1, remaining, 0, new_tat - now])
 
     def clear(self) -> None:
@@ -144,7 +144,7 @@ def redis_hit(key: str, policy: Policy) -> Decision:
     if _gcra is None:
         # EVALSHA, loading the script again when a (restarted) Redis does not know it.
         _gcra = client.register_script(_GCRA_SCRIPT)
-    raw = _gcra(keys=[key], args=[policy.interval_ms, policy.period_ms], client=client)
+    raw = _gcra(keys=[key], args=[policy.interval_us, policy.period_us], client=client)
     return _decision(policy, raw)
 
 
