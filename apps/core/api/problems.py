@@ -10,7 +10,6 @@ from typing import Any
 import structlog
 from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpResponse, JsonResponse
 from django.views import defaults
 from rest_framework import exceptions
@@ -162,8 +161,6 @@ def payload_too_large(request):
 
 
 def bad_request(request, exception=None):
-    if isinstance(exception, RequestDataTooBig):  # a body without Content-Length, read
-        return payload_too_large(request)
     return _problem_response(
         request,
         status=400,
