@@ -219,3 +219,17 @@ def test_retry_after_is_rounded_up_never_zero(settings, api_client):
     refused = api_client.get(PING)
     assert refused.status_code == 429
     assert int(refused["Retry-After"]) == max(1, math.ceil(0.5))
+
+
+@pytest.mark.django_db
+def test_registration_shares_the_auth_scope_per_email(settings):
+    limit(settings, "auth", 1, 3600)
+    body = {"email": "new@example.com", "password": "x"}
+    first = Client(REMOTE_ADDR="10.0.1.1").post(
+        "/api/v1/auth/register", body, content_type="application/json"
+    )
+    assert first.status_code == 400  # a weak password; the attempt still counts
+    again = Client(REMOTE_ADDR="10.0.1.2").post(
+        "/api/v1/auth/register", body, content_type="application/json"
+    )
+    assert_problem(again, 429, "rate-limited")
