@@ -1,12 +1,22 @@
 """The Celery app. Tasks read from the primary unless they set `reads_from_replica`."""
 
 import os
+from pathlib import Path
 
 from celery import Celery
-from celery.signals import task_postrun, task_prerun
+from celery.signals import (
+    task_postrun,
+    task_prerun,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+)
 from django_structlog.celery.steps import DjangoStructLogInitStep
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    # Metrics write there from the moment they are defined (multiprocess mode).
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 
 app = Celery("mercato")
 app.config_from_object("django.conf:settings", namespace="CELERY")
@@ -33,3 +43,42 @@ def close_task_routing_scope(task_id=None, **_):
     scope = _task_scopes.pop(task_id, None)
     if scope is not None:
         scope.__exit__(None, None, None)
+
+
+@worker_init.connect
+def serve_worker_metrics(**_):
+    """With CELERY_METRICS_PORT set, the worker's main process serves the metrics of all
+    its pool processes (PROMETHEUS_MULTIPROC_DIR, emptied here: a fresh start)."""
+    from django.conf import settings
+
+    from apps.core.metrics import multiprocess_dir, start_worker_metrics_server
+
+    if not settings.CELERY_METRICS_PORT:
+        return
+    directory = multiprocess_dir()
+    if directory is None:
+        raise RuntimeError("CELERY_METRICS_PORT needs PROMETHEUS_MULTIPROC_DIR (pool processes)")
+    # The pool is not forked yet: every file but this process's own is a leftover.
+    own_suffix = f"_{os.getpid()}.db"
+    for leftover in Path(directory).glob("*.db"):
+        if not leftover.name.endswith(own_suffix):
+            leftover.unlink(missing_ok=True)
+    start_worker_metrics_server(settings.CELERY_METRICS_PORT)
+
+
+@worker_process_shutdown.connect
+def mark_pool_process_dead(pid=None, **_):
+    from apps.core.metrics import multiprocess_dir
+
+    if multiprocess_dir():
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid or os.getpid())
+
+
+@worker_process_init.connect
+def start_tracing_in_pool_process(**_):
+    # After the fork: the exporter's thread must belong to the process that uses it.
+    from apps.core.tracing import setup_tracing_from_environment
+
+    setup_tracing_from_environment(service_name="mercato-worker")

@@ -50,6 +50,8 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_structlog",
+    "django_prometheus",
+    "corsheaders",
     "apps.core",
     "apps.users",
     "apps.catalog",
@@ -58,16 +60,21 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "apps.core.middleware.RequestIdMiddleware",
     "django_structlog.middlewares.RequestMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "apps.core.middleware.BodySizeLimitMiddleware",
+    "corsheaders.middleware.CorsMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "apps.core.middleware.ReadYourWritesMiddleware",
+    "apps.core.ratelimit.RateLimitMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -96,9 +103,17 @@ TEMPLATES = [
 CONN_MAX_AGE = env.int("CONN_MAX_AGE", default=60)
 
 
+_PROMETHEUS_DB_ENGINES = {
+    "django.db.backends.postgresql": "django_prometheus.db.backends.postgresql",
+    "django.db.backends.sqlite3": "django_prometheus.db.backends.sqlite3",
+}
+
+
 def _database(url: str, *, connect_timeout: int) -> dict:
     config = env.db_url_config(url)
-    if config["ENGINE"] == "django.db.backends.sqlite3":
+    # django-prometheus's wrappers of the same backends count queries and errors.
+    config["ENGINE"] = _PROMETHEUS_DB_ENGINES.get(config["ENGINE"], config["ENGINE"])
+    if config["ENGINE"].endswith(".sqlite3"):
         # WAL lets the web process read while a worker writes; IMMEDIATE takes the
         # write lock up front so concurrent writers wait (busy timeout) instead of failing.
         config["OPTIONS"] = {
@@ -158,7 +173,7 @@ REDIS_URL = env.str("REDIS_URL", default="")
 if REDIS_URL:
     CACHES = {
         "default": {
-            "BACKEND": "django_redis.cache.RedisCache",
+            "BACKEND": "django_prometheus.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": "mercato",
             "OPTIONS": {
@@ -172,7 +187,7 @@ else:
     # A file cache is shared by the web process and the workers of `make run`.
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+            "BACKEND": "django_prometheus.cache.backends.filebased.FileBasedCache",
             "LOCATION": str(VAR_DIR / "cache"),
         }
     }
@@ -397,3 +412,66 @@ CELERY_BEAT_SCHEDULE["payments-reconcile-pending"] = {
     "task": "apps.payments.tasks.reconcile_pending_payments",
     "schedule": 60.0,
 }
+
+# --- Edge: rate limiting, metrics, tracing, security ----------------------------------
+
+RATE_LIMIT_ENABLED = env.bool("RATE_LIMIT_ENABLED", default=True)
+# Per scope (apps.core.ratelimit): `limit` requests per `period` seconds (GCRA).
+RATE_LIMITS = {
+    "default": {
+        "limit": env.int("RATE_LIMIT_DEFAULT", default=100_000 if DJANGO_ENV == "test" else 300),
+        "period": 60,
+    },
+    "auth": {
+        "limit": env.int("RATE_LIMIT_AUTH", default=100_000 if DJANGO_ENV == "test" else 10),
+        "period": 60,
+    },
+    "orders": {
+        "limit": env.int("RATE_LIMIT_ORDERS", default=100_000 if DJANGO_ENV == "test" else 30),
+        "period": 60,
+    },
+}
+RATE_LIMIT_KEY_PREFIX = env.str("RATE_LIMIT_KEY_PREFIX", default="mercato:rl")
+# Proxies in front of us that append to X-Forwarded-For (0: use REMOTE_ADDR).
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
+
+# /metrics: open when neither is set; otherwise a bearer token or an allowed network.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+METRICS_ALLOWED_NETWORKS = env.list(
+    "METRICS_ALLOWED_NETWORKS",
+    default=["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
+    if PRODUCTION
+    else [],
+)
+PROMETHEUS_EXPORT_MIGRATIONS = False
+# A Celery worker serves its metrics here when set (apps.core.metrics).
+CELERY_METRICS_PORT = env.int("CELERY_METRICS_PORT", default=0)
+
+# Request bodies above this are refused with a 413 problem (BodySizeLimitMiddleware).
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=1024 * 1024)
+
+CORS_ALLOWED_ORIGINS = env.list("CORS_ALLOWED_ORIGINS", default=[])
+CORS_URLS_REGEX = r"^/api/.*$"
+CORS_EXPOSE_HEADERS = [
+    "Location",
+    "Retry-After",
+    "RateLimit-Limit",
+    "RateLimit-Remaining",
+    "RateLimit-Reset",
+    "X-Request-ID",
+    "X-Correlation-ID",
+]
+CORS_ALLOW_HEADERS = [
+    "accept",
+    "authorization",
+    "content-type",
+    "idempotency-key",
+    "x-request-id",
+    "x-correlation-id",
+]
+if PRODUCTION:
+    # Probes and Prometheus talk plain HTTP to the process, past the TLS proxy.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+    SECURE_CONTENT_TYPE_NOSNIFF = True
+    SECURE_REFERRER_POLICY = "same-origin"
+    SESSION_COOKIE_SAMESITE = "Lax"

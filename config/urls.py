@@ -5,16 +5,19 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from apps.core import views as ops_views
 from apps.core.api.problems import not_found
+from apps.core.metrics import metrics_view
 
 urlpatterns = [
     path("healthz", ops_views.healthz, name="healthz"),
     path("readyz", ops_views.readyz, name="readyz"),
+    path("metrics", metrics_view, name="metrics"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/v1/", include("apps.users.api.urls")),
     path("api/v1/", include("apps.catalog.api.urls")),
     path("api/v1/", include("apps.orders.api.urls")),
     path("api/v1/", include("apps.payments.api.urls")),
+    path("api/v1/ping", ops_views.ping, name="ping"),
     # Unknown API paths answer with a problem, in DEBUG too.
     re_path(r"^api/", not_found),
     path(settings.ADMIN_URL, admin.site.urls),

@@ -10,6 +10,8 @@ from typing import Any
 
 import structlog
 
+from apps.core.tracing import add_trace_ids
+
 REDACTED = "[redacted]"
 # Keys whose values are never written to a log, at any depth.
 _SECRET_KEY = re.compile(
@@ -45,6 +47,7 @@ _SHARED_PROCESSORS: list = [
     structlog.stdlib.add_logger_name,
     structlog.processors.TimeStamper(fmt="iso", utc=True),
     structlog.stdlib.ExtraAdder(),
+    add_trace_ids,
     redact_secrets,
 ]
 

@@ -63,7 +63,7 @@ class ReadYourWritesMiddleware:
     def __call__(self, request):
         if not settings.DATABASE_REPLICAS:
             return self.get_response(request)
-        with routing_scope(user_id=self._client_user_id(request)) as scope:
+        with routing_scope(user_id=client_user_id(request)) as scope:
             response = self.get_response(request)
             user = getattr(request, "user", None)
             user_id = user.pk if user is not None and user.is_authenticated else scope.user_id
@@ -71,18 +71,51 @@ class ReadYourWritesMiddleware:
                 pin_user_to_primary(user_id)
         return response
 
-    @staticmethod
-    def _client_user_id(request) -> int | str | None:
-        header = request.headers.get("Authorization", "")
-        scheme, _, raw = header.partition(" ")
-        if scheme in jwt_settings.AUTH_HEADER_TYPES and raw:
-            try:
-                return AccessToken(raw.strip())[jwt_settings.USER_ID_CLAIM]
-            except (TokenError, KeyError):
-                return None
-        session = getattr(request, "session", None)
-        if session is not None and request.COOKIES.get(settings.SESSION_COOKIE_NAME):
-            # Loaded once and reused by AuthenticationMiddleware; sessions are always
-            # read from the primary (PRIMARY_ONLY_APPS).
-            return session.get(SESSION_KEY)
-        return None
+
+_UNKNOWN = object()
+
+
+def client_user_id(request) -> int | str | None:
+    """The client's user id before authentication runs, without a database query: from a
+    valid bearer token (signature checked) or the session (after SessionMiddleware).
+    Computed once per request (read routing and rate limiting both ask)."""
+    known = getattr(request, "_client_user_id", _UNKNOWN)
+    if known is _UNKNOWN:
+        known = request._client_user_id = _client_user_id(request)
+    return known
+
+
+def _client_user_id(request) -> int | str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, raw = header.partition(" ")
+    if scheme in jwt_settings.AUTH_HEADER_TYPES and raw:
+        try:
+            return AccessToken(raw.strip())[jwt_settings.USER_ID_CLAIM]
+        except (TokenError, KeyError):
+            return None
+    session = getattr(request, "session", None)
+    if session is not None and request.COOKIES.get(settings.SESSION_COOKIE_NAME):
+        # Loaded once and reused by AuthenticationMiddleware; sessions are always
+        # read from the primary (PRIMARY_ONLY_APPS).
+        return session.get(SESSION_KEY)
+    return None
+
+
+class BodySizeLimitMiddleware:
+    """Refuse a body larger than DATA_UPLOAD_MAX_MEMORY_SIZE with a 413 problem before
+    anything reads it (Django alone would answer 400 once a view reads the body)."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        from apps.core.api.problems import payload_too_large
+
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        if limit is not None and length > limit:
+            return payload_too_large(request)
+        return self.get_response(request)

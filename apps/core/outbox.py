@@ -51,6 +51,7 @@ from django.db.models import F
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerUnavailable
 
+from apps.core import tracing
 from apps.core.inbox import consumers_of, event_log_context
 from apps.core.models import OutboxMessage
 from config.celery import app as celery_app
@@ -126,6 +127,9 @@ def publish_event(
         "causation_id": str(cause) if cause else None,
         "request_id": request_id,
     }
+    traceparent = tracing.current_traceparent()
+    if traceparent:  # the consumers' spans continue the publisher's trace
+        headers["traceparent"] = traceparent
     OutboxMessage.objects.using(alias).create(
         id=event_id,
         event_type=event_type,

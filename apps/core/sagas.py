@@ -41,6 +41,7 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from apps.core import metrics, tracing
 from apps.core.models import SagaInstance, SagaTransition
 from apps.core.routing import primary_reads
 from config.celery import app as celery_app
@@ -100,6 +101,8 @@ def saga_start(
             **context,
             "correlation_id": log_context.get("correlation_id"),
             "request_id": log_context.get("request_id"),
+            # Each step's span joins the trace of the request that started the saga.
+            "traceparent": tracing.current_traceparent(),
         },
         deadline=now + timedelta(seconds=timeout_seconds),
         wake_at=now,
@@ -144,10 +147,15 @@ def saga_advance(saga_id) -> str | None:
     with primary_reads():
         saga = SagaInstance.objects.get(pk=saga_id)
     definition = _definitions[saga.saga_type]
-    with structlog.contextvars.bound_contextvars(
-        saga_id=str(saga.pk),
-        saga_type=saga.saga_type,
-        correlation_id=saga.context.get("correlation_id"),
+    with (
+        structlog.contextvars.bound_contextvars(
+            saga_id=str(saga.pk),
+            saga_type=saga.saga_type,
+            correlation_id=saga.context.get("correlation_id"),
+        ),
+        tracing.continue_trace(
+            saga.context.get("traceparent"), f"saga {saga.saga_type}", step=saga.current_step
+        ),
     ):
         if saga.state == SagaInstance.State.RUNNING:
             _run_action(saga, definition)
@@ -176,6 +184,12 @@ def _save(saga: SagaInstance, *, kind: str, step: str = "", detail: str = "") ->
             saga=saga, kind=kind, step=step, state=saga.state, detail=detail, at=now
         )
     logger.info("saga_" + kind, step=step, state=saga.state, detail=detail[:200])
+    if kind in ("step_retry", "compensation_retry", "compensating"):
+        metrics.saga_step_failures.labels(saga_type=saga.saga_type, step=step, kind=kind).inc()
+    if saga.finished_at == now:
+        metrics.saga_duration.labels(saga_type=saga.saga_type, state=saga.state).observe(
+            (now - saga.created_at).total_seconds()
+        )
 
 
 def _wait_and_retry(saga: SagaInstance, *, step: str, exc: Exception, kind: str) -> None:

@@ -18,6 +18,7 @@ import structlog
 from celery import shared_task
 from django.conf import settings
 
+from apps.core import tracing
 from apps.core.idempotency import idempotency_records_purge_expired
 from apps.core.inbox import (
     EventEnvelope,
@@ -73,7 +74,12 @@ def deliver_event(
         created_at=datetime.fromisoformat(created_at) if created_at else None,
     )
     context = event_log_context(event_id=event_id, event_type=event_type, headers=headers)
-    with structlog.contextvars.bound_contextvars(**context, consumer=consumer):
+    with (
+        structlog.contextvars.bound_contextvars(**context, consumer=consumer),
+        tracing.continue_trace(
+            headers.get("traceparent"), f"handle {event_type}", consumer=consumer
+        ),
+    ):
         try:
             return consume_event(event, consumer=consumer)
         except UnknownConsumer:

@@ -4,6 +4,7 @@ from django.http import JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from apps.core.api.problems import PROBLEM_CONTENT_TYPE, problem_body
 from apps.core.health import run_readiness_checks
 
 
@@ -28,3 +29,24 @@ def readyz(request):
     return JsonResponse(
         {"status": status, "checks": {r.name: r.as_dict() for r in results}}, status=code
     )
+
+
+@never_cache
+def ping(request):
+    """A constant JSON answer through the whole middleware stack: the benchmarks compare
+    it with the same view served bare (bench/baseline_wsgi.py)."""
+    if request.method not in ("GET", "HEAD"):
+        response = JsonResponse(
+            problem_body(
+                status=405,
+                problem_type="method-not-allowed",
+                title="Method not allowed",
+                detail=f'Method "{request.method}" not allowed.',
+                request=request,
+            ),
+            status=405,
+            content_type=PROBLEM_CONTENT_TYPE,
+        )
+        response["Allow"] = "GET, HEAD"
+        return response
+    return JsonResponse({"ping": "pong"})

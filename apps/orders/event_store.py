@@ -6,12 +6,14 @@ with `ConcurrencyConflict` instead of silently interleaving.
 """
 
 from datetime import datetime
+from functools import partial
 
 import structlog
-from django.db import IntegrityError, connection
+from django.db import IntegrityError, connection, transaction
 
 from apps.core.errors import Conflict, NotFound
 from apps.core.outbox import publish_event
+from apps.orders import metrics
 from apps.orders.domain import Order
 from apps.orders.events import upcast
 from apps.orders.models import StoredEvent
@@ -84,6 +86,10 @@ def append(order: Order) -> list[StoredEvent]:
             aggregate_type="order",
             aggregate_id=str(order.id),
         )
+    # Counted once committed: a rolled-back or conflicting append changed nothing.
+    transaction.on_commit(
+        partial(metrics.count_committed_events, [(r.event_type, r.data) for r in rows])
+    )
     order.version += len(rows)
     order.pending_events.clear()
     if rows:

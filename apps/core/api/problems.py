@@ -10,7 +10,7 @@ from typing import Any
 import structlog
 from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.http import Http404, JsonResponse
+from django.http import Http404, HttpResponse, JsonResponse
 from django.views import defaults
 from rest_framework import exceptions
 from rest_framework.response import Response
@@ -147,6 +147,17 @@ def not_found(request, exception=None):
     return _problem_response(
         request, status=404, problem_type="not-found", title="Not found", detail="No such resource."
     ) or defaults.page_not_found(request, exception)
+
+
+def payload_too_large(request):
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    return _problem_response(
+        request,
+        status=413,
+        problem_type="payload-too-large",
+        title="Payload too large",
+        detail=f"The request body exceeds {limit} bytes.",
+    ) or HttpResponse("Payload too large", status=413, content_type="text/plain")
 
 
 def bad_request(request, exception=None):
