@@ -5,6 +5,8 @@ import re
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
 
+from tests.conftest import bearer_client
+from tests.users.factories import UserFactory
 from tests.users.test_auth_api import assert_problem
 
 pytestmark = pytest.mark.django_db
@@ -118,9 +120,6 @@ def _allowed(view: type) -> set[str]:
 
 @pytest.fixture
 def superuser_client(db):
-    from tests.conftest import bearer_client
-    from tests.users.factories import UserFactory
-
     return bearer_client(UserFactory(is_staff=True, is_superuser=True))
 
 

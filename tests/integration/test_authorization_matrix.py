@@ -12,7 +12,7 @@ from decimal import Decimal
 
 import pytest
 from django.db import transaction
-from django.urls import URLPattern, URLResolver, get_resolver
+from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from rest_framework.test import APIClient
 from rest_framework_simplejwt.tokens import RefreshToken
 
@@ -30,7 +30,6 @@ from tests.users.factories import DEFAULT_PASSWORD, AddressFactory, UserFactory
 pytestmark = pytest.mark.django_db
 
 ROLES = ("anonymous", "customer_a", "customer_b", CATALOG_MANAGERS, ORDER_MANAGERS, SUPPORT)
-EVERYONE = dict.fromkeys(ROLES)
 
 
 def expect(default: int, **overrides: int) -> dict[str, int]:
@@ -228,8 +227,6 @@ def _fill(value, values: dict):
 
 
 def url_for(name: str, target: str, world) -> str:
-    from django.urls import reverse
-
     kwargs = {}
     if target:
         parameter = {

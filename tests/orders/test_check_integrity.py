@@ -8,6 +8,7 @@ from decimal import Decimal
 import pytest
 from django.core.management import call_command, execute_from_command_line
 from django.core.management.base import CommandError
+from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -55,6 +56,11 @@ def _placed_and_paid(user, product, quantity: int) -> str:
 
 @pytest.fixture
 def shop(db):
+    return build_shop()
+
+
+@transaction.atomic  # reads on the primary, also in a transactional test
+def build_shop() -> dict:
     """A consistent shop: a confirmed, a shipped, a pending (stock held) and a cancelled
     and refunded order, with the stock movements and payments each implies."""
     user = UserFactory()
@@ -190,3 +196,14 @@ def test_the_command_line_exits_non_zero_on_failure(shop, capsys):
     captured = capsys.readouterr()
     assert "FAIL  stock conservation" in captured.out
     assert "integrity check failed: 1 of 6 checks" in captured.err
+
+
+@pytest.mark.django_db(transaction=True, databases="__all__")
+def test_the_check_reads_one_committed_snapshot_outside_a_transaction():
+    shop = build_shop()
+    passed, report = run_check()
+    assert passed, report
+    _unrecorded_stock(shop)
+    passed, report = run_check()
+    assert not passed
+    assert "FAIL  stock conservation" in report

@@ -4,7 +4,11 @@ It lives in the orders context because orders is the one that can see every othe
 context through their public selectors (apps.core must not import a context).
 """
 
+import contextlib
+from collections.abc import Iterator
+
 from django.core.management.base import BaseCommand, CommandError
+from django.db import connection, transaction
 
 from apps.catalog import selectors as catalog_selectors
 from apps.core import selectors as core_selectors
@@ -43,6 +47,20 @@ def payment_report(rebuilt: dict[str, Order]) -> list[str]:
     return problems
 
 
+@contextlib.contextmanager
+def one_snapshot() -> Iterator[None]:
+    """Every check reads the same committed state: under load, separate queries would
+    see stock, reservations and payments at different moments and report false drift."""
+    if connection.in_atomic_block:  # a caller's transaction already fixes what is seen
+        yield
+        return
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        yield
+
+
 class Command(BaseCommand):
     help = (
         "Check stock conservation, payments of confirmed orders, refunds within charges, the "
@@ -66,6 +84,23 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, max_outbox_backlog: int, saga_grace_seconds: float, **options):
+        with one_snapshot():
+            checks, rebuilt, backlog = self._run_checks(max_outbox_backlog, saga_grace_seconds)
+        failed = 0
+        for name, problems in checks:
+            if not problems:
+                self.stdout.write(f"OK    {name}")
+                continue
+            failed += 1
+            self.stdout.write(f"FAIL  {name}: {len(problems)} problem(s)")
+            for problem in problems:
+                self.stdout.write(f"      - {problem}")
+        self.stdout.write(f"{len(rebuilt)} orders checked; outbox backlog {backlog}")
+        if failed:
+            raise CommandError(f"integrity check failed: {failed} of {len(checks)} checks")
+        self.stdout.write(self.style.SUCCESS("integrity check passed"))
+
+    def _run_checks(self, max_outbox_backlog: int, saga_grace_seconds: float):
         rebuilt = order_selectors.orders_from_event_store()
         backlog, oldest_age = core_selectors.outbox_backlog()
         outbox_problems = (
@@ -90,16 +125,4 @@ class Command(BaseCommand):
             ),
             ("outbox backlog", outbox_problems),
         ]
-        failed = 0
-        for name, problems in checks:
-            if not problems:
-                self.stdout.write(f"OK    {name}")
-                continue
-            failed += 1
-            self.stdout.write(f"FAIL  {name}: {len(problems)} problem(s)")
-            for problem in problems:
-                self.stdout.write(f"      - {problem}")
-        self.stdout.write(f"{len(rebuilt)} orders checked; outbox backlog {backlog}")
-        if failed:
-            raise CommandError(f"integrity check failed: {failed} of {len(checks)} checks")
-        self.stdout.write(self.style.SUCCESS("integrity check passed"))
+        return checks, rebuilt, backlog
