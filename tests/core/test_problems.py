@@ -3,6 +3,7 @@
 import re
 
 import pytest
+from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
 
 from tests.conftest import bearer_client
@@ -68,6 +69,13 @@ def test_non_object_json_is_a_validation_problem(api_client):
 
 def test_unknown_api_path_is_404_problem(api_client):
     assert_problem(api_client.get("/api/v1/does-not-exist"), 404, "not-found")
+
+
+@pytest.mark.parametrize("method", ["post", "put", "patch", "delete"])
+def test_unknown_api_path_is_404_problem_for_unsafe_methods_under_csrf_checks(method):
+    client = Client(enforce_csrf_checks=True)
+    response = getattr(client, method)("/api/v1/orders/not-a-uuid/cancel")
+    assert_problem(response, 404, "not-found")
 
 
 def test_wrong_method_is_405_problem(user_client):
