@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format bench install install-dev clean
+.PHONY: run test lint format bench install install-dev clean browser
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -38,10 +38,17 @@ format: install-dev
 # The suite against real PostgreSQL (primary + streaming replica) and Redis, provided
 # by scripts/testenv.py unless DATABASE_URL / REDIS_URL are given; then the tests of
 # the embedded mode (SQLite, file cache, filesystem broker) that `make run` uses.
-test: lint
+test: lint browser
 	DJANGO_ENV=test $(PY) scripts/testenv.py run -- $(PY) -m pytest -m "not embedded" $(PYTEST_ARGS)
 	env -u DATABASE_URL -u DATABASE_REPLICA_URLS -u REDIS_URL -u CELERY_BROKER_URL \
 		DJANGO_ENV=test MERCATO_VAR_DIR=$$(mktemp -d) $(PY) -m pytest -m embedded $(PYTEST_ARGS)
+
+# Debian's headless Chromium and its driver for the admin browser tests
+# (tests/integration/test_admin_browser.py); nothing to do when both are installed.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			chromium chromium-driver >/dev/null; }
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

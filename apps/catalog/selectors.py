@@ -22,7 +22,7 @@ from apps.catalog.cache import (
     category_cache,
     product_cache,
 )
-from apps.catalog.models import Category, Product, Reservation, Stock
+from apps.catalog.models import Category, Product, Reservation, Stock, StockAdjustment
 from apps.catalog.search import search_products
 from apps.catalog.services import CategoryNotFound, ProductNotFound
 from apps.core.routing import primary_reads
@@ -288,3 +288,58 @@ def _cache_set_many(values: dict, timeout: int | None) -> None:
         cache.set_many(values, timeout)
     except Exception as exc:
         logger.warning("popular_cache_unavailable", error=repr(exc))
+
+
+# --- Integrity --------------------------------------------------------------------------
+
+
+def stock_conservation_report() -> list[str]:
+    """Products whose units do not add up, one readable line each (empty when all do).
+
+    Every unit that ever came in is a stock adjustment (initial stock included), so per
+    product: adjustments = available + reserved + sold, where `reserved` must equal the
+    active reservations and `sold` is the committed (not returned) ones. Read from the
+    primary: a replica's lag would show a stock row and its reservations out of step.
+    """
+    with primary_reads():
+        adjusted = dict(
+            StockAdjustment.objects.values("product_id")
+            .annotate(total=Sum("delta"))
+            .values_list("product_id", "total")
+        )
+        held: dict[tuple[int, str], int] = {
+            (product_id, status): total
+            for product_id, status, total in Reservation.objects.filter(
+                status__in=[Reservation.Status.ACTIVE, Reservation.Status.COMMITTED]
+            )
+            .values("product_id", "status")
+            .annotate(total=Sum("quantity"))
+            .values_list("product_id", "status", "total")
+        }
+        stocks = {
+            product_id: (sku, on_hand, reserved)
+            for product_id, sku, on_hand, reserved in Product.objects.values_list(
+                "pk", "sku", "stock__on_hand", "stock__reserved"
+            )
+        }
+    problems = []
+    for product_id in sorted(set(stocks) | set(adjusted)):
+        sku, on_hand, reserved = stocks.get(product_id, ("?", None, None))
+        if on_hand is None:
+            problems.append(f"product {product_id} ({sku}): no stock row")
+            continue
+        active = held.get((product_id, Reservation.Status.ACTIVE), 0)
+        sold = held.get((product_id, Reservation.Status.COMMITTED), 0)
+        came_in = adjusted.get(product_id, 0)
+        available = on_hand - reserved
+        if came_in != available + reserved + sold:
+            problems.append(
+                f"product {product_id} ({sku}): adjustments total {came_in} != available "
+                f"{available} + reserved {reserved} + sold {sold}"
+            )
+        if reserved != active:
+            problems.append(
+                f"product {product_id} ({sku}): reserved {reserved} != {active} units in "
+                "active reservations"
+            )
+    return problems

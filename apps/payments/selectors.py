@@ -1,8 +1,12 @@
 """Payments context queries (routed to a replica where the router allows)."""
 
-from django.db.models import Prefetch, QuerySet
+from dataclasses import dataclass
+from decimal import Decimal
+
+from django.db.models import Prefetch, Q, QuerySet, Sum
 
 from apps.core.errors import NotFound
+from apps.core.routing import primary_reads
 from apps.payments.gateway import get_provider
 from apps.payments.models import Payment, Refund
 
@@ -30,3 +34,55 @@ def provider_breaker_state() -> str:
     """The provider circuit breaker's state as every process sees it (closed, open,
     half-open)."""
     return get_provider().breaker_state()
+
+
+# --- Integrity --------------------------------------------------------------------------
+
+CAPTURED_STATUSES = (
+    Payment.Status.SUCCEEDED,
+    Payment.Status.PARTIALLY_REFUNDED,
+    Payment.Status.REFUNDED,
+)
+
+
+@dataclass(frozen=True)
+class CapturedPayment:
+    payment_id: int
+    order_id: str
+    amount: Decimal
+    currency: str
+
+
+def captured_payments_by_order(*, order_ids: list[str]) -> dict[str, list[CapturedPayment]]:
+    """The charges that succeeded (refunded later or not) for each of the given orders."""
+    found: dict[str, list[CapturedPayment]] = {}
+    with primary_reads():
+        rows = Payment.objects.filter(order_id__in=order_ids, status__in=CAPTURED_STATUSES)
+        for pk, order_id, amount, currency in rows.values_list(
+            "pk", "order_id", "amount", "currency"
+        ):
+            found.setdefault(order_id, []).append(CapturedPayment(pk, order_id, amount, currency))
+    return found
+
+
+def refund_overrun_report() -> list[str]:
+    """Payments whose succeeded refunds exceed the charge, or disagree with the payment's
+    refunded amount, one readable line each (empty when none)."""
+    with primary_reads():
+        rows = Payment.objects.annotate(
+            refunded=Sum("refunds__amount", filter=Q(refunds__status=Refund.Status.SUCCEEDED))
+        ).values_list("pk", "order_id", "amount", "amount_refunded", "refunded")
+        problems = []
+        for pk, order_id, amount, amount_refunded, refunded in rows:
+            refunded = refunded or Decimal("0")
+            if refunded > amount:
+                problems.append(
+                    f"payment {pk} (order {order_id}): refunds {refunded} exceed the charge "
+                    f"{amount}"
+                )
+            if refunded != amount_refunded:
+                problems.append(
+                    f"payment {pk} (order {order_id}): succeeded refunds total {refunded} but "
+                    f"amount_refunded is {amount_refunded}"
+                )
+    return problems

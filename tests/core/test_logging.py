@@ -1,14 +1,20 @@
 import io
 import json
 import logging
+from decimal import Decimal
 
 import pytest
 import structlog
 
+from apps.catalog import services as catalog_services
 from apps.core.logging import REDACTED, build_logging_config
+from apps.core.sagas import saga_advance
+from tests.support.sandbox import fast_payment_settings
 from tests.users.factories import DEFAULT_PASSWORD, UserFactory
 
 pytestmark = pytest.mark.django_db
+
+PAYMENT_TOKEN = "tok_visa"  # the sandbox's succeeding card
 
 
 @pytest.fixture
@@ -70,3 +76,54 @@ def test_secrets_never_reach_the_logs(api_client, json_logs):
     for secret in (DEFAULT_PASSWORD, token, "hunter2-secret"):
         assert secret not in text
     assert REDACTED in text
+
+
+def test_login_and_order_placement_leave_no_secret_in_the_logs(
+    api_client, json_logs, sandbox, settings
+):
+    """A login, a token refresh and an order placed and paid through its saga (run step by
+    step in this process against the sandbox PSP): no password, token or card token is
+    logged."""
+    for name, value in fast_payment_settings(sandbox).items():
+        setattr(settings, name, value)
+    user = UserFactory()
+    product = catalog_services.product_create(
+        sku="LOG-1", name="Log lamp", price=Decimal("15.00"), currency="EUR", initial_stock=5
+    )
+    tokens = api_client.post(
+        "/api/v1/auth/token", {"email": user.email, "password": DEFAULT_PASSWORD}, format="json"
+    ).json()
+    rotated = api_client.post(
+        "/api/v1/auth/token/refresh", {"refresh": tokens["refresh"]}, format="json"
+    ).json()
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {rotated['access']}")
+    placed = api_client.post(
+        "/api/v1/orders",
+        {
+            "items": [{"product_id": product.pk, "quantity": 1}],
+            "shipping_address": {
+                "full_name": "Ada Lovelace",
+                "line1": "1 Main St",
+                "city": "London",
+                "postal_code": "N1",
+                "country": "GB",
+            },
+            "payment": {"token": PAYMENT_TOKEN},
+        },
+        format="json",
+        HTTP_IDEMPOTENCY_KEY="log-test-order-1",
+    )
+    assert placed.status_code == 202, placed.content
+    order_id = placed.json()["id"]
+    for _ in range(10):
+        if saga_advance(order_id) in (None, "succeeded", "compensated"):
+            break
+    assert api_client.get(f"/api/v1/orders/{order_id}").json()["status"] == "confirmed"
+
+    lines = json_logs()
+    events = {line["event"] for line in lines}
+    assert {"request_finished", "saga_step_done"} <= events, events
+    text = json.dumps(lines)
+    secrets = [DEFAULT_PASSWORD, PAYMENT_TOKEN, *tokens.values(), *rotated.values()]
+    for secret in secrets:
+        assert secret not in text

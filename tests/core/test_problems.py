@@ -3,8 +3,11 @@
 import re
 
 import pytest
+from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
 
+from tests.conftest import bearer_client
+from tests.users.factories import UserFactory
 from tests.users.test_auth_api import assert_problem
 
 pytestmark = pytest.mark.django_db
@@ -68,6 +71,13 @@ def test_unknown_api_path_is_404_problem(api_client):
     assert_problem(api_client.get("/api/v1/does-not-exist"), 404, "not-found")
 
 
+@pytest.mark.parametrize("method", ["post", "put", "patch", "delete"])
+def test_unknown_api_path_is_404_problem_for_unsafe_methods_under_csrf_checks(method):
+    client = Client(enforce_csrf_checks=True)
+    response = getattr(client, method)("/api/v1/orders/not-a-uuid/cancel")
+    assert_problem(response, 404, "not-found")
+
+
 def test_wrong_method_is_405_problem(user_client):
     assert_problem(user_client.delete("/api/v1/users/me"), 405, "method-not-allowed")
 
@@ -89,3 +99,71 @@ def test_problem_carries_request_id_and_instance(api_client):
 def test_client_asking_only_for_problem_json_is_answered(api_client):
     response = api_client.get("/api/v1/users/me", HTTP_ACCEPT="application/problem+json")
     assert_problem(response, 401, "not-authenticated")
+
+
+def api_views() -> list[tuple[str, type]]:
+    """(path with sample parameters, view class) of every API route."""
+    found: list[tuple[str, type]] = []
+
+    def walk(patterns, prefix: str) -> None:
+        for pattern in patterns:
+            route = prefix + str(pattern.pattern)
+            if isinstance(pattern, URLResolver):
+                walk(pattern.url_patterns, route)
+            elif isinstance(pattern, URLPattern) and route.startswith("api/v1/"):
+                found.append(("/" + _sample(route), pattern.callback.view_class))
+
+    walk(get_resolver().url_patterns, "")
+    return found
+
+
+def _sample(route: str) -> str:
+    route = re.sub(r"<uuid:\w+>", "00000000-0000-4000-8000-000000000001", route)
+    return re.sub(r"<(?:\w+:)?\w+>", "1", route)
+
+
+def _allowed(view: type) -> set[str]:
+    return {m.upper() for m in view.http_method_names if hasattr(view, m)}
+
+
+@pytest.fixture
+def superuser_client(db):
+    return bearer_client(UserFactory(is_staff=True, is_superuser=True))
+
+
+def test_every_endpoint_answers_a_method_it_lacks_with_a_405_problem(superuser_client):
+    checked = 0
+    for path, view in api_views():
+        for method in sorted({"GET", "POST", "PUT", "PATCH", "DELETE"} - _allowed(view)):
+            response = superuser_client.generic(method, path)
+            body = assert_problem(response, 405, "method-not-allowed")
+            assert method in body["detail"], path
+            assert set(response["Allow"].replace(" ", "").split(",")) >= _allowed(view), path
+            checked += 1
+    assert checked >= 60
+
+
+# Views that never parse a body as JSON: the webhook verifies the raw bytes' signature,
+# and delivering takes no body.
+RAW_OR_NO_BODY = {"SandboxWebhookView", "OrderDeliverView"}
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [("text/plain", "hello"), ("application/xml", "<a>1</a>"), ("multipart/form-data", "x")],
+)
+def test_every_body_taking_endpoint_answers_other_media_with_a_415_problem(
+    superuser_client, content_type, body
+):
+    checked = 0
+    for path, view in api_views():
+        if view.__name__ in RAW_OR_NO_BODY:
+            continue
+        for method in sorted(_allowed(view) & {"POST", "PATCH", "PUT"}):
+            response = superuser_client.generic(
+                method, path, body, content_type=content_type, HTTP_IDEMPOTENCY_KEY="k-415"
+            )
+            assert response.status_code == 415, (method, path, response.content[:200])
+            assert_problem(response, 415, "unsupported-media-type")
+            checked += 1
+    assert checked >= 12

@@ -1,5 +1,11 @@
+import base64
+import json
+from datetime import timedelta
+
+import jwt
 import pytest
-from rest_framework_simplejwt.tokens import RefreshToken
+from django.utils import timezone
+from rest_framework_simplejwt.tokens import AccessToken, RefreshToken
 
 from apps.users.models import User
 from tests.users.factories import DEFAULT_PASSWORD, UserFactory
@@ -107,3 +113,80 @@ def test_inactive_user_cannot_obtain_token(api_client):
         TOKEN, {"email": user.email, "password": DEFAULT_PASSWORD}, format="json"
     )
     assert_problem(response, 401, "authentication-failed")
+
+
+def _forged(token: str, **claims) -> str:
+    """The token with its payload changed and its original signature kept."""
+    header, payload, signature = token.split(".")
+    data = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    data.update(claims)
+    forged = base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+    return f"{header}.{forged}.{signature}"
+
+
+def test_expired_access_token_is_refused(api_client):
+    token = AccessToken.for_user(UserFactory())
+    token.set_exp(from_time=timezone.now() - timedelta(hours=1), lifetime=timedelta(minutes=15))
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert_problem(api_client.get(ME), 401, "authentication-failed")
+
+
+def test_access_token_with_a_tampered_payload_is_refused(api_client):
+    victim, attacker = UserFactory(), UserFactory()
+    token = str(AccessToken.for_user(attacker))
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {_forged(token, user_id=str(victim.pk))}")
+    assert_problem(api_client.get(ME), 401, "authentication-failed")
+
+
+@pytest.mark.parametrize(
+    ("key", "algorithm"),
+    [("a-signing-key-that-is-not-ours-0123456789", "HS256"), (None, "none")],
+    ids=["key", "none"],
+)
+def test_access_token_not_signed_by_us_is_refused(api_client, key, algorithm):
+    user = UserFactory()
+    claims = {**AccessToken.for_user(user).payload}
+    token = jwt.encode(claims, key, algorithm=algorithm)
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert_problem(api_client.get(ME), 401, "authentication-failed")
+
+
+def test_access_token_is_not_accepted_as_refresh_token(api_client):
+    access = str(AccessToken.for_user(UserFactory()))
+    response = api_client.post(REFRESH, {"refresh": access}, format="json")
+    assert_problem(response, 401, "authentication-failed")
+
+
+def test_tampered_refresh_token_is_refused(api_client):
+    victim, attacker = UserFactory(), UserFactory()
+    refresh = str(RefreshToken.for_user(attacker))
+    response = api_client.post(
+        REFRESH, {"refresh": _forged(refresh, user_id=str(victim.pk))}, format="json"
+    )
+    assert_problem(response, 401, "authentication-failed")
+
+
+def test_rotated_refresh_tokens_chain_and_each_is_single_use(api_client):
+    user = UserFactory()
+    refresh = api_client.post(
+        TOKEN, {"email": user.email, "password": DEFAULT_PASSWORD}, format="json"
+    ).json()["refresh"]
+    for _ in range(3):
+        rotated = api_client.post(REFRESH, {"refresh": refresh}, format="json")
+        assert rotated.status_code == 200
+        api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {rotated.json()['access']}")
+        assert api_client.get(ME).json()["id"] == user.pk
+        api_client.credentials()
+        assert_problem(
+            api_client.post(REFRESH, {"refresh": refresh}, format="json"),
+            401,
+            "authentication-failed",
+        )
+        refresh = rotated.json()["refresh"]
+
+
+def test_access_token_of_a_deactivated_user_is_refused(api_client):
+    user = UserFactory()
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {AccessToken.for_user(user)}")
+    User.objects.filter(pk=user.pk).update(is_active=False)
+    assert_problem(api_client.get(ME), 401, "authentication-failed")

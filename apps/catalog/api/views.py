@@ -43,6 +43,9 @@ class CategoryTreeView(APIView):
 
 
 class ProductListView(PublicReadStaffWrite, APIView):
+    # Read by the schema generator: the list is documented as a cursor page.
+    pagination_class = CursorPagination
+
     @extend_schema(
         parameters=[
             ProductListParamsSerializer,
@@ -57,7 +60,7 @@ class ProductListView(PublicReadStaffWrite, APIView):
         filters = dict(params.validated_data)
         ordering = filters.pop("ordering", None)
         products = selectors.product_list(**filters)
-        paginator = CursorPagination()
+        paginator = self.pagination_class()
         if ordering:
             paginator.ordering = ORDERINGS[ordering]
         elif filters.get("search"):

@@ -1,3 +1,4 @@
+from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import CursorPagination as DRFCursorPagination
 
 
@@ -7,3 +8,17 @@ class CursorPagination(DRFCursorPagination):
     ordering = "-id"
     page_size_query_param = "page_size"
     max_page_size = 100
+
+    def get_page_size(self, request):
+        # DRF silently falls back to the default on a bad value; a client that sent one
+        # has a bug it should hear about (a larger page than allowed is still capped).
+        raw = request.query_params.get(self.page_size_query_param)
+        if raw is None:
+            return self.page_size
+        try:
+            size = int(raw)
+        except ValueError:
+            size = 0
+        if size < 1:
+            raise ValidationError({self.page_size_query_param: ["Must be a positive integer."]})
+        return min(size, self.max_page_size)

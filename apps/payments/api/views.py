@@ -25,6 +25,9 @@ def _visible_user_id(request, view) -> int | None:
 
 
 class PaymentListView(APIView):
+    # Read by the schema generator: the list is documented as a cursor page.
+    pagination_class = CursorPagination
+
     @extend_schema(parameters=[PaymentListQuerySerializer], responses=PaymentSerializer(many=True))
     def get(self, request):
         query = PaymentListQuerySerializer(data=request.query_params.dict())
@@ -33,7 +36,7 @@ class PaymentListView(APIView):
             user_id=_visible_user_id(request, self),
             order_id=query.validated_data.get("order_id"),
         )
-        paginator = CursorPagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(payments, request, view=self)
         return paginator.get_paginated_response(PaymentSerializer(page, many=True).data)
 

@@ -1,0 +1,113 @@
+"""Schemathesis fuzzes every operation of `/api/schema/` in-process (WSGI), as a customer
+and as staff: no 5xx, bad input is rejected with a 4xx, and every response matches the
+schema. Examples are bounded so the whole run stays well under a minute and a half."""
+
+import contextlib
+from decimal import Decimal
+
+import pytest
+import schemathesis
+from django.contrib.auth.models import Group
+from django.core import signals
+from django.core.wsgi import get_wsgi_application
+from django.db import close_old_connections
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from apps.catalog import services as catalog_services
+from apps.users.roles import STAFF_ROLES
+from tests.conftest import bearer_client
+from tests.orders.conftest import place_order
+from tests.users.factories import AddressFactory, UserFactory
+
+pytestmark = pytest.mark.django_db
+
+EXAMPLES_PER_OPERATION = {GenerationMode.POSITIVE: 10, GenerationMode.NEGATIVE: 8}
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    negative_data_rejection,
+]
+# A refund calls the payment provider for a real charge; its failures are covered by
+# tests/payments against the sandbox process.
+SKIPPED_OPERATIONS = {"POST /api/v1/payments/{payment_id}/refunds"}
+
+
+@contextlib.contextmanager
+def same_connection_for_requests():
+    """Keep the test's database connection (and transaction) open across WSGI requests,
+    as Django's test client does: the handler would close it at each request's end."""
+    signals.request_started.disconnect(close_old_connections)
+    signals.request_finished.disconnect(close_old_connections)
+    try:
+        yield
+    finally:
+        signals.request_started.connect(close_old_connections)
+        signals.request_finished.connect(close_old_connections)
+
+
+@pytest.fixture
+def api_schema(db):
+    with same_connection_for_requests():
+        yield schemathesis.openapi.from_wsgi("/api/schema/", get_wsgi_application())
+
+
+def _seed_shop() -> tuple:
+    customer = UserFactory()
+    AddressFactory(user=customer)
+    product = catalog_services.product_create(
+        sku="FUZZ-1", name="Fuzz lamp", price=Decimal("9.90"), currency="EUR", initial_stock=50
+    )
+    place_order(customer, products=[product])
+    staff = UserFactory(is_staff=True)
+    staff.groups.add(*(Group.objects.get_or_create(name=role)[0] for role in STAFF_ROLES))
+    return customer, staff
+
+
+def _bearer(user) -> dict[str, str]:
+    return {"Authorization": bearer_client(user)._credentials["HTTP_AUTHORIZATION"]}
+
+
+@pytest.mark.parametrize("role", ["customer", "staff"])
+def test_no_operation_answers_5xx_or_off_schema(api_schema, role):
+    customer, staff = _seed_shop()
+    headers = _bearer(customer if role == "customer" else staff)
+    failures: list[str] = []
+    operations = 0
+    for result in api_schema.get_all_operations():
+        operation = result.ok()
+        if operation.label in SKIPPED_OPERATIONS:
+            continue
+        operations += 1
+        for mode, examples in EXAMPLES_PER_OPERATION.items():
+
+            @given(case=operation.as_strategy(generation_mode=mode))
+            @settings(
+                max_examples=examples,
+                deadline=None,
+                database=None,
+                derandomize=True,
+                phases=[Phase.explicit, Phase.generate],
+                suppress_health_check=list(HealthCheck),
+            )
+            def fuzz(case):
+                case.call_and_validate(headers=headers, checks=CHECKS)
+
+            try:
+                fuzz()
+            except Unsatisfiable:
+                continue  # nothing to negate: an operation without parameters or body
+            except (AssertionError, BaseExceptionGroup) as exc:
+                failures.append(f"{operation.label} ({mode.value}): {exc}")
+    assert operations >= 20
+    assert not failures, "\n\n".join(failures)
