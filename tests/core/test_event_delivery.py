@@ -162,12 +162,14 @@ def test_request_and_correlation_ids_travel_from_the_request_into_the_consumer_l
     assert echo.payload["logged_correlation_id"] == "checkout-0042-flow"
     assert echo.headers["correlation_id"] == "checkout-0042-flow"
     assert echo.headers["causation_id"] == event_id
-    task_lines = [
-        line
-        for line in celery_worker.log_path.read_text(errors="replace").splitlines()
-        if "task_succeeded" in line and event_id in line
-    ]
-    assert task_lines and all(request_id in line for line in task_lines)
+
+    def task_succeeded_lines() -> list[str]:
+        log = celery_worker.log_path.read_text(errors="replace")
+        return [line for line in log.splitlines() if "task_succeeded" in line and event_id in line]
+
+    # The effect commits before the task returns and logs its success.
+    task_lines = wait_until(task_succeeded_lines, timeout=DELIVERY_TIMEOUT, what="the task log")
+    assert all(request_id in line for line in task_lines)
 
 
 def test_periodic_sweep_relays_events_whose_kick_was_lost(celery_worker, start_celery_beat):
