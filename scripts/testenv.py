@@ -298,6 +298,8 @@ class TestEnvironment:
             summary.append("redis from REDIS_URL")
         else:
             redis_url = self.exports["REDIS_URL"] = self.start_redis(redis_binary)
+            # Ours to stop and restart (fault tests); a given REDIS_URL is not.
+            self.exports["MERCATO_TEST_REDIS_OWNED"] = "1"
             summary.append(f"redis on :{urllib.parse.urlsplit(redis_url).port}")
         if not os.environ.get("CELERY_BROKER_URL"):
             broker = urllib.parse.urlsplit(redis_url)._replace(path="/1")  # same server, db 1

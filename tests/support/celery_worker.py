@@ -38,6 +38,8 @@ from pathlib import Path
 
 import pytest
 from django.db import connections
+from kombu.exceptions import OperationalError as BrokerOperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from config.celery import app as celery_app
 
@@ -150,13 +152,21 @@ class CeleryWorker:
                 start_new_session=True,
             )
         deadline = time.monotonic() + timeout
-        while not celery_app.control.ping(destination=[self.node], timeout=0.3):
+        while not self._answers_ping():
             if not self.running:
                 raise AssertionError(f"celery worker exited at start:\n{self.log_tail()}")
             if time.monotonic() > deadline:
                 self.kill()
                 raise AssertionError(f"celery worker not ready in {timeout}s:\n{self.log_tail()}")
         return self
+
+    def _answers_ping(self) -> bool:
+        try:
+            return bool(celery_app.control.ping(destination=[self.node], timeout=0.3))
+        except (OSError, RedisConnectionError, BrokerOperationalError):
+            # A pooled broker connection from before a broker restart: the next try
+            # opens a new one.
+            return False
 
     def kill(self) -> None:
         """SIGKILL the worker and its pool: a crash, nothing is acknowledged or cleaned up."""
