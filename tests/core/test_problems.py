@@ -7,6 +7,7 @@ from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
 
 from tests.conftest import bearer_client
+from tests.support.api_routes import api_routes
 from tests.users.factories import UserFactory
 from tests.users.test_auth_api import assert_problem
 
@@ -101,29 +102,9 @@ def test_client_asking_only_for_problem_json_is_answered(api_client):
     assert_problem(response, 401, "not-authenticated")
 
 
-def api_views() -> list[tuple[str, type]]:
-    """(path with sample parameters, view class) of every API route."""
-    found: list[tuple[str, type]] = []
-
-    def walk(patterns, prefix: str) -> None:
-        for pattern in patterns:
-            route = prefix + str(pattern.pattern)
-            if isinstance(pattern, URLResolver):
-                walk(pattern.url_patterns, route)
-            elif isinstance(pattern, URLPattern) and route.startswith("api/v1/"):
-                found.append(("/" + _sample(route), pattern.callback.view_class))
-
-    walk(get_resolver().url_patterns, "")
-    return found
-
-
 def _sample(route: str) -> str:
     route = re.sub(r"<uuid:\w+>", "00000000-0000-4000-8000-000000000001", route)
-    return re.sub(r"<(?:\w+:)?\w+>", "1", route)
-
-
-def _allowed(view: type) -> set[str]:
-    return {m.upper() for m in view.http_method_names if hasattr(view, m)}
+    return "/" + re.sub(r"<(?:\w+:)?\w+>", "1", route)
 
 
 @pytest.fixture
@@ -133,12 +114,13 @@ def superuser_client(db):
 
 def test_every_endpoint_answers_a_method_it_lacks_with_a_405_problem(superuser_client):
     checked = 0
-    for path, view in api_views():
-        for method in sorted({"GET", "POST", "PUT", "PATCH", "DELETE"} - _allowed(view)):
+    for route in api_routes():
+        path = _sample(route.route)
+        for method in sorted({"GET", "POST", "PUT", "PATCH", "DELETE"} - route.methods):
             response = superuser_client.generic(method, path)
             body = assert_problem(response, 405, "method-not-allowed")
             assert method in body["detail"], path
-            assert set(response["Allow"].replace(" ", "").split(",")) >= _allowed(view), path
+            assert set(response["Allow"].replace(" ", "").split(",")) >= route.methods, path
             checked += 1
     assert checked >= 60
 
@@ -156,10 +138,11 @@ def test_every_body_taking_endpoint_answers_other_media_with_a_415_problem(
     superuser_client, content_type, body
 ):
     checked = 0
-    for path, view in api_views():
-        if view.__name__ in RAW_OR_NO_BODY:
+    for route in api_routes():
+        if route.view_name in RAW_OR_NO_BODY:
             continue
-        for method in sorted(_allowed(view) & {"POST", "PATCH", "PUT"}):
+        path = _sample(route.route)
+        for method in sorted(route.methods & {"POST", "PATCH", "PUT"}):
             response = superuser_client.generic(
                 method, path, body, content_type=content_type, HTTP_IDEMPOTENCY_KEY="k-415"
             )

@@ -13,6 +13,7 @@ from django.core.wsgi import get_wsgi_application
 from django.db import close_old_connections
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
+from rest_framework_simplejwt.tokens import RefreshToken
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -24,13 +25,14 @@ from schemathesis.specs.openapi.checks import (
 
 from apps.catalog import services as catalog_services
 from apps.users.roles import STAFF_ROLES
-from tests.conftest import bearer_client
-from tests.orders.conftest import place_order
+from tests.orders.conftest import confirm, place_order
+from tests.payments.factories import PaymentFactory
 from tests.users.factories import AddressFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
 
 EXAMPLES_PER_OPERATION = {GenerationMode.POSITIVE: 10, GenerationMode.NEGATIVE: 8}
+EXAMPLES_ON_SEEDED_OBJECTS = 10
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -62,26 +64,48 @@ def api_schema(db):
         yield schemathesis.openapi.from_wsgi("/api/schema/", get_wsgi_application())
 
 
-def _seed_shop() -> tuple:
+def _seed_shop(role: str) -> tuple[dict[str, str], dict[str, str]]:
+    """A shop, and for the caller: its auth header and the path parameters naming its
+    objects (an order, an address, a payment, a product), so that generated bodies also
+    reach real objects and not only 404s."""
     customer = UserFactory()
-    AddressFactory(user=customer)
+    staff = UserFactory(is_staff=True)
+    staff.groups.add(*(Group.objects.get_or_create(name=role)[0] for role in STAFF_ROLES))
+    caller = customer if role == "customer" else staff
     product = catalog_services.product_create(
         sku="FUZZ-1", name="Fuzz lamp", price=Decimal("9.90"), currency="EUR", initial_stock=50
     )
-    place_order(customer, products=[product])
-    staff = UserFactory(is_staff=True)
-    staff.groups.add(*(Group.objects.get_or_create(name=role)[0] for role in STAFF_ROLES))
-    return customer, staff
+    order = place_order(customer, products=[product])
+    confirm(str(order.pk))
+    payment = PaymentFactory(order_id=str(order.pk), user_id=customer.pk, amount=order.total)
+    objects = {
+        "order_id": str(order.pk),
+        "address_id": str(AddressFactory(user=caller).pk),
+        "payment_id": str(payment.pk),
+        "id_or_slug": str(product.pk),
+    }
+    return {"Authorization": f"Bearer {RefreshToken.for_user(caller).access_token}"}, objects
 
 
-def _bearer(user) -> dict[str, str]:
-    return {"Authorization": bearer_client(user)._credentials["HTTP_AUTHORIZATION"]}
+def _fuzz(operation, examples: int, headers: dict, **strategy_options) -> None:
+    @given(case=operation.as_strategy(**strategy_options))
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    def fuzz(case):
+        case.call_and_validate(headers=headers, checks=CHECKS)
+
+    fuzz()
 
 
 @pytest.mark.parametrize("role", ["customer", "staff"])
 def test_no_operation_answers_5xx_or_off_schema(api_schema, role):
-    customer, staff = _seed_shop()
-    headers = _bearer(customer if role == "customer" else staff)
+    headers, objects = _seed_shop(role)
     failures: list[str] = []
     operations = 0
     for result in api_schema.get_all_operations():
@@ -89,25 +113,20 @@ def test_no_operation_answers_5xx_or_off_schema(api_schema, role):
         if operation.label in SKIPPED_OPERATIONS:
             continue
         operations += 1
-        for mode, examples in EXAMPLES_PER_OPERATION.items():
-
-            @given(case=operation.as_strategy(generation_mode=mode))
-            @settings(
-                max_examples=examples,
-                deadline=None,
-                database=None,
-                derandomize=True,
-                phases=[Phase.explicit, Phase.generate],
-                suppress_health_check=list(HealthCheck),
+        runs = [(mode.value, examples, {"generation_mode": mode})
+                for mode, examples in EXAMPLES_PER_OPERATION.items()]  # fmt: skip
+        path_names = {parameter.name for parameter in operation.path_parameters}
+        if path_names:
+            fixed = {name: objects[name] for name in path_names}
+            runs.append(
+                ("on seeded objects", EXAMPLES_ON_SEEDED_OBJECTS, {"path_parameters": fixed})
             )
-            def fuzz(case):
-                case.call_and_validate(headers=headers, checks=CHECKS)
-
+        for label, examples, options in runs:
             try:
-                fuzz()
+                _fuzz(operation, examples, headers, **options)
             except Unsatisfiable:
                 continue  # nothing to negate: an operation without parameters or body
             except (AssertionError, BaseExceptionGroup) as exc:
-                failures.append(f"{operation.label} ({mode.value}): {exc}")
+                failures.append(f"{operation.label} ({label}): {exc}")
     assert operations >= 20
     assert not failures, "\n\n".join(failures)

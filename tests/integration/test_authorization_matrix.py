@@ -12,7 +12,7 @@ from decimal import Decimal
 
 import pytest
 from django.db import transaction
-from django.urls import URLPattern, URLResolver, get_resolver, reverse
+from django.urls import reverse
 from rest_framework.test import APIClient
 from rest_framework_simplejwt.tokens import RefreshToken
 
@@ -25,6 +25,7 @@ from apps.users.roles import CATALOG_MANAGERS, ORDER_MANAGERS, SUPPORT
 from tests.conftest import bearer_client
 from tests.orders.conftest import ADDRESS, confirm, place_order, staff_member
 from tests.payments.factories import PaymentFactory
+from tests.support.api_routes import api_routes
 from tests.users.factories import DEFAULT_PASSWORD, AddressFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -149,21 +150,7 @@ MATRIX: dict[tuple[str, str], tuple[Call, dict[str, int]]] = {
 
 def api_endpoints() -> set[tuple[str, str]]:
     """(url name, METHOD) of every API view method, from the URL resolver."""
-    found: set[tuple[str, str]] = set()
-
-    def walk(patterns, prefix: str) -> None:
-        for pattern in patterns:
-            route = prefix + str(pattern.pattern)
-            if isinstance(pattern, URLResolver):
-                walk(pattern.url_patterns, route)
-            elif isinstance(pattern, URLPattern) and route.startswith("api/v1/"):
-                view = pattern.callback.view_class
-                for method in view.http_method_names:
-                    if method not in ("head", "options") and hasattr(view, method):
-                        found.add((pattern.name, method.upper()))
-
-    walk(get_resolver().url_patterns, "")
-    return found
+    return {(route.name, method) for route in api_routes() for method in route.methods}
 
 
 def test_every_endpoint_has_a_row_in_the_matrix():
