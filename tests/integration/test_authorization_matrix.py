@@ -74,6 +74,7 @@ MATRIX: dict[tuple[str, str], tuple[Call, dict[str, int]]] = {
         expect(200),
     ),
     ("auth-token-refresh", "POST"): (Call(body={"refresh": "{a_refresh}"}), expect(200)),
+    ("ping", "GET"): (Call(), expect(200)),
     ("users-me", "GET"): (Call(), SIGNED_IN),
     ("users-me", "PATCH"): (Call(body={"full_name": "New Name"}), SIGNED_IN),
     ("users-me-password", "POST"): (
