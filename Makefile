@@ -43,5 +43,9 @@ test: lint
 	env -u DATABASE_URL -u DATABASE_REPLICA_URLS -u REDIS_URL -u CELERY_BROKER_URL \
 		DJANGO_ENV=test MERCATO_VAR_DIR=$$(mktemp -d) $(PY) -m pytest -m embedded $(PYTEST_ARGS)
 
+# Benchmarks on the real services (not part of `make test`); QUICK=1: the ~1 minute smoke run.
+bench: install-dev
+	$(PY) scripts/testenv.py run -- $(PY) -m bench.run $(if $(QUICK),--quick)
+
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache
