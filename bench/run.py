@@ -138,8 +138,7 @@ def seed(profile: Profile, workdir: Path) -> Seed:
         call_command("seed_demo", stdout=quiet)
     # Buyers without a password: hashing 100 of them would take half a minute.
     users = User.objects.bulk_create(
-        User(email=f"bench-buyer-{n}@example.com", password=unusable)
-        for n in range(BUYERS)
+        User(email=f"bench-buyer-{n}@example.com", password=unusable) for n in range(BUYERS)
     )
     tokens = [str(AccessToken.for_user(user)) for user in users]
     tokens_file = workdir / "tokens.txt"
