@@ -52,7 +52,7 @@ class Profile:
 
 
 FULL = Profile("full", 10, 2, 16, 200, 30, 300, 3000)
-QUICK = Profile("quick", 3, 1, 16, 60, 8, 150, 600)
+QUICK = Profile("quick", 2, 1, 16, 20, 5, 100, 300)
 
 
 def say(message: str) -> None:
