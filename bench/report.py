@@ -185,6 +185,24 @@ def scenario_saga(
     return s
 
 
+def step_breakdown(timelines: list[dict]) -> dict[str, dict]:
+    """Percentiles of the time from the previous transition (or the saga's start) to each
+    step's end: where a saga's time goes. Retries are counted, not timed."""
+    gaps: dict[str, list[float]] = {}
+    retries = 0
+    for timeline in timelines:
+        previous = timeline["started"]
+        for kind, step, at in sorted(timeline["transitions"], key=lambda t: t[2]):
+            if kind == "step_retry":
+                retries += 1
+                continue
+            gaps.setdefault(f"{kind}:{step}", []).append((at - previous) * 1000)
+            previous = at
+    breakdown = {name: percentiles(values) for name, values in gaps.items()}
+    breakdown["retries"] = {"count": retries}
+    return breakdown
+
+
 def scenario_celery(celery: dict, saga_max: float) -> dict:
     measured = {"label": "no-op tasks/s", "rps": celery["tasks_per_s"], "latency_ms": {},
                 "errors_5xx": 0, "non_2xx": 0}  # fmt: skip

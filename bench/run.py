@@ -264,6 +264,25 @@ def wait_settled(order_ids: list[str], *, timeout: float) -> dict[str, dict]:
     return outcome
 
 
+def saga_timelines(order_ids: list[str]) -> list[dict]:
+    """Each saga's start and its transitions as (kind, step, epoch seconds)."""
+    from apps.core.models import SagaInstance, SagaTransition
+    from apps.core.routing import primary_reads
+
+    with primary_reads():
+        started = dict(
+            SagaInstance.objects.filter(pk__in=order_ids).values_list("id", "created_at")
+        )
+        rows = SagaTransition.objects.filter(saga_id__in=order_ids).values_list(
+            "saga_id", "kind", "step", "at"
+        )
+        timelines = {saga_id: {"started": at.timestamp(), "transitions": []}
+                     for saga_id, at in started.items()}  # fmt: skip
+        for saga_id, kind, step, at in rows:
+            timelines[saga_id]["transitions"].append([kind, step, at.timestamp()])
+    return list(timelines.values())
+
+
 def posted_orders(records: list[dict]) -> list[str]:
     return [r["order_id"] for r in records if r.get("order_id")]
 
@@ -460,9 +479,9 @@ def run_scenarios(profile: Profile, stack: Stack, workdir: Path) -> dict:
         time_limit=profile.saga_seconds * 3,
     )  # fmt: skip
     steady_outcome = wait_settled(posted_orders(steady), timeout=120)
-    scenarios.append(
-        report.scenario_saga(saga_max, saga_rate, steady, steady_outcome, celery["tasks_per_s"])
-    )
+    saga = report.scenario_saga(saga_max, saga_rate, steady, steady_outcome, celery["tasks_per_s"])
+    saga["details"]["steps_ms"] = report.step_breakdown(saga_timelines(posted_orders(steady)))
+    scenarios.append(saga)
     scenarios.append(report.scenario_celery(celery, saga_max))
 
     say("7: hot SKU against the same load spread over many products")

@@ -173,3 +173,19 @@ def test_write_produces_json_table_and_plots(tmp_path):
     written = json.loads((tmp_path / "2026-11-25.json").read_text())
     report.validate(written)
     assert all(p.stat().st_size > 1000 for p in paths if p.suffix == ".png")
+
+
+def test_step_breakdown_times_each_step_from_the_previous_one_and_counts_retries():
+    timelines = [
+        {"started": 10.0, "transitions": [["step_done", "reserve", 10.05],
+                                          ["step_retry", "charge", 10.1],
+                                          ["step_done", "charge", 10.3]]},
+        {"started": 20.0, "transitions": [["step_done", "charge", 20.2],
+                                          ["step_done", "reserve", 20.1]]},
+    ]  # fmt: skip
+
+    breakdown = report.step_breakdown(timelines)
+
+    assert breakdown["step_done:reserve"]["p50"] == pytest.approx(100.0, abs=0.01)
+    assert breakdown["step_done:charge"]["max"] == pytest.approx(250.0, abs=0.01)
+    assert breakdown["retries"] == {"count": 1}
