@@ -105,6 +105,7 @@ def environment_facts(pg_version: str, redis_version: str, gunicorn: list[str]) 
         "redis": redis_version,
         "gunicorn": " ".join(gunicorn[1:]),
         "celery_concurrency": CELERY_CONCURRENCY,
+        "loadavg_at_end": [round(n, 2) for n in os.getloadavg()],
         "django_env": os.environ["DJANGO_ENV"],
     }
 
@@ -337,6 +338,13 @@ def celery_baseline(count: int) -> dict:
 # --- the run ----------------------------------------------------------------------------
 
 
+def stamped(scenario: dict) -> dict:
+    """The scenario with the machine's load average when it was measured: other
+    processes on the same cores (a parallel test suite) skew every figure."""
+    scenario["details"]["loadavg_1m"] = round(os.getloadavg()[0], 2)
+    return scenario
+
+
 def run_scenarios(profile: Profile, stack: Stack, workdir: Path) -> dict:
     import django
     from django.db import connection
@@ -385,19 +393,21 @@ def run_scenarios(profile: Profile, stack: Stack, workdir: Path) -> dict:
     say("1-2: B0 and the middleware tax")
     bare = closed_loop(f"http://127.0.0.1:{bare_port}/bench/ping", profile)
     full = closed_loop(f"{app}/bench/ping", profile)
-    scenarios.append(report.scenario_b0(bare))
-    scenarios.append(report.scenario_middleware(full, bare))
+    scenarios.append(stamped(report.scenario_b0(bare)))
+    scenarios.append(stamped(report.scenario_middleware(full, bare)))
 
     say("3: product detail, cached and uncached")
     detail_path = f"/api/v1/products/{data.detail_product}"
     cached = closed_loop(app + detail_path, profile)
     uncached = closed_loop(f"http://127.0.0.1:{uncached_port}{detail_path}", profile)
-    scenarios.append(report.scenario_detail(cached, uncached, bare))
+    scenarios.append(stamped(report.scenario_detail(cached, uncached, bare)))
 
     say("4: product list with filters")
     listing = closed_loop(app + LIST_QUERY, profile)
     list_queries = queries_per_request("get", LIST_QUERY)
-    scenarios.append(report.scenario_list(listing, report.counted_queries(list_queries), bare))
+    scenarios.append(
+        stamped(report.scenario_list(listing, report.counted_queries(list_queries), bare))
+    )
 
     say("5: order placement against pgbench running its SQL")
     order_request = {
@@ -439,7 +449,9 @@ def run_scenarios(profile: Profile, stack: Stack, workdir: Path) -> dict:
         time_limit=profile.duration * 3,
     )
     scenarios.append(
-        report.scenario_order_placement(orders_max, sql_baseline, at_70, rate_70, order_queries)
+        stamped(
+            report.scenario_order_placement(orders_max, sql_baseline, at_70, rate_70, order_queries)
+        )
     )
     # The sagas of these POSTs are not what 6-7 measure: drop their tasks before the worker.
     purge_queues()
@@ -481,8 +493,8 @@ def run_scenarios(profile: Profile, stack: Stack, workdir: Path) -> dict:
     steady_outcome = wait_settled(posted_orders(steady), timeout=120)
     saga = report.scenario_saga(saga_max, saga_rate, steady, steady_outcome, celery["tasks_per_s"])
     saga["details"]["steps_ms"] = report.step_breakdown(saga_timelines(posted_orders(steady)))
-    scenarios.append(saga)
-    scenarios.append(report.scenario_celery(celery, saga_max))
+    scenarios.append(stamped(saga))
+    scenarios.append(stamped(report.scenario_celery(celery, saga_max)))
 
     say("7: hot SKU against the same load spread over many products")
     deadlocks_before = deadlocks_logged()
@@ -495,7 +507,9 @@ def run_scenarios(profile: Profile, stack: Stack, workdir: Path) -> dict:
         outcome = wait_settled(posted_orders(records), timeout=180)
         runs[name] = (records, outcome)
     stock = hot_stock_check(data.hot_product, data.hot_stock, runs["hot"][1])
-    scenarios.append(report.scenario_hot_sku(runs, stock, deadlocks_logged() - deadlocks_before))
+    scenarios.append(
+        stamped(report.scenario_hot_sku(runs, stock, deadlocks_logged() - deadlocks_before))
+    )
 
     facts = environment_facts(pg_version, redis_version, stack.processes[0].command)
     return {"scenarios": scenarios, "environment": facts}
@@ -514,7 +528,7 @@ def hot_stock_check(product_id: int, initial: int, outcome: dict[str, dict]) -> 
         "reserved": row.reserved,
         "confirmed_orders": confirmed,
         # Each order buys one unit: more confirmed orders than stock is an oversell.
-        "oversold": max(0, confirmed - initial) + max(0, (initial - row.on_hand) - initial),
+        "oversold": max(0, confirmed - initial),
         "sold_matches_confirmed": initial - row.on_hand == confirmed,
     }
 
@@ -530,6 +544,7 @@ def main(argv: list[str]) -> int:
     ensure_wrk()
     profile = QUICK if args.quick else FULL
     started = datetime.now(UTC)
+    commit = git_commit()  # what runs, even if the tree changes during the run
     workdir = Path(tempfile.mkdtemp(prefix="mercato-bench-"))
     stack = Stack(workdir)
     try:
@@ -545,7 +560,7 @@ def main(argv: list[str]) -> int:
         "profile": profile.name,
         "started_at": started.isoformat(timespec="seconds"),
         "duration_s": round((datetime.now(UTC) - started).total_seconds(), 1),
-        "git": git_commit(),
+        "git": commit,
         **measured,
     }
     report.validate(results)
