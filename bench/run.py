@@ -400,7 +400,7 @@ def run_scenarios(profile: Profile, stack: Stack, workdir: Path) -> dict:
     detail_path = f"/api/v1/products/{data.detail_product}"
     cached = closed_loop(app + detail_path, profile)
     uncached = closed_loop(f"http://127.0.0.1:{uncached_port}{detail_path}", profile)
-    scenarios.append(stamped(report.scenario_detail(cached, uncached, bare)))
+    scenarios.append(stamped(report.scenario_detail(cached, uncached, full, bare)))
 
     say("4: product list with filters")
     listing = closed_loop(app + LIST_QUERY, profile)

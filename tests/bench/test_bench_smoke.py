@@ -37,7 +37,7 @@ def sample_results() -> dict:
     scenarios = [
         report.scenario_b0(bare),
         report.scenario_middleware(wrk_figures(2000), bare),
-        report.scenario_detail(wrk_figures(3000), wrk_figures(500), bare),
+        report.scenario_detail(wrk_figures(3000), wrk_figures(500), wrk_figures(2000), bare),
         report.scenario_list(wrk_figures(200), 2, bare),
         report.scenario_order_placement(
             wrk_figures(100),
@@ -94,6 +94,7 @@ def test_scenario_ratios_and_targets_come_from_measured_against_baseline():
     assert scenarios["2"]["ratio"] == 0.5
     assert scenarios["2"]["targets"][0]["met"] is False  # 0.5 < 0.75
     assert scenarios["3"]["targets"][0]["met"] is True  # 0.75 >= 0.6
+    assert scenarios["3"]["details"]["cached_ratio_to_full_middleware"] == 1.5
     assert scenarios["5"]["ratio"] == 0.1
     assert scenarios["5"]["details"]["queries_per_request"] == 1  # BEGIN/COMMIT not counted
     saga = scenarios["6"]
