@@ -52,7 +52,7 @@ class Profile:
 
 
 FULL = Profile("full", 10, 2, 16, 200, 30, 300, 3000)
-QUICK = Profile("quick", 2, 1, 16, 20, 5, 100, 300)
+QUICK = Profile("quick", 2, 1, 16, 20, 5, 50, 300)
 
 
 def say(message: str) -> None:
@@ -313,7 +313,8 @@ def purge_queues() -> None:
 
 
 def drain_outbox(timeout: float) -> int:
-    """Relay the events scenario 5 left in the outbox before the saga is measured, so
+    """Relay the rows scenario 5 left in the outbox (its POSTs and pgbench's copies of
+    their SQL) before the saga is measured, so
     the worker is not busy with that backlog during 6-7; returns the rows relayed."""
     from apps.core.models import OutboxMessage
     from apps.core.outbox import kick_relay
@@ -492,7 +493,7 @@ def run_scenarios(profile: Profile, stack: Stack, workdir: Path) -> dict:
         if not worker.running or time.monotonic() > deadline:
             raise RuntimeError(f"celery worker did not start:\n{worker.log_tail()}")
 
-    say(f"relayed the outbox backlog of scenario 5 ({drain_outbox(timeout=180)} events)")
+    say(f"relayed the outbox rows of scenario 5 ({drain_outbox(timeout=180)}: POSTs and pgbench)")
     say("8: Celery baseline (no-op tasks)")
     celery = celery_baseline(profile.celery_tasks)
 
