@@ -365,70 +365,82 @@ def stamped(scenario: dict) -> dict:
     return scenario
 
 
-def run_scenarios(profile: Profile, stack: Stack, workdir: Path) -> dict:
-    import django
-    from django.db import connection
+@dataclass(frozen=True)
+class Servers:
+    app: str
+    bare: str
+    uncached: str
 
-    app_port, bare_port, uncached_port, psp_port = (free_port() for _ in range(4))
-    os.environ.update(production_environment(app_port=app_port, psp_port=psp_port, var_dir=workdir))
-    django.setup()
-    say("migrating and seeding")
-    data = seed(profile, workdir)
-    with connection.cursor() as cursor:
-        cursor.execute("SHOW server_version")
-        pg_version = cursor.fetchone()[0]
-    from django_redis import get_redis_connection
 
-    redis_version = get_redis_connection("default").info()["redis_version"]
-
-    env = dict(os.environ)
-    servers = {
-        "app": ("bench.app_settings", app_port),
-        "bare": ("bench.bare_settings", bare_port),
-        "uncached": ("bench.uncached_settings", uncached_port),
+def start_servers(stack: Stack, env: dict[str, str], workdir: Path) -> Servers:
+    """The three gunicorns (app, B0, app without cache) and the sandbox PSP, ready."""
+    ports = {"app": int(env["PORT"]), "bare": free_port(), "uncached": free_port()}
+    settings_modules = {
+        "app": "bench.app_settings",
+        "bare": "bench.bare_settings",
+        "uncached": "bench.uncached_settings",
     }
-    for name, (settings_module, port) in servers.items():
+    ready = []
+    for name, port in ports.items():
         command = gunicorn_command(
-            settings_module=settings_module,
+            settings_module=settings_modules[name],
             port=port,
             workers=GUNICORN_WORKERS,
             threads=GUNICORN_THREADS,
         )
-        stack.start(f"gunicorn-{name}", command, env=env)
+        ready.append((stack.start(f"gunicorn-{name}", command, env=env), port, "/bench/ping"))
+    psp_port = env["PSP_PORT"]
     psp_command = [
-        PYTHON, "manage.py", "run_sandbox_psp", "--port", str(psp_port),
+        PYTHON, "manage.py", "run_sandbox_psp", "--port", psp_port,
         "--db", str(workdir / "psp.sqlite3"),
     ]  # fmt: skip
-    psp = stack.start("psp", psp_command, env=env)
-    for process, port, path in [
-        (stack.processes[0], app_port, "/healthz"),
-        (stack.processes[1], bare_port, "/bench/ping"),
-        (stack.processes[2], uncached_port, "/healthz"),
-        (psp, psp_port, "/__admin/state"),
-    ]:
+    ready.append((stack.start("psp", psp_command, env=env), psp_port, "/__admin/state"))
+    for process, port, path in ready:
         process.wait_http(f"http://127.0.0.1:{port}{path}")
-    app = f"http://127.0.0.1:{app_port}"
-    scenarios: list[dict] = []
+    return Servers(**{name: f"http://127.0.0.1:{port}" for name, port in ports.items()})
 
+
+def start_worker(stack: Stack, env: dict[str, str]) -> None:
+    from config.celery import app as celery_app
+
+    node = f"bench-{os.getpid()}@localhost"
+    command = [
+        str(BIN / "celery"), "-A", "config", "worker", "--hostname", node,
+        "--queues", ",".join(QUEUES), "--concurrency", str(CELERY_CONCURRENCY),
+        "--pool", "prefork", "--loglevel", "WARNING", "--include", "bench.tasks",
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+    ]  # fmt: skip
+    worker = stack.start(
+        "celery-worker", command, env={**env, "DJANGO_SETTINGS_MODULE": "config.settings"}
+    )
+    deadline = time.monotonic() + 60
+    while not celery_app.control.ping(destination=[node], timeout=0.5):
+        if not worker.running or time.monotonic() > deadline:
+            raise RuntimeError(f"celery worker did not start:\n{worker.log_tail()}")
+
+
+def measure_http(profile: Profile, servers: Servers, data: Seed) -> list[dict]:
+    """Scenarios 1-4: closed-loop GETs with wrk."""
     say("1-2: B0 and the middleware tax")
-    bare = closed_loop(f"http://127.0.0.1:{bare_port}/bench/ping", profile)
-    full = closed_loop(f"{app}/bench/ping", profile)
-    scenarios.append(stamped(report.scenario_b0(bare)))
-    scenarios.append(stamped(report.scenario_middleware(full, bare)))
+    bare = closed_loop(f"{servers.bare}/bench/ping", profile)
+    full = closed_loop(f"{servers.app}/bench/ping", profile)
+    b0 = stamped(report.scenario_b0(bare))
+    middleware = stamped(report.scenario_middleware(full, bare))
 
     say("3: product detail, cached and uncached")
     detail_path = f"/api/v1/products/{data.detail_product}"
-    cached = closed_loop(app + detail_path, profile)
-    uncached = closed_loop(f"http://127.0.0.1:{uncached_port}{detail_path}", profile)
-    scenarios.append(stamped(report.scenario_detail(cached, uncached, full, bare)))
+    cached = closed_loop(servers.app + detail_path, profile)
+    uncached = closed_loop(servers.uncached + detail_path, profile)
+    detail = stamped(report.scenario_detail(cached, uncached, full, bare))
 
     say("4: product list with filters")
-    listing = closed_loop(app + LIST_QUERY, profile)
-    list_queries = queries_per_request("get", LIST_QUERY)
-    scenarios.append(
-        stamped(report.scenario_list(listing, report.counted_queries(list_queries), bare))
-    )
+    listing = closed_loop(servers.app + LIST_QUERY, profile)
+    queries = report.counted_queries(queries_per_request("get", LIST_QUERY))
+    return [b0, middleware, detail, stamped(report.scenario_list(listing, queries, bare))]
 
+
+def measure_order_placement(profile: Profile, app: str, data: Seed, workdir: Path) -> dict:
+    """Scenario 5, with no worker running: the synchronous part of the POST."""
     say("5: order placement against pgbench running its SQL")
     order_request = {
         "data": {
@@ -444,56 +456,30 @@ def run_scenarios(profile: Profile, stack: Stack, workdir: Path) -> dict:
     order_queries = queries_per_request("post", "/api/v1/orders", **order_request)
     script = workdir / "order_place.sql"
     script.write_text(report.pgbench_script(order_queries))
-    wrk_order_env = {
-        "BENCH_MODE": "order",
-        "BENCH_TOKENS_FILE": str(data.tokens_file),
-        "BENCH_PRODUCTS": ",".join(map(str, data.spread_products)),
-    }
-    run_wrk(f"{app}/api/v1/orders", connections=profile.connections, duration=profile.warmup,
-            env={**wrk_order_env, "BENCH_RUN_ID": secrets.token_hex(4)})  # fmt: skip
-    orders_max = run_wrk(
-        f"{app}/api/v1/orders",
-        connections=profile.connections,
-        duration=profile.duration,
-        env={**wrk_order_env, "BENCH_RUN_ID": secrets.token_hex(4)},
-    )
+    products = ",".join(map(str, data.spread_products))
+    wrk_env = {"BENCH_MODE": "order", "BENCH_TOKENS_FILE": str(data.tokens_file),
+               "BENCH_PRODUCTS": products}  # fmt: skip
+    for duration in (profile.warmup, profile.duration):  # the last one counts
+        orders_max = run_wrk(
+            f"{app}/api/v1/orders",
+            connections=profile.connections,
+            duration=duration,
+            env={**wrk_env, "BENCH_RUN_ID": secrets.token_hex(4)},
+        )
     sql_baseline = pgbench(script, connections=profile.connections, duration=profile.duration)
     rate_70 = max(1.0, 0.7 * orders_max["rps"])
     at_70 = run_openloop(
-        url=app,
-        tokens_file=data.tokens_file,
-        products=",".join(map(str, data.spread_products)),
-        rate=rate_70,
-        count=int(rate_70 * profile.duration),
-        max_in_flight=256,
+        url=app, tokens_file=data.tokens_file, products=products, rate=rate_70,
+        count=int(rate_70 * profile.duration), max_in_flight=256,
         time_limit=profile.duration * 3,
+    )  # fmt: skip
+    return stamped(
+        report.scenario_order_placement(orders_max, sql_baseline, at_70, rate_70, order_queries)
     )
-    scenarios.append(
-        stamped(
-            report.scenario_order_placement(orders_max, sql_baseline, at_70, rate_70, order_queries)
-        )
-    )
-    # The sagas of these POSTs are not what 6-7 measure: drop their tasks before the worker.
-    purge_queues()
 
-    say("starting the Celery worker")
-    worker_env = {**env, "DJANGO_SETTINGS_MODULE": "config.settings"}
-    node = f"bench-{os.getpid()}@localhost"
-    worker_command = [
-        str(BIN / "celery"), "-A", "config", "worker", "--hostname", node,
-        "--queues", ",".join(QUEUES), "--concurrency", str(CELERY_CONCURRENCY),
-        "--pool", "prefork", "--loglevel", "WARNING", "--include", "bench.tasks",
-        "--without-gossip", "--without-mingle", "--without-heartbeat",
-    ]  # fmt: skip
-    worker = stack.start("celery-worker", worker_command, env=worker_env)
-    from config.celery import app as celery_app
 
-    deadline = time.monotonic() + 60
-    while not celery_app.control.ping(destination=[node], timeout=0.5):
-        if not worker.running or time.monotonic() > deadline:
-            raise RuntimeError(f"celery worker did not start:\n{worker.log_tail()}")
-
-    say(f"relayed the outbox rows of scenario 5 ({drain_outbox(timeout=180)}: POSTs and pgbench)")
+def measure_saga(profile: Profile, app: str, data: Seed) -> list[dict]:
+    """Scenarios 8 (the Celery baseline) and 6 (the saga at half its maximum)."""
     say("8: Celery baseline (no-op tasks)")
     celery = celery_baseline(profile.celery_tasks)
 
@@ -503,8 +489,7 @@ def run_scenarios(profile: Profile, stack: Stack, workdir: Path) -> dict:
         url=app, tokens_file=data.tokens_file, products=spread, count=profile.saga_burst,
         concurrency=profile.connections, time_limit=60,
     )  # fmt: skip
-    burst_outcome = wait_settled(posted_orders(burst), timeout=120)
-    saga_max = settle_throughput(burst, burst_outcome)
+    saga_max = settle_throughput(burst, wait_settled(posted_orders(burst), timeout=120))
     saga_rate = max(1.0, saga_max / 2)
     steady = run_openloop(
         url=app, tokens_file=data.tokens_file, products=spread, rate=saga_rate,
@@ -514,23 +499,52 @@ def run_scenarios(profile: Profile, stack: Stack, workdir: Path) -> dict:
     steady_outcome = wait_settled(posted_orders(steady), timeout=120)
     saga = report.scenario_saga(saga_max, saga_rate, steady, steady_outcome, celery["tasks_per_s"])
     saga["details"]["steps_ms"] = report.step_breakdown(saga_timelines(posted_orders(steady)))
-    scenarios.append(stamped(saga))
-    scenarios.append(stamped(report.scenario_celery(celery, saga_max)))
+    return [stamped(saga), stamped(report.scenario_celery(celery, saga_max))]
 
+
+def measure_hot_sku(profile: Profile, app: str, data: Seed) -> dict:
+    """Scenario 7: 100 buyers of one product, then the same load over many products."""
     say("7: hot SKU against the same load spread over many products")
     deadlocks_before = deadlocks_logged()
     runs = {}
+    spread = ",".join(map(str, data.spread_products))
     for name, products in (("hot", str(data.hot_product)), ("spread", spread)):
         records = run_openloop(
             url=app, tokens_file=data.tokens_file, products=products, count=profile.hot_orders,
             concurrency=BUYERS, time_limit=120,
         )  # fmt: skip
-        outcome = wait_settled(posted_orders(records), timeout=180)
-        runs[name] = (records, outcome)
+        runs[name] = (records, wait_settled(posted_orders(records), timeout=180))
     stock = hot_stock_check(data.hot_product, data.hot_stock, runs["hot"][1])
-    scenarios.append(
-        stamped(report.scenario_hot_sku(runs, stock, deadlocks_logged() - deadlocks_before))
-    )
+    deadlocks = deadlocks_logged() - deadlocks_before
+    return stamped(report.scenario_hot_sku(runs, stock, deadlocks))
+
+
+def run_scenarios(profile: Profile, stack: Stack, workdir: Path) -> dict:
+    import django
+    from django.db import connection
+    from django_redis import get_redis_connection
+
+    env = production_environment(app_port=free_port(), psp_port=free_port(), var_dir=workdir)
+    os.environ.update(env)
+    django.setup()
+    say("migrating and seeding")
+    data = seed(profile, workdir)
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW server_version")
+        pg_version = cursor.fetchone()[0]
+    redis_version = get_redis_connection("default").info()["redis_version"]
+
+    env = dict(os.environ)
+    servers = start_servers(stack, env, workdir)
+    scenarios = measure_http(profile, servers, data)
+    scenarios.append(measure_order_placement(profile, servers.app, data, workdir))
+    # The sagas of these POSTs are not what 6-7 measure: drop their tasks before the worker.
+    purge_queues()
+    say("starting the Celery worker")
+    start_worker(stack, env)
+    say(f"relayed the outbox rows of scenario 5 ({drain_outbox(timeout=180)}: POSTs and pgbench)")
+    scenarios += measure_saga(profile, servers.app, data)
+    scenarios.append(measure_hot_sku(profile, servers.app, data))
 
     facts = environment_facts(pg_version, redis_version, stack.processes[0].command)
     return {"scenarios": scenarios, "environment": facts}
