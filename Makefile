@@ -50,5 +50,9 @@ browser:
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 			chromium chromium-driver >/dev/null; }
 
+# Benchmarks on the real services (not part of `make test`); QUICK=1: the ~1 minute smoke run.
+bench: install-dev
+	$(PY) scripts/testenv.py run -- $(PY) -m bench.run $(if $(QUICK),--quick)
+
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""`make bench`: throughput, latency and contention of Mercato against their baselines."""
