@@ -47,8 +47,13 @@ test: lint browser
 # (tests/integration/test_admin_browser.py); nothing to do when both are installed.
 browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
-		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-			chromium chromium-driver >/dev/null; }
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+				chromium chromium-driver >/dev/null; \
+		else \
+			echo "make test needs Debian's chromium and chromium-driver:" \
+				"sudo apt-get install chromium chromium-driver" >&2; exit 2; \
+		fi
 
 # Benchmarks on the real services (not part of `make test`); QUICK=1: the ~1 minute smoke run.
 bench: install-dev
