@@ -6,7 +6,11 @@ from rest_framework_simplejwt.tokens import RefreshToken
 from tests.users.factories import UserFactory
 
 # Fixtures for real worker processes: celery_worker, start_celery_worker.
-pytest_plugins = ["tests.support.celery_worker", "tests.support.sandbox"]
+pytest_plugins = [
+    "tests.support.celery_worker",
+    "tests.support.sandbox",
+    "tests.support.redis_server",
+]
 
 
 @pytest.fixture(autouse=True)

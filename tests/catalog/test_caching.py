@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -13,7 +12,6 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-import redis
 from django.conf import settings as django_settings
 from django.core.cache import cache
 from django.db import connection, connections, transaction
@@ -140,40 +138,6 @@ def test_a_miss_storm_on_a_hot_product_queries_the_database_once():
 
 
 # --- Redis outage -------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def throwaway_redis(settings):
-    """A Redis of this test alone, as the default cache, that the test may kill."""
-    port = _free_port()
-    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    proc = subprocess.Popen(
-        [os.environ["MERCATO_TEST_REDIS_SERVER"], *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    client = redis.Redis(port=port)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            assert time.monotonic() < deadline, "throwaway redis did not start"
-            time.sleep(0.05)
-    default = django_settings.CACHES["default"]
-    # Changing CACHES resets Django's cache connections (setting_changed).
-    settings.CACHES = {"default": {**default, "LOCATION": f"redis://127.0.0.1:{port}/0"}}
-    yield proc
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait()
 
 
 @pytest.mark.django_db(transaction=True, databases="__all__")

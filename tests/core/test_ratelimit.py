@@ -1,16 +1,11 @@
 """Rate limiting on real Redis: precision, atomicity, scopes and keys, Redis outages."""
 
 import math
-import os
-import socket
-import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import redis
-from django.conf import settings as django_settings
 from django.test import Client, RequestFactory
 from prometheus_client import REGISTRY
 
@@ -152,39 +147,6 @@ def test_without_redis_the_embedded_mode_limits_in_process(settings, api_client)
 
 
 # --- Redis outage -------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def throwaway_redis(settings):
-    """A Redis of this test alone, as the default cache, that the test may kill."""
-    port = _free_port()
-    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    proc = subprocess.Popen(
-        [os.environ["MERCATO_TEST_REDIS_SERVER"], *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    client = redis.Redis(port=port)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            assert time.monotonic() < deadline, "throwaway redis did not start"
-            time.sleep(0.05)
-    default = django_settings.CACHES["default"]
-    settings.CACHES = {"default": {**default, "LOCATION": f"redis://127.0.0.1:{port}/0"}}
-    yield proc
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait()
 
 
 @pytest.mark.django_db

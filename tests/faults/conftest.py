@@ -24,7 +24,7 @@ from tests.catalog.factories import ProductFactory
 from tests.conftest import bearer_client
 from tests.orders.conftest import ADDRESS
 from tests.support.celery_worker import wait_until
-from tests.support.sandbox import fast_payment_settings
+from tests.support.sandbox import fast_saga_settings
 from tests.users.factories import UserFactory
 
 # token -> how many orders of the mixed load pay with it
@@ -33,14 +33,7 @@ MIXED_TOKENS = {"tok_visa": 4, "tok_flaky": 2, "tok_declined": 1, "tok_insuffici
 
 @pytest.fixture
 def fault_settings(settings, sandbox):
-    values = {
-        **fast_payment_settings(sandbox),
-        "SAGA_LEASE_SECONDS": 3.0,
-        "SAGA_RETRY_BASE_SECONDS": 0.1,
-        "SAGA_RETRY_MAX_SECONDS": 0.5,
-        "SAGA_STALE_SECONDS": 1.0,
-        "ORDER_SAGA_TIMEOUT_SECONDS": 20.0,
-    }
+    values = {**fast_saga_settings(sandbox), "ORDER_SAGA_TIMEOUT_SECONDS": 20.0}
     for name, value in values.items():
         setattr(settings, name, value)
     yield {name: str(value) for name, value in values.items()}

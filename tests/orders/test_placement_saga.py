@@ -20,7 +20,7 @@ from tests.catalog.factories import ProductFactory
 from tests.conftest import bearer_client
 from tests.orders.conftest import ADDRESS
 from tests.support.celery_worker import wait_until
-from tests.support.sandbox import fast_payment_settings
+from tests.support.sandbox import fast_saga_settings
 from tests.users.factories import UserFactory
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
@@ -32,13 +32,7 @@ TERMINAL = {"confirmed", "cancelled", "refunded"}
 @pytest.fixture
 def saga_settings(settings, sandbox):
     """The same payment and saga settings in this process and in the worker's."""
-    values = {
-        **fast_payment_settings(sandbox),
-        "SAGA_LEASE_SECONDS": 3.0,
-        "SAGA_RETRY_BASE_SECONDS": 0.1,
-        "SAGA_RETRY_MAX_SECONDS": 0.5,
-        "SAGA_STALE_SECONDS": 1.0,
-    }
+    values = fast_saga_settings(sandbox)
     for name, value in values.items():
         setattr(settings, name, value)
     yield {name: str(value) for name, value in values.items()}

@@ -169,3 +169,14 @@ def fast_payment_settings(sandbox: SandboxControl) -> dict[str, object]:
         "PAYMENT_BREAKER_RESET_SECONDS": 1.0,
         "CIRCUIT_BREAKER_NAMESPACE": f"test-breaker:{uuid.uuid4().hex}",
     }
+
+
+def fast_saga_settings(sandbox: SandboxControl) -> dict[str, object]:
+    """The payment settings above plus quick saga retries, leases and sweeps."""
+    return {
+        **fast_payment_settings(sandbox),
+        "SAGA_LEASE_SECONDS": 3.0,
+        "SAGA_RETRY_BASE_SECONDS": 0.1,
+        "SAGA_RETRY_MAX_SECONDS": 0.5,
+        "SAGA_STALE_SECONDS": 1.0,
+    }
