@@ -10,7 +10,6 @@ from operator import itemgetter
 
 from django.db import transaction
 
-from apps.orders import event_store
 from apps.orders.domain import Order
 from apps.orders.events import upcast
 from apps.orders.models import OrderSummary, StoredEvent
@@ -49,12 +48,6 @@ def project(order: Order, *, is_new: bool = False) -> OrderSummary | None:
     if not updated:
         OrderSummary.objects.get_or_create(id=order.id, defaults=fields)
     return None
-
-
-def project_from_store(order_id: str) -> Order:
-    order = event_store.load_order(order_id)
-    project(order)
-    return order
 
 
 @transaction.atomic

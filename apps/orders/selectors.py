@@ -13,7 +13,7 @@ from apps.orders import event_store
 from apps.orders.domain import Order
 from apps.orders.events import upcast
 from apps.orders.models import OrderSummary, StoredEvent
-from apps.orders.projections import project_from_store, summary_fields
+from apps.orders.projections import summary_fields
 
 
 def order_list(*, user_id: int | None = None, status: str | None = None) -> QuerySet[OrderSummary]:
@@ -29,8 +29,8 @@ def order_summary(*, order_id: str, user_id: int | None = None) -> OrderSummary:
     """The order's summary; `user_id` restricts it to its owner (others get NotFound).
 
     The owner is never told 404 for an order that exists: when the summary is not there
-    (a lagging replica, a projection not yet written) it is rebuilt from the event store
-    on the primary.
+    (a lagging replica, a projection not yet written) it is folded from the event store on
+    the primary, without writing (a query does not change the read model).
     """
     orders = OrderSummary.objects.all()
     if user_id is not None:
@@ -41,9 +41,9 @@ def order_summary(*, order_id: str, user_id: int | None = None) -> OrderSummary:
     with primary_reads():
         summary = orders.filter(pk=order_id).first()
         if summary is None and StoredEvent.objects.filter(aggregate_id=order_id).exists():
-            order = project_from_store(order_id)
+            order = event_store.load_order(order_id)
             if user_id is None or order.user_id == user_id:
-                summary = OrderSummary.objects.get(pk=order_id)
+                summary = OrderSummary(id=order.id, **summary_fields(order))
     if summary is None:
         raise NotFound("No such order.")
     return summary
