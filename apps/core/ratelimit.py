@@ -32,12 +32,12 @@ import structlog
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import JsonResponse
-from django_redis import get_redis_connection
 from redis.exceptions import RedisError
 
 from apps.core import metrics
 from apps.core.api.problems import PROBLEM_CONTENT_TYPE, problem_body
 from apps.core.middleware import client_user_id
+from apps.core.redis_clients import redis_client
 
 logger = structlog.get_logger(__name__)
 
@@ -140,7 +140,7 @@ _gcra = None
 
 def redis_hit(key: str, policy: Policy) -> Decision:
     global _gcra
-    client = get_redis_connection("default")
+    client = redis_client(settings.REDIS_URL)
     if _gcra is None:
         # EVALSHA, loading the script again when a (restarted) Redis does not know it.
         _gcra = client.register_script(_GCRA_SCRIPT)

@@ -12,6 +12,8 @@ import structlog
 import tenacity
 from django.conf import settings
 
+from apps.core.redis_clients import redis_client
+
 logger = structlog.get_logger(__name__)
 
 STATE_CLOSED = pybreaker.STATE_CLOSED
@@ -96,18 +98,6 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
 
 _breakers: dict[tuple, SharedCircuitBreaker] = {}
 _breakers_lock = threading.Lock()
-_redis_clients: dict[str, redis.Redis] = {}
-
-
-def _redis_client(url: str) -> redis.Redis:
-    client = _redis_clients.get(url)
-    if client is None:
-        # Short timeouts: a dead Redis must not stall the call it guards.
-        client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
-        _redis_clients[url] = client
-    return client
-
-
 def shared_circuit_breaker(
     name: str,
     *,
@@ -132,7 +122,7 @@ def shared_circuit_breaker(
         if settings.REDIS_URL:
             try:
                 storage = PreciseRedisStorage(
-                    STATE_CLOSED, _redis_client(settings.REDIS_URL), namespace=namespace
+                    STATE_CLOSED, redis_client(settings.REDIS_URL), namespace=namespace
                 )
             except redis.RedisError:
                 # Degrade to a per-process breaker; try Redis again on the next call.

@@ -37,8 +37,11 @@ def throwaway_redis(settings):
             assert time.monotonic() < deadline, "throwaway redis did not start"
             time.sleep(0.05)
     default = django_settings.CACHES["default"]
-    # Changing CACHES resets Django's cache connections (setting_changed).
-    settings.CACHES = {"default": {**default, "LOCATION": f"redis://127.0.0.1:{port}/0"}}
+    url = f"redis://127.0.0.1:{port}/0"
+    # Changing CACHES resets Django's cache connections (setting_changed); REDIS_URL is
+    # what the rate limiter and the circuit breakers connect to.
+    settings.CACHES = {"default": {**default, "LOCATION": url}}
+    settings.REDIS_URL = url
     yield proc
     if proc.poll() is None:
         proc.kill()
