@@ -30,8 +30,10 @@ from bench.stack import BIN, PYTHON, ROOT, Stack, free_port, gunicorn_command
 RESULTS_DIR = ROOT / "bench" / "results"
 QUEUES = ("default", "events", "sagas", "bench")
 CPUS = os.cpu_count() or 2
-# gthread: keep-alive connections, threads for the I/O waits of the order POST.
-GUNICORN_WORKERS = CPUS
+# gthread: keep-alive connections, threads for the I/O waits of the order POST. Two
+# processes per core: with one, wrk's 16 keep-alive connections often land unevenly and
+# one process (one core) serves most of them (the app measured 850 or 2,200 rps by luck).
+GUNICORN_WORKERS = 2 * CPUS
 GUNICORN_THREADS = 4
 CELERY_CONCURRENCY = 4
 BUYERS = 100

@@ -62,7 +62,6 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "apps.core.middleware.RequestIdMiddleware",
-    "django_structlog.middlewares.RequestMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "apps.core.middleware.BodySizeLimitMiddleware",
     "corsheaders.middleware.CorsMiddleware",
@@ -380,9 +379,9 @@ if PRODUCTION:
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 LOG_FORMAT = env.str("LOG_FORMAT", default="json" if PRODUCTION else "console")
+# django_structlog for Celery only: a task's log lines carry the context of the request
+# or event that sent it. Requests are logged by apps.core.middleware.RequestIdMiddleware.
 DJANGO_STRUCTLOG_CELERY_ENABLED = True
-# RequestIdMiddleware has already replaced any ill-formed client id with our own.
-DJANGO_STRUCTLOG_TRUST_UPSTREAM_REQUEST_ID = True
 
 from apps.core.logging import build_logging_config, configure_structlog  # noqa: E402
 

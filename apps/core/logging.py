@@ -76,7 +76,8 @@ def build_logging_config(*, level: str, fmt: str) -> dict:
         "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "structured"}},
         "root": {"handlers": ["console"], "level": level},
         "loggers": {
-            # django.request repeats what django_structlog already logs per request.
+            # Every request is logged by RequestIdMiddleware; django.request adds the
+            # traceback of a 500.
             "django.request": {"level": "ERROR"},
             "django.server": {"level": "WARNING"},
             "django.db.backends": {"level": "INFO"},

@@ -36,7 +36,7 @@ from redis.exceptions import RedisError
 
 from apps.core import metrics
 from apps.core.api.problems import PROBLEM_CONTENT_TYPE, problem_body
-from apps.core.middleware import client_user_id
+from apps.core.middleware import client_ip, client_user_id
 from apps.core.redis_clients import redis_client
 
 logger = structlog.get_logger(__name__)
@@ -153,17 +153,6 @@ def hit(key: str, policy: Policy) -> Decision:
     if not settings.REDIS_URL:
         return local_limiter.hit(key, policy)
     return redis_hit(key, policy)
-
-
-def client_ip(request) -> str:
-    """REMOTE_ADDR, or the address the outermost trusted proxy saw (X-Forwarded-For)."""
-    trusted = settings.TRUSTED_PROXY_COUNT
-    forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
-    if trusted and forwarded:
-        hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
-        if len(hops) >= trusted:
-            return hops[-trusted]
-    return request.META.get("REMOTE_ADDR", "") or "unknown"
 
 
 def _email_in_body(request) -> str | None:

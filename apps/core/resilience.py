@@ -98,6 +98,8 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
 
 _breakers: dict[tuple, SharedCircuitBreaker] = {}
 _breakers_lock = threading.Lock()
+
+
 def shared_circuit_breaker(
     name: str,
     *,

@@ -56,7 +56,31 @@ def test_every_log_line_of_a_request_carries_its_request_id(api_client, json_log
     response = api_client.get("/api/v1/users/me", HTTP_X_REQUEST_ID="trace-me-123")
     lines = [line for line in json_logs() if line.get("request_id") == "trace-me-123"]
     assert response.status_code == 401
-    assert {"request_started", "request_finished"} <= {line["event"] for line in lines}
+    assert [line["event"] for line in lines] == ["request_finished"]
+
+
+def test_one_line_per_request_names_method_path_status_duration_user_and_address(
+    api_client, json_logs
+):
+    user = UserFactory()
+    api_client.force_login(user)
+    response = api_client.get(
+        "/api/v1/users/me?verbose=1", HTTP_X_REQUEST_ID="one-line-0001", REMOTE_ADDR="10.9.8.7"
+    )
+    assert response.status_code == 200
+    [line] = [line for line in json_logs() if line.get("request_id") == "one-line-0001"]
+    assert line["event"] == "request_finished"
+    assert line["level"] == "info"
+    assert (line["method"], line["path"], line["status"]) == ("GET", "/api/v1/users/me", 200)
+    assert line["user_id"] == str(user.pk)
+    assert line["ip"] == "10.9.8.7"
+    assert 0 < line["duration_ms"] < 60_000
+
+
+def test_a_client_error_is_logged_as_a_warning(api_client, json_logs):
+    api_client.get("/api/v1/products/999999999", HTTP_X_REQUEST_ID="warn-me-0001")
+    [line] = [line for line in json_logs() if line.get("request_id") == "warn-me-0001"]
+    assert (line["status"], line["level"]) == (404, "warning")
 
 
 def test_secrets_never_reach_the_logs(api_client, json_logs):

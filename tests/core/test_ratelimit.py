@@ -9,7 +9,8 @@ import pytest
 from django.test import Client, RequestFactory
 from prometheus_client import REGISTRY
 
-from apps.core.ratelimit import client_ip, local_limiter
+from apps.core.middleware import client_ip
+from apps.core.ratelimit import local_limiter
 from tests.conftest import bearer_client
 from tests.users.factories import UserFactory
 from tests.users.test_auth_api import assert_problem
