@@ -19,9 +19,11 @@ correlation id falls back to the request id, then to the event id itself (a flow
 starts outside a request). `causation_id` defaults to the event being handled, when
 called from an event handler.
 
-After commit, the relay is kicked (a `relay_outbox` task) for low latency; the periodic
-sweep (`CELERY_BEAT_SCHEDULE["outbox-relay-sweep"]`) catches whatever the kick missed
-(broker down at commit time, a crash right after commit).
+After commit, the relay is kicked (a `relay_outbox` task) for low latency, unless a kick
+is already queued and not started: that one will see this commit's rows, so kicks
+coalesce (one per relay run instead of one per commit). The periodic sweep
+(`CELERY_BEAT_SCHEDULE["outbox-relay-sweep"]`) catches whatever a kick missed (broker
+down at commit time, a crash right after commit).
 
 The relay (`relay_pending_messages`, run by the `apps.core.tasks.relay_outbox` task)
 claims pending rows with `SELECT ... FOR UPDATE SKIP LOCKED`, so several relays share
@@ -46,6 +48,7 @@ from typing import Any
 
 import structlog
 from django.conf import settings
+from django.core.cache import cache
 from django.db import connections, router, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -62,6 +65,9 @@ EVENTS_QUEUE = "events"
 RELAY_TASK = "apps.core.tasks.relay_outbox"
 DELIVER_TASK = "apps.core.tasks.deliver_event"
 LAST_ERROR_MAX_CHARS = 2000
+# Set while a relay kick is queued and has not started; the relay clears it before it
+# claims. Expires on its own, in case the queued kick is lost with the broker.
+RELAY_KICK_PENDING_KEY = "outbox:relay-kick-pending"
 
 
 class NotInTransaction(RuntimeError):
@@ -139,7 +145,7 @@ def publish_event(
         headers=headers,
         created_at=timezone.now(),
     )
-    # Several events of one transaction may each kick: a kick finding nothing is cheap.
+    # Several events of one transaction each ask; kick_relay sends one kick at most.
     transaction.on_commit(kick_relay, using=alias, robust=True)
     return event_id
 
@@ -163,11 +169,26 @@ def publish(
 
 
 def kick_relay() -> None:
-    """Ask a worker to relay now. Best effort: the periodic sweep is the guarantee."""
+    """Ask a worker to relay now, unless a kick is queued already and has not started (it
+    claims after this commit, so it sees these rows). Best effort: the periodic sweep is
+    the guarantee."""
+    try:
+        if not cache.add(RELAY_KICK_PENDING_KEY, 1, timeout=settings.OUTBOX_SWEEP_SECONDS):
+            return
+    except Exception:  # no cache to coalesce with: kick anyway
+        logger.warning("outbox_relay_kick_mark_failed", exc_info=True)
     try:
         celery_app.send_task(RELAY_TASK, queue=EVENTS_QUEUE, retry=False)
     except Exception:  # the commit already happened; the sweep will pick the rows up
         logger.warning("outbox_relay_kick_failed", exc_info=True)
+        _clear_relay_kick_mark()  # the next commit tries again
+
+
+def _clear_relay_kick_mark() -> None:
+    try:
+        cache.delete(RELAY_KICK_PENDING_KEY)
+    except Exception:  # it expires on its own
+        logger.warning("outbox_relay_kick_mark_failed", exc_info=True)
 
 
 # --- The relay ----------------------------------------------------------------------
@@ -278,6 +299,8 @@ def relay_pending_messages(
     *, batch_size: int | None = None, time_budget: float | None = None
 ) -> int:
     """Relay batches until none is full or the time budget is spent; return the count."""
+    # Before claiming: a commit from now on sends a new kick, one before it is seen here.
+    _clear_relay_kick_mark()
     batch_size = batch_size or settings.OUTBOX_RELAY_BATCH_SIZE
     time_budget = settings.OUTBOX_RELAY_TIME_BUDGET_SECONDS if time_budget is None else time_budget
     deadline = time.monotonic() + time_budget

@@ -12,11 +12,13 @@ and a transition log. Public API:
     saga_retry_now(saga_id)      # staff: wake a waiting saga at once
 
 Execution: `saga_start` writes the row in the caller's transaction and, after commit,
-sends an `advance_saga` task. Each task runs one step outside any transaction (steps
-call other contexts' services, which commit on their own) and must therefore be
-idempotent: a worker may die after the step's effect and before the row moved on, and
-the step then runs again. A lease on the row keeps two workers from running one saga at
-once.
+sends an `advance_saga` task. A task runs steps outside any transaction (steps call
+other contexts' services, which commit on their own), so each must be idempotent: a
+worker may die after the step's effect and before the row moved on, and the step then
+runs again. A lease on the row keeps two workers from running one saga at once. A step
+that succeeded is followed at once by the next one in the same task, under the same
+lease (no broker hop, claim or reload between steps); a step to retry later ends the
+task and a new one is sent with the backoff as countdown.
 
 - An action's exception is classified by the definition's `failure_reason(exc)`: a
   reason (business failure) starts compensation at once; None (transient) retries with
@@ -141,7 +143,7 @@ def _claim(saga_id) -> bool:
 
 
 def saga_advance(saga_id) -> str | None:
-    """Run one step (or one compensation) of the saga; return its state after that."""
+    """Run the saga's steps (or compensations) while they succeed; return its state."""
     if not _claim(saga_id):
         return None
     with primary_reads():
@@ -157,22 +159,32 @@ def saga_advance(saga_id) -> str | None:
             saga.context.get("traceparent"), f"saga {saga.saga_type}", step=saga.current_step
         ),
     ):
-        if saga.state == SagaInstance.State.RUNNING:
-            _run_action(saga, definition)
-        else:
-            _run_compensation(saga, definition)
+        # Ends: every pass that returns True moves current_step forward (running) or
+        # back towards 0 (compensating), and a saga turns to compensating at most once.
+        while _run_next(saga, definition):
+            pass
     return saga.state
+
+
+def _run_next(saga: SagaInstance, definition: SagaDefinition) -> bool:
+    """Run one step or compensation; True when the next one may run now (lease kept)."""
+    if saga.state == SagaInstance.State.RUNNING:
+        return _run_action(saga, definition)
+    return _run_compensation(saga, definition)
 
 
 def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"[:ERROR_MAX_CHARS]
 
 
-def _save(saga: SagaInstance, *, kind: str, step: str = "", detail: str = "") -> None:
-    """Persist the saga's new state, log the transition and release the lease."""
+def _save(
+    saga: SagaInstance, *, kind: str, step: str = "", detail: str = "", keep_lease: bool = False
+) -> None:
+    """Persist the saga's new state, log the transition, and release the lease (or renew
+    it, when this task goes on with the next step)."""
     now = timezone.now()
     saga.updated_at = now
-    saga.lease_until = None
+    saga.lease_until = now + timedelta(seconds=settings.SAGA_LEASE_SECONDS) if keep_lease else None
     if saga.state not in ACTIVE_STATES:
         saga.finished_at = now
         definition = _definitions[saga.saga_type]
@@ -201,7 +213,7 @@ def _wait_and_retry(saga: SagaInstance, *, step: str, exc: Exception, kind: str)
     _enqueue(saga.pk, countdown=delay)
 
 
-def _run_action(saga: SagaInstance, definition: SagaDefinition) -> None:
+def _run_action(saga: SagaInstance, definition: SagaDefinition) -> bool:
     step = definition.steps[saga.current_step]
     try:
         updates = step.action(dict(saga.context)) or {}
@@ -209,7 +221,7 @@ def _run_action(saga: SagaInstance, definition: SagaDefinition) -> None:
         reason = definition.failure_reason(exc)
         if reason is None and timezone.now() < saga.deadline:
             _wait_and_retry(saga, step=step.name, exc=exc, kind="step_retry")
-            return
+            return False
         reason = reason or definition.timeout_reason(exc)
         saga.state = SagaInstance.State.COMPENSATING
         saga.failure_reason = reason
@@ -218,9 +230,14 @@ def _run_action(saga: SagaInstance, definition: SagaDefinition) -> None:
         saga.current_step += 1
         saga.attempts = 0
         saga.wake_at = timezone.now()
-        _save(saga, kind="compensating", step=step.name, detail=f"{reason}: {saga.last_error}")
-        _enqueue(saga.pk)
-        return
+        _save(
+            saga,
+            kind="compensating",
+            step=step.name,
+            detail=f"{reason}: {saga.last_error}",
+            keep_lease=True,
+        )
+        return True
     saga.context.update(updates)
     saga.current_step += 1
     saga.attempts = 0
@@ -228,34 +245,34 @@ def _run_action(saga: SagaInstance, definition: SagaDefinition) -> None:
     saga.wake_at = timezone.now()
     if saga.current_step == len(definition.steps):
         saga.state = SagaInstance.State.SUCCEEDED
-    _save(saga, kind="step_done", step=step.name)
-    if saga.state == SagaInstance.State.RUNNING:
-        _enqueue(saga.pk)
+    going_on = saga.state == SagaInstance.State.RUNNING
+    _save(saga, kind="step_done", step=step.name, keep_lease=going_on)
+    return going_on
 
 
-def _run_compensation(saga: SagaInstance, definition: SagaDefinition) -> None:
+def _run_compensation(saga: SagaInstance, definition: SagaDefinition) -> bool:
     if saga.current_step == 0:
         try:
             if definition.on_compensated is not None:
                 definition.on_compensated(dict(saga.context), saga.failure_reason)
         except Exception as exc:
             _wait_and_retry(saga, step="on_compensated", exc=exc, kind="compensation_retry")
-            return
+            return False
         saga.state = SagaInstance.State.COMPENSATED
         _save(saga, kind="compensated", detail=saga.failure_reason)
-        return
+        return False
     step = definition.steps[saga.current_step - 1]
     try:
         updates = (step.compensation(dict(saga.context)) if step.compensation else None) or {}
     except Exception as exc:
         _wait_and_retry(saga, step=step.name, exc=exc, kind="compensation_retry")
-        return
+        return False
     saga.context.update(updates)
     saga.current_step -= 1
     saga.attempts = 0
     saga.wake_at = timezone.now()
-    _save(saga, kind="step_compensated", step=step.name)
-    _enqueue(saga.pk)
+    _save(saga, kind="step_compensated", step=step.name, keep_lease=True)
+    return True
 
 
 def saga_sweep(*, limit: int = 200) -> int:

@@ -358,3 +358,21 @@ def test_consumer_that_keeps_failing_gives_up_and_the_event_can_be_sent_again(se
     assert OutboxMessage.objects.get(pk=event_id).published_at is None
     assert deliver_event.apply(kwargs=delivery_kwargs(message, "tests.flaky")).get() is True
     assert [e.payload["by"] for e in echoes_of(event_id)] == ["tests.flaky"]
+
+
+def test_relay_kicks_coalesce_while_one_is_queued_and_not_started():
+    """Five commits while a kick waits in the queue send one kick; once the relay has
+    started (cleared the mark), the next commit kicks again."""
+    before = queued("events")
+    first = []
+    for n in range(5):
+        with transaction.atomic():
+            # No consumer: the relay sends nothing to the queue counted here.
+            first.append(publish_event(event_type="NobodyListens", payload={"n": n}))
+    assert queued("events") == before + 1
+
+    relay_pending_messages()  # what the queued kick runs: it sees all five
+    assert not OutboxMessage.objects.filter(pk__in=first, published_at__isnull=True).exists()
+    with transaction.atomic():
+        publish_event(event_type="NobodyListens", payload={"n": "after the relay started"})
+    assert queued("events") == before + 2

@@ -7,6 +7,7 @@ from django.utils import timezone
 from apps.core.errors import DomainError
 from apps.core.models import SagaInstance
 from apps.core.sagas import (
+    SAGAS_QUEUE,
     SagaDefinition,
     Step,
     register_saga,
@@ -15,6 +16,7 @@ from apps.core.sagas import (
     saga_start,
     saga_sweep,
 )
+from config.celery import app as celery_app
 from tests.users.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -100,6 +102,38 @@ def test_steps_run_in_order_and_context_accumulates():
     assert saga.context["a"] is True and saga.context["order"] == "o-1"
     assert "secret" not in saga.context
     assert list(saga.transitions.values_list("kind", flat=True)) == ["step_done", "step_done"]
+
+
+def queued_advances() -> int:
+    with celery_app.connection_for_write() as connection:
+        return connection.default_channel.queue_declare(queue=SAGAS_QUEUE).message_count
+
+
+def test_steps_that_succeed_run_one_after_another_in_one_task():
+    saga = start("test_ok")
+    before = queued_advances()
+    assert saga_advance(saga.pk) == "succeeded"
+    assert journal == ["a", "b"]
+    assert queued_advances() == before  # no task sent per step
+    saga.refresh_from_db()
+    assert saga.lease_until is None
+
+
+def test_compensations_run_in_the_task_that_met_the_failure():
+    saga = start("test_refused")
+    assert saga_advance(saga.pk) == "compensated"
+    assert journal == ["a", "b", "undo b", "undo a", "compensated refused"]
+
+
+def test_a_step_to_retry_ends_the_task_and_releases_the_lease():
+    flaky_failures["left"] = 1
+    saga = start("test_flaky")
+    before = queued_advances()
+    assert saga_advance(saga.pk) == "running"
+    saga.refresh_from_db()
+    assert journal == ["a"]
+    assert (saga.current_step, saga.attempts, saga.lease_until) == (1, 1, None)
+    assert queued_advances() == before + 1  # the retry, with its backoff as countdown
 
 
 def test_business_failure_compensates_in_reverse_then_calls_the_hook():
