@@ -352,8 +352,11 @@ def render_markdown(results: dict) -> str:
         f", {env['cpus']} CPUs ({env['cpu_model']}), PostgreSQL {env['postgresql']}, "
         f"Redis {env['redis']}, Python {env['python']}, Django {env['django']}, "
         f"DJANGO_ENV={env['django_env']}; run took {results['duration_s']} s.",
-        f"Server: `gunicorn {env['gunicorn']}`; Celery worker concurrency "
-        f"{env['celery_concurrency']}.",
+        f"Server: `gunicorn {env['gunicorn']}`; Celery workers: "
+        + "; ".join(
+            f"{','.join(w['queues'])} x{w['concurrency']}" for w in env["celery_workers"].values()
+        )
+        + ".",
         "",
         "| # | scenario | measured | rps | p50 ms | p99 ms | baseline | baseline rps "
         "| ratio | targets |",

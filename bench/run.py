@@ -29,13 +29,15 @@ from bench.stack import BIN, PYTHON, ROOT, Stack, free_port, gunicorn_command
 
 RESULTS_DIR = ROOT / "bench" / "results"
 QUEUES = ("default", "events", "sagas", "bench")
+# Two workers as in deploy/compose.yaml: the saga steps never wait behind relay and
+# delivery tasks. The no-op baseline (queue bench) runs on the saga worker's pool.
+CELERY_WORKERS = {"sagas": (("sagas", "bench"), 4), "events": (("events", "default"), 2)}
 CPUS = os.cpu_count() or 2
 # gthread: keep-alive connections, threads for the I/O waits of the order POST. Two
 # processes per core: with one, wrk's 16 keep-alive connections often land unevenly and
 # one process (one core) serves most of them (the app measured 850 or 2,200 rps by luck).
 GUNICORN_WORKERS = 2 * CPUS
 GUNICORN_THREADS = 4
-CELERY_CONCURRENCY = 4
 BUYERS = 100
 SPREAD_PRODUCTS = 200
 LIST_QUERY = "/api/v1/products?category=electronics&min_price=10&max_price=400&in_stock=true"
@@ -111,7 +113,10 @@ def environment_facts(pg_version: str, redis_version: str, gunicorn: list[str]) 
         "postgresql": pg_version,
         "redis": redis_version,
         "gunicorn": " ".join(gunicorn[1:]),
-        "celery_concurrency": CELERY_CONCURRENCY,
+        "celery_workers": {
+            name: {"queues": list(queues), "concurrency": concurrency}
+            for name, (queues, concurrency) in CELERY_WORKERS.items()
+        },
         "loadavg_at_end": [round(n, 2) for n in os.getloadavg()],
         "django_env": os.environ["DJANGO_ENV"],
     }
@@ -414,23 +419,26 @@ def start_servers(stack: Stack, env: dict[str, str], workdir: Path) -> Servers:
     return Servers(**{name: f"http://127.0.0.1:{port}" for name, port in ports.items()})
 
 
-def start_worker(stack: Stack, env: dict[str, str]) -> None:
+def start_workers(stack: Stack, env: dict[str, str]) -> None:
     from config.celery import app as celery_app
 
-    node = f"bench-{os.getpid()}@localhost"
-    command = [
-        str(BIN / "celery"), "-A", "config", "worker", "--hostname", node,
-        "--queues", ",".join(QUEUES), "--concurrency", str(CELERY_CONCURRENCY),
-        "--pool", "prefork", "--loglevel", "WARNING", "--include", "bench.tasks",
-        "--without-gossip", "--without-mingle", "--without-heartbeat",
-    ]  # fmt: skip
-    worker = stack.start(
-        "celery-worker", command, env={**env, "DJANGO_SETTINGS_MODULE": "config.settings"}
-    )
+    nodes = {}
+    for name, (queues, concurrency) in CELERY_WORKERS.items():
+        node = f"bench-{name}-{os.getpid()}@localhost"
+        command = [
+            str(BIN / "celery"), "-A", "config", "worker", "--hostname", node,
+            "--queues", ",".join(queues), "--concurrency", str(concurrency),
+            "--pool", "prefork", "--loglevel", "WARNING", "--include", "bench.tasks",
+            "--without-gossip", "--without-mingle", "--without-heartbeat",
+        ]  # fmt: skip
+        nodes[node] = stack.start(
+            f"celery-{name}", command, env={**env, "DJANGO_SETTINGS_MODULE": "config.settings"}
+        )
     deadline = time.monotonic() + 60
-    while not celery_app.control.ping(destination=[node], timeout=0.5):
-        if not worker.running or time.monotonic() > deadline:
-            raise RuntimeError(f"celery worker did not start:\n{worker.log_tail()}")
+    for node, worker in nodes.items():
+        while not celery_app.control.ping(destination=[node], timeout=0.5):
+            if not worker.running or time.monotonic() > deadline:
+                raise RuntimeError(f"celery worker {node} did not start:\n{worker.log_tail()}")
 
 
 def measure_http(profile: Profile, servers: Servers, data: Seed) -> list[dict]:
@@ -555,8 +563,8 @@ def run_scenarios(profile: Profile, stack: Stack, workdir: Path) -> dict:
     scenarios.append(measure_order_placement(profile, servers.app, data, workdir))
     # The sagas of these POSTs are not what 6-7 measure: drop their tasks before the worker.
     purge_queues()
-    say("starting the Celery worker")
-    start_worker(stack, env)
+    say("starting the Celery workers")
+    start_workers(stack, env)
     say(f"relayed the outbox rows of scenario 5 ({drain_outbox(timeout=180)}: POSTs and pgbench)")
     scenarios += measure_saga(profile, servers.app, data)
     scenarios.append(measure_hot_sku(profile, servers.app, data))

@@ -67,7 +67,7 @@ def sample_results() -> dict:
             "postgresql": "15",
             "redis": "7",
             "gunicorn": "x",
-            "celery_concurrency": 4,
+            "celery_workers": {"sagas": {"queues": ["sagas"], "concurrency": 4}},
             "django_env": "production",
         },
         "scenarios": scenarios,

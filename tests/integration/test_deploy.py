@@ -33,8 +33,8 @@ def test_compose_file_describes_the_whole_topology():
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     services = compose["services"]
     expected = {
-        "postgres-primary", "postgres-replica", "redis", "migrate", "web", "worker", "beat",
-        "psp", "prometheus", "grafana",
+        "postgres-primary", "postgres-replica", "redis", "migrate", "web", "worker",
+        "saga-worker", "beat", "psp", "prometheus", "grafana",
     }  # fmt: skip
     assert expected <= set(services)
     web = services["web"]
@@ -43,6 +43,12 @@ def test_compose_file_describes_the_whole_topology():
     assert web["environment"]["PROMETHEUS_MULTIPROC_DIR"]
     assert "DATABASE_REPLICA_URLS" in web["environment"]
     assert services["worker"]["environment"]["CELERY_METRICS_PORT"] == "9808"
+    # Every queue is consumed, the saga queue by a worker of its own.
+    queues = {
+        name: set(services[name]["command"].split("--queues ")[1].split()[0].split(","))
+        for name in ("worker", "saga-worker")
+    }
+    assert queues == {"worker": {"default", "events"}, "saga-worker": {"sagas"}}
     assert "beat" in services["beat"]["command"]
     assert "run_sandbox_psp" in services["psp"]["command"]
     assert "pg_basebackup" in (DEPLOY / "postgres" / "replica-entrypoint.sh").read_text()
@@ -56,7 +62,7 @@ def test_prometheus_scrapes_web_and_worker():
         job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]
     }
     assert targets["mercato-web"] == ["web:8000"]
-    assert targets["mercato-worker"] == ["worker:9808"]
+    assert targets["mercato-worker"] == ["worker:9808", "saga-worker:9808"]
 
 
 @pytest.mark.django_db(databases="__all__")
