@@ -102,8 +102,15 @@ async def main(args) -> None:
     with open(args.tokens_file) as tokens_file:
         tokens = tokens_file.read().split()
     products = [int(p) for p in args.products.split(",")]
-    connections = args.max_in_flight if args.rate else args.concurrency
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    if args.rate:
+        # Open loop: each arrival is an independent client on a connection of its own, as
+        # behind a load balancer. Reused keep-alive connections would stick to whichever
+        # gunicorn process accepted them first and load the processes unevenly.
+        limits = httpx.Limits(max_connections=args.max_in_flight, max_keepalive_connections=0)
+    else:
+        limits = httpx.Limits(
+            max_connections=args.concurrency, max_keepalive_connections=args.concurrency
+        )
     async with httpx.AsyncClient(base_url=args.url, limits=limits, timeout=30) as client:
         run = open_loop if args.rate else closed_loop
         records = await run(args, client, tokens, products)
