@@ -8,6 +8,7 @@ directory unless set), which is emptied at start so a restart does not add up ol
 counts, and the files of a worker that exits are marked dead.
 """
 
+import gc
 import multiprocessing
 import os
 import shutil
@@ -50,3 +51,16 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def post_worker_init(worker):
+    """The worker has loaded the app: load the URLconf (its views and serializers) too,
+    then move everything loaded so far out of the garbage collector's sight. Otherwise
+    every full collection walks all of Django's and the app's modules, classes and
+    functions, a pause that lands on whichever request triggered it: with the freeze,
+    order POSTs at 70 % of the maximum rate measured p99 36-52 ms instead of 64-173 ms
+    (docs/performance.md)."""
+    from django.urls import get_resolver
+
+    get_resolver().url_patterns  # noqa: B018 - imports the URLconf
+    gc.freeze()

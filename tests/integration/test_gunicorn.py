@@ -1,6 +1,8 @@
 """The production server: gunicorn with config/gunicorn.py, two workers, loopback only."""
 
+import gc
 import os
+import runpy
 import signal
 import subprocess
 import sys
@@ -139,3 +141,15 @@ def test_the_bare_baseline_and_the_full_stack_ping_answer_the_same(gunicorn_serv
     # Only the full stack runs the middleware (request ids, rate limit headers).
     assert "X-Request-ID" in full_response.headers and "RateLimit-Limit" in full_response.headers
     assert "X-Request-ID" not in bare_response.headers
+
+
+def test_a_worker_freezes_what_it_loaded_out_of_the_garbage_collectors_sight(monkeypatch, tmp_path):
+    # Set, so that loading the config does not make (and export) a directory of its own.
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    config = runpy.run_path(str(ROOT / "config" / "gunicorn.py"))
+    before = gc.get_freeze_count()
+    try:
+        config["post_worker_init"](worker=None)
+        assert gc.get_freeze_count() > before
+    finally:
+        gc.unfreeze()
