@@ -53,13 +53,16 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 
 def _measure(label: str, figures: dict) -> dict:
-    return {
+    measured = {
         "label": label,
         "rps": figures["rps"],
         "latency_ms": figures.get("latency_ms", {}),
         "errors_5xx": figures.get("errors_5xx", 0),
         "non_2xx": figures.get("non_2xx", 0),
     }
+    if "rounds_rps" in figures:  # the best of these rounds counts
+        measured["rounds_rps"] = figures["rounds_rps"]
+    return measured
 
 
 def _scenario(id_, name, measured, baseline, targets=(), **details) -> dict:
@@ -125,7 +128,8 @@ def scenario_order_placement(
     lat = percentiles(ok)
     baseline = {"label": "pgbench, same SQL", "rps": sql["tps"],
                 "latency_ms": {"mean": sql["latency_avg_ms"]}, "errors_5xx": 0,
-                "non_2xx": sql["failed"]}  # fmt: skip
+                "non_2xx": sql["failed"],
+                "rounds_rps": sql.get("rounds_rps", [sql["tps"]])}  # fmt: skip
     s = _scenario(
         "5",
         "Order placement (POST /api/v1/orders, synchronous part)",

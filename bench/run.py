@@ -46,7 +46,8 @@ LIST_QUERY = "/api/v1/products?category=electronics&min_price=10&max_price=400&i
 @dataclass(frozen=True)
 class Profile:
     name: str
-    duration: float  # seconds of each closed-loop measurement
+    duration: float  # seconds of each closed-loop measurement round
+    rounds: int  # closed-loop rounds; the best counts (noise only ever lowers a ceiling)
     warmup: float
     connections: int  # closed-loop concurrency (wrk and pgbench alike)
     saga_burst: int  # orders to measure the saga's maximum throughput
@@ -55,8 +56,8 @@ class Profile:
     celery_tasks: int
 
 
-FULL = Profile("full", 10, 2, 16, 200, 30, 300, 3000)
-QUICK = Profile("quick", 2, 1, 16, 20, 5, 50, 300)
+FULL = Profile("full", 5, 3, 2, 16, 200, 30, 300, 3000)
+QUICK = Profile("quick", 2, 1, 1, 16, 20, 5, 50, 300)
 
 
 def say(message: str) -> None:
@@ -184,10 +185,27 @@ def checked(figures: dict, what: str) -> dict:
     return figures
 
 
+def best_of_rounds(profile: Profile, measure) -> dict:
+    """The round with the most throughput, with every round's figure kept beside it.
+
+    Maximum throughput is a ceiling: a busy neighbour, or keep-alive connections that
+    landed unevenly on the server's processes, only ever lower a round. Both sides of
+    every closed-loop ratio (B0 and the app, pgbench and the POST) are measured this way.
+    """
+    rounds = [measure() for _ in range(profile.rounds)]
+    best = dict(max(rounds, key=lambda figures: figures["rps"]))
+    best["rounds_rps"] = [figures["rps"] for figures in rounds]
+    return best
+
+
 def closed_loop(url: str, profile: Profile, **kw) -> dict:
     run_wrk(url, connections=profile.connections, duration=profile.warmup, **kw)
-    figures = run_wrk(url, connections=profile.connections, duration=profile.duration, **kw)
-    return checked(figures, url)
+
+    def measure() -> dict:
+        figures = run_wrk(url, connections=profile.connections, duration=profile.duration, **kw)
+        return checked(figures, url)
+
+    return best_of_rounds(profile, measure)
 
 
 def queries_per_request(method: str, path: str, **request) -> list[dict]:
@@ -236,6 +254,7 @@ def pgbench(script: Path, *, connections: int, duration: float) -> dict:
     latency = float(re.search(r"latency average = ([\d.]+) ms", out).group(1))
     failed = re.search(r"number of failed transactions: (\d+)", out)
     return {
+        "rps": round(tps, 1),  # named as wrk's figure, for best_of_rounds
         "tps": round(tps, 1),
         "latency_avg_ms": latency,
         "failed": int(failed.group(1)) if failed else 0,
@@ -481,14 +500,18 @@ def measure_order_placement(profile: Profile, app: str, data: Seed, workdir: Pat
     products = ",".join(map(str, data.spread_products))
     wrk_env = {"BENCH_MODE": "order", "BENCH_TOKENS_FILE": str(data.tokens_file),
                "BENCH_PRODUCTS": products}  # fmt: skip
-    for duration in (profile.warmup, profile.duration):  # the last one counts
-        orders_max = run_wrk(
+
+    def post_orders(duration: float) -> dict:
+        figures = run_wrk(
             f"{app}/api/v1/orders",
             connections=profile.connections,
             duration=duration,
             env={**wrk_env, "BENCH_RUN_ID": secrets.token_hex(4)},
         )
-    checked(orders_max, "POST /api/v1/orders")
+        return checked(figures, "POST /api/v1/orders")
+
+    post_orders(profile.warmup)
+    orders_max = best_of_rounds(profile, lambda: post_orders(profile.duration))
     # Before pgbench: its ~25,000 transactions leave autovacuum and the replica's WAL
     # replay busy for a while, which would load the cores under this latency measurement.
     rate_70 = max(1.0, 0.7 * orders_max["rps"])
@@ -497,7 +520,10 @@ def measure_order_placement(profile: Profile, app: str, data: Seed, workdir: Pat
         count=int(rate_70 * profile.duration), max_in_flight=256,
         time_limit=profile.duration * 3,
     )  # fmt: skip
-    sql_baseline = pgbench(script, connections=profile.connections, duration=profile.duration)
+    sql_baseline = best_of_rounds(
+        profile,
+        lambda: pgbench(script, connections=profile.connections, duration=profile.duration),
+    )
     return stamped(
         report.scenario_order_placement(orders_max, sql_baseline, at_70, rate_70, order_queries)
     )
