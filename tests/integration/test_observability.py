@@ -177,10 +177,19 @@ def test_one_trace_runs_from_the_request_through_outbox_and_celery_to_the_provid
         raise AssertionError(worker.log_tail(60)) from None
     assert wait_for_status(order_id, {"confirmed", "cancelled"}, worker) == "confirmed"
 
+    def saga_spans_exported():
+        # A span is written when it ends: the saga's and its task's end after the order
+        # is confirmed, so they reach the file a moment after the status does.
+        names = {s["name"] for s in read_spans(trace_file) if s["trace_id"] == trace_id}
+        return "saga order_placement" in names and any(
+            name.startswith("run/apps.core.tasks.advance_saga") for name in names
+        )
+
+    try:
+        wait_until(saga_spans_exported, timeout=15, what="the saga's and its task's spans")
+    except AssertionError:
+        raise AssertionError(worker.log_tail(60)) from None
     in_trace = [s for s in read_spans(trace_file) if s["trace_id"] == trace_id]
-    names = {s["name"] for s in in_trace}
-    assert "saga order_placement" in names
-    assert any(name.startswith("run/apps.core.tasks.advance_saga") for name in names)
     assert any(s["service"] == "mercato-worker" for s in in_trace)
     # Worker log lines carry the ids of the span they were written in.
     assert f"trace_id={trace_id}" in worker.log_path.read_text()
