@@ -8,6 +8,9 @@ class CoreConfig(AppConfig):
     verbose_name = "Platform"
 
     def ready(self) -> None:
+        # Every context's published event types register themselves on import
+        # (apps.core.event_registry): the contract the relay and subscribers see.
+        autodiscover_modules("events")
         # Every context's event handlers register themselves on import (apps.core.inbox),
         # in each process: the relay sends to the consumers registered here.
         autodiscover_modules("handlers")

@@ -74,17 +74,27 @@ def event_log_context(*, event_id, event_type: str, headers: dict) -> dict:
 
 
 Handler = Callable[[EventEnvelope], None]
+# Asked with the event type at publish and relay time: does this consumer want it now?
+Condition = Callable[[str], bool]
 
 # event type -> consumer name -> handler
 _handlers: dict[str, dict[str, Handler]] = {}
+# (event type, consumer name) -> condition, for consumers that want events only sometimes
+_conditions: dict[tuple[str, str], Condition] = {}
 
 
 def _qualified_name(func: Callable) -> str:
     return f"{func.__module__}.{func.__qualname__}"
 
 
-def event_handler(event_type: str, *, consumer: str) -> Callable[[Handler], Handler]:
-    """Register `func` as the reaction `consumer` to events of `event_type`."""
+def event_handler(
+    event_type: str, *, consumer: str, when: Condition | None = None
+) -> Callable[[Handler], Handler]:
+    """Register `func` as the reaction `consumer` to events of `event_type`.
+
+    With `when`, the consumer gets an event only while `when(event_type)` is true (at
+    publish and relay time), e.g. only while a webhook subscriber wants that type.
+    """
 
     def register(func: Handler) -> Handler:
         registered = _handlers.setdefault(event_type, {})
@@ -95,13 +105,25 @@ def event_handler(event_type: str, *, consumer: str) -> Callable[[Handler], Hand
                 f"{_qualified_name(existing)}; consumer names must be unique per event type"
             )
         registered[consumer] = func
+        if when is not None:
+            _conditions[(event_type, consumer)] = when
         return func
 
     return register
 
 
 def consumers_of(event_type: str) -> list[str]:
-    return sorted(_handlers.get(event_type, {}))
+    """The consumers that want events of this type now."""
+    return sorted(
+        consumer
+        for consumer in _handlers.get(event_type, {})
+        if (condition := _conditions.get((event_type, consumer))) is None or condition(event_type)
+    )
+
+
+def handled_event_types() -> dict[str, list[str]]:
+    """Every event type with a registered consumer, and all its consumers."""
+    return {event_type: sorted(consumers) for event_type, consumers in _handlers.items()}
 
 
 class UnknownConsumer(LookupError):

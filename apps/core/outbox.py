@@ -55,6 +55,7 @@ from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerUnavailable
 
 from apps.core import tracing
+from apps.core.event_registry import schema_version_of
 from apps.core.inbox import consumers_of, event_log_context
 from apps.core.models import OutboxMessage
 from config.celery import app as celery_app
@@ -136,6 +137,13 @@ def publish_event(
     traceparent = tracing.current_traceparent()
     if traceparent:  # the consumers' spans continue the publisher's trace
         headers["traceparent"] = traceparent
+    schema_version = schema_version_of(event_type)
+    if schema_version is not None:
+        headers["schema_version"] = schema_version
+    now = timezone.now()
+    # An event no consumer wants is kept as a record but costs the relay nothing: it is
+    # written as relayed already.
+    wanted = bool(consumers_of(event_type))
     OutboxMessage.objects.using(alias).create(
         id=event_id,
         event_type=event_type,
@@ -143,10 +151,12 @@ def publish_event(
         aggregate_id=str(aggregate_id),
         payload=json_safe(payload),
         headers=headers,
-        created_at=timezone.now(),
+        created_at=now,
+        published_at=None if wanted else now,
     )
-    # Several events of one transaction each ask; kick_relay sends one kick at most.
-    transaction.on_commit(kick_relay, using=alias, robust=True)
+    if wanted:
+        # Several events of one transaction each ask; kick_relay sends one kick at most.
+        transaction.on_commit(kick_relay, using=alias, robust=True)
     return event_id
 
 
