@@ -12,6 +12,7 @@ a crash the caller must learn that its view of the order is wrong, and neither a
 resurrected reservation nor an un-sold sale is a safe default.
 """
 
+import copy
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -23,6 +24,7 @@ from django.db.models import F
 from django.utils import timezone
 from django.utils.text import slugify
 
+from apps.catalog import events
 from apps.catalog.cache import (
     CATEGORY_TREE_KEY,
     category_cache,
@@ -33,6 +35,7 @@ from apps.catalog.cache import (
 )
 from apps.catalog.models import Category, Product, Reservation, Stock, StockAdjustment
 from apps.core.errors import Conflict, InvalidState, NotFound, ValidationFailed
+from apps.core.outbox import publish
 from apps.core.routing import primary_reads
 
 MAX_REFERENCE_LENGTH = 100
@@ -57,12 +60,14 @@ class OutOfStock(Conflict):
     problem_type = "out-of-stock"
     title = "Not enough stock"
 
-    def __init__(self, product_ids: list[int]) -> None:
+    def __init__(self, product_ids: list[int], available: dict[int, int] | None = None) -> None:
         super().__init__(
             f"Not enough stock for product(s) {', '.join(map(str, product_ids))}.",
             extra={"product_ids": product_ids},
         )
         self.product_ids = product_ids
+        # product id -> units that could still be reserved when this was raised
+        self.available = available or {}
 
 
 class ProductUnavailable(Conflict):
@@ -191,6 +196,7 @@ def commit_reservation(*, reference: str) -> None:
             on_hand=F("on_hand") - row.quantity, reserved=F("reserved") - row.quantity
         )
     _set_status(rows, Reservation.Status.COMMITTED)
+    _publish_stock_changed([row.product_id for row in rows], cause="sale", reference=reference)
 
 
 @transaction.atomic
@@ -203,6 +209,7 @@ def release_reservation(*, reference: str) -> None:
     if Reservation.Status.COMMITTED in statuses:
         raise ReservationCommitted(f"Reservation {reference!r} was sold; it cannot be released.")
     _release(rows)
+    _publish_stock_changed([row.product_id for row in rows], cause="release", reference=reference)
 
 
 @transaction.atomic
@@ -217,6 +224,7 @@ def return_reservation(*, reference: str) -> None:
     for row in rows:
         Stock.objects.filter(product_id=row.product_id).update(on_hand=F("on_hand") + row.quantity)
     _set_status(rows, Reservation.Status.RETURNED)
+    _publish_stock_changed([row.product_id for row in rows], cause="return", reference=reference)
 
 
 def release_expired_reservations(*, now: datetime | None = None, limit: int = 500) -> int:
@@ -239,6 +247,9 @@ def release_expired_reservations(*, now: datetime | None = None, limit: int = 50
                 row.status == Reservation.Status.ACTIVE and row.expires_at <= now for row in rows
             ):
                 _release(rows)
+                _publish_stock_changed(
+                    [row.product_id for row in rows], cause="release", reference=reference
+                )
                 released += 1
     return released
 
@@ -306,7 +317,14 @@ def _take_stock(wanted: dict[int, int]) -> None:
         if not updated:
             short.append(product_id)
     if short:
-        raise OutOfStock(short)
+        available = dict(
+            Stock.objects.filter(product_id__in=short)
+            .annotate(available=F("on_hand") - F("reserved"))
+            .values_list("product_id", "available")
+        )
+        raise OutOfStock(
+            short, {product_id: max(available.get(product_id, 0), 0) for product_id in short}
+        )
 
 
 def _release(rows: list[Reservation]) -> None:
@@ -365,13 +383,82 @@ def stock_adjust(
     stock.on_hand = on_hand
     stock.save(update_fields=["on_hand"])
     invalidate_products_on_commit([product_id])
-    return StockAdjustment.objects.create(
+    adjustment = StockAdjustment.objects.create(
         product_id=product_id,
         delta=delta,
         reason=reason.strip(),
         actor_id=actor_id,
         on_hand_after=on_hand,
     )
+    _publish_stock_changed(
+        [product_id], cause="adjustment", reference=f"adjustment:{adjustment.pk}"
+    )
+    return adjustment
+
+
+def _publish_stock_changed(product_ids: list[int], *, cause: str, reference: str) -> None:
+    """One StockChanged for the products a command changed, with their figures after it."""
+    rows = (
+        Stock.objects.filter(product_id__in=product_ids)
+        .order_by("product_id")
+        .values_list("product_id", "product__sku", "on_hand", "reserved")
+    )
+    publish(
+        events.StockChanged(
+            cause=cause,
+            reference=reference,
+            products=[
+                {
+                    "product_id": product_id,
+                    "sku": sku,
+                    "on_hand": on_hand,
+                    "reserved": reserved,
+                    "available": on_hand - reserved,
+                }
+                for product_id, sku, on_hand, reserved in rows
+            ],
+        ),
+        aggregate_type="stock",
+        aggregate_id=reference,
+    )
+
+
+def _publish_product_facts(product: Product, *, was: Product | None) -> None:
+    """ProductPublished / ProductUnpublished / ProductPriceChanged for what changed
+    since `was` (None: a new product)."""
+    was_active = was is not None and was.is_active
+    if product.is_active and not was_active:
+        publish(
+            events.ProductPublished(
+                product_id=product.pk,
+                sku=product.sku,
+                slug=product.slug,
+                name=product.name,
+                price=str(product.price),
+                currency=product.currency,
+            ),
+            aggregate_type="product",
+            aggregate_id=str(product.pk),
+        )
+    elif was_active and not product.is_active:
+        publish(
+            events.ProductUnpublished(product_id=product.pk, sku=product.sku),
+            aggregate_type="product",
+            aggregate_id=str(product.pk),
+        )
+    if was is not None and (was.price, was.currency) != (product.price, product.currency):
+        publish(
+            events.ProductPriceChanged(
+                product_id=product.pk,
+                sku=product.sku,
+                old_price=str(was.price),
+                old_currency=was.currency,
+                price=str(product.price),
+                currency=product.currency,
+            ),
+            aggregate_type="product",
+            aggregate_id=str(product.pk),
+        )
 
 
 # --- Products -------------------------------------------------------------------------
@@ -419,6 +506,10 @@ def product_create(
                     actor_id=actor_id,
                     on_hand_after=initial_stock,
                 )
+                _publish_stock_changed(
+                    [product.pk], cause="initial", reference=f"product:{product.pk}"
+                )
+            _publish_product_facts(product, was=None)
     except IntegrityError as exc:
         raise ProductExists(f"SKU {sku!r} or slug {product.slug!r} is taken.") from exc
     # A lookup of this slug (or id) before it existed may have cached "no such product".
@@ -436,10 +527,12 @@ def product_update(*, product_id: int, **changes) -> Product:
             if product is None:
                 raise ProductNotFound(f"No product {product_id}.")
             old_slug = product.slug
+            was = copy.copy(product)
             for name, value in changes.items():
                 setattr(product, name, value)
             _validate_product(product)
             product.save()
+            _publish_product_facts(product, was=was)
             product_cache.invalidate_on_commit(*product_keys(product.pk, old_slug, product.slug))
             forget_popular_on_commit()
     except IntegrityError as exc:
@@ -460,6 +553,10 @@ def product_set_active(*, product_ids: list[int], is_active: bool) -> int:
         Product.objects.filter(pk__in=[p.pk for p in products]).update(
             is_active=is_active, updated_at=timezone.now()
         )
+        for product in products:
+            was = copy.copy(product)
+            product.is_active = is_active
+            _publish_product_facts(product, was=was)
         keys = [key for p in products for key in product_keys(p.pk, p.slug)]
         if keys:
             product_cache.invalidate_on_commit(*keys)
@@ -632,16 +729,24 @@ def products_import(
             for product in new_products
             if by_sku[product.sku].stock
         )
+        for product in new_products:
+            if by_sku[product.sku].stock:
+                _publish_stock_changed(
+                    [product.pk], cause="initial", reference=f"product:{product.pk}"
+                )
+            _publish_product_facts(product, was=None)
         changed, now = [], timezone.now()
         for sku, product in existing.items():
             row = by_sku[sku]
             values = {name: getattr(row, name) for name in IMPORT_UPDATED_FIELDS}
             values["image_urls"] = list(row.image_urls)
             if any(getattr(product, name) != value for name, value in values.items()):
+                was = copy.copy(product)
                 for name, value in values.items():
                     setattr(product, name, value)
                 product.updated_at = now  # bulk_update skips auto_now
                 changed.append(product)
+                _publish_product_facts(product, was=was)
         Product.objects.bulk_update(changed, [*IMPORT_UPDATED_FIELDS, "updated_at"])
         stale_keys = [key for p in new_products for key in product_keys(p.pk, p.slug)]
         stale_keys += [key for p in changed for key in product_keys(p.pk)]

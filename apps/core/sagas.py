@@ -21,7 +21,8 @@ lease (no broker hop, claim or reload between steps); a step to retry later ends
 task and a new one is sent with the backoff as countdown.
 
 - An action's exception is classified by the definition's `failure_reason(exc)`: a
-  reason (business failure) starts compensation at once; None (transient) retries with
+  reason (business failure) starts compensation at once (with `failure_details(exc)`
+  kept in the context); None (transient) retries with
   jittered exponential backoff until the deadline, then compensation starts with
   `timeout_reason(exc)`.
 - Compensation runs the compensations of the failed step and of every step before it,
@@ -70,6 +71,9 @@ class SagaDefinition:
     steps: tuple[Step, ...]
     failure_reason: Callable[[Exception], str | None]
     timeout_reason: Callable[[Exception], str] = lambda exc: "timed_out"
+    # Facts about a business failure kept in the context as `failure_details` (for
+    # `on_compensated`), e.g. which products were short.
+    failure_details: Callable[[Exception], dict[str, Any]] | None = None
     on_compensated: Callable[[dict[str, Any], str], None] | None = None
     sensitive_keys: tuple[str, ...] = field(default=())
 
@@ -223,6 +227,8 @@ def _run_action(saga: SagaInstance, definition: SagaDefinition) -> bool:
             _wait_and_retry(saga, step=step.name, exc=exc, kind="step_retry")
             return False
         reason = reason or definition.timeout_reason(exc)
+        if definition.failure_details is not None:
+            saga.context["failure_details"] = definition.failure_details(exc)
         saga.state = SagaInstance.State.COMPENSATING
         saga.failure_reason = reason
         saga.last_error = _describe(exc)

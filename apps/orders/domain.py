@@ -3,9 +3,17 @@
 Commands check the state machine and record new events; `apply` is the only place
 state changes, for recorded and replayed events alike.
 
+The order's stage follows fulfilment:
+
     pending ──StockReserved, PaymentCaptured──▶ pending ──OrderConfirmed──▶ confirmed
     confirmed ──OrderShipped──▶ shipped ──OrderDelivered──▶ delivered
-    pending | confirmed ──OrderCancelled──▶ cancelled ──OrderRefunded──▶ refunded
+    pending | confirmed ──OrderCancelled──▶ cancelled
+
+Refunds (`OrderPartiallyRefunded`, `OrderRefunded`) follow the money whatever moved it
+(a cancellation, staff, the API, a late capture given back) and never change the stage;
+the status a customer sees combines both: a confirmed order with part of its payment
+refunded is `partially_refunded`, and any placed order whose payment is refunded in full
+is `refunded` (it cannot be shipped any more).
 """
 
 from dataclasses import dataclass, field
@@ -21,12 +29,14 @@ from apps.orders import events as ev
 class OrderStatus(StrEnum):
     PENDING = "pending"
     CONFIRMED = "confirmed"
+    PARTIALLY_REFUNDED = "partially_refunded"
     SHIPPED = "shipped"
     DELIVERED = "delivered"
     CANCELLED = "cancelled"
     REFUNDED = "refunded"
 
 
+# The stages of fulfilment; PARTIALLY_REFUNDED and REFUNDED are statuses only.
 CANCELLABLE = frozenset({OrderStatus.PENDING, OrderStatus.CONFIRMED})
 
 
@@ -34,7 +44,7 @@ CANCELLABLE = frozenset({OrderStatus.PENDING, OrderStatus.CONFIRMED})
 class Order:
     id: str
     version: int = 0
-    status: OrderStatus | None = None
+    stage: OrderStatus | None = None
     user_id: int | None = None
     items: list[dict[str, Any]] = field(default_factory=list)
     currency: str = ""
@@ -45,10 +55,12 @@ class Order:
     payment_id: str = ""
     paid_amount: Decimal = Decimal("0")
     refunded_amount: Decimal = Decimal("0")
+    refund_ids: set[str] = field(default_factory=set)
     tracking_number: str = ""
     carrier: str = ""
     cancellation_reason: str = ""
     cancellation_note: str = ""
+    cancellation_details: dict[str, Any] = field(default_factory=dict)
     placed_at: datetime | None = None
     updated_at: datetime | None = None
     pending_events: list[ev.OrderEvent] = field(default_factory=list, repr=False)
@@ -68,6 +80,21 @@ class Order:
     def exists(self) -> bool:
         return self.version > 0 or bool(self.pending_events)
 
+    @property
+    def fully_refunded(self) -> bool:
+        return self.paid_amount > 0 and self.refunded_amount >= self.paid_amount
+
+    @property
+    def status(self) -> OrderStatus | None:
+        """What the customer sees: the stage, or how much of the payment came back."""
+        if self.stage in (None, OrderStatus.PENDING):
+            return self.stage
+        if self.fully_refunded:
+            return OrderStatus.REFUNDED
+        if self.stage == OrderStatus.CONFIRMED and self.refunded_amount > 0:
+            return OrderStatus.PARTIALLY_REFUNDED
+        return self.stage
+
     def apply(self, event: ev.OrderEvent, *, recorded_at: datetime | None = None) -> None:
         handler = getattr(self, f"_apply_{event.event_type}")
         handler(event)
@@ -76,7 +103,7 @@ class Order:
             self.updated_at = recorded_at
 
     def _apply_OrderPlaced(self, e: ev.OrderPlaced) -> None:
-        self.status = OrderStatus.PENDING
+        self.stage = OrderStatus.PENDING
         self.user_id = e.user_id
         self.items = list(e.items)
         self.currency = e.currency
@@ -92,25 +119,27 @@ class Order:
         self.paid_amount = Decimal(e.amount)
 
     def _apply_OrderConfirmed(self, e: ev.OrderConfirmed) -> None:
-        self.status = OrderStatus.CONFIRMED
+        self.stage = OrderStatus.CONFIRMED
 
     def _apply_OrderShipped(self, e: ev.OrderShipped) -> None:
-        self.status = OrderStatus.SHIPPED
+        self.stage = OrderStatus.SHIPPED
         self.tracking_number = e.tracking_number
         self.carrier = e.carrier
 
     def _apply_OrderDelivered(self, e: ev.OrderDelivered) -> None:
-        self.status = OrderStatus.DELIVERED
+        self.stage = OrderStatus.DELIVERED
 
     def _apply_OrderCancelled(self, e: ev.OrderCancelled) -> None:
-        self.status = OrderStatus.CANCELLED
+        self.stage = OrderStatus.CANCELLED
         self.cancellation_reason = e.reason
         self.cancellation_note = e.note
+        self.cancellation_details = dict(e.details)
 
-    def _apply_OrderRefunded(self, e: ev.OrderRefunded) -> None:
+    def _apply_OrderRefunded(self, e: ev.OrderRefunded | ev.OrderPartiallyRefunded) -> None:
         self.refunded_amount += Decimal(e.amount)
-        if self.refunded_amount >= self.paid_amount:
-            self.status = OrderStatus.REFUNDED
+        self.refund_ids.update(e.refund_ids)
+
+    _apply_OrderPartiallyRefunded = _apply_OrderRefunded
 
     # --- commands ------------------------------------------------------------------
 
@@ -119,7 +148,7 @@ class Order:
         self.pending_events.append(event)
 
     def _require(self, allowed: set[OrderStatus] | frozenset[OrderStatus], action: str) -> None:
-        if self.status not in allowed:
+        if self.stage not in allowed:
             state = self.status.value if self.status else "not placed"
             raise InvalidState(f"Cannot {action} an order that is {state}.")
 
@@ -169,7 +198,7 @@ class Order:
         )
 
     def confirm(self) -> None:
-        if self.status == OrderStatus.CONFIRMED:
+        if self.stage == OrderStatus.CONFIRMED:
             return
         self._require({OrderStatus.PENDING}, "confirm")
         if not self.reservation_reference or not self.payment_id:
@@ -178,6 +207,8 @@ class Order:
 
     def ship(self, *, tracking_number: str, carrier: str = "unknown") -> None:
         self._require({OrderStatus.CONFIRMED}, "ship")
+        if self.fully_refunded:
+            raise InvalidState("Cannot ship an order whose payment was refunded in full.")
         self._record(
             ev.OrderShipped(order_id=self.id, tracking_number=tracking_number, carrier=carrier)
         )
@@ -186,20 +217,31 @@ class Order:
         self._require({OrderStatus.SHIPPED}, "deliver")
         self._record(ev.OrderDelivered(order_id=self.id))
 
-    def cancel(self, *, reason: str, note: str = "") -> None:
+    def cancel(self, *, reason: str, note: str = "", details: dict[str, Any] | None = None) -> None:
         self._require(CANCELLABLE, "cancel")
-        self._record(ev.OrderCancelled(order_id=self.id, reason=reason, note=note))
+        self._record(
+            ev.OrderCancelled(order_id=self.id, reason=reason, note=note, details=details or {})
+        )
 
     def record_refund(self, *, amount: Decimal, payment_id: str, refund_ids: list[str]) -> None:
-        self._require({OrderStatus.CANCELLED}, "refund")
+        """Record money given back. A refund already recorded (by id) is a no-op: the
+        same fact may arrive twice (a redelivered event, a retried saga step)."""
+        if self.refund_ids.issuperset(refund_ids):
+            return
+        if self.stage is None:
+            raise InvalidState("Cannot refund an order that is not placed.")
+        if not self.payment_id or payment_id != self.payment_id:
+            raise InvalidState(f"Payment {payment_id} of this order was not recorded as captured.")
         if amount <= 0 or self.refunded_amount + amount > self.paid_amount:
             raise InvalidState("A refund cannot exceed what was paid.")
-        self._record(
-            ev.OrderRefunded(
-                order_id=self.id,
-                amount=str(amount),
-                currency=self.currency,
-                payment_id=payment_id,
-                refund_ids=refund_ids,
-            )
-        )
+        fields = {
+            "order_id": self.id,
+            "amount": str(amount),
+            "currency": self.currency,
+            "payment_id": payment_id,
+            "refund_ids": refund_ids,
+        }
+        if self.refunded_amount + amount >= self.paid_amount:
+            self._record(ev.OrderRefunded(**fields))
+        else:
+            self._record(ev.OrderPartiallyRefunded(**fields))

@@ -12,6 +12,7 @@ import structlog
 from django.db import IntegrityError, connection, transaction
 
 from apps.core.errors import Conflict, NotFound
+from apps.core.event_registry import published_event_types
 from apps.core.outbox import publish_event
 from apps.orders import metrics
 from apps.orders.domain import Order
@@ -78,14 +79,17 @@ def append(order: Order) -> list[StoredEvent]:
         raise ConcurrencyConflict(
             f"Order {order.id} was changed by someone else; reload and retry."
         ) from exc
-    # Published for other contexts in the same transaction (transactional outbox).
+    # The public ones are published for other contexts in the same transaction
+    # (transactional outbox), with the order's version and owner.
+    public = published_event_types()
     for row in rows:
-        publish_event(
-            event_type=row.event_type,
-            payload={**row.data, "version": row.version},
-            aggregate_type="order",
-            aggregate_id=str(order.id),
-        )
+        if row.event_type in public:
+            publish_event(
+                event_type=row.event_type,
+                payload={**row.data, "version": row.version, "user_id": order.user_id},
+                aggregate_type="order",
+                aggregate_id=str(order.id),
+            )
     # Counted once committed: a rolled-back or conflicting append changed nothing.
     transaction.on_commit(
         partial(metrics.count_committed_events, [(r.event_type, r.data) for r in rows])

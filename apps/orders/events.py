@@ -1,12 +1,21 @@
-"""Events of the order aggregate: the orders context's published contract.
+"""Events of the order aggregate, stored in the event store (the truth).
 
 Each event is stored with its `SCHEMA_VERSION`; `upcast()` turns any stored older
 version into the current shape, so history written years ago still replays.
 Amounts are decimal strings, ids are strings: the payloads are plain JSON.
+
+The events marked `@published_event` are also the orders context's public contract:
+they go out through the outbox (docs/events.md). `StockReserved` and `PaymentCaptured`
+are the order's own bookkeeping of its saga's steps and stay inside the context (the
+payments context publishes the money facts).
 """
 
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
+
+from apps.core.event_registry import published_event
+
+CONTEXT = "orders"
 
 
 @dataclass(frozen=True)
@@ -21,6 +30,7 @@ class OrderEvent:
         return asdict(self)
 
 
+@published_event(context=CONTEXT)
 @dataclass(frozen=True)
 class OrderPlaced(OrderEvent):
     order_id: str
@@ -46,11 +56,13 @@ class PaymentCaptured(OrderEvent):
     currency: str
 
 
+@published_event(context=CONTEXT)
 @dataclass(frozen=True)
 class OrderConfirmed(OrderEvent):
     order_id: str
 
 
+@published_event(context=CONTEXT)
 @dataclass(frozen=True)
 class OrderShipped(OrderEvent):
     SCHEMA_VERSION: ClassVar[int] = 2  # v2 added `carrier`
@@ -59,20 +71,40 @@ class OrderShipped(OrderEvent):
     carrier: str = "unknown"
 
 
+@published_event(context=CONTEXT)
 @dataclass(frozen=True)
 class OrderDelivered(OrderEvent):
     order_id: str
 
 
+@published_event(context=CONTEXT)
 @dataclass(frozen=True)
 class OrderCancelled(OrderEvent):
     order_id: str
     reason: str  # a code: customer_request, out_of_stock, payment_declined, ...
     note: str = ""
+    # What made the saga give up, e.g. for out_of_stock:
+    # {"products": [{"product_id": 7, "requested": 3, "available": 1}]}
+    details: dict[str, Any] = field(default_factory=dict)
 
 
+@published_event(context=CONTEXT)
 @dataclass(frozen=True)
 class OrderRefunded(OrderEvent):
+    """The order's payment is now refunded in full (`amount`: by this refund)."""
+
+    order_id: str
+    amount: str
+    currency: str
+    payment_id: str = ""
+    refund_ids: list[str] = field(default_factory=list)
+
+
+@published_event(context=CONTEXT)
+@dataclass(frozen=True)
+class OrderPartiallyRefunded(OrderEvent):
+    """Part of the order's payment was refunded (`amount`: by this refund)."""
+
     order_id: str
     amount: str
     currency: str
@@ -91,6 +123,7 @@ EVENT_TYPES: dict[str, type[OrderEvent]] = {
         OrderDelivered,
         OrderCancelled,
         OrderRefunded,
+        OrderPartiallyRefunded,
     )
 }
 

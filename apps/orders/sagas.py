@@ -56,12 +56,10 @@ def charge_payment(ctx: dict[str, Any]) -> dict[str, Any]:
     return {"payment_id": result.payment_id}
 
 
-def refund_payment(ctx: dict[str, Any]) -> dict[str, Any]:
-    refund = payments.payment_void_for_order(order_id=ctx["order_id"], reason="order not placed")
-    if refund is None:
-        return {}
-    return {"refund": {"amount": str(refund.amount), "payment_id": refund.payment_id,
-                       "refund_id": refund.refund_id}}  # fmt: skip
+def refund_payment(ctx: dict[str, Any]) -> None:
+    # The order learns of the refund from the payments context's PaymentRefunded event
+    # (apps.orders.handlers), published with the refund itself: nothing to record here.
+    payments.payment_void_for_order(order_id=ctx["order_id"], reason="order not placed")
 
 
 def confirm_order(ctx: dict[str, Any]) -> None:
@@ -75,17 +73,9 @@ def confirm_order(ctx: dict[str, Any]) -> None:
 def cancel_order(ctx: dict[str, Any], reason: str) -> None:
     # InvalidState: cancelled already (by its owner, or by an earlier run of this step).
     with contextlib.suppress(InvalidState):
-        orders.order_cancel(order_id=ctx["order_id"], reason=reason)
-    refund = ctx.get("refund")
-    if refund:
-        # InvalidState: recorded by an earlier run of this step.
-        with contextlib.suppress(InvalidState):
-            orders.order_record_refund(
-                order_id=ctx["order_id"],
-                amount=Decimal(refund["amount"]),
-                payment_id=str(refund["payment_id"]),
-                refund_ids=[str(refund["refund_id"])],
-            )
+        orders.order_cancel(
+            order_id=ctx["order_id"], reason=reason, details=ctx.get("failure_details")
+        )
 
 
 def failure_reason(exc: Exception) -> str | None:
@@ -105,6 +95,22 @@ def failure_reason(exc: Exception) -> str | None:
     return None  # unexpected: retried until the deadline, then compensated
 
 
+def failure_details(exc: Exception) -> dict[str, Any]:
+    """What the customer and staff are told beside the reason."""
+    if isinstance(exc, catalog.OutOfStock):
+        return {
+            "products": [
+                {"product_id": product_id, "available": exc.available.get(product_id, 0)}
+                for product_id in exc.product_ids
+            ]
+        }
+    if isinstance(exc, catalog.ProductUnavailable):
+        return {"products": [{"product_id": product_id} for product_id in exc.product_ids]}
+    if isinstance(exc, payments.PaymentDeclined):
+        return {"decline_code": exc.decline_code, "payment_id": str(exc.payment_id)}
+    return {}
+
+
 def timeout_reason(exc: Exception) -> str:
     if isinstance(exc, payments.PaymentProviderUnavailable):
         return "payment_unavailable"
@@ -120,6 +126,7 @@ register_saga(
             Step("confirm_order", confirm_order),
         ),
         failure_reason=failure_reason,
+        failure_details=failure_details,
         timeout_reason=timeout_reason,
         on_compensated=cancel_order,
         sensitive_keys=("payment_token",),
@@ -128,17 +135,8 @@ register_saga(
 
 
 def refund_cancelled_order(ctx: dict[str, Any]) -> None:
-    refund = payments.payment_void_for_order(order_id=ctx["order_id"], reason="order cancelled")
-    if refund is None:
-        return  # refunded by an earlier run, or nothing was captured
-    # InvalidState: recorded by an earlier run of this step.
-    with contextlib.suppress(InvalidState):
-        orders.order_record_refund(
-            order_id=ctx["order_id"],
-            amount=refund.amount,
-            payment_id=str(refund.payment_id),
-            refund_ids=[str(refund.refund_id)],
-        )
+    # Recorded on the order by its PaymentRefunded event, as in the placement saga.
+    payments.payment_void_for_order(order_id=ctx["order_id"], reason="order cancelled")
 
 
 def restock(ctx: dict[str, Any]) -> None:

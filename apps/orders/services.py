@@ -168,13 +168,15 @@ def order_deliver(*, order_id: str) -> Order:
     return _run(order_id, lambda o: o.deliver())
 
 
-def order_cancel(*, order_id: str, reason: str, note: str = "") -> Order:
+def order_cancel(
+    *, order_id: str, reason: str, note: str = "", details: dict[str, Any] | None = None
+) -> Order:
     """Cancel until shipped. A pending order's placement saga undoes its own steps when it
     next runs; a confirmed order gets a refund-and-restock saga, started with the cancel."""
 
     def cancel(order: Order) -> None:
-        was_confirmed = order.status == OrderStatus.CONFIRMED
-        order.cancel(reason=reason, note=note)
+        was_confirmed = order.stage == OrderStatus.CONFIRMED
+        order.cancel(reason=reason, note=note, details=details or {})
         if was_confirmed:
             saga_start(
                 saga_type=ORDER_CANCELLATION_SAGA,
@@ -186,9 +188,15 @@ def order_cancel(*, order_id: str, reason: str, note: str = "") -> Order:
 
 
 def order_record_refund(
-    *, order_id: str, amount: Decimal, payment_id: str, refund_ids: list[str]
+    *, order_id: str, payment_id: str, refund_id: str, amount: Decimal, captured: Decimal
 ) -> Order:
-    return _run(
-        order_id,
-        lambda o: o.record_refund(amount=amount, payment_id=payment_id, refund_ids=refund_ids),
-    )
+    """Record a refund of the order's payment, once per refund id. A capture the order
+    has not heard of yet (it was settled late, or its event is still on the way) is
+    recorded first: facts may arrive in any order."""
+
+    def record(order: Order) -> None:
+        if order.payment_id != payment_id and refund_id not in order.refund_ids:
+            order.record_payment_captured(payment_id=payment_id, amount=captured)
+        order.record_refund(amount=amount, payment_id=payment_id, refund_ids=[refund_id])
+
+    return _run(order_id, record)

@@ -20,7 +20,9 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from apps.core.errors import Conflict, DomainError, InvalidState, NotFound, ValidationFailed
+from apps.core.outbox import publish
 from apps.core.routing import primary_reads
+from apps.payments import events
 from apps.payments.gateway import (
     ProviderCharge,
     ProviderRefund,
@@ -173,6 +175,13 @@ def _request_void(payment: Payment, *, reason: str) -> None:
         )
         if updated:
             _log(payment, "payment.void_requested", "compensation", {"reason": reason})
+            publish(
+                events.PaymentVoided(
+                    payment_id=str(payment.pk), order_id=payment.order_id, reason=reason
+                ),
+                aggregate_type="payment",
+                aggregate_id=str(payment.pk),
+            )
 
 
 def _void_if_requested(payment: Payment) -> None:
@@ -279,7 +288,27 @@ def _settle_charge(
                 "failure_code": payment.failure_code,
             },
         )
+        _publish_charge_outcome(payment)
         return payment, "settled"
+
+
+def _publish_charge_outcome(payment: Payment) -> None:
+    common = {
+        "payment_id": str(payment.pk),
+        "order_id": payment.order_id,
+        "user_id": payment.user_id,
+        "amount": str(payment.amount),
+        "currency": payment.currency,
+    }
+    if payment.status == Payment.Status.SUCCEEDED:
+        event = events.PaymentCaptured(**common, provider_charge_id=payment.provider_charge_id)
+    else:
+        event = events.PaymentFailed(
+            **common,
+            failure_code=payment.failure_code,
+            failure_message=payment.failure_message,
+        )
+    publish(event, aggregate_type="payment", aggregate_id=str(payment.pk))
 
 
 def _payment_result(payment: Payment) -> PaymentResult:
@@ -433,7 +462,34 @@ def _settle_refund(
             source,
             {"refund_id": refund.pk, "amount": str(refund.amount), "failure_code": failure_code},
         )
+        _publish_refund_outcome(refund, payment)
         return refund, "settled"
+
+
+def _publish_refund_outcome(refund: Refund, payment: Payment) -> None:
+    if refund.status == Refund.Status.SUCCEEDED:
+        event = events.PaymentRefunded(
+            payment_id=str(payment.pk),
+            order_id=payment.order_id,
+            user_id=payment.user_id,
+            refund_id=str(refund.pk),
+            amount=str(refund.amount),
+            currency=refund.currency,
+            amount_refunded=str(payment.amount_refunded),
+            payment_amount=str(payment.amount),
+            full=payment.status == Payment.Status.REFUNDED,
+            reason=refund.reason,
+        )
+    else:
+        event = events.RefundFailed(
+            payment_id=str(payment.pk),
+            order_id=payment.order_id,
+            refund_id=str(refund.pk),
+            amount=str(refund.amount),
+            currency=refund.currency,
+            failure_code=refund.failure_code,
+        )
+    publish(event, aggregate_type="payment", aggregate_id=str(payment.pk))
 
 
 def _refund_result(refund: Refund) -> RefundResult:

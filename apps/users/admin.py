@@ -4,6 +4,7 @@ from django.contrib.auth.forms import BaseUserCreationForm
 from django.contrib.auth.forms import UserChangeForm as DjangoUserChangeForm
 from django.utils.translation import gettext_lazy as _
 
+from apps.users import services
 from apps.users.models import Address, User
 
 
@@ -42,6 +43,7 @@ class UserAdmin(DjangoUserAdmin):
     list_filter = ["is_staff", "is_active", "is_superuser", "groups"]
     search_fields = ["email", "full_name"]
     inlines = [AddressInline]
+    actions = ["deactivate"]
     fieldsets = (
         (None, {"fields": ("email", "password")}),
         (_("Profile"), {"fields": ("full_name",)}),
@@ -64,3 +66,19 @@ class UserAdmin(DjangoUserAdmin):
             },
         ),
     )
+
+    def save_model(self, request, obj, form, change):
+        # (De)activation goes through the service that announces it.
+        if change and "is_active" in form.changed_data:
+            is_active = obj.is_active
+            obj.is_active = form.initial["is_active"]
+            super().save_model(request, obj, form, change)
+            services.user_set_active(user=obj, is_active=is_active)
+        else:
+            super().save_model(request, obj, form, change)
+
+    @admin.action(description="Deactivate the selected accounts", permissions=["change"])
+    def deactivate(self, request, queryset):
+        for user in queryset.filter(is_active=True):
+            services.user_set_active(user=user, is_active=False)
+        self.message_user(request, "The selected accounts are deactivated.")

@@ -31,3 +31,8 @@ def user_ids_by_email(*, fragment: str, limit: int = 500) -> list[int]:
         .order_by("id")
         .values_list("id", flat=True)[:limit]
     )
+
+
+def user_contact(*, user_id: int) -> tuple[str, str] | None:
+    """(email, full name) of an active user, for messages from other contexts."""
+    return User.objects.filter(pk=user_id, is_active=True).values_list("email", "full_name").first()

@@ -5,6 +5,8 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, transaction
 
 from apps.core.errors import Conflict, NotFound, ValidationFailed
+from apps.core.outbox import publish
+from apps.users import events
 from apps.users.models import Address, User, normalize_email
 
 ADDRESS_FIELDS = frozenset(
@@ -34,8 +36,30 @@ def user_register(*, email: str, password: str, full_name: str = "") -> User:
         with transaction.atomic():
             # The unique constraint, not a prior lookup, decides a race of two sign-ups.
             user.save(force_insert=True)
+            publish(
+                events.UserRegistered(user_id=user.pk, email=user.email, full_name=full_name),
+                aggregate_type="user",
+                aggregate_id=str(user.pk),
+            )
     except IntegrityError as exc:
         raise EmailAlreadyRegistered(f"An account with {email} already exists.") from exc
+    return user
+
+
+@transaction.atomic
+def user_set_active(*, user: User, is_active: bool) -> User:
+    """(De)activate an account; deactivation is announced (UserDeactivated)."""
+    was_active = (
+        User.objects.select_for_update().values_list("is_active", flat=True).get(pk=user.pk)
+    )
+    user.is_active = is_active
+    user.save(update_fields=["is_active"])
+    if was_active and not is_active:
+        publish(
+            events.UserDeactivated(user_id=user.pk),
+            aggregate_type="user",
+            aggregate_id=str(user.pk),
+        )
     return user
 
 

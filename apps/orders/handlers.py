@@ -1,0 +1,54 @@
+"""The orders context's reactions to events (each idempotent through the inbox).
+
+- Money: the payments context's `PaymentCaptured` and `PaymentRefunded` are recorded on
+  the order whatever moved the money (the placement saga, a cancellation, staff, the
+  API, a provider webhook, reconciliation). Recording is idempotent per payment and
+  per refund id as well, so a fact that arrives twice, or in another order, counts once.
+- Customer e-mail: one message per confirmed, cancelled, shipped and refunded order,
+  with a Message-ID derived from the event id (apps.orders.emails).
+"""
+
+from decimal import Decimal
+
+import structlog
+
+from apps.core.errors import NotFound
+from apps.core.inbox import EventEnvelope, event_handler
+from apps.orders import emails, services
+
+logger = structlog.get_logger(__name__)
+
+
+@event_handler("PaymentCaptured", consumer="orders.record_payment_captured")
+def record_payment_captured(event: EventEnvelope) -> None:
+    data = event.payload
+    try:
+        services.order_record_payment_captured(
+            order_id=data["order_id"], payment_id=data["payment_id"], amount=Decimal(data["amount"])
+        )
+    except NotFound:
+        logger.warning("payment_of_unknown_order", order_id=data["order_id"])
+
+
+@event_handler("PaymentRefunded", consumer="orders.record_refund")
+def record_refund(event: EventEnvelope) -> None:
+    data = event.payload
+    try:
+        services.order_record_refund(
+            order_id=data["order_id"],
+            payment_id=data["payment_id"],
+            refund_id=data["refund_id"],
+            amount=Decimal(data["amount"]),
+            captured=Decimal(data["payment_amount"]),
+        )
+    except NotFound:
+        logger.warning("refund_of_unknown_order", order_id=data["order_id"])
+
+
+@event_handler("OrderConfirmed", consumer="orders.email_customer")
+@event_handler("OrderCancelled", consumer="orders.email_customer")
+@event_handler("OrderShipped", consumer="orders.email_customer")
+@event_handler("OrderRefunded", consumer="orders.email_customer")
+@event_handler("OrderPartiallyRefunded", consumer="orders.email_customer")
+def email_customer(event: EventEnvelope) -> None:
+    emails.order_email_send(event_id=event.id, event_type=event.type, data=event.payload)
