@@ -2,8 +2,9 @@
 
 Request, latency, status, database and cache metrics come from django-prometheus; the
 contexts define their business metrics beside their code (apps/orders/metrics.py,
-apps/payments/metrics.py) with prometheus_client. Two values are read at scrape time
-instead of counted: the outbox backlog and the replica lag (a collector).
+apps/payments/metrics.py) with prometheus_client. Some values are read at scrape time
+instead of counted: the outbox backlog, each event consumer's lag and the replica lag
+(a collector).
 
 Multiprocess: with PROMETHEUS_MULTIPROC_DIR set (gunicorn with several workers, a Celery
 prefork pool), each process writes its samples to files there and a scrape aggregates
@@ -56,12 +57,19 @@ saga_step_failures = Counter(
     ["saga_type", "step", "kind"],
 )
 
+event_consumer_events = Counter(
+    "mercato_event_consumer_events_total",
+    "Events delivered to a consumer, by consumer and outcome: processed, duplicate "
+    "(handled before, skipped through the inbox), failed (to be retried), gave_up.",
+    ["consumer", "outcome"],
+)
+
 
 class PlatformStateCollector(Collector):
-    """Outbox backlog and replica lag, measured when Prometheus scrapes."""
+    """Outbox backlog, consumer lag and replica lag, measured when Prometheus scrapes."""
 
     def collect(self):
-        from apps.core.selectors import outbox_backlog
+        from apps.core.selectors import consumer_lag, outbox_backlog
         from config.db_router import replica_health
 
         pending, oldest_age = outbox_backlog()
@@ -73,6 +81,14 @@ class PlatformStateCollector(Collector):
             "Age of the oldest outbox message not yet relayed (0 when none).",
             value=oldest_age,
         )
+        lag_by_consumer = GaugeMetricFamily(
+            "mercato_event_consumer_lag_seconds",
+            "Age of the oldest relayed event a consumer has not handled yet (0 when none).",
+            labels=["consumer"],
+        )
+        for consumer, seconds in sorted(consumer_lag().items()):
+            lag_by_consumer.add_metric([consumer], seconds)
+        yield lag_by_consumer
         lag = GaugeMetricFamily(
             "mercato_replica_lag_seconds",
             "Replication lag of each read replica, as this process last measured it.",

@@ -5,6 +5,9 @@ Public API:
     outbox_backlog() -> (pending_count, oldest_pending_age_seconds)
     overdue_sagas(grace_seconds=...) -> readable lines, one per saga still running or
         compensating longer than `grace_seconds` past its deadline
+    unconsumed_events(...) -> readable lines, one per (consumer, relayed event) pair with
+        no inbox row after a grace period
+    consumer_lag() -> {consumer: age in seconds of its oldest relayed, unhandled event}
 
 for metrics, readiness and the integrity check: how many outbox messages wait for the
 relay, and for how long the oldest has waited (0.0 when none). Read from the primary:
@@ -13,10 +16,12 @@ a replica's lag would show a backlog the relay has already cleared.
 
 from datetime import timedelta
 
-from django.db.models import Count, Min
+from django.conf import settings
+from django.db.models import Count, Exists, Min, OuterRef
 from django.utils import timezone
 
-from apps.core.models import OutboxMessage, SagaInstance
+from apps.core.inbox import unconditional_consumers
+from apps.core.models import InboxMessage, OutboxMessage, SagaInstance
 from apps.core.routing import primary_reads
 
 
@@ -45,3 +50,58 @@ def overdue_sagas(*, grace_seconds: float) -> list[str]:
         f"deadline was {saga.deadline.isoformat()}"
         for saga in sagas
     ]
+
+
+def _unhandled(consumer: str, event_types: list[str], *, older_than: float):
+    """Relayed events of these types that `consumer` has no inbox row for, published
+    `older_than` seconds ago or more and still within the inbox's retention (older inbox
+    rows are purged, so older events cannot be judged)."""
+    now = timezone.now()
+    return (
+        OutboxMessage.objects.filter(
+            event_type__in=event_types,
+            published_at__isnull=False,
+            created_at__lte=now - timedelta(seconds=older_than),
+            created_at__gt=now - timedelta(days=settings.INBOX_RETENTION_DAYS),
+        )
+        .annotate(
+            handled=Exists(InboxMessage.objects.filter(consumer=consumer, event_id=OuterRef("pk")))
+        )
+        .filter(handled=False)
+    )
+
+
+def _types_by_consumer() -> dict[str, list[str]]:
+    by_consumer: dict[str, list[str]] = {}
+    for event_type, consumers in unconditional_consumers().items():
+        for consumer in consumers:
+            by_consumer.setdefault(consumer, []).append(event_type)
+    return by_consumer
+
+
+def unconsumed_events(*, grace_seconds: float, limit: int = 20) -> list[str]:
+    """Events a consumer was sent and has not handled `grace_seconds` after they were
+    published (it gave up, or its task was lost), one readable line each."""
+    problems = []
+    with primary_reads():
+        for consumer, event_types in sorted(_types_by_consumer().items()):
+            missed = _unhandled(consumer, event_types, older_than=grace_seconds)
+            count = missed.count()
+            if count:
+                oldest = missed.order_by("created_at").values_list("pk", "event_type")[:limit]
+                listed = ", ".join(f"{event_type} {pk}" for pk, event_type in oldest)
+                problems.append(f"{consumer}: {count} event(s) not handled: {listed}")
+    return problems
+
+
+def consumer_lag() -> dict[str, float]:
+    """Per consumer: how long its oldest relayed, unhandled event has waited (0 if none)."""
+    now = timezone.now()
+    lag = {}
+    with primary_reads():
+        for consumer, event_types in _types_by_consumer().items():
+            oldest = _unhandled(consumer, event_types, older_than=0).aggregate(
+                oldest=Min("created_at")
+            )["oldest"]
+            lag[consumer] = max((now - oldest).total_seconds(), 0.0) if oldest else 0.0
+    return lag

@@ -18,7 +18,7 @@ import structlog
 from celery import shared_task
 from django.conf import settings
 
-from apps.core import tracing
+from apps.core import metrics, tracing
 from apps.core.idempotency import idempotency_records_purge_expired
 from apps.core.inbox import (
     EventEnvelope,
@@ -80,21 +80,26 @@ def deliver_event(
             headers.get("traceparent"), f"handle {event_type}", consumer=consumer
         ),
     ):
+        outcomes = metrics.event_consumer_events
         try:
-            return consume_event(event, consumer=consumer)
+            handled = consume_event(event, consumer=consumer)
         except UnknownConsumer:
             logger.warning("event_consumer_unknown")
             return False
         except Exception as exc:
             retries = self.request.retries
             if retries >= settings.EVENT_HANDLER_MAX_RETRIES:
+                outcomes.labels(consumer=consumer, outcome="gave_up").inc()
                 logger.error("event_handler_gave_up", retries=retries, exc_info=True)
                 raise
+            outcomes.labels(consumer=consumer, outcome="failed").inc()
             countdown = retry_countdown(retries)
             logger.warning(
                 "event_handler_failed", retries=retries, retry_in=round(countdown, 2), exc_info=True
             )
             raise self.retry(exc=exc, countdown=countdown) from exc
+        outcomes.labels(consumer=consumer, outcome="processed" if handled else "duplicate").inc()
+        return handled
 
 
 @shared_task(name="apps.core.tasks.purge_expired_idempotency_records")

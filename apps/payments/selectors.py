@@ -1,6 +1,7 @@
 """Payments context queries (routed to a replica where the router allows)."""
 
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 
 from django.db.models import Prefetch, Q, QuerySet, Sum
@@ -86,3 +87,14 @@ def refund_overrun_report() -> list[str]:
                     f"amount_refunded is {amount_refunded}"
                 )
     return problems
+
+
+def refunded_amounts_by_order(*, changed_before: datetime) -> dict[str, Decimal]:
+    """Order id -> amount refunded of its payment, for payments refunded at least in part
+    and last changed before `changed_before` (later ones may still be on their way)."""
+    with primary_reads():
+        return dict(
+            Payment.objects.filter(
+                amount_refunded__gt=0, updated_at__lt=changed_before
+            ).values_list("order_id", "amount_refunded")
+        )

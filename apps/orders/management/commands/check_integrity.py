@@ -6,9 +6,11 @@ context through their public selectors (apps.core must not import a context).
 
 import contextlib
 from collections.abc import Iterator
+from datetime import timedelta
 
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection, transaction
+from django.utils import timezone
 
 from apps.catalog import selectors as catalog_selectors
 from apps.core import selectors as core_selectors
@@ -16,13 +18,13 @@ from apps.orders import selectors as order_selectors
 from apps.orders.domain import Order, OrderStatus
 from apps.payments import selectors as payment_selectors
 
-PAID_STATUSES = (OrderStatus.CONFIRMED, OrderStatus.SHIPPED, OrderStatus.DELIVERED)
+PAID_STAGES = (OrderStatus.CONFIRMED, OrderStatus.SHIPPED, OrderStatus.DELIVERED)
 
 
 def payment_report(rebuilt: dict[str, Order]) -> list[str]:
     """Each confirmed (shipped, delivered) order has exactly one succeeded charge of its
     total, and it is the payment the order recorded."""
-    paid = {order_id: order for order_id, order in rebuilt.items() if order.status in PAID_STATUSES}
+    paid = {order_id: order for order_id, order in rebuilt.items() if order.stage in PAID_STAGES}
     captured = payment_selectors.captured_payments_by_order(order_ids=list(paid))
     problems = []
     for order_id, order in sorted(paid.items()):
@@ -47,6 +49,28 @@ def payment_report(rebuilt: dict[str, Order]) -> list[str]:
     return problems
 
 
+def refund_report(rebuilt: dict[str, Order], *, grace_seconds: float) -> list[str]:
+    """Every refund of a payment is recorded on its order (once the event had time)."""
+    settled_before = timezone.now() - timedelta(seconds=grace_seconds)
+    refunded = payment_selectors.refunded_amounts_by_order(changed_before=settled_before)
+    problems = []
+    for order_id, amount in sorted(refunded.items()):
+        order = rebuilt.get(order_id)
+        if order is None:
+            continue  # a payment of no order (charged through the API alone)
+        if order.refunded_amount != amount:
+            problems.append(
+                f"order {order_id}: its payment has {amount} refunded, "
+                f"the order records {order.refunded_amount}"
+            )
+    for order_id, order in sorted(rebuilt.items()):
+        if order.refunded_amount and order_id not in refunded and order.updated_at < settled_before:
+            problems.append(
+                f"order {order_id}: records {order.refunded_amount} refunded, its payment none"
+            )
+    return problems
+
+
 @contextlib.contextmanager
 def one_snapshot() -> Iterator[None]:
     """Every check reads the same committed state: under load, separate queries would
@@ -63,8 +87,9 @@ def one_snapshot() -> Iterator[None]:
 
 class Command(BaseCommand):
     help = (
-        "Check stock conservation, payments of confirmed orders, refunds within charges, the "
-        "order read model against the event store, overdue sagas and the outbox backlog. "
+        "Check stock conservation, payments of confirmed orders, refunds within charges and "
+        "recorded on their orders, the order read model against the event store, overdue "
+        "sagas, the outbox backlog and events their consumers have not handled. "
         "Exits non-zero with a report when anything fails."
     )
 
@@ -76,6 +101,13 @@ class Command(BaseCommand):
             help="Fail when more outbox messages than this wait for the relay.",
         )
         parser.add_argument(
+            "--event-grace-seconds",
+            type=float,
+            default=120.0,
+            help="How long a relayed event may wait for its consumers, and a refund for its "
+            "order, before it counts as lost.",
+        )
+        parser.add_argument(
             "--saga-grace-seconds",
             type=float,
             default=300.0,
@@ -83,9 +115,18 @@ class Command(BaseCommand):
             "(the sweeper's delay, a compensation's retries) before it counts as stuck.",
         )
 
-    def handle(self, *args, max_outbox_backlog: int, saga_grace_seconds: float, **options):
+    def handle(
+        self,
+        *args,
+        max_outbox_backlog: int,
+        saga_grace_seconds: float,
+        event_grace_seconds: float,
+        **options,
+    ):
         with one_snapshot():
-            checks, rebuilt, backlog = self._run_checks(max_outbox_backlog, saga_grace_seconds)
+            checks, rebuilt, backlog = self._run_checks(
+                max_outbox_backlog, saga_grace_seconds, event_grace_seconds
+            )
         failed = 0
         for name, problems in checks:
             if not problems:
@@ -100,7 +141,9 @@ class Command(BaseCommand):
             raise CommandError(f"integrity check failed: {failed} of {len(checks)} checks")
         self.stdout.write(self.style.SUCCESS("integrity check passed"))
 
-    def _run_checks(self, max_outbox_backlog: int, saga_grace_seconds: float):
+    def _run_checks(
+        self, max_outbox_backlog: int, saga_grace_seconds: float, event_grace_seconds: float
+    ):
         rebuilt = order_selectors.orders_from_event_store()
         backlog, oldest_age = core_selectors.outbox_backlog()
         outbox_problems = (
@@ -116,6 +159,10 @@ class Command(BaseCommand):
             ("payments of confirmed orders", payment_report(rebuilt)),
             ("refunds within charges", payment_selectors.refund_overrun_report()),
             (
+                "refunds recorded on their orders",
+                refund_report(rebuilt, grace_seconds=event_grace_seconds),
+            ),
+            (
                 "order read model = event store",
                 order_selectors.read_model_discrepancy_report(rebuilt=rebuilt),
             ),
@@ -124,5 +171,9 @@ class Command(BaseCommand):
                 core_selectors.overdue_sagas(grace_seconds=saga_grace_seconds),
             ),
             ("outbox backlog", outbox_problems),
+            (
+                "events handled by their consumers",
+                core_selectors.unconsumed_events(grace_seconds=event_grace_seconds),
+            ),
         ]
         return checks, rebuilt, backlog
