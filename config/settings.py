@@ -480,13 +480,15 @@ if PRODUCTION:
     SESSION_COOKIE_SAMESITE = "Lax"
 
 # --- Customer e-mail --------------------------------------------------------------
-# `make run` and the tests write each message to a file under var/mail; production sends
-# through SMTP (EMAIL_HOST, EMAIL_PORT, EMAIL_HOST_USER, EMAIL_HOST_PASSWORD, EMAIL_USE_TLS).
+# `make run` writes each message to a file under var/mail, test workers keep them in
+# memory; production sends through SMTP (EMAIL_HOST, EMAIL_PORT, EMAIL_HOST_USER,
+# EMAIL_HOST_PASSWORD, EMAIL_USE_TLS).
 EMAIL_BACKEND = env.str(
     "EMAIL_BACKEND",
-    default="django.core.mail.backends.smtp.EmailBackend"
-    if PRODUCTION
-    else "django.core.mail.backends.filebased.EmailBackend",
+    default={
+        "production": "django.core.mail.backends.smtp.EmailBackend",
+        "test": "django.core.mail.backends.locmem.EmailBackend",
+    }.get(DJANGO_ENV, "django.core.mail.backends.filebased.EmailBackend"),
 )
 EMAIL_FILE_PATH = env.str("EMAIL_FILE_PATH", default=str(VAR_DIR / "mail"))
 EMAIL_HOST = env.str("EMAIL_HOST", default="localhost")

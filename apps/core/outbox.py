@@ -10,7 +10,9 @@ Public API (for every context's services):
 
 Both publish functions must run inside `transaction.atomic` (they raise
 `NotInTransaction` otherwise): the outbox row commits or rolls back with the state
-change, so an event is published if and only if its change happened. The returned id is
+change, so an event is published if and only if its change happened. An event that no
+consumer wants (`consumers_of` is empty) is written as relayed already: a record that
+costs the relay nothing. The returned id is
 the event id (`OutboxMessage.id`) that consumers deduplicate on.
 
 Headers: `request_id` and `correlation_id` come from the structlog context (bound per

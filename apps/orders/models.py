@@ -49,6 +49,8 @@ class OrderSummary(models.Model):
     tracking_number = models.CharField(max_length=100, blank=True)
     carrier = models.CharField(max_length=50, blank=True)
     cancellation_reason = models.CharField(max_length=50, blank=True)
+    # Why the saga gave up, beside the reason: short products, the decline code.
+    cancellation_details = models.JSONField(default=dict, blank=True)
     version = models.PositiveIntegerField()  # the last event applied
     placed_at = models.DateTimeField(db_index=True)
     updated_at = models.DateTimeField()

@@ -30,6 +30,7 @@ def summary_fields(order: Order) -> dict:
         "tracking_number": order.tracking_number,
         "carrier": order.carrier,
         "cancellation_reason": order.cancellation_reason,
+        "cancellation_details": order.cancellation_details,
         "version": order.version,
         "placed_at": order.placed_at,
         "updated_at": order.updated_at,

@@ -30,7 +30,7 @@ from apps.core.outbox import (
 from apps.core.selectors import outbox_backlog
 from apps.core.tasks import deliver_event, purge_processed_messages
 from config.celery import app as celery_app
-from tests.core.event_probes import ECHOED, FLAKY, PROBED
+from tests.core.event_probes import ECHOED, FLAKY, PROBED, QUIET
 from tests.core.urls import PROBES
 
 pytestmark = [
@@ -367,12 +367,23 @@ def test_relay_kicks_coalesce_while_one_is_queued_and_not_started():
     first = []
     for n in range(5):
         with transaction.atomic():
-            # No consumer: the relay sends nothing to the queue counted here.
-            first.append(publish_event(event_type="NobodyListens", payload={"n": n}))
+            first.append(publish_event(event_type=QUIET, payload={"n": n}))
     assert queued("events") == before + 1
 
     relay_pending_messages()  # what the queued kick runs: it sees all five
     assert not OutboxMessage.objects.filter(pk__in=first, published_at__isnull=True).exists()
+    delivered = before + 1 + 5  # the kick, and one delivery per event to tests.quiet
+    assert queued("events") == delivered
     with transaction.atomic():
-        publish_event(event_type="NobodyListens", payload={"n": "after the relay started"})
-    assert queued("events") == before + 2
+        publish_event(event_type=QUIET, payload={"n": "after the relay started"})
+    assert queued("events") == delivered + 1
+
+
+def test_an_event_nobody_wants_is_stored_as_relayed_and_costs_no_message():
+    before = queued("events")
+    with transaction.atomic():
+        event_id = publish_event(event_type="NobodyListens", payload={"n": 1})
+    message = OutboxMessage.objects.get(pk=event_id)
+    assert message.published_at is not None  # kept as a record, never claimed
+    assert queued("events") == before  # no relay kick
+    assert relay_pending_messages() == 0

@@ -93,6 +93,26 @@ def processes_under(directory: Path) -> list[int]:
     return pids
 
 
+def assert_one_confirmation_mail(mail_dir: Path, order_id: str, product: dict, log: Path):
+    """The worker writes the customer's confirmation under var/mail, once, with the
+    order's lines and total."""
+
+    def confirmations() -> list[str]:
+        texts = [path.read_text() for path in sorted(mail_dir.glob("*.log"))]
+        messages = [m for text in texts for m in text.split("-" * 79) if m.strip()]
+        return [m for m in messages if order_id in m and "is confirmed" in m]
+
+    deadline = time.monotonic() + ORDER_TIMEOUT_SECONDS
+    while not confirmations() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(2)  # a second copy, if any, would be written by now
+    found = confirmations()
+    assert len(found) == 1, (found, log.read_text()[-3000:])
+    assert "To: newcomer@example.com" in found[0]
+    assert f"1 x {product['name']}" in found[0]
+    assert "Total: " in found[0]
+
+
 def test_make_run_serves_the_api_and_stops_cleanly(tmp_path):
     copy = fresh_copy(tmp_path / "mercato")
     port = free_port()
@@ -139,6 +159,8 @@ def test_make_run_serves_the_api_and_stops_cleanly(tmp_path):
             time.sleep(0.5)
             state = json.loads(call("GET", order_url, token=access)[1])["status"]
         assert state == "confirmed", log.read_text()[-4000:]
+        order_id = json.loads(placed)["id"]
+        assert_one_confirmation_mail(copy / "var" / "mail", order_id, product, log)
 
         output = log.read_text()
         assert "customer@mercato.local" in output and "staff@mercato.local" in output

@@ -96,7 +96,11 @@ def build_shop() -> dict:
         amount_refunded=payment.amount, status=Payment.Status.REFUNDED
     )
     services.order_record_refund(
-        order_id=refunded, amount=payment.amount, payment_id=str(payment.pk), refund_ids=["r1"]
+        order_id=refunded,
+        amount=payment.amount,
+        payment_id=str(payment.pk),
+        refund_id="r1",
+        captured=payment.amount,
     )
     catalog_services.return_reservation(reference=refunded)
     return {"lamp": lamp, "desk": desk, "confirmed": confirmed, "pending": str(pending.pk)}
@@ -105,7 +109,7 @@ def build_shop() -> dict:
 def test_a_consistent_database_passes(shop):
     passed, report = run_check()
     assert passed, report
-    assert report.count("OK ") == 6
+    assert report.count("OK ") == 8
     assert "4 orders checked" in report
     assert "integrity check passed" in report
 
@@ -170,6 +174,43 @@ def test_each_kind_of_corruption_is_reported_and_fails(shop, corrupt, check, det
     assert report.count("FAIL ") == 1, report
 
 
+def _refund_not_on_the_order(shop):
+    payment = Payment.objects.get(order_id=shop["confirmed"])
+    RefundFactory(payment=payment, amount=Decimal("5.00"))
+    Payment.objects.filter(pk=payment.pk).update(
+        amount_refunded=Decimal("5.00"), status=Payment.Status.PARTIALLY_REFUNDED
+    )
+
+
+def _event_relayed_but_never_handled(shop):
+    OutboxMessage.objects.filter(event_type="OrderConfirmed").update(published_at=timezone.now())
+
+
+LATE_FACTS = [
+    (_refund_not_on_the_order, "refunds recorded on their orders", "its payment has 5.00 refunded"),
+    (
+        _event_relayed_but_never_handled,
+        "events handled by their consumers",
+        "orders.email_customer: 3 event(s) not handled: OrderConfirmed",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "check", "detail"), LATE_FACTS, ids=[c[0].__name__.strip("_") for c in LATE_FACTS]
+)
+def test_a_fact_that_never_reached_its_consumer_is_reported_after_the_grace(
+    shop, corrupt, check, detail
+):
+    corrupt(shop)
+    assert run_check("--event-grace-seconds=600")[0]  # may still be on its way
+    passed, report = run_check("--event-grace-seconds=0")
+    assert not passed
+    assert f"FAIL  {check}: " in report, report
+    assert detail in report, report
+    assert report.count("FAIL ") == 1, report
+
+
 def test_an_outbox_backlog_over_the_bound_fails(shop):
     pending = OutboxMessage.objects.filter(published_at__isnull=True).count()
     assert pending > 0
@@ -195,7 +236,7 @@ def test_the_command_line_exits_non_zero_on_failure(shop, capsys):
     assert exit_info.value.code == 1
     captured = capsys.readouterr()
     assert "FAIL  stock conservation" in captured.out
-    assert "integrity check failed: 1 of 6 checks" in captured.err
+    assert "integrity check failed: 1 of 8 checks" in captured.err
 
 
 @pytest.mark.django_db(transaction=True, databases="__all__")

@@ -104,7 +104,12 @@ def _run(order: Order, command: tuple) -> None:
                 "half": (rest / 2).quantize(TWO_PLACES),
                 "one cent over": rest + TWO_PLACES,
             }.get(amount, amount)
-            order.record_refund(amount=amount, payment_id=order.payment_id, refund_ids=["r"])
+            refund_id = f"r{len(order.pending_events)}"
+            order.record_refund(amount=amount, payment_id=order.payment_id, refund_ids=[refund_id])
+            # The same refund arriving again (a redelivered event) changes nothing.
+            events, state = len(order.pending_events), _state(order)
+            order.record_refund(amount=amount, payment_id=order.payment_id, refund_ids=[refund_id])
+            assert (len(order.pending_events), _state(order)) == (events, state)
 
 
 def _state(order: Order) -> dict:
@@ -136,8 +141,14 @@ def test_any_command_sequence_keeps_the_order_invariants(lines, script):
         assert Decimal("0") <= order.refunded_amount <= order.paid_amount
         if order.paid_amount:
             assert order.paid_amount == order.total
-        if order.status in (OrderStatus.CONFIRMED, OrderStatus.SHIPPED, OrderStatus.DELIVERED):
+        if order.stage in (OrderStatus.CONFIRMED, OrderStatus.SHIPPED, OrderStatus.DELIVERED):
             assert confirmed_seen and order.reservation_reference and order.payment_id
+        if order.status == OrderStatus.PARTIALLY_REFUNDED:
+            assert order.stage == OrderStatus.CONFIRMED
+            assert 0 < order.refunded_amount < order.paid_amount
+        if "OrderShipped" in types and order.fully_refunded:
+            # Shipped first, refunded after (a return): never shipped once refunded in full.
+            assert types.index("OrderShipped") < types.index("OrderRefunded")
         if "OrderShipped" in types:
             assert types.index("OrderConfirmed") < types.index("OrderShipped")
         if "OrderDelivered" in types:

@@ -143,6 +143,12 @@ def test_out_of_stock_cancels_without_charging(worker, customer_client, sandbox)
     order = wait_for_outcome(order_id)
 
     assert (order.status, order.cancellation_reason) == ("cancelled", "out_of_stock")
+    # Which products were short, and how many were left, on the order and its event.
+    short = {"products": [{"product_id": scarce.pk, "available": 1}]}
+    assert order.cancellation_details == short
+    with primary_reads():
+        cancelled = StoredEvent.objects.get(aggregate_id=order_id, event_type="OrderCancelled")
+    assert cancelled.data["details"] == short
     assert stock(scarce) == (1, 0) and stock(plenty) == (10, 0)
     assert payments_of(order_id) == []
     assert sandbox.charges_for(order_id) == []

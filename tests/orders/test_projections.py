@@ -34,7 +34,11 @@ def mixed_workload() -> None:
         if n % 4 == 3:
             order = services.order_cancel(order_id=order_id, reason="staff_request")
             services.order_record_refund(
-                order_id=order_id, amount=order.total, payment_id="p", refund_ids=["r"]
+                order_id=order_id,
+                amount=order.total,
+                payment_id=order.payment_id,
+                refund_id="r",
+                captured=order.total,
             )
 
 

@@ -60,6 +60,7 @@ class OrderSerializer(serializers.ModelSerializer):
             "tracking_number",
             "carrier",
             "cancellation_reason",
+            "cancellation_details",
             "version",
             "placed_at",
             "updated_at",
