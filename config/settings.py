@@ -258,6 +258,9 @@ EVENT_HANDLER_RETRY_BASE_SECONDS = env.float("EVENT_HANDLER_RETRY_BASE_SECONDS",
 EVENT_HANDLER_RETRY_MAX_SECONDS = env.float("EVENT_HANDLER_RETRY_MAX_SECONDS", default=600.0)
 # Published outbox rows and inbox rows are kept this long, for diagnosis.
 OUTBOX_RETENTION_DAYS = env.int("OUTBOX_RETENTION_DAYS", default=7)
+# How far back /metrics looks for an event a consumer has not handled (its lag); the
+# integrity check looks back as far as the outbox keeps rows.
+EVENT_CONSUMER_LAG_WINDOW_SECONDS = env.float("EVENT_CONSUMER_LAG_WINDOW_SECONDS", default=3600)
 INBOX_RETENTION_DAYS = env.int("INBOX_RETENTION_DAYS", default=30)
 IDEMPOTENCY_KEY_TTL_SECONDS = env.int("IDEMPOTENCY_KEY_TTL_SECONDS", default=24 * 3600)
 # Longer than any request may run: an older in-flight claim belongs to a dead process.

@@ -5,7 +5,7 @@ decorator; staff look, and never edit them by hand. One action, for users with t
 outbox change permission: send messages again (e.g. after a consumer gave up).
 """
 
-from django.contrib import admin
+from django.contrib import admin, messages
 
 from apps.core.models import (
     IdempotencyRecord,
@@ -16,6 +16,7 @@ from apps.core.models import (
 )
 from apps.core.outbox import outbox_messages_resend
 from apps.core.sagas import saga_retry_now
+from apps.core.selectors import consumer_lag
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -67,6 +68,17 @@ class InboxMessageAdmin(ReadOnlyAdmin):
     list_display = ["event_id", "consumer", "processed_at"]
     list_filter = ["consumer"]
     search_fields = ["=event_id"]
+
+    def changelist_view(self, request, extra_context=None):
+        # How far behind each consumer is, above the list of what it handled.
+        lag = consumer_lag()
+        behind = {consumer: seconds for consumer, seconds in lag.items() if seconds}
+        level = messages.WARNING if behind else messages.INFO
+        summary = ", ".join(
+            f"{consumer} {seconds:.0f} s" for consumer, seconds in sorted(lag.items())
+        )
+        self.message_user(request, f"Oldest unhandled event per consumer: {summary}", level=level)
+        return super().changelist_view(request, extra_context=extra_context)
 
 
 @admin.register(IdempotencyRecord)

@@ -126,14 +126,6 @@ def handled_event_types() -> dict[str, list[str]]:
     return {event_type: sorted(consumers) for event_type, consumers in _handlers.items()}
 
 
-def unconditional_consumers() -> dict[str, list[str]]:
-    """Per event type, the consumers that get every event of it (no `when`)."""
-    return {
-        event_type: sorted(c for c in consumers if (event_type, c) not in _conditions)
-        for event_type, consumers in _handlers.items()
-    }
-
-
 class UnknownConsumer(LookupError):
     """No handler of that name for that event type (removed since the event was sent)."""
 

@@ -28,12 +28,15 @@ class OutboxMessage(models.Model):
     headers = models.JSONField(default=dict)
     created_at = models.DateTimeField(default=timezone.now)
     published_at = models.DateTimeField(null=True, blank=True)
+    # The consumers the relay sent it to: what their inboxes must show (lag, integrity).
+    consumers = models.JSONField(default=list, blank=True)
     attempts = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True)
 
     class Meta:
         ordering = ["created_at"]
         indexes = [
+            models.Index(fields=["event_type", "created_at"], name="core_outbox_type_created_idx"),
             # The relay's claim and the backlog metric scan only pending rows.
             models.Index(
                 fields=["created_at"],

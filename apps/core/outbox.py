@@ -30,11 +30,11 @@ down at commit time, a crash right after commit).
 The relay (`relay_pending_messages`, run by the `apps.core.tasks.relay_outbox` task)
 claims pending rows with `SELECT ... FOR UPDATE SKIP LOCKED`, so several relays share
 the work without publishing a message twice per claim, sends one
-`apps.core.tasks.deliver_event` task per registered consumer of the event type, and
-stamps `published_at` in the same transaction. Delivery is at-least-once: a relay that
-dies after sending but before committing leaves the rows pending, and they are sent
-again; consumers deduplicate through the inbox (`apps.core.inbox`). Consumers must not
-rely on the order of events.
+`apps.core.tasks.deliver_event` task per consumer that wants the event, and stamps
+`published_at` and those `consumers` in the same transaction. Delivery is at-least-once:
+a relay that dies after sending but before committing leaves the rows pending, and they
+are sent again; consumers deduplicate through the inbox (`apps.core.inbox`). Consumers
+must not rely on the order of events.
 """
 
 import contextlib
@@ -243,13 +243,13 @@ def _log_context_of(message: OutboxMessage) -> Iterator[None]:
         structlog.contextvars.bind_contextvars(**saved)
 
 
-def send_message(message: OutboxMessage, *, producer=None) -> int:
-    """Send one `deliver_event` task per registered consumer; return how many."""
+def send_message(message: OutboxMessage, *, producer=None) -> list[str]:
+    """Send one `deliver_event` task per consumer that wants it; return the consumers."""
     consumers = consumers_of(message.event_type)
     for consumer in consumers:
         with _log_context_of(message):
             _send_delivery(message, consumer, producer)
-    return len(consumers)
+    return consumers
 
 
 def _send_delivery(message: OutboxMessage, consumer: str, producer) -> None:
@@ -274,6 +274,8 @@ def relay_batch(*, limit: int) -> list[uuid.UUID]:
     """Claim, send and stamp one batch in one transaction; return the ids sent."""
     alias = router.db_for_write(OutboxMessage)
     sent: list[uuid.UUID] = []
+    # consumers sent to -> the ids sent to them: one UPDATE per distinct set
+    sent_to: dict[tuple[str, ...], list[uuid.UUID]] = {}
     with transaction.atomic(using=alias):
         messages = claim_pending_messages(limit=limit)
         if not messages:
@@ -281,7 +283,7 @@ def relay_batch(*, limit: int) -> list[uuid.UUID]:
         with celery_app.producer_or_acquire() as producer:
             for message in messages:
                 try:
-                    send_message(message, producer=producer)
+                    consumers = send_message(message, producer=producer)
                 except BrokerUnavailable as exc:
                     # The broker is down: the rest of the batch would fail the same way.
                     _record_failure(alias, message, exc)
@@ -291,9 +293,12 @@ def relay_batch(*, limit: int) -> list[uuid.UUID]:
                     _record_failure(alias, message, exc)
                 else:
                     sent.append(message.id)
-        OutboxMessage.objects.using(alias).filter(pk__in=sent).update(
-            published_at=timezone.now(), attempts=F("attempts") + 1
-        )
+                    sent_to.setdefault(tuple(consumers), []).append(message.id)
+        now = timezone.now()
+        for consumers, ids in sent_to.items():
+            OutboxMessage.objects.using(alias).filter(pk__in=ids).update(
+                published_at=now, attempts=F("attempts") + 1, consumers=list(consumers)
+            )
     return sent
 
 

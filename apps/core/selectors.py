@@ -20,7 +20,7 @@ from django.conf import settings
 from django.db.models import Count, Exists, Min, OuterRef
 from django.utils import timezone
 
-from apps.core.inbox import unconditional_consumers
+from apps.core.inbox import handled_event_types
 from apps.core.models import InboxMessage, OutboxMessage, SagaInstance
 from apps.core.routing import primary_reads
 
@@ -52,28 +52,33 @@ def overdue_sagas(*, grace_seconds: float) -> list[str]:
     ]
 
 
-def _unhandled(consumer: str, event_types: list[str], *, older_than: float):
-    """Relayed events of these types that `consumer` has no inbox row for, published
-    `older_than` seconds ago or more and still within the inbox's retention (older inbox
-    rows are purged, so older events cannot be judged)."""
+def _unhandled(consumer: str, event_types: list[str], *, older_than: float, window: float):
+    """Relayed events of these types sent to `consumer` that it has no inbox row for,
+    published between `window` and `older_than` seconds ago, oldest first."""
     now = timezone.now()
-    return (
+    candidates = (
         OutboxMessage.objects.filter(
             event_type__in=event_types,
             published_at__isnull=False,
             created_at__lte=now - timedelta(seconds=older_than),
-            created_at__gt=now - timedelta(days=settings.INBOX_RETENTION_DAYS),
+            created_at__gt=now - timedelta(seconds=window),
         )
         .annotate(
             handled=Exists(InboxMessage.objects.filter(consumer=consumer, event_id=OuterRef("pk")))
         )
         .filter(handled=False)
+        .order_by("created_at")
+        .values_list("pk", "event_type", "created_at", "consumers")
     )
+    # The relay records whom it sent each event to: only those must have handled it.
+    for pk, event_type, created_at, consumers in candidates.iterator(chunk_size=500):
+        if consumer in consumers:
+            yield pk, event_type, created_at
 
 
 def _types_by_consumer() -> dict[str, list[str]]:
     by_consumer: dict[str, list[str]] = {}
-    for event_type, consumers in unconditional_consumers().items():
+    for event_type, consumers in handled_event_types().items():
         for consumer in consumers:
             by_consumer.setdefault(consumer, []).append(event_type)
     return by_consumer
@@ -81,27 +86,38 @@ def _types_by_consumer() -> dict[str, list[str]]:
 
 def unconsumed_events(*, grace_seconds: float, limit: int = 20) -> list[str]:
     """Events a consumer was sent and has not handled `grace_seconds` after they were
-    published (it gave up, or its task was lost), one readable line each."""
+    published (it gave up, or its task was lost), one readable line each. Looks back as
+    far as outbox and inbox keep their rows."""
+    window = timedelta(
+        days=min(settings.OUTBOX_RETENTION_DAYS, settings.INBOX_RETENTION_DAYS)
+    ).total_seconds()
     problems = []
     with primary_reads():
         for consumer, event_types in sorted(_types_by_consumer().items()):
-            missed = _unhandled(consumer, event_types, older_than=grace_seconds)
-            count = missed.count()
-            if count:
-                oldest = missed.order_by("created_at").values_list("pk", "event_type")[:limit]
-                listed = ", ".join(f"{event_type} {pk}" for pk, event_type in oldest)
-                problems.append(f"{consumer}: {count} event(s) not handled: {listed}")
+            missed = list(
+                _unhandled(consumer, event_types, older_than=grace_seconds, window=window)
+            )
+            if missed:
+                listed = ", ".join(f"{event_type} {pk}" for pk, event_type, _ in missed[:limit])
+                problems.append(f"{consumer}: {len(missed)} event(s) not handled: {listed}")
     return problems
 
 
 def consumer_lag() -> dict[str, float]:
-    """Per consumer: how long its oldest relayed, unhandled event has waited (0 if none)."""
+    """Per consumer: how long its oldest relayed, unhandled event of the last
+    EVENT_CONSUMER_LAG_WINDOW_SECONDS has waited (0 if none)."""
     now = timezone.now()
     lag = {}
     with primary_reads():
         for consumer, event_types in _types_by_consumer().items():
-            oldest = _unhandled(consumer, event_types, older_than=0).aggregate(
-                oldest=Min("created_at")
-            )["oldest"]
-            lag[consumer] = max((now - oldest).total_seconds(), 0.0) if oldest else 0.0
+            oldest = next(
+                _unhandled(
+                    consumer,
+                    event_types,
+                    older_than=0,
+                    window=settings.EVENT_CONSUMER_LAG_WINDOW_SECONDS,
+                ),
+                None,
+            )
+            lag[consumer] = max((now - oldest[2]).total_seconds(), 0.0) if oldest else 0.0
     return lag

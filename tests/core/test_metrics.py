@@ -3,8 +3,11 @@
 import pytest
 from django.db import transaction
 
-from apps.core.outbox import publish_event
+from apps.core.models import OutboxMessage
+from apps.core.outbox import publish_event, relay_pending_messages
+from apps.core.tasks import deliver_event
 from config.db_router import replica_health
+from tests.core.event_probes import PROBED
 from tests.support.metrics import sample_value
 
 pytestmark = pytest.mark.django_db(databases="__all__")
@@ -48,11 +51,40 @@ def test_metrics_show_requests_by_view_and_status(api_client):
 def test_outbox_backlog_is_measured_at_scrape_time(api_client):
     assert sample_value(scrape(api_client), "mercato_outbox_pending_messages") == 0
     with transaction.atomic():
-        publish_event(event_type="MetricsProbe", payload={})
-        publish_event(event_type="MetricsProbe", payload={})
+        publish_event(event_type=PROBED, payload={})
+        publish_event(event_type=PROBED, payload={})
     text = scrape(api_client)
     assert sample_value(text, "mercato_outbox_pending_messages") == 2
     assert sample_value(text, "mercato_outbox_oldest_pending_age_seconds") >= 0
+
+
+def test_each_consumer_shows_its_lag_and_what_became_of_its_events(api_client):
+    with transaction.atomic():
+        event_id = publish_event(event_type=PROBED, payload={})
+    relay_pending_messages()  # sent to tests.echo, not handled yet
+    lagging = scrape(api_client)
+    assert sample_value(lagging, "mercato_event_consumer_lag_seconds", consumer="tests.echo") > 0
+    processed = {"consumer": "tests.echo", "outcome": "processed"}
+    before = sample_value(lagging, "mercato_event_consumer_events_total", **processed) or 0
+
+    message = OutboxMessage.objects.get(pk=event_id)
+    kwargs = {
+        "event_id": str(message.id),
+        "event_type": message.event_type,
+        "payload": message.payload,
+        "headers": message.headers,
+        "consumer": "tests.echo",
+    }
+    deliver_event.apply(kwargs=kwargs)
+    deliver_event.apply(kwargs=kwargs)  # redelivered: skipped through the inbox
+
+    caught_up = scrape(api_client)
+    assert sample_value(caught_up, "mercato_event_consumer_lag_seconds", consumer="tests.echo") == 0
+    assert sample_value(caught_up, "mercato_event_consumer_events_total", **processed) == before + 1
+    duplicates = sample_value(
+        caught_up, "mercato_event_consumer_events_total", consumer="tests.echo", outcome="duplicate"
+    )
+    assert duplicates >= 1
 
 
 def test_replica_lag_and_state_are_exposed(api_client, settings):

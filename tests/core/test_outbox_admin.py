@@ -51,3 +51,14 @@ def test_resend_action_makes_a_published_message_pending_again(admin_client, rep
     assert response.status_code == 200
     assert OutboxMessage.objects.get(pk=event_id).published_at is None
     assert relay_pending_messages() == 1
+
+
+def test_staff_see_how_far_behind_each_consumer_is(admin_client):
+    with transaction.atomic():
+        publish_event(event_type=PROBED, payload={"n": 1})
+    relay_pending_messages()  # sent to tests.echo, which has not handled it
+    page = admin_client.get("/admin/core/inboxmessage/")
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert "Oldest unhandled event per consumer:" in text
+    assert "tests.echo" in text

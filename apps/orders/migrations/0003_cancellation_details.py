@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('orders', '0002_staff_permissions'),
+        ("orders", "0002_staff_permissions"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='ordersummary',
-            name='cancellation_details',
+            model_name="ordersummary",
+            name="cancellation_details",
             field=models.JSONField(blank=True, default=dict),
         ),
     ]
