@@ -16,7 +16,7 @@ from apps.core.event_registry import published_event_types
 from apps.core.outbox import publish_event
 from apps.orders import metrics
 from apps.orders.domain import Order
-from apps.orders.events import upcast
+from apps.orders.events import CONTEXT, upcast
 from apps.orders.models import StoredEvent
 
 
@@ -83,7 +83,10 @@ def append(order: Order) -> list[StoredEvent]:
     # (transactional outbox), with the order's version and owner.
     public = published_event_types()
     for row in rows:
-        if row.event_type in public:
+        # The order's own PaymentCaptured is bookkeeping; the payments context publishes its
+        # namesake.
+        published = public.get(row.event_type)
+        if published is not None and published.context == CONTEXT:
             publish_event(
                 event_type=row.event_type,
                 payload={**row.data, "version": row.version, "user_id": order.user_id},

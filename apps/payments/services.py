@@ -184,17 +184,20 @@ def _request_void(payment: Payment, *, reason: str) -> None:
             )
 
 
-def _void_if_requested(payment: Payment) -> None:
-    """Refund a charge whose order was given up before its outcome was known."""
+def _void_if_requested(payment: Payment) -> bool:
+    """Refund a charge whose order was given up before its outcome was known; False when
+    there is nothing to refund or the provider is away (reconciliation tries again)."""
     if payment.void_requested_at is None or payment.status not in (
         Payment.Status.SUCCEEDED,
         Payment.Status.PARTIALLY_REFUNDED,
     ):
-        return
+        return False
     try:
         refund_payment(payment_id=payment.pk, reason="order not placed (late capture)")
     except PaymentProviderUnavailable:
         logger.warning("late_capture_refund_deferred", payment_id=payment.pk)
+        return False
+    return True
 
 
 def _validate_charge(*, order_id: str, amount: Decimal, currency: str, token: str) -> None:
@@ -595,6 +598,13 @@ def payments_reconcile_pending(
             .order_by("id")
             .values_list("pk", "idempotency_key")[:limit]
         )
+        # Captures of given-up orders whose refund was deferred (the provider was away).
+        unvoided = list(
+            Payment.objects.filter(
+                void_requested_at__isnull=False,
+                status__in=[Payment.Status.SUCCEEDED, Payment.Status.PARTIALLY_REFUNDED],
+            ).order_by("id")[:limit]
+        )
         refunds = list(
             Refund.objects.filter(status=Refund.Status.PENDING, updated_at__lt=cutoff)
             .order_by("id")
@@ -621,6 +631,9 @@ def payments_reconcile_pending(
                 source="reconciliation",
             )
             counts[f"refunds_{outcome}"] += 1
+        for payment in unvoided:
+            refunded = _void_if_requested(payment)
+            counts["late_captures_refunded" if refunded else "late_captures_deferred"] += 1
     except ProviderUnavailable:
         # The next run picks up what is left.
         logger.warning("payments_reconciliation_deferred", done=dict(counts))
