@@ -36,6 +36,8 @@ from apps.payments.models import Payment, PaymentEvent, Refund
 logger = structlog.get_logger(__name__)
 
 MAX_AMOUNT = Decimal("9999999999.99")
+# The failure code of a charge or refund the provider says it never received.
+NOT_SUBMITTED = "not_submitted"
 
 
 class PaymentDeclined(DomainError):
@@ -159,7 +161,7 @@ def payment_void_for_order(*, order_id: str, reason: str) -> RefundResult | None
             # learns it (reconciliation, a webhook) refunds a capture (_void_if_requested).
             _request_void(payment, reason=reason)
             return None
-        failure = None if charge else ("not_submitted", "The provider never got this charge.")
+        failure = None if charge else (NOT_SUBMITTED, "The provider never got this charge.")
         payment, _ = _settle_charge(
             payment_id=payment.pk, charge=charge, failure=failure, source="compensation"
         )
@@ -397,12 +399,17 @@ def _refund_reserve(
         payment = Payment.objects.select_for_update().get(pk=payment_id)
     except Payment.DoesNotExist as exc:
         raise NotFound("No such payment.") from exc
-    existing = Refund.objects.filter(idempotency_key=idempotency_key).first()
+    existing = Refund.objects.select_for_update().filter(idempotency_key=idempotency_key).first()
     if existing is not None:
         if existing.payment_id != payment.pk or (amount is not None and existing.amount != amount):
             raise Conflict("This idempotency key was used for a different refund.")
         existing.payment = payment
-        return existing
+        if not (
+            existing.status == Refund.Status.FAILED
+            and existing.failure_code == NOT_SUBMITTED
+            and amount is None
+        ):
+            return existing
     if payment.status not in (Payment.Status.SUCCEEDED, Payment.Status.PARTIALLY_REFUNDED):
         raise InvalidState(f"A {payment.get_status_display().lower()} payment cannot be refunded.")
     # Pending refunds count as spent, so two concurrent refunds cannot overshoot.
@@ -414,6 +421,17 @@ def _refund_reserve(
             f"At most {refundable} {payment.currency} can be refunded.",
             extra={"refundable": str(refundable)},
         )
+    if existing is not None:
+        # A refund of "the rest" the provider never received moved no money: submit it
+        # again under its key (the provider has never seen that key).
+        existing.status, existing.failure_code, existing.amount = (
+            Refund.Status.PENDING,
+            "",
+            refund_amount,
+        )
+        existing.save(update_fields=["status", "failure_code", "amount", "updated_at"])
+        _log(payment, "refund.resubmitted", "api", {"refund_id": existing.pk})
+        return existing
     refund = Refund.objects.create(
         payment=payment,
         amount=refund_amount,
@@ -615,7 +633,7 @@ def payments_reconcile_pending(
     try:
         for payment_pk, key in payments:
             charge = provider.find_charge(idempotency_key=key)
-            failure = None if charge else ("not_submitted", "The provider never got this charge.")
+            failure = None if charge else (NOT_SUBMITTED, "The provider never got this charge.")
             payment, outcome = _settle_charge(
                 payment_id=payment_pk, charge=charge, failure=failure, source="reconciliation"
             )
@@ -627,7 +645,7 @@ def payments_reconcile_pending(
             _, outcome = _settle_refund(
                 refund_id=refund_pk,
                 provider_refund=provider_refund,
-                failure_code="" if provider_refund else "not_submitted",
+                failure_code="" if provider_refund else NOT_SUBMITTED,
                 source="reconciliation",
             )
             counts[f"refunds_{outcome}"] += 1

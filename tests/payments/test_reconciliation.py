@@ -1,11 +1,13 @@
 from decimal import Decimal
 
 import pytest
+from django.utils import timezone
 
 from apps.payments.gateway import get_provider
 from apps.payments.models import Payment, Refund
-from apps.payments.services import payments_reconcile_pending
+from apps.payments.services import charge_for_order, payments_reconcile_pending, refund_payment
 from apps.payments.tasks import reconcile_pending_payments
+from tests.payments.conftest import new_order_id
 from tests.payments.factories import PaymentFactory, RefundFactory
 
 pytestmark = pytest.mark.django_db
@@ -93,3 +95,32 @@ def test_reconciliation_defers_while_the_provider_is_down(sandbox, settings):
 def test_the_reconciliation_task_is_scheduled(settings):
     entry = settings.CELERY_BEAT_SCHEDULE["payments-reconcile-pending"]
     assert entry["task"] == reconcile_pending_payments.name
+
+
+def test_a_late_capture_whose_refund_never_reached_the_provider_is_refunded_again(sandbox):
+    """A given-up order's capture: its refund was lost on the way (failed `not_submitted`);
+    reconciliation submits it again under the same key, and the money comes back once."""
+    result = charge_for_order(
+        order_id=new_order_id(), user_id=1, amount=Decimal("9.00"), currency="EUR",
+        token="tok_visa",
+    )  # fmt: skip
+    Payment.objects.filter(pk=result.payment_id).update(void_requested_at=timezone.now())
+    refunds_at_provider = sandbox.state()["refunds"]
+    lost = RefundFactory(
+        payment_id=result.payment_id,
+        amount=Decimal("9.00"),
+        status=Refund.Status.FAILED,
+        failure_code="not_submitted",
+        idempotency_key=f"refund:{result.payment_id}:remaining",
+    )
+
+    counts = payments_reconcile_pending(older_than_seconds=0)
+
+    assert counts == {"late_captures_refunded": 1}
+    lost.refresh_from_db()
+    assert (lost.status, lost.failure_code) == ("succeeded", "")
+    payment = Payment.objects.get(pk=result.payment_id)
+    assert (payment.status, payment.amount_refunded) == ("refunded", Decimal("9.00"))
+    again = refund_payment(payment_id=result.payment_id, reason="once more")
+    assert again.refund_id == lost.pk  # refunded already: the same refund, nothing more
+    assert sandbox.state()["refunds"] == refunds_at_provider + 1
