@@ -56,6 +56,19 @@ saga_step_failures = Counter(
     ["saga_type", "step", "kind"],
 )
 
+webhook_deliveries = Counter(
+    "mercato_webhook_deliveries_total",
+    "Webhook delivery outcomes: each attempt succeeded or failed_attempt; gave_up once per "
+    "delivery that ended failed (retry window over, or its subscription disabled).",
+    ["outcome"],
+)
+webhook_delivery_seconds = Histogram(
+    "mercato_webhook_delivery_seconds",
+    "Duration of one webhook delivery attempt (POST until the response status, or the "
+    "error), whatever its outcome.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
 
 class PlatformStateCollector(Collector):
     """Outbox backlog and replica lag, measured when Prometheus scrapes."""
