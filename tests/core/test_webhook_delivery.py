@@ -1,11 +1,17 @@
 """Webhooks end to end: outbox -> relay -> `webhooks.fan_out` -> signed POSTs to a real
 receiver on loopback, through a real Celery worker (and beat), PostgreSQL and Redis."""
 
+import uuid
+from datetime import timedelta
+
 import pytest
 from django.db import transaction
+from django.utils import timezone
 
+from apps.core.inbox import EventEnvelope
 from apps.core.models import OutboxMessage, WebhookDelivery, WebhookSubscription
-from apps.core.outbox import publish, publish_event
+from apps.core.outbox import event_message, publish, publish_event
+from apps.core.webhooks.delivery import delivery_body
 from apps.core.webhooks.services import webhook_delivery_redeliver, webhook_subscription_create
 from tests.core.event_probes import ECHOED, PROBED
 from tests.core.webhook_probes import UnsubscribedProbeHappened, WebhookProbeHappened
@@ -152,3 +158,35 @@ def test_subscriber_down_past_the_retry_window_fails_then_is_disabled_and_nothin
         assert not WebhookDelivery.objects.filter(subscription=down, event_id=second).exists()
         healthy.refresh_from_db()
         assert healthy.is_active
+
+
+def test_a_delivery_whose_task_was_lost_is_sent_by_the_sweep(
+    start_celery_worker, start_celery_beat
+):
+    sweep = {**FAST_RETRIES, "WEBHOOK_SWEEP_SECONDS": "0.5"}
+    with WebhookReceiver(secret=SECRET) as receiver:
+        subscription = subscribe(receiver.url)
+        start_celery_worker(include=PROBES, env=sweep)
+        event = envelope_of(WebhookProbeHappened(n=1))
+        # Written by a fan-out whose queued task never reached a worker.
+        WebhookDelivery.objects.create(
+            subscription=subscription,
+            event_id=event.id,
+            event_type=event.type,
+            body=delivery_body(event),
+            next_attempt_at=timezone.now() - timedelta(seconds=5),
+            retry_until=timezone.now() + timedelta(hours=1),
+        )
+        start_celery_beat(env=sweep)
+
+        wait_until(
+            lambda: deliveries_of(subscription, "succeeded"), timeout=TIMEOUT, what="the sweep"
+        )
+        assert receiver.accepted_event_ids() == [str(event.id)]
+
+
+def envelope_of(event) -> EventEnvelope:
+    event_type, payload = event_message(event)
+    return EventEnvelope(
+        id=uuid.uuid4(), type=event_type, payload=payload, created_at=timezone.now()
+    )
