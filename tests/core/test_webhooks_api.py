@@ -223,3 +223,14 @@ def test_only_staff_with_the_webhook_permission_manage_subscriptions(api_client,
     if status != 200:
         assert created["Content-Type"] == "application/problem+json"
         assert not WebhookSubscription.objects.exists()
+
+
+def test_the_webhook_api_is_in_the_openapi_schema(api_client):
+    schema = api_client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+    paths = schema["paths"]
+    assert set(paths[LIST]) >= {"get", "post"}
+    assert set(paths[LIST + "/{subscription_id}"]) >= {"get", "patch", "delete"}
+    assert "get" in paths[LIST + "/{subscription_id}/deliveries"]
+    assert "post" in paths[LIST + "/{subscription_id}/deliveries/{delivery_id}/redeliver"]
+    created = paths[LIST]["post"]["responses"]["201"]["content"]["application/json"]["schema"]
+    assert created == {"$ref": "#/components/schemas/WebhookSubscriptionCreated"}
