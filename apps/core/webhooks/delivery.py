@@ -322,7 +322,12 @@ def _record(attempt: Attempt, result: AttemptResult) -> tuple[str, float | None]
                     max_seconds=settings.WEBHOOK_RETRY_MAX_SECONDS,
                 )
                 delivery.next_attempt_at = now + timedelta(seconds=retry_in)
-        delivery.save()
+        delivery.save(
+            update_fields=[
+                "status", "delivered_at", "next_attempt_at", "last_status_code", "last_error",
+                "last_latency_ms",
+            ]
+        )  # fmt: skip
         if subscription.is_active and failing_too_long(subscription, now=now):
             disable_subscription(subscription, reason=failing_reason(subscription, result.error))
             if retry_in is not None:  # this delivery stops with the others
