@@ -1,6 +1,7 @@
 """Webhooks end to end: outbox -> relay -> `webhooks.fan_out` -> signed POSTs to a real
 receiver on loopback, through a real Celery worker (and beat), PostgreSQL and Redis."""
 
+import time
 import uuid
 from datetime import timedelta
 
@@ -90,9 +91,12 @@ def test_staff_redelivery_sends_the_same_event_again(start_celery_worker):
     with WebhookReceiver(secret=SECRET) as receiver:
         subscription = subscribe(receiver.url)
         start_celery_worker(include=PROBES, env=FAST_RETRIES)
+        started = time.monotonic()
         event_id = publish_probe(WebhookProbeHappened(n=1))
+        wait_until(lambda: receiver.accepted_event_ids(), timeout=TIMEOUT, what="delivery")
+        print(f"commit -> subscriber received: {(time.monotonic() - started) * 1000:.0f} ms")
         wait_until(
-            lambda: deliveries_of(subscription, "succeeded"), timeout=TIMEOUT, what="delivery"
+            lambda: deliveries_of(subscription, "succeeded"), timeout=TIMEOUT, what="recording"
         )
         (delivery,) = deliveries_of(subscription)
 
