@@ -242,6 +242,7 @@ CELERY_TASK_ROUTES = {
     "apps.core.tasks.sweep_sagas": {"queue": "sagas"},
     "apps.core.webhooks.tasks.deliver_webhook": {"queue": "events"},
     "apps.core.webhooks.tasks.sweep_webhook_deliveries": {"queue": "events"},
+    "apps.core.webhooks.tasks.purge_webhook_deliveries": {"queue": "default"},
 }
 # With late acks, a task must not keep running after its message went back to the broker.
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
@@ -300,6 +301,12 @@ WEBHOOK_DISABLE_AFTER_SECONDS = env.float("WEBHOOK_DISABLE_AFTER_SECONDS", defau
 WEBHOOK_SWEEP_SECONDS = env.float("WEBHOOK_SWEEP_SECONDS", default=30.0)
 # Production refuses plain-http targets.
 WEBHOOK_REQUIRE_HTTPS = env.bool("WEBHOOK_REQUIRE_HTTPS", default=PRODUCTION)
+# Finished deliveries (the log staff read) are kept this long.
+WEBHOOK_DELIVERY_RETENTION_DAYS = env.int("WEBHOOK_DELIVERY_RETENTION_DAYS", default=30)
+CELERY_BEAT_SCHEDULE["purge-webhook-deliveries"] = {
+    "task": "apps.core.webhooks.tasks.purge_webhook_deliveries",
+    "schedule": 24 * 3600.0,
+}
 CELERY_BEAT_SCHEDULE["webhook-delivery-sweep"] = {
     "task": "apps.core.webhooks.tasks.sweep_webhook_deliveries",
     "schedule": WEBHOOK_SWEEP_SECONDS,

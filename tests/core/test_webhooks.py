@@ -16,6 +16,7 @@ from apps.core.webhooks.delivery import (
     fan_out,
     subscribed_event_types_forget,
     wanted_by_a_subscription,
+    webhook_deliveries_purge_finished,
     webhook_deliveries_sweep,
     webhook_delivery_attempt,
 )
@@ -212,3 +213,24 @@ def test_the_sweep_requeues_only_deliveries_overdue_by_a_sweep_period(settings):
         next_attempt_at=timezone.now() - timedelta(seconds=31)
     )
     assert webhook_deliveries_sweep()["requeued"] == 1
+
+
+def test_finished_deliveries_past_their_retention_are_purged_pending_ones_stay(settings):
+    settings.WEBHOOK_DELIVERY_RETENTION_DAYS = 30
+    subscribe("http://127.0.0.1:9/")
+    deliveries = {
+        name: fan_out_committed(envelope(n))[0]
+        for n, name in enumerate(["old succeeded", "old failed", "old pending", "recent"])
+    }
+    long_ago = timezone.now() - timedelta(days=31)
+    for name, status in [("old succeeded", "succeeded"), ("old failed", "failed")]:
+        WebhookDelivery.objects.filter(pk=deliveries[name].pk).update(
+            status=status, created_at=long_ago
+        )
+    WebhookDelivery.objects.filter(pk=deliveries["old pending"].pk).update(created_at=long_ago)
+    WebhookDelivery.objects.filter(pk=deliveries["recent"].pk).update(status="succeeded")
+
+    assert webhook_deliveries_purge_finished() == 2
+
+    remaining = set(WebhookDelivery.objects.values_list("pk", flat=True))
+    assert remaining == {deliveries["old pending"].pk, deliveries["recent"].pk}

@@ -6,7 +6,9 @@ Public API:
                webhook_delivery_redeliver
     selectors: webhook_subscription_list / _get, webhook_delivery_list / _get,
                webhook_subscribed_event_types
-    delivery:  the `webhooks.fan_out` consumer, one delivery attempt, the sweep
+    delivery:  the `webhooks.fan_out` consumer (register_fan_out), one attempt
+               (webhook_delivery_attempt), webhook_deliveries_sweep,
+               webhook_deliveries_purge_finished
 
 How an event reaches a subscriber: the consumer `webhooks.fan_out` is registered for
 every published event type (apps.core.event_registry), with a condition: an active
@@ -18,7 +20,8 @@ Each attempt POSTs the stored body, signed (`signing`); a 2xx succeeds, anything
 is retried with jittered exponential backoff until WEBHOOK_RETRY_WINDOW_SECONDS after
 the delivery was created, then it is `failed`. A subscription with no success for
 WEBHOOK_DISABLE_AFTER_SECONDS after a failure is disabled, and says why. The beat
-sweep re-queues deliveries whose task was lost.
+sweep re-queues deliveries whose task was lost; a daily task deletes finished
+deliveries after WEBHOOK_DELIVERY_RETENTION_DAYS.
 """
 
 

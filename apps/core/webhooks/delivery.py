@@ -435,3 +435,16 @@ def webhook_deliveries_sweep() -> dict[str, int]:
     if overdue or disabled:
         logger.info("webhook_sweep", requeued=len(overdue), disabled=disabled)
     return {"requeued": len(overdue), "disabled": disabled}
+
+
+def webhook_deliveries_purge_finished() -> int:
+    """Delete succeeded and failed deliveries created more than
+    WEBHOOK_DELIVERY_RETENTION_DAYS ago; return how many. Pending ones stay."""
+    cutoff = timezone.now() - timedelta(days=settings.WEBHOOK_DELIVERY_RETENTION_DAYS)
+    deleted, _ = (
+        WebhookDelivery.objects.using(router.db_for_write(WebhookDelivery))
+        .filter(created_at__lt=cutoff)
+        .exclude(status=WebhookDelivery.Status.PENDING)
+        .delete()
+    )
+    return deleted
