@@ -240,6 +240,9 @@ CELERY_TASK_ROUTES = {
     "apps.core.tasks.purge_processed_messages": {"queue": "default"},
     "apps.core.tasks.advance_saga": {"queue": "sagas"},
     "apps.core.tasks.sweep_sagas": {"queue": "sagas"},
+    "apps.core.webhooks.tasks.deliver_webhook": {"queue": "events"},
+    "apps.core.webhooks.tasks.sweep_webhook_deliveries": {"queue": "events"},
+    "apps.core.webhooks.tasks.purge_webhook_deliveries": {"queue": "default"},
 }
 # With late acks, a task must not keep running after its message went back to the broker.
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
@@ -278,6 +281,39 @@ CELERY_BEAT_SCHEDULE["purge-expired-idempotency-records"] = {
 CELERY_BEAT_SCHEDULE["purge-processed-messages"] = {
     "task": "apps.core.tasks.purge_processed_messages",
     "schedule": 24 * 3600.0,
+}
+
+# --- Webhooks (apps.core.webhooks) ------------------------------------------------
+
+# A subscription change is seen by every process within this long (each caches the set
+# of subscribed event types): an event published sooner may not reach a new subscriber.
+WEBHOOK_SUBSCRIPTIONS_REFRESH_SECONDS = env.float(
+    "WEBHOOK_SUBSCRIPTIONS_REFRESH_SECONDS", default=5.0
+)
+# Connect and read timeout of one delivery attempt.
+WEBHOOK_TIMEOUT_SECONDS = env.float("WEBHOOK_TIMEOUT_SECONDS", default=5.0)
+WEBHOOK_RETRY_BASE_SECONDS = env.float("WEBHOOK_RETRY_BASE_SECONDS", default=10.0)
+# Below the broker's visibility timeout: a waiting retry must not be redelivered early.
+WEBHOOK_RETRY_MAX_SECONDS = env.float("WEBHOOK_RETRY_MAX_SECONDS", default=600.0)
+# A delivery is retried this long after it was created (or sent again), then `failed`.
+WEBHOOK_RETRY_WINDOW_SECONDS = env.float("WEBHOOK_RETRY_WINDOW_SECONDS", default=24 * 3600.0)
+# A subscription with no successful delivery this long after a failure is disabled.
+WEBHOOK_DISABLE_AFTER_SECONDS = env.float("WEBHOOK_DISABLE_AFTER_SECONDS", default=72 * 3600.0)
+# The sweep re-queues deliveries overdue by this long (their task was lost) and disables
+# subscriptions failing for too long.
+WEBHOOK_SWEEP_SECONDS = env.float("WEBHOOK_SWEEP_SECONDS", default=30.0)
+# Production refuses plain-http targets.
+WEBHOOK_REQUIRE_HTTPS = env.bool("WEBHOOK_REQUIRE_HTTPS", default=PRODUCTION)
+# Finished deliveries (the log staff read) are kept this long.
+WEBHOOK_DELIVERY_RETENTION_DAYS = env.int("WEBHOOK_DELIVERY_RETENTION_DAYS", default=30)
+CELERY_BEAT_SCHEDULE["purge-webhook-deliveries"] = {
+    "task": "apps.core.webhooks.tasks.purge_webhook_deliveries",
+    "schedule": 24 * 3600.0,
+}
+CELERY_BEAT_SCHEDULE["webhook-delivery-sweep"] = {
+    "task": "apps.core.webhooks.tasks.sweep_webhook_deliveries",
+    "schedule": WEBHOOK_SWEEP_SECONDS,
+    "options": {"expires": WEBHOOK_SWEEP_SECONDS},
 }
 
 # --- Sagas ----------------------------------------------------------------------
@@ -350,6 +386,9 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "WebhookDeliveryStatusEnum": "apps.core.models.WebhookDelivery.Status",
+    },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "apps.core.api.schema.add_problem_responses",

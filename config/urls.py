@@ -18,6 +18,7 @@ urlpatterns = [
     path("api/v1/", include("apps.catalog.api.urls")),
     path("api/v1/", include("apps.orders.api.urls")),
     path("api/v1/", include("apps.payments.api.urls")),
+    path("api/v1/", include("apps.core.webhooks.api.urls")),
     path("api/v1/ping", ops_views.ping, name="ping"),
     # Unknown API paths answer with a problem, in DEBUG too (and for unsafe methods: no
     # CSRF check first, which would answer an HTML 403).

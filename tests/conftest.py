@@ -3,6 +3,7 @@ from django.core.cache import cache
 from rest_framework.test import APIClient
 from rest_framework_simplejwt.tokens import RefreshToken
 
+from apps.core.webhooks.delivery import subscribed_event_types_forget
 from tests.users.factories import UserFactory
 
 # Fixtures for real worker processes: celery_worker, start_celery_worker.
@@ -15,8 +16,11 @@ pytest_plugins = [
 
 @pytest.fixture(autouse=True)
 def _isolated_cache():
-    """Each test starts with an empty cache: no read pins or cached values leak between tests."""
+    """Each test starts with an empty cache: no read pins or cached values leak between tests
+    (nor this process's set of webhook-subscribed event types: the first publish of a test
+    reads it again, one query, whatever ran before)."""
     cache.clear()
+    subscribed_event_types_forget()
     yield
 
 

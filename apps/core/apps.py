@@ -1,6 +1,8 @@
 from django.apps import AppConfig
 from django.utils.module_loading import autodiscover_modules
 
+from apps.core import webhooks
+
 
 class CoreConfig(AppConfig):
     name = "apps.core"
@@ -16,3 +18,5 @@ class CoreConfig(AppConfig):
         autodiscover_modules("handlers")
         # Saga definitions register themselves the same way (apps.core.sagas).
         autodiscover_modules("sagas")
+        # Webhook subscribers consume every published type (after the events modules).
+        webhooks.ready()

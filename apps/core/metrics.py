@@ -44,6 +44,19 @@ ratelimit_backend_errors = Counter(
     "per-process fallback), by scope.",
     ["scope"],
 )
+webhook_deliveries = Counter(
+    "mercato_webhook_deliveries_total",
+    "Webhook delivery outcomes: every attempt counts as succeeded or failed_attempt; "
+    "gave_up counts a delivery whose last attempt failed and that will not be retried "
+    "(its retry window is over, or that failure disabled its subscription).",
+    ["outcome"],
+)
+webhook_delivery_seconds = Histogram(
+    "mercato_webhook_delivery_seconds",
+    "Duration of one webhook delivery attempt (POST until the response status, or the "
+    "error), whatever its outcome.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
 saga_duration = Histogram(
     "mercato_saga_duration_seconds",
     "From start to a terminal state (succeeded or compensated), by saga type and state.",

@@ -5,6 +5,8 @@
   stamps `published_at`. Its id is the event id.
 - `InboxMessage`: (consumer, event id) pairs already handled, inserted in the same
   transaction as the consumer's effect, so a redelivered event has no second effect.
+- `WebhookSubscription`, `WebhookDelivery`: outside subscribers and what was sent to
+  them (`apps.core.webhooks`).
 - `IdempotencyRecord`: one row per (user, Idempotency-Key): the request fingerprint and,
   once completed, the response replayed to retries (`apps.core.idempotency`).
 
@@ -165,3 +167,78 @@ class SagaTransition(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.step} -> {self.state}"
+
+
+class WebhookSubscription(models.Model):
+    """An outside receiver of some published event types (`apps.core.webhooks`).
+
+    `secret` signs every delivery; it is shown once, when the subscription is created.
+    `failing_since` is the first failed attempt with no success since; a subscription
+    failing for WEBHOOK_DISABLE_AFTER_SECONDS is disabled (`disabled_at`, and why).
+    """
+
+    target_url = models.URLField(max_length=2000)
+    event_types = models.JSONField(default=list)  # names from the event registry
+    secret = models.CharField(max_length=200)
+    description = models.CharField(max_length=500, blank=True)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    failing_since = models.DateTimeField(null=True, blank=True)
+    disabled_at = models.DateTimeField(null=True, blank=True)
+    disabled_reason = models.CharField(max_length=500, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.target_url} ({'active' if self.is_active else 'disabled'})"
+
+
+class WebhookDelivery(models.Model):
+    """One event to one subscription: the body sent, and how its attempts went.
+
+    Unique per (subscription, event): a fan-out that runs twice delivers once. A pending
+    delivery is due at `next_attempt_at`; while an attempt runs, that is pushed past the
+    attempt's timeout, so a second task for the same row waits and a lost one is
+    re-queued by the sweep.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    subscription = models.ForeignKey(
+        WebhookSubscription, on_delete=models.CASCADE, related_name="deliveries"
+    )
+    event_id = models.UUIDField()
+    event_type = models.CharField(max_length=200)
+    # The exact JSON sent: every attempt (and a redelivery) sends the same bytes.
+    body = models.TextField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    retry_until = models.DateTimeField()
+    last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    last_latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name_plural = "webhook deliveries"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["subscription", "event_id"], name="core_webhook_delivery_event_uniq"
+            )
+        ]
+        indexes = [
+            # The sweep scans only pending rows.
+            models.Index(
+                fields=["next_attempt_at"],
+                condition=Q(status="pending"),
+                name="core_webhook_pending_idx",
+            ),
+            models.Index(fields=["subscription", "-id"], name="core_webhook_sub_id_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} {self.event_id} -> {self.subscription_id} ({self.status})"

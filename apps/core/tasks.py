@@ -38,12 +38,16 @@ def relay_outbox() -> int:
     return relay_pending_messages()
 
 
-def retry_countdown(retries: int) -> float:
-    """Jittered exponential backoff, capped below the broker's visibility timeout."""
-    ceiling = min(
-        settings.EVENT_HANDLER_RETRY_MAX_SECONDS,
-        settings.EVENT_HANDLER_RETRY_BASE_SECONDS * 2**retries,
-    )
+def retry_countdown(
+    retries: int, *, base_seconds: float | None = None, max_seconds: float | None = None
+) -> float:
+    """Jittered exponential backoff, capped below the broker's visibility timeout.
+
+    Base and cap default to the event handlers' (EVENT_HANDLER_RETRY_*_SECONDS).
+    """
+    base = settings.EVENT_HANDLER_RETRY_BASE_SECONDS if base_seconds is None else base_seconds
+    cap = settings.EVENT_HANDLER_RETRY_MAX_SECONDS if max_seconds is None else max_seconds
+    ceiling = min(cap, base * 2**retries)
     return random.uniform(ceiling / 2, ceiling)
 
 

@@ -126,8 +126,8 @@ def test_every_endpoint_answers_a_method_it_lacks_with_a_405_problem(superuser_c
 
 
 # Views that never parse a body as JSON: the webhook verifies the raw bytes' signature,
-# and delivering takes no body.
-RAW_OR_NO_BODY = {"SandboxWebhookView", "OrderDeliverView"}
+# and delivering and redelivering take no body.
+RAW_OR_NO_BODY = {"SandboxWebhookView", "OrderDeliverView", "RedeliverView"}
 
 
 @pytest.mark.parametrize(

@@ -13,10 +13,12 @@ from decimal import Decimal
 import pytest
 from django.db import transaction
 from django.urls import reverse
+from django.utils import timezone
 from rest_framework.test import APIClient
 from rest_framework_simplejwt.tokens import RefreshToken
 
 from apps.catalog import services as catalog_services
+from apps.core.models import WebhookDelivery, WebhookSubscription
 from apps.orders import services as order_services
 from apps.orders.models import OrderSummary
 from apps.payments.models import Payment
@@ -61,6 +63,7 @@ OWNER_ONLY = expect(404, anonymous=401, a=200)
 ORDER_READERS = expect(404, anonymous=401, a=200, orders=200, support=200)
 CATALOG_WRITE = expect(403, anonymous=401, catalog=200)
 ORDER_MANAGER_ONLY = expect(403, anonymous=401, orders=200)
+STAFF_STRANGERS = expect(403, anonymous=401)
 
 # (url name, method) -> (call, expected status per role)
 MATRIX: dict[tuple[str, str], tuple[Call, dict[str, int]]] = {
@@ -146,6 +149,21 @@ MATRIX: dict[tuple[str, str], tuple[Call, dict[str, int]]] = {
         Call(body={"reason": "test"}, target="payment"),
         expect(403, anonymous=401, orders=400, support=400),
     ),
+    # webhooks: staff holding core.change_webhooksubscription (no role here has it)
+    ("webhook-event-types", "GET"): (Call(), STAFF_STRANGERS),
+    ("webhook-subscriptions", "GET"): (Call(), STAFF_STRANGERS),
+    ("webhook-subscriptions", "POST"): (
+        Call(body={"target_url": "https://shop.example/h", "event_types": ["OrderPlaced"]}),
+        STAFF_STRANGERS,
+    ),
+    ("webhook-subscription", "GET"): (Call(target="subscription"), STAFF_STRANGERS),
+    ("webhook-subscription", "PATCH"): (
+        Call(body={"is_active": False}, target="subscription"),
+        STAFF_STRANGERS,
+    ),
+    ("webhook-subscription", "DELETE"): (Call(target="subscription"), STAFF_STRANGERS),
+    ("webhook-deliveries", "GET"): (Call(target="subscription"), STAFF_STRANGERS),
+    ("webhook-delivery-redeliver", "POST"): (Call(target="delivery"), STAFF_STRANGERS),
 }
 
 
@@ -173,6 +191,17 @@ def world(db):
     shipped = place_order(customer_a, products=[product])
     confirm(str(shipped.pk))
     order_services.order_ship(order_id=str(shipped.pk), tracking_number="TRK-1")
+    subscription = WebhookSubscription.objects.create(
+        target_url="https://shop.example/h", event_types=["OrderPlaced"], secret="s" * 32
+    )
+    delivery = WebhookDelivery.objects.create(
+        subscription=subscription,
+        event_id=uuid.uuid4(),
+        event_type="OrderPlaced",
+        body="{}",
+        status="failed",
+        retry_until=timezone.now(),
+    )
     users = {
         "customer_a": customer_a,
         "customer_b": customer_b,
@@ -188,6 +217,8 @@ def world(db):
                 order_id=str(order.pk), user_id=customer_a.pk, amount=order.total
             ).pk,
             "product": product.pk,
+            "subscription": subscription.pk,
+            "delivery": delivery.pk,
         },
         "values": {
             "a_email": customer_a.email,
@@ -216,13 +247,17 @@ def _fill(value, values: dict):
 
 def url_for(name: str, target: str, world) -> str:
     kwargs = {}
-    if target:
+    if target == "delivery":
+        delivery = WebhookDelivery.objects.get(pk=world["targets"]["delivery"])
+        kwargs = {"subscription_id": delivery.subscription_id, "delivery_id": delivery.pk}
+    elif target:
         parameter = {
             "order": "order_id",
             "shipped": "order_id",
             "address": "address_id",
             "payment": "payment_id",
             "product": "id_or_slug",
+            "subscription": "subscription_id",
         }[target]
         kwargs[parameter] = world["targets"][target]
     return reverse(name, kwargs=kwargs)

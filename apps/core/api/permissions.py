@@ -22,3 +22,22 @@ def staff_role_required(*roles: str) -> type[BasePermission]:
 
     HasStaffRole.__name__ = f"HasStaffRole[{','.join(roles)}]"
     return HasStaffRole
+
+
+def staff_permission_required(permission: str) -> type[BasePermission]:
+    """Permission class: an active staff member holding the Django permission
+    `permission` (`app_label.codename`), through a group or directly; superusers hold
+    every one. Anonymous callers get 401, others 403."""
+
+    class HasStaffPermission(BasePermission):
+        message = f"Requires a staff member with the permission {permission}."
+
+        def has_permission(self, request, view) -> bool:
+            user = request.user
+            if not (user and user.is_authenticated and user.is_active and user.is_staff):
+                return False
+            with primary_reads():
+                return user.has_perm(permission)
+
+    HasStaffPermission.__name__ = f"HasStaffPermission[{permission}]"
+    return HasStaffPermission

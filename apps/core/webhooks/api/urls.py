@@ -1,0 +1,27 @@
+from django.urls import path
+
+from apps.core.webhooks.api import views
+
+urlpatterns = [
+    path("webhooks/event-types", views.EventTypeListView.as_view(), name="webhook-event-types"),
+    path(
+        "webhooks/subscriptions",
+        views.SubscriptionListView.as_view(),
+        name="webhook-subscriptions",
+    ),
+    path(
+        "webhooks/subscriptions/<int:subscription_id>",
+        views.SubscriptionDetailView.as_view(),
+        name="webhook-subscription",
+    ),
+    path(
+        "webhooks/subscriptions/<int:subscription_id>/deliveries",
+        views.DeliveryListView.as_view(),
+        name="webhook-deliveries",
+    ),
+    path(
+        "webhooks/subscriptions/<int:subscription_id>/deliveries/<int:delivery_id>/redeliver",
+        views.RedeliverView.as_view(),
+        name="webhook-delivery-redeliver",
+    ),
+]
