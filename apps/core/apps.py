@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.urls import register_converter
 from django.utils.module_loading import autodiscover_modules
 
 
@@ -13,3 +14,7 @@ class CoreConfig(AppConfig):
         autodiscover_modules("handlers")
         # Saga definitions register themselves the same way (apps.core.sagas).
         autodiscover_modules("sagas")
+        from apps.core.api.converters import DatabaseIdConverter
+
+        # Before any URLconf is loaded: the API's paths name row ids as `<id:...>`.
+        register_converter(DatabaseIdConverter, "id")

@@ -86,11 +86,20 @@ def _drf_problem(exc: exceptions.APIException, request) -> dict[str, Any]:
             problem_type, title = p_type, p_title
             break
     extra: dict[str, Any] = {}
+    code = None
     if isinstance(exc, exceptions.ValidationError):
         extra["errors"] = flatten_errors(exc.detail)
         detail = "One or more fields are invalid."
+    elif isinstance(exc.detail, dict):
+        # simplejwt's shape: {"detail": sentence, "code": code, ...}
+        detail = str(exc.detail.get("detail", "Authentication failed."))
+        code = exc.detail.get("code")
     else:
         detail = str(exc.detail)
+        code = exc.detail.code
+    if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
+        # Tells a client what to do next: refresh an expired token, sign in again...
+        extra["code"] = str(code)
     return problem_body(
         status=exc.status_code,
         problem_type=problem_type,

@@ -1,0 +1,119 @@
+"""Every integer the API takes (request bodies, path and query parameters, as the OpenAPI
+schema lists them) refuses a value beyond 64 bits with a 4xx problem naming it: it never
+reaches the database to overflow into a 500."""
+
+import re
+import uuid
+from dataclasses import dataclass
+
+import pytest
+from drf_spectacular.generators import SchemaGenerator
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import bearer_client
+from tests.support.api_routes import api_routes
+from tests.users.factories import UserFactory
+from tests.users.test_auth_api import assert_problem
+
+pytestmark = pytest.mark.django_db
+
+BIGINT_MAX = 2**63 - 1
+# Documented as capped at its maximum rather than refused.
+CAPPED_PARAMETERS = {"page_size"}
+overflowing = st.integers(min_value=BIGINT_MAX + 1) | st.integers(max_value=-BIGINT_MAX - 2)
+
+
+@dataclass(frozen=True)
+class IntegerSite:
+    method: str
+    path: str  # the OpenAPI path template
+    location: str  # "body", "query" or "path"
+    name: str  # dotted for a body field: items.0.product_id
+
+    def request(self, client, value: int):
+        path = re.sub(r"\{(\w+)\}", lambda m: self._path_value(m.group(1), value), self.path)
+        headers = {"HTTP_IDEMPOTENCY_KEY": uuid.uuid4().hex}
+        if self.location == "query":
+            return getattr(client, self.method)(path, {self.name: str(value)}, **headers)
+        body = _nested(self.name.split("."), value) if self.location == "body" else {}
+        return getattr(client, self.method)(path, body, format="json", **headers)
+
+    def _path_value(self, name: str, value: int) -> str:
+        if self.location == "path" and name == self.name:
+            return str(value)
+        return str(uuid.uuid4()) if name == "order_id" else "1"
+
+
+def _nested(keys: list[str], value):
+    if not keys:
+        return value
+    inner = _nested(keys[1:], value)
+    return [inner] if keys[0] == "0" else {keys[0]: inner}
+
+
+def _resolve(schema: dict, node: dict) -> dict:
+    while "$ref" in node:
+        node = schema["components"]["schemas"][node["$ref"].rsplit("/", 1)[1]]
+    return node
+
+
+def _body_integers(schema: dict, node: dict, prefix: list[str]):
+    node = _resolve(schema, node)
+    if node.get("readOnly"):
+        return
+    if node.get("type") == "integer":
+        yield ".".join(prefix)
+    elif node.get("type") == "array":
+        yield from _body_integers(schema, node["items"], [*prefix, "0"])
+    for name, child in node.get("properties", {}).items():
+        yield from _body_integers(schema, child, [*prefix, name])
+
+
+def integer_sites() -> list[IntegerSite]:
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    sites = []
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            for parameter in operation.get("parameters", []):
+                if parameter["schema"].get("type") == "integer":
+                    sites.append(IntegerSite(method, path, parameter["in"], parameter["name"]))
+            body = operation.get("requestBody", {}).get("content", {}).get("application/json")
+            if body:
+                sites.extend(
+                    IntegerSite(method, path, "body", name)
+                    for name in _body_integers(schema, body["schema"], [])
+                )
+    return sites
+
+
+def test_the_schema_walk_finds_integers_of_every_kind():
+    sites = integer_sites()
+    assert IntegerSite("post", "/api/v1/orders", "body", "items.0.product_id") in sites
+    assert {"body", "query", "path"} <= {site.location for site in sites}
+
+
+@given(value=overflowing)
+@example(value=2**63)
+@example(value=10**30)
+@example(value=-(2**63) - 1)
+@settings(
+    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_an_integer_beyond_64_bits_is_a_4xx_problem_naming_it(db, value):
+    client = bearer_client(UserFactory(is_staff=True, is_superuser=True))
+    for site in integer_sites():
+        response = site.request(client, value)
+        if site.location == "path":
+            # A number no row can have names no resource.
+            assert_problem(response, 404, "not-found")
+        elif site.name in CAPPED_PARAMETERS and value > 0:
+            assert response.status_code == 200, (site, response.content)
+        else:
+            body = assert_problem(response, 400, "validation-error")
+            assert site.name in body["errors"], (site, body)
+
+
+def test_no_api_path_takes_an_unbounded_integer():
+    unbounded = [route.route for route in api_routes() if "<int:" in route.route]
+    assert not unbounded, "use <id:...> (apps.core.api.converters)"
