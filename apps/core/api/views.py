@@ -18,7 +18,9 @@ class StrictQueryParameters:
 
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)  # authentication and permissions first
-        params = request.query_params.copy()
+        # A plain dict: an empty value is validated as given, not taken for an omitted
+        # parameter as DRF does for form input (`search=` is refused as blank).
+        params = request.query_params.dict()
         pagination_class = getattr(self, "pagination_class", None)
         if pagination_class is not None:
             params.pop(pagination_class.cursor_query_param, None)
