@@ -2,7 +2,8 @@
 
 One place maps DRF exceptions, Django's 404/403 and our typed DomainErrors to
 `application/problem+json` with `type`, `title`, `status`, `detail` and, for
-validation, `errors` keyed by field path (`items.0.quantity`).
+validation, `errors` keyed by field path (`items.0.quantity`); for authentication
+failures, a `code` (`token_expired`, `token_invalid`...).
 """
 
 from typing import Any
@@ -96,7 +97,7 @@ def _drf_problem(exc: exceptions.APIException, request) -> dict[str, Any]:
         code = exc.detail.get("code")
     else:
         detail = str(exc.detail)
-        code = exc.detail.code
+        code = getattr(exc.detail, "code", None)
     if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
         # Tells a client what to do next: refresh an expired token, sign in again...
         extra["code"] = str(code)
