@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import bearer_client
+from tests.orders.conftest import ADDRESS
 from tests.support.api_routes import api_routes
 from tests.users.factories import UserFactory
 from tests.users.test_auth_api import assert_problem
@@ -93,14 +94,7 @@ def test_the_schema_walk_finds_integers_of_every_kind():
     assert {"body", "query", "path"} <= {site.location for site in sites}
 
 
-@given(value=overflowing)
-@example(value=2**63)
-@example(value=10**30)
-@example(value=-(2**63) - 1)
-@settings(
-    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-def test_an_integer_beyond_64_bits_is_a_4xx_problem_naming_it(db, value):
+def assert_every_integer_refuses(value: int) -> None:
     client = bearer_client(UserFactory(is_staff=True, is_superuser=True))
     for site in integer_sites():
         response = site.request(client, value)
@@ -114,6 +108,51 @@ def test_an_integer_beyond_64_bits_is_a_4xx_problem_naming_it(db, value):
             assert site.name in body["errors"], (site, body)
 
 
+overflow_examples = [
+    given(value=overflowing),
+    example(value=2**63),
+    example(value=10**30),
+    example(value=-(2**63) - 1),
+    settings(
+        max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    ),
+]
+
+
+def with_overflow_examples(test):
+    for decorator in reversed(overflow_examples):
+        test = decorator(test)
+    return test
+
+
+@with_overflow_examples
+def test_an_integer_beyond_64_bits_is_a_4xx_problem_naming_it(db, value):
+    assert_every_integer_refuses(value)
+
+
+@pytest.mark.embedded
+@with_overflow_examples
+def test_an_integer_beyond_64_bits_is_a_4xx_problem_naming_it_on_sqlite(db, value):
+    # SQLite (make run's embedded mode) raises OverflowError binding such a number.
+    assert_every_integer_refuses(value)
+
+
 def test_no_api_path_takes_an_unbounded_integer():
     unbounded = [route.route for route in api_routes() if "<int:" in route.route]
     assert not unbounded, "use <id:...> (apps.core.api.converters)"
+
+
+@pytest.mark.embedded
+@pytest.mark.parametrize("product_id", [9223372036854775808, 10**30])
+def test_an_order_for_a_product_id_beyond_64_bits_names_it_on_sqlite(db, product_id):
+    body = {
+        "items": [{"product_id": product_id, "quantity": 1}],
+        "shipping_address": ADDRESS,
+        "payment": {"token": "tok_visa"},
+    }
+    response = bearer_client(UserFactory()).post(
+        "/api/v1/orders", body, format="json", HTTP_IDEMPOTENCY_KEY=uuid.uuid4().hex
+    )
+    assert list(assert_problem(response, 400, "validation-error")["errors"]) == [
+        "items.0.product_id"
+    ]
