@@ -351,7 +351,8 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     # apps.core.api.converters.DatabaseIdConverter
     "PATH_CONVERTER_OVERRIDES": {
-        "id": {"type": "integer", "format": "int64", "minimum": 0, "maximum": 2**63 - 1}
+        "id": {"type": "integer", "format": "int64", "minimum": 0, "maximum": 2**63 - 1},
+        "id_or_slug": {"type": "string", "pattern": "^[-a-zA-Z0-9_]+$"},
     },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",

@@ -14,7 +14,8 @@ class CoreConfig(AppConfig):
         autodiscover_modules("handlers")
         # Saga definitions register themselves the same way (apps.core.sagas).
         autodiscover_modules("sagas")
-        from apps.core.api.converters import DatabaseIdConverter
+        from apps.core.api.converters import DatabaseIdConverter, IdOrSlugConverter
 
         # Before any URLconf is loaded: the API's paths name row ids as `<id:...>`.
         register_converter(DatabaseIdConverter, "id")
+        register_converter(IdOrSlugConverter, "id_or_slug")

@@ -138,8 +138,8 @@ def test_an_integer_beyond_64_bits_is_a_4xx_problem_naming_it_on_sqlite(db, valu
 
 
 def test_no_api_path_takes_an_unbounded_integer():
-    unbounded = [route.route for route in api_routes() if "<int:" in route.route]
-    assert not unbounded, "use <id:...> (apps.core.api.converters)"
+    unbounded = [r.route for r in api_routes() if "<int:" in r.route or "<slug:" in r.route]
+    assert not unbounded, "use <id:...> or <id_or_slug:...> (apps.core.api.converters)"
 
 
 @pytest.mark.embedded
@@ -156,3 +156,25 @@ def test_an_order_for_a_product_id_beyond_64_bits_names_it_on_sqlite(db, product
     assert list(assert_problem(response, 400, "validation-error")["errors"]) == [
         "items.0.product_id"
     ]
+
+
+def assert_a_product_number_beyond_64_bits_names_no_product() -> None:
+    # `{id_or_slug}` is a string in the schema: a number there is looked up as an id, and
+    # one no row can have names no resource.
+    client = bearer_client(UserFactory(is_staff=True, is_superuser=True))
+    for number in (2**63, 10**30):
+        path = f"/api/v1/products/{number}"
+        assert_problem(client.get(path), 404, "not-found")
+        assert_problem(client.delete(path), 404, "not-found")
+        body = {"delta": 1, "reason": "x"}
+        response = client.post(f"{path}/stock-adjustments", body, format="json")
+        assert_problem(response, 404, "not-found")
+
+
+def test_a_product_number_beyond_64_bits_names_no_product(db):
+    assert_a_product_number_beyond_64_bits_names_no_product()
+
+
+@pytest.mark.embedded
+def test_a_product_number_beyond_64_bits_names_no_product_on_sqlite(db):
+    assert_a_product_number_beyond_64_bits_names_no_product()

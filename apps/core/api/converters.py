@@ -17,3 +17,17 @@ class DatabaseIdConverter:
 
     def to_url(self, value: int) -> str:
         return str(value)
+
+
+class IdOrSlugConverter:
+    """`<id_or_slug:name>`: a row id (as `<id:...>`) or a slug, passed on as a string."""
+
+    regex = "[-a-zA-Z0-9_]+"
+
+    def to_python(self, value: str) -> str:
+        if value.isdigit() and int(value) > BIGINT_MAX:
+            raise ValueError(f"{value} is beyond a bigint")
+        return value
+
+    def to_url(self, value: str) -> str:
+        return str(value)
