@@ -1,10 +1,13 @@
-"""The JSON parser of every API view refuses a body nested deeper than its limit with a
-400 `malformed-request`, never a RecursionError (500)."""
+"""The JSON parser of every API view refuses a body nested deeper than its limit, or with a
+NUL in a string, with a 400 `malformed-request`: never a RecursionError or a database
+error (500)."""
 
 import pytest
 
 from apps.core.api.parsers import MAX_JSON_DEPTH
+from tests.conftest import bearer_client
 from tests.core.test_problems import api_paths
+from tests.users.factories import UserFactory
 from tests.users.test_auth_api import assert_problem
 
 pytestmark = pytest.mark.django_db
@@ -52,3 +55,18 @@ def test_no_endpoint_answers_500_to_deeply_nested_json(user_client, method):
         response = getattr(user_client, method)(path, nested(1100), content_type="application/json")
         assert response.status_code < 500, (path, response.status_code)
         assert response["Content-Type"] == "application/problem+json", path
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"sku": "NUL-1", "name": "Lamp", "price": "1.00", "attributes": {"colour": "red\u0000"}},
+        {"sku": "NUL-2", "name": "Lamp", "price": "1.00", "attributes": {"col\u0000our": 1}},
+        {"sku": "NUL-3", "name": "Lamp", "price": "1.00", "attributes": {"a": [["\u0000"]]}},
+    ],
+    ids=["value", "key", "nested"],
+)
+def test_a_nul_in_a_json_string_is_a_malformed_request(body):
+    client = bearer_client(UserFactory(is_staff=True, is_superuser=True))
+    response = client.post("/api/v1/products", body, format="json")
+    assert "NUL" in assert_problem(response, 400, "malformed-request")["detail"]
