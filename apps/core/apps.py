@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.urls import register_converter
 from django.utils.module_loading import autodiscover_modules
 
 from apps.core import webhooks
@@ -20,3 +21,8 @@ class CoreConfig(AppConfig):
         autodiscover_modules("sagas")
         # Webhook subscribers consume every published type (after the events modules).
         webhooks.ready()
+        from apps.core.api.converters import DatabaseIdConverter, IdOrSlugConverter
+
+        # Before any URLconf is loaded: the API's paths name row ids as `<id:...>`.
+        register_converter(DatabaseIdConverter, "id")
+        register_converter(IdOrSlugConverter, "id_or_slug")

@@ -32,6 +32,22 @@ def _scrub(value: Any) -> Any:
     return value
 
 
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def escape_control_characters(
+    _logger: Any, _method: str, event_dict: MutableMapping
+) -> MutableMapping:
+    """A NUL, newline or terminal escape a client put in a path or header is written as
+    `\\x00`, `\\n`...: a line of the log stays one line, and a terminal shows it as text."""
+    for key, value in event_dict.items():
+        if isinstance(value, str) and _CONTROL_CHARACTER.search(value):
+            event_dict[key] = _CONTROL_CHARACTER.sub(
+                lambda match: match.group().encode("unicode_escape").decode("ascii"), value
+            )
+    return event_dict
+
+
 def redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping) -> MutableMapping:
     for key in list(event_dict):
         if _SECRET_KEY.search(key):
@@ -49,6 +65,7 @@ _SHARED_PROCESSORS: list = [
     structlog.stdlib.ExtraAdder(),
     add_trace_ids,
     redact_secrets,
+    escape_control_characters,
 ]
 
 

@@ -6,6 +6,10 @@ import uuid
 import structlog
 from django.conf import settings
 from django.contrib.auth import SESSION_KEY
+from django.core import signals
+from django.core.exceptions import BadRequest, PermissionDenied, SuspiciousOperation
+from django.http import Http404
+from django.utils.log import log_response
 from rest_framework_simplejwt.exceptions import TokenError
 from rest_framework_simplejwt.settings import api_settings as jwt_settings
 from rest_framework_simplejwt.tokens import AccessToken
@@ -163,3 +167,37 @@ class BodySizeLimitMiddleware:
         if limit is not None and length > limit:
             return payload_too_large(request)
         return self.get_response(request)
+
+
+# Exceptions Django itself answers with a 4xx (through config.urls' handlers).
+_CLIENT_ERRORS = (Http404, PermissionDenied, BadRequest, SuspiciousOperation)
+
+
+class ApiServerErrorMiddleware:
+    """An exception no view handled answers an API path with the 500 problem, under DEBUG
+    too: Django would answer its HTML debug page there (handler500 serves only when DEBUG
+    is off). The traceback goes to the log, as Django logs it, never into the body."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        return self.get_response(request)
+
+    def process_exception(self, request, exception):
+        from apps.core.api.problems import server_error
+
+        if not request.path.startswith("/api/") or isinstance(exception, _CLIENT_ERRORS):
+            return None
+        # As Django's own handling does: error reporters (and the test client) listen.
+        signals.got_request_exception.send(sender=None, request=request)
+        response = server_error(request)
+        log_response(
+            "%s: %s",
+            response.reason_phrase,
+            request.path,
+            response=response,
+            request=request,
+            exception=exception,
+        )
+        return response

@@ -160,8 +160,8 @@ def _email_in_body(request) -> str | None:
         return None
     try:
         body = json.loads(request.body or b"{}")
-    except (ValueError, RequestDataTooBig):
-        return None  # the view (or the body size limit) answers it
+    except (ValueError, RecursionError, RequestDataTooBig):
+        return None  # the view (its parser, or the body size limit) answers it
     email = body.get("email") if isinstance(body, dict) else None
     return email.strip().lower() if isinstance(email, str) and email.strip() else None
 

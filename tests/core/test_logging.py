@@ -65,13 +65,13 @@ def test_one_line_per_request_names_method_path_status_duration_user_and_address
     user = UserFactory()
     api_client.force_login(user)
     response = api_client.get(
-        "/api/v1/users/me?verbose=1", HTTP_X_REQUEST_ID="one-line-0001", REMOTE_ADDR="10.9.8.7"
+        "/api/v1/orders?status=pending", HTTP_X_REQUEST_ID="one-line-0001", REMOTE_ADDR="10.9.8.7"
     )
     assert response.status_code == 200
     [line] = [line for line in json_logs() if line.get("request_id") == "one-line-0001"]
     assert line["event"] == "request_finished"
     assert line["level"] == "info"
-    assert (line["method"], line["path"], line["status"]) == ("GET", "/api/v1/users/me", 200)
+    assert (line["method"], line["path"], line["status"]) == ("GET", "/api/v1/orders", 200)
     assert line["user_id"] == str(user.pk)
     assert line["ip"] == "10.9.8.7"
     assert 0 < line["duration_ms"] < 60_000
@@ -151,3 +151,22 @@ def test_login_and_order_placement_leave_no_secret_in_the_logs(
     secrets = [DEFAULT_PASSWORD, PAYMENT_TOKEN, *tokens.values(), *rotated.values()]
     for secret in secrets:
         assert secret not in text
+
+
+def test_control_characters_in_a_request_path_are_escaped_in_the_console_log(api_client):
+    stream = io.StringIO()
+    config = build_logging_config(level="INFO", fmt="console")
+    formatter = config["formatters"]["structured"]["()"](
+        **{k: v for k, v in config["formatters"]["structured"].items() if k != "()"}
+    )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    logging.getLogger().addHandler(handler)
+    try:
+        api_client.get("/api/v1/products%00x%0Aforged%1B[31m")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    lines = [line for line in stream.getvalue().splitlines() if "request_finished" in line]
+    assert len(lines) == 1
+    assert not any(char in lines[0] for char in "\x00\x1b")
+    assert "/api/v1/products\\x00x\\nforged\\x1b[31m" in lines[0]

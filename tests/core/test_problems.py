@@ -7,6 +7,7 @@ from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
 
 from tests.conftest import bearer_client
+from tests.core.urls import CRASHING_API_VIEW, CRASHING_DJANGO_VIEW
 from tests.support.api_routes import api_routes
 from tests.users.factories import UserFactory
 from tests.users.test_auth_api import assert_problem
@@ -150,3 +151,20 @@ def test_every_body_taking_endpoint_answers_other_media_with_a_415_problem(
             assert_problem(response, 415, "unsupported-media-type")
             checked += 1
     assert checked >= 12
+
+
+@pytest.mark.urls("tests.core.urls")
+@pytest.mark.parametrize("path", [CRASHING_API_VIEW, CRASHING_DJANGO_VIEW])
+@pytest.mark.parametrize("debug", [True, False], ids=["debug", "production"])
+def test_an_unhandled_error_on_an_api_path_is_a_500_problem_with_the_traceback_only_logged(
+    settings, caplog, path, debug
+):
+    settings.DEBUG = debug
+    response = Client(raise_request_exception=False).get(path)
+    body = assert_problem(response, 500, "server-error")
+    assert "crashes on purpose" not in response.content.decode()
+    assert "Traceback" not in response.content.decode()
+    logged = [r for r in caplog.records if r.name == "django.request" and r.exc_info]
+    assert len(logged) == 1
+    assert "crashes on purpose" in str(logged[0].exc_info[1])
+    assert body["request_id"] == response["X-Request-ID"]

@@ -1,4 +1,5 @@
-"""Test-only URLs: small idempotent endpoints that publish an event (no order API yet)."""
+"""Test-only URLs: small idempotent endpoints that publish an event, and API paths that
+crash."""
 
 import time
 
@@ -61,7 +62,25 @@ def anonymous_probe(request):
     return probe(request)
 
 
+CRASHING_API_VIEW = "/api/crash/drf"
+CRASHING_DJANGO_VIEW = "/api/crash/django"
+
+
+class CrashingView(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    def get(self, request):
+        raise RuntimeError("the API view crashes on purpose")
+
+
+def crashing_django_view(request):
+    raise RuntimeError("the Django view crashes on purpose")
+
+
 urlpatterns = [
+    path(CRASHING_API_VIEW.lstrip("/"), CrashingView.as_view()),
+    path(CRASHING_DJANGO_VIEW.lstrip("/"), crashing_django_view),
     path(PROBES.lstrip("/"), ProbeView.as_view()),
     path(ANONYMOUS_PROBES.lstrip("/"), anonymous_probe),
 ]

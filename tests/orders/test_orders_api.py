@@ -67,6 +67,13 @@ def test_someone_elses_address_is_not_found(customer_client):
         (lambda b, p: b.pop("payment"), "payment"),
         (lambda b, p: b.update(shipping_address_id=1), "shipping_address"),
         (lambda b, p: b.update(coupon="FREE"), "coupon"),
+        (lambda b, p: b["items"][0].update(product_id=9223372036854775808), "items.0.product_id"),
+        (lambda b, p: b["items"][0].update(product_id=10**30), "items.0.product_id"),
+        (lambda b, p: b["payment"].update(token=42), "payment.token"),
+        (
+            lambda b, p: b.update(shipping_address={**b["shipping_address"], "city": ["Bath"]}),
+            "shipping_address.city",
+        ),
     ],
 )
 def test_invalid_orders_are_400_with_field_errors(customer_client, mutate, field):

@@ -20,4 +20,4 @@ def payment_settings(settings, sandbox):
 
 
 def new_order_id() -> str:
-    return f"ord-{uuid.uuid4().hex}"
+    return str(uuid.uuid4())  # as orders makes them

@@ -10,7 +10,7 @@ class PaymentFactory(factory.django.DjangoModelFactory):
     class Meta:
         model = Payment
 
-    order_id = factory.LazyFunction(lambda: f"ord-{uuid.uuid4().hex}")
+    order_id = factory.LazyFunction(lambda: str(uuid.uuid4()))  # as orders makes them
     user_id = factory.Sequence(lambda n: 10_000 + n)
     amount = Decimal("25.00")
     currency = "EUR"

@@ -190,3 +190,110 @@ def test_access_token_of_a_deactivated_user_is_refused(api_client):
     api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {AccessToken.for_user(user)}")
     User.objects.filter(pk=user.pk).update(is_active=False)
     assert_problem(api_client.get(ME), 401, "authentication-failed")
+
+
+def assert_auth_problem(response, code: str) -> dict:
+    """A 401 whose detail is a sentence (not a Python repr) and whose code says why."""
+    body = assert_problem(response, 401, body_type(response))
+    assert body["code"] == code, body
+    assert body["detail"][0].isupper(), body["detail"]
+    assert not any(mark in body["detail"] for mark in ("{", "ErrorDetail")), body
+    return body
+
+
+def body_type(response) -> str:
+    return response.json()["type"].removeprefix("/problems/")
+
+
+def _expired(token):
+    token.set_exp(from_time=timezone.now() - timedelta(days=30), lifetime=timedelta(minutes=1))
+    return str(token)
+
+
+def test_an_expired_access_token_is_told_apart_as_token_expired(api_client):
+    api_client.credentials(
+        HTTP_AUTHORIZATION=f"Bearer {_expired(AccessToken.for_user(UserFactory()))}"
+    )
+    body = assert_auth_problem(api_client.get(ME), "token_expired")
+    assert body["type"] == "/problems/authentication-failed"
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "not-a-jwt",
+        lambda user: str(RefreshToken.for_user(user)),  # the wrong type
+        lambda user: _forged(str(AccessToken.for_user(user)), user_id="999999"),
+        lambda user: jwt.encode({**AccessToken.for_user(user).payload}, None, algorithm="none"),
+    ],
+    ids=["garbage", "refresh-as-access", "tampered", "unsigned"],
+)
+def test_an_invalid_access_token_is_token_invalid(api_client, token):
+    raw = token(UserFactory()) if callable(token) else token
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+    assert_auth_problem(api_client.get(ME), "token_invalid")
+
+
+def test_the_access_token_of_a_deactivated_user_is_user_inactive(api_client):
+    user = UserFactory()
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {AccessToken.for_user(user)}")
+    User.objects.filter(pk=user.pk).update(is_active=False)
+    assert_auth_problem(api_client.get(ME), "user_inactive")
+
+
+def test_a_malformed_authorization_header_is_bad_authorization_header(api_client):
+    api_client.credentials(HTTP_AUTHORIZATION="Bearer two parts")
+    assert_auth_problem(api_client.get(ME), "bad_authorization_header")
+
+
+def test_no_credentials_is_not_authenticated(api_client):
+    assert_auth_problem(api_client.get(ME), "not_authenticated")
+
+
+def test_wrong_credentials_are_no_active_account(api_client):
+    user = UserFactory()
+    response = api_client.post(TOKEN, {"email": user.email, "password": "wrong"}, format="json")
+    assert_auth_problem(response, "no_active_account")
+
+
+def test_refreshing_an_expired_refresh_token_is_token_expired(api_client):
+    refresh = _expired(RefreshToken.for_user(UserFactory()))
+    assert_auth_problem(
+        api_client.post(REFRESH, {"refresh": refresh}, format="json"), "token_expired"
+    )
+
+
+def test_refreshing_a_used_refresh_token_is_token_blacklisted(api_client):
+    refresh = str(RefreshToken.for_user(UserFactory()))
+    assert api_client.post(REFRESH, {"refresh": refresh}, format="json").status_code == 200
+    assert_auth_problem(
+        api_client.post(REFRESH, {"refresh": refresh}, format="json"), "token_blacklisted"
+    )
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["not-a-jwt", lambda user: str(AccessToken.for_user(user))],
+    ids=["garbage", "access-as-refresh"],
+)
+def test_refreshing_an_invalid_token_is_token_invalid(api_client, token):
+    raw = token(UserFactory()) if callable(token) else token
+    assert_auth_problem(api_client.post(REFRESH, {"refresh": raw}, format="json"), "token_invalid")
+
+
+def test_refreshing_the_token_of_a_deleted_user_is_user_not_found(api_client):
+    user = UserFactory()
+    refresh = str(RefreshToken.for_user(user))
+    user.delete()
+    assert_auth_problem(
+        api_client.post(REFRESH, {"refresh": refresh}, format="json"), "user_not_found"
+    )
+
+
+@pytest.mark.parametrize("path", [TOKEN, REFRESH])
+def test_token_endpoints_refuse_unknown_fields_and_non_strings(api_client, path):
+    response = api_client.post(
+        path, {"email": 42, "password": 42, "refresh": 42, "x": 1}, format="json"
+    )
+    body = assert_problem(response, 400, "validation-error")
+    assert body["errors"]["x"] == ["Unknown field."]

@@ -13,7 +13,7 @@ ORDERINGS = {
 }
 
 
-class ProductListParamsSerializer(serializers.Serializer):
+class ProductListParamsSerializer(StrictSerializer):
     """Query parameters of the product list (pagination parameters pass through)."""
 
     category = serializers.CharField(required=False, max_length=140)

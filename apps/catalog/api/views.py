@@ -19,6 +19,7 @@ from apps.catalog.api.serializers import (
 )
 from apps.core.api.pagination import CursorPagination
 from apps.core.api.permissions import staff_role_required
+from apps.core.api.views import StrictQueryParameters
 from apps.users.roles import CATALOG_MANAGERS
 
 CatalogManager = staff_role_required(CATALOG_MANAGERS)
@@ -34,7 +35,7 @@ class PublicReadStaffWrite:
         return [CatalogManager()]
 
 
-class CategoryTreeView(APIView):
+class CategoryTreeView(StrictQueryParameters, APIView):
     permission_classes = [AllowAny]
 
     @extend_schema(responses=CategoryNodeSerializer(many=True))
@@ -42,9 +43,10 @@ class CategoryTreeView(APIView):
         return Response(selectors.category_tree())
 
 
-class ProductListView(PublicReadStaffWrite, APIView):
+class ProductListView(StrictQueryParameters, PublicReadStaffWrite, APIView):
     # Read by the schema generator: the list is documented as a cursor page.
     pagination_class = CursorPagination
+    query_serializer_class = ProductListParamsSerializer
 
     @extend_schema(
         parameters=[
@@ -55,9 +57,7 @@ class ProductListView(PublicReadStaffWrite, APIView):
         responses=ProductSerializer(many=True),
     )
     def get(self, request):
-        params = ProductListParamsSerializer(data=request.query_params)
-        params.is_valid(raise_exception=True)
-        filters = dict(params.validated_data)
+        filters = dict(self.query)
         ordering = filters.pop("ordering", None)
         products = selectors.product_list(**filters)
         paginator = self.pagination_class()
@@ -80,7 +80,7 @@ class ProductListView(PublicReadStaffWrite, APIView):
         )
 
 
-class PopularProductsView(APIView):
+class PopularProductsView(StrictQueryParameters, APIView):
     permission_classes = [AllowAny]
 
     @extend_schema(responses=ProductSerializer(many=True))
@@ -88,7 +88,7 @@ class PopularProductsView(APIView):
         return Response(selectors.popular_products())
 
 
-class ProductDetailView(PublicReadStaffWrite, APIView):
+class ProductDetailView(StrictQueryParameters, PublicReadStaffWrite, APIView):
     @extend_schema(responses=ProductDetailSerializer)
     def get(self, request, id_or_slug: str):
         return Response(selectors.product_detail(id_or_slug=id_or_slug))
@@ -110,7 +110,7 @@ class ProductDetailView(PublicReadStaffWrite, APIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class StockAdjustmentView(APIView):
+class StockAdjustmentView(StrictQueryParameters, APIView):
     permission_classes = [CatalogManager]
 
     @extend_schema(

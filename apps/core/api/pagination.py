@@ -1,4 +1,5 @@
-from rest_framework.exceptions import ValidationError
+from django.core.exceptions import ValidationError as DjangoValidationError
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.pagination import CursorPagination as DRFCursorPagination
 
 
@@ -22,3 +23,15 @@ class CursorPagination(DRFCursorPagination):
         if size < 1:
             raise ValidationError({self.page_size_query_param: ["Must be a positive integer."]})
         return min(size, self.max_page_size)
+
+    def paginate_queryset(self, queryset, request, view=None):
+        if request.query_params.get(self.cursor_query_param) is None:
+            return super().paginate_queryset(queryset, request, view)
+        try:
+            return super().paginate_queryset(queryset, request, view)
+        except (NotFound, ValueError, DjangoValidationError):
+            # DRF answers a cursor it cannot decode with a 404, and one whose position
+            # does not fit the ordering field (a forged cursor) fails building the query.
+            raise ValidationError(
+                {self.cursor_query_param: [self.invalid_cursor_message]}
+            ) from None

@@ -2,7 +2,8 @@
 
 One place maps DRF exceptions, Django's 404/403 and our typed DomainErrors to
 `application/problem+json` with `type`, `title`, `status`, `detail` and, for
-validation, `errors` keyed by field path (`items.0.quantity`).
+validation, `errors` keyed by field path (`items.0.quantity`); for authentication
+failures, a `code` (`token_expired`, `token_invalid`...).
 """
 
 from typing import Any
@@ -86,11 +87,20 @@ def _drf_problem(exc: exceptions.APIException, request) -> dict[str, Any]:
             problem_type, title = p_type, p_title
             break
     extra: dict[str, Any] = {}
+    code = None
     if isinstance(exc, exceptions.ValidationError):
         extra["errors"] = flatten_errors(exc.detail)
         detail = "One or more fields are invalid."
+    elif isinstance(exc.detail, dict):
+        # simplejwt's shape: {"detail": sentence, "code": code, ...}
+        detail = str(exc.detail.get("detail", "Authentication failed."))
+        code = exc.detail.get("code")
     else:
         detail = str(exc.detail)
+        code = getattr(exc.detail, "code", None)
+    if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
+        # Tells a client what to do next: refresh an expired token, sign in again...
+        extra["code"] = str(code)
     return problem_body(
         status=exc.status_code,
         problem_type=problem_type,

@@ -16,6 +16,10 @@ PROBLEM_SCHEMA = {
         "detail": {"type": "string"},
         "instance": {"type": "string"},
         "request_id": {"type": "string"},
+        "code": {
+            "type": "string",
+            "description": "Why authentication failed (401): `token_expired`, `token_invalid`...",
+        },
         "errors": {
             "type": "object",
             "description": "Validation messages by field path (`items.0.quantity`).",

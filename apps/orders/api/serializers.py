@@ -107,5 +107,3 @@ class CancelSerializer(StrictSerializer):
 
 class OrderListQuerySerializer(StrictSerializer):
     status = serializers.ChoiceField(choices=[s.value for s in OrderStatus], required=False)
-    cursor = serializers.CharField(required=False)
-    page_size = serializers.IntegerField(required=False, min_value=1, max_value=100)

@@ -2,7 +2,7 @@ import uuid
 
 import structlog
 from django.urls import reverse
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import status
 from rest_framework.generics import ListAPIView
 from rest_framework.response import Response
@@ -10,6 +10,7 @@ from rest_framework.views import APIView
 
 from apps.core.api.pagination import CursorPagination
 from apps.core.api.permissions import staff_role_required
+from apps.core.api.views import StrictQueryParameters
 from apps.core.idempotency import IDEMPOTENCY_HEADER, idempotent_request
 from apps.orders import selectors, services
 from apps.orders.api.serializers import (
@@ -54,16 +55,14 @@ class NewestFirst(CursorPagination):
     ordering = ("-placed_at", "-id")
 
 
-class OrderListCreateView(ListAPIView):
+@extend_schema_view(get=extend_schema(parameters=[OrderListQuerySerializer]))
+class OrderListCreateView(StrictQueryParameters, ListAPIView):
     serializer_class = OrderSerializer
     pagination_class = NewestFirst
+    query_serializer_class = OrderListQuerySerializer
 
     def get_queryset(self):
-        query = OrderListQuerySerializer(data=self.request.query_params)
-        query.is_valid(raise_exception=True)
-        return selectors.order_list(
-            user_id=self.request.user.pk, status=query.validated_data.get("status")
-        )
+        return selectors.order_list(user_id=self.request.user.pk, status=self.query.get("status"))
 
     @extend_schema(request=OrderCreateSerializer, responses={202: OrderSerializer})
     @idempotent_request
@@ -94,14 +93,14 @@ class OrderListCreateView(ListAPIView):
         )
 
 
-class OrderDetailView(APIView):
+class OrderDetailView(StrictQueryParameters, APIView):
     @extend_schema(responses=OrderSerializer)
     def get(self, request, order_id):
         summary = selectors.order_summary(order_id=str(order_id), user_id=visible_to(request))
         return Response(OrderSerializer(summary).data)
 
 
-class OrderEventsView(APIView):
+class OrderEventsView(StrictQueryParameters, APIView):
     @extend_schema(responses=OrderEventSerializer(many=True))
     def get(self, request, order_id):
         selectors.order_summary(order_id=str(order_id), user_id=visible_to(request))
@@ -109,7 +108,7 @@ class OrderEventsView(APIView):
         return Response(OrderEventSerializer(events, many=True).data)
 
 
-class OrderCancelView(APIView):
+class OrderCancelView(StrictQueryParameters, APIView):
     @extend_schema(request=CancelSerializer, responses=OrderSerializer)
     def post(self, request, order_id):
         serializer = CancelSerializer(data=request.data)
@@ -125,7 +124,7 @@ class OrderCancelView(APIView):
         return Response(OrderSerializer(_fresh(order_id)).data)
 
 
-class OrderShipView(APIView):
+class OrderShipView(StrictQueryParameters, APIView):
     permission_classes = [IsOrderManager]
 
     @extend_schema(request=ShipSerializer, responses=OrderSerializer)
@@ -137,7 +136,7 @@ class OrderShipView(APIView):
         return Response(OrderSerializer(_fresh(order_id)).data)
 
 
-class OrderDeliverView(APIView):
+class OrderDeliverView(StrictQueryParameters, APIView):
     permission_classes = [IsOrderManager]
 
     @extend_schema(request=None, responses=OrderSerializer)
@@ -147,16 +146,15 @@ class OrderDeliverView(APIView):
         return Response(OrderSerializer(_fresh(order_id)).data)
 
 
-class OrderStateView(APIView):
+class OrderStateView(StrictQueryParameters, APIView):
     """Time travel: the order as of a version or a moment, rebuilt from its events."""
 
     permission_classes = [CanSeeAllOrders]
+    query_serializer_class = TimeTravelQuerySerializer
 
     @extend_schema(parameters=[TimeTravelQuerySerializer], responses=OrderStateSerializer)
     def get(self, request, order_id):
-        query = TimeTravelQuerySerializer(data=request.query_params)
-        query.is_valid(raise_exception=True)
-        order = selectors.order_as_of(order_id=str(order_id), **query.validated_data)
+        order = selectors.order_as_of(order_id=str(order_id), **self.query)
         return Response(OrderStateSerializer(order).data)
 
 

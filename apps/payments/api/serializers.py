@@ -47,10 +47,7 @@ class PaymentSerializer(serializers.ModelSerializer):
 
 
 class PaymentListQuerySerializer(StrictSerializer):
-    order_id = serializers.CharField(max_length=64, required=False)
-    # The cursor pagination's own parameters.
-    cursor = serializers.CharField(required=False)
-    page_size = serializers.IntegerField(required=False, min_value=1)
+    order_id = serializers.UUIDField(required=False)
 
 
 class RefundCreateSerializer(StrictSerializer):

@@ -9,9 +9,9 @@ urlpatterns = [
         views.SandboxWebhookView.as_view(),
         name="payments-webhook-sandbox",
     ),
-    path("payments/<int:payment_id>", views.PaymentDetailView.as_view(), name="payment"),
+    path("payments/<id:payment_id>", views.PaymentDetailView.as_view(), name="payment"),
     path(
-        "payments/<int:payment_id>/refunds",
+        "payments/<id:payment_id>/refunds",
         views.RefundCreateView.as_view(),
         name="payment-refunds",
     ),

@@ -6,6 +6,7 @@ from rest_framework.views import APIView
 
 from apps.core.api.pagination import CursorPagination
 from apps.core.api.permissions import staff_role_required
+from apps.core.api.views import StrictQueryParameters
 from apps.core.idempotency import IDEMPOTENCY_HEADER, idempotent_request
 from apps.payments import selectors, services
 from apps.payments.api.serializers import (
@@ -24,24 +25,24 @@ def _visible_user_id(request, view) -> int | None:
     return None if PaymentStaff().has_permission(request, view) else request.user.pk
 
 
-class PaymentListView(APIView):
+class PaymentListView(StrictQueryParameters, APIView):
     # Read by the schema generator: the list is documented as a cursor page.
     pagination_class = CursorPagination
+    query_serializer_class = PaymentListQuerySerializer
 
     @extend_schema(parameters=[PaymentListQuerySerializer], responses=PaymentSerializer(many=True))
     def get(self, request):
-        query = PaymentListQuerySerializer(data=request.query_params.dict())
-        query.is_valid(raise_exception=True)
+        order_id = self.query.get("order_id")
         payments = selectors.payment_list(
             user_id=_visible_user_id(request, self),
-            order_id=query.validated_data.get("order_id"),
+            order_id=None if order_id is None else str(order_id),
         )
         paginator = self.pagination_class()
         page = paginator.paginate_queryset(payments, request, view=self)
         return paginator.get_paginated_response(PaymentSerializer(page, many=True).data)
 
 
-class PaymentDetailView(APIView):
+class PaymentDetailView(StrictQueryParameters, APIView):
     @extend_schema(responses=PaymentSerializer)
     def get(self, request, payment_id: int):
         payment = selectors.payment_get(
@@ -50,7 +51,7 @@ class PaymentDetailView(APIView):
         return Response(PaymentSerializer(payment).data)
 
 
-class RefundCreateView(APIView):
+class RefundCreateView(StrictQueryParameters, APIView):
     permission_classes = [PaymentStaff]
 
     @extend_schema(request=RefundCreateSerializer, responses={201: RefundResultSerializer})
@@ -67,7 +68,7 @@ class RefundCreateView(APIView):
         return Response(RefundResultSerializer(result).data, status=status.HTTP_201_CREATED)
 
 
-class SandboxWebhookView(APIView):
+class SandboxWebhookView(StrictQueryParameters, APIView):
     """The sandbox PSP's webhooks: authenticated by their signature, not by a user."""
 
     authentication_classes: list = []

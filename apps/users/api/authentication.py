@@ -1,17 +1,56 @@
+from django.utils.translation import gettext as _
 from drf_spectacular.contrib.rest_framework_simplejwt import SimpleJWTScheme
+from rest_framework import exceptions
 from rest_framework_simplejwt.authentication import JWTAuthentication as BaseJWTAuthentication
-from rest_framework_simplejwt.exceptions import AuthenticationFailed, InvalidToken
+from rest_framework_simplejwt.exceptions import (
+    AuthenticationFailed,
+    ExpiredTokenError,
+    InvalidToken,
+    TokenError,
+)
+from rest_framework_simplejwt.settings import api_settings as jwt_settings
 
 from apps.core.routing import primary_reads
 
 
+def token_failure(error: TokenError) -> exceptions.AuthenticationFailed:
+    """A token refused, as a sentence and a code a client can act on: an expired token is
+    refreshed, a revoked or invalid one means signing in again."""
+    reason = str(error.args[0]) if error.args else ""
+    if isinstance(error, ExpiredTokenError):
+        return exceptions.AuthenticationFailed("The token has expired.", code="token_expired")
+    # simplejwt tells a blacklisted token only by its message.
+    if reason == _("Token is blacklisted"):
+        return exceptions.AuthenticationFailed(
+            "The token has been revoked (a refresh token is used once).",
+            code="token_blacklisted",
+        )
+    return exceptions.AuthenticationFailed(
+        f"The token is not valid: {reason[:1].lower()}{reason[1:]}.", code="token_invalid"
+    )
+
+
 class JWTAuthentication(BaseJWTAuthentication):
-    """Bearer JWT auth that never rejects a user a lagging replica does not know yet."""
+    """Bearer JWT auth that never rejects a user a lagging replica does not know yet, and
+    says why a token is refused (apps.core.api.problems renders the code)."""
+
+    def get_validated_token(self, raw_token):
+        errors: list[TokenError] = []
+        for token_class in jwt_settings.AUTH_TOKEN_CLASSES:
+            try:
+                return token_class(raw_token)
+            except TokenError as error:
+                errors.append(error)
+        raise token_failure(errors[0])
 
     def get_user(self, validated_token):
         try:
             return super().get_user(validated_token)
-        except (AuthenticationFailed, InvalidToken):
+        except InvalidToken:
+            raise exceptions.AuthenticationFailed(
+                "The token names no user.", code="token_invalid"
+            ) from None
+        except AuthenticationFailed:
             # The replica may not have replayed a brand-new account: ask the primary.
             with primary_reads():
                 return super().get_user(validated_token)

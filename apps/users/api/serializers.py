@@ -1,7 +1,12 @@
 from django.conf import settings
 from rest_framework import serializers
+from rest_framework_simplejwt.serializers import TokenObtainPairSerializer, TokenRefreshSerializer
 
-from apps.core.api.serializers import StrictModelSerializer, StrictSerializer
+from apps.core.api.serializers import (
+    StrictModelSerializer,
+    StrictSerializer,
+    StrictSerializerMixin,
+)
 from apps.users.models import Address, User
 
 
@@ -9,6 +14,14 @@ class RegisterSerializer(StrictSerializer):
     email = serializers.EmailField(max_length=254)
     password = serializers.CharField(write_only=True, max_length=128, trim_whitespace=False)
     full_name = serializers.CharField(max_length=200, required=False, allow_blank=True)
+
+
+class TokenObtainSerializer(StrictSerializerMixin, TokenObtainPairSerializer):
+    pass
+
+
+class TokenRotateSerializer(StrictSerializerMixin, TokenRefreshSerializer):
+    pass
 
 
 class PreferencesSerializer(StrictSerializer):

@@ -1,20 +1,27 @@
 from drf_spectacular.utils import extend_schema
-from rest_framework import status
+from rest_framework import exceptions, status
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
+from rest_framework_simplejwt import views as jwt_views
+from rest_framework_simplejwt.exceptions import TokenError
 
+from apps.core.api.views import StrictQueryParameters
 from apps.core.routing import pin_user_to_primary
 from apps.users import selectors, services
+from apps.users.api.authentication import token_failure
 from apps.users.api.serializers import (
     AddressSerializer,
     PasswordChangeSerializer,
     RegisterSerializer,
+    TokenObtainSerializer,
+    TokenRotateSerializer,
     UserSerializer,
 )
+from apps.users.models import User
 
 
-class RegisterView(APIView):
+class RegisterView(StrictQueryParameters, APIView):
     permission_classes = [AllowAny]
     authentication_classes: list = []
 
@@ -28,7 +35,29 @@ class RegisterView(APIView):
         return Response(UserSerializer(user).data, status=status.HTTP_201_CREATED)
 
 
-class MeView(APIView):
+class TokenObtainView(StrictQueryParameters, jwt_views.TokenObtainPairView):
+    serializer_class = TokenObtainSerializer
+
+
+class TokenRefreshView(StrictQueryParameters, jwt_views.TokenRefreshView):
+    """Rotation: a refused refresh token answers why (expired, revoked, invalid)."""
+
+    serializer_class = TokenRotateSerializer
+
+    def post(self, request, *args, **kwargs):
+        serializer = self.get_serializer(data=request.data)
+        try:
+            serializer.is_valid(raise_exception=True)
+        except TokenError as error:
+            raise token_failure(error) from error
+        except User.DoesNotExist:
+            raise exceptions.AuthenticationFailed(
+                "The token's user no longer exists.", code="user_not_found"
+            ) from None
+        return Response(serializer.validated_data)
+
+
+class MeView(StrictQueryParameters, APIView):
     @extend_schema(responses=UserSerializer)
     def get(self, request):
         return Response(UserSerializer(request.user).data)
@@ -41,7 +70,7 @@ class MeView(APIView):
         return Response(UserSerializer(user).data)
 
 
-class PasswordChangeView(APIView):
+class PasswordChangeView(StrictQueryParameters, APIView):
     @extend_schema(request=PasswordChangeSerializer, responses={204: None})
     def post(self, request):
         serializer = PasswordChangeSerializer(data=request.data)
@@ -50,7 +79,7 @@ class PasswordChangeView(APIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class AddressListView(APIView):
+class AddressListView(StrictQueryParameters, APIView):
     @extend_schema(responses=AddressSerializer(many=True))
     def get(self, request):
         addresses = selectors.address_list(user=request.user)
@@ -64,7 +93,7 @@ class AddressListView(APIView):
         return Response(AddressSerializer(address).data, status=status.HTTP_201_CREATED)
 
 
-class AddressDetailView(APIView):
+class AddressDetailView(StrictQueryParameters, APIView):
     @extend_schema(responses=AddressSerializer)
     def get(self, request, address_id: int):
         address = selectors.address_get(user=request.user, address_id=address_id)

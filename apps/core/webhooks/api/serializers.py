@@ -67,7 +67,7 @@ class WebhookDeliverySerializer(serializers.ModelSerializer):
         return json.loads(delivery.body)
 
 
-class WebhookDeliveryListParamsSerializer(serializers.Serializer):
+class WebhookDeliveryListParamsSerializer(StrictSerializer):
     status = serializers.ChoiceField(required=False, choices=WebhookDelivery.Status.choices)
 
 

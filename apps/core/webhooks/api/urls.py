@@ -10,17 +10,17 @@ urlpatterns = [
         name="webhook-subscriptions",
     ),
     path(
-        "webhooks/subscriptions/<int:subscription_id>",
+        "webhooks/subscriptions/<id:subscription_id>",
         views.SubscriptionDetailView.as_view(),
         name="webhook-subscription",
     ),
     path(
-        "webhooks/subscriptions/<int:subscription_id>/deliveries",
+        "webhooks/subscriptions/<id:subscription_id>/deliveries",
         views.DeliveryListView.as_view(),
         name="webhook-deliveries",
     ),
     path(
-        "webhooks/subscriptions/<int:subscription_id>/deliveries/<int:delivery_id>/redeliver",
+        "webhooks/subscriptions/<id:subscription_id>/deliveries/<id:delivery_id>/redeliver",
         views.RedeliverView.as_view(),
         name="webhook-delivery-redeliver",
     ),

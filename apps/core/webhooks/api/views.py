@@ -11,6 +11,7 @@ from rest_framework.views import APIView
 
 from apps.core.api.pagination import CursorPagination
 from apps.core.api.permissions import staff_permission_required
+from apps.core.api.views import StrictQueryParameters
 from apps.core.event_registry import published_event_types
 from apps.core.webhooks import selectors, services
 from apps.core.webhooks.api.serializers import (
@@ -30,7 +31,7 @@ PAGE_PARAMETERS = [
 ]
 
 
-class EventTypeListView(APIView):
+class EventTypeListView(StrictQueryParameters, APIView):
     permission_classes = [ManagesWebhooks]
 
     @extend_schema(responses=PublishedEventTypeSerializer(many=True))
@@ -40,7 +41,7 @@ class EventTypeListView(APIView):
         return Response([dataclasses.asdict(event) for event in types])
 
 
-class SubscriptionListView(APIView):
+class SubscriptionListView(StrictQueryParameters, APIView):
     permission_classes = [ManagesWebhooks]
     pagination_class = CursorPagination
 
@@ -63,7 +64,7 @@ class SubscriptionListView(APIView):
         )
 
 
-class SubscriptionDetailView(APIView):
+class SubscriptionDetailView(StrictQueryParameters, APIView):
     permission_classes = [ManagesWebhooks]
 
     @extend_schema(responses=WebhookSubscriptionSerializer)
@@ -89,9 +90,10 @@ class SubscriptionDetailView(APIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class DeliveryListView(APIView):
+class DeliveryListView(StrictQueryParameters, APIView):
     permission_classes = [ManagesWebhooks]
     pagination_class = CursorPagination
+    query_serializer_class = WebhookDeliveryListParamsSerializer
 
     @extend_schema(
         parameters=[WebhookDeliveryListParamsSerializer, *PAGE_PARAMETERS],
@@ -99,17 +101,13 @@ class DeliveryListView(APIView):
     )
     def get(self, request, subscription_id: int):
         """The delivery log of a subscription, newest first."""
-        params = WebhookDeliveryListParamsSerializer(data=request.query_params)
-        params.is_valid(raise_exception=True)
-        deliveries = selectors.webhook_delivery_list(
-            subscription_id=subscription_id, **params.validated_data
-        )
+        deliveries = selectors.webhook_delivery_list(subscription_id=subscription_id, **self.query)
         paginator = self.pagination_class()
         page = paginator.paginate_queryset(deliveries, request, self)
         return paginator.get_paginated_response(WebhookDeliverySerializer(page, many=True).data)
 
 
-class RedeliverView(APIView):
+class RedeliverView(StrictQueryParameters, APIView):
     permission_classes = [ManagesWebhooks]
 
     @extend_schema(request=None, responses={202: WebhookDeliverySerializer})
