@@ -3,10 +3,18 @@
 Migrates, loads the demo data, then starts the web server, a Celery worker, the
 Celery scheduler and the sandbox payment provider as child processes. Ctrl-C or SIGTERM
 stops them all; if one of them dies, the others are stopped too and the exit code says so.
+
+Ports: PORT (web, default 8000) and PSP_PORT (sandbox provider, default 8100). Unset, the
+default is used if free and any free port otherwise; set to a port in use, nothing starts.
+Every process writes its Prometheus samples under var/prometheus, so the web process's
+/metrics shows them all (multiprocess mode, as production runs).
 """
 
+import errno
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,6 +24,11 @@ ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 BIN = Path(PYTHON).parent
 STOP_TIMEOUT_SECONDS = 10
+DEFAULT_PORTS = {"PORT": 8000, "PSP_PORT": 8100}
+
+
+class PortInUse(Exception):
+    pass
 
 
 def say(message: str) -> None:
@@ -30,7 +43,44 @@ def var_dir() -> Path:
     return Path(os.environ.get("MERCATO_VAR_DIR", ROOT / "var"))
 
 
-def child_commands(port: int, host: str) -> dict[str, list[str]]:
+def port_is_free(host: str, port: int) -> bool:
+    # SO_REUSEADDR as the servers set it: a port in TIME_WAIT is free, a listener is not.
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                return False
+            raise
+    return True
+
+
+def choose_port(variable: str, host: str) -> int:
+    """The port named by `variable` if free (PortInUse if not), else the default if
+    free, else one the kernel picks."""
+    if os.environ.get(variable):
+        port = int(os.environ[variable])
+        if not port_is_free(host, port):
+            raise PortInUse(
+                f"port {port} ({variable}) is in use on {host}: "
+                f"stop what listens there, or set {variable} to a free port or unset it"
+            )
+        return port
+    if port_is_free(host, DEFAULT_PORTS[variable]):
+        return DEFAULT_PORTS[variable]
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
+        port = sock.getsockname()[1]
+    say(f"port {DEFAULT_PORTS[variable]} is in use; {variable} is unset, so using {port}")
+    return port
+
+
+def metrics_dir() -> Path:
+    return var_dir() / "prometheus"
+
+
+def child_commands(port: int, host: str, psp_port: int) -> dict[str, list[str]]:
     celery = str(BIN / "celery")
     return {
         "web": [PYTHON, "manage.py", "runserver", f"{host}:{port}", "--noreload"],
@@ -44,16 +94,19 @@ def child_commands(port: int, host: str) -> dict[str, list[str]]:
         ],
         "psp": [
             PYTHON, "manage.py", "run_sandbox_psp", "--host", "127.0.0.1",
-            "--port", os.environ.get("PSP_PORT", "8100"),
+            "--port", str(psp_port),
             "--db", str(var_dir() / "sandbox-psp.sqlite3"),
         ],
     }  # fmt: skip
 
 
 def stop_all(children: dict[str, subprocess.Popen]) -> None:
+    # SIGTERM to each child's main process only: the Celery worker stops its own pool
+    # processes (a warm shutdown). Signalled directly, a pool process dies mid-task and
+    # can leave the worker's pool waiting on it past the timeout.
     for proc in children.values():
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
+            proc.terminate()
     deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
     for name, proc in children.items():
         try:
@@ -65,10 +118,25 @@ def stop_all(children: dict[str, subprocess.Popen]) -> None:
 
 
 def main() -> int:
-    port = int(os.environ.get("PORT", "8000"))
     host = os.environ.get("HOST", "127.0.0.1")
+    try:
+        port = choose_port("PORT", host)
+        psp_port = choose_port("PSP_PORT", "127.0.0.1")
+    except PortInUse as error:
+        print(f"run: {error}", file=sys.stderr, flush=True)
+        return 2
     for sub in ("", "broker/queue", "broker/processed", "cache"):
         (var_dir() / sub).mkdir(parents=True, exist_ok=True)
+    # Samples of an earlier run would add up with this one's.
+    shutil.rmtree(metrics_dir(), ignore_errors=True)
+    metrics_dir().mkdir()
+    # The children find each other through these (settings: PAYMENT_PROVIDER_URL,
+    # PAYMENT_WEBHOOK_URL).
+    child_env = os.environ | {
+        "PORT": str(port),
+        "PSP_PORT": str(psp_port),
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir()),
+    }
 
     stopping = False
 
@@ -85,10 +153,11 @@ def main() -> int:
     manage("seed_demo")
 
     children: dict[str, subprocess.Popen] = {}
-    for name, command in child_commands(port, host).items():
+    for name, command in child_commands(port, host, psp_port).items():
         # Own process group: Ctrl-C reaches only us, and we stop the children in order.
-        children[name] = subprocess.Popen(command, cwd=ROOT, start_new_session=True)
+        children[name] = subprocess.Popen(command, cwd=ROOT, env=child_env, start_new_session=True)
         say(f"started {name} (pid {children[name].pid})")
+    say(f"sandbox payment provider http://127.0.0.1:{psp_port}/ (PSP_PORT)")
     say(f"API     http://{host}:{port}/api/v1/   docs http://{host}:{port}/api/docs/")
     say(f"admin   http://{host}:{port}/admin/    health http://{host}:{port}/readyz")
     say("press Ctrl-C to stop")
