@@ -26,6 +26,7 @@ pytestmark = pytest.mark.embedded
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_SECONDS = 420  # includes creating the virtualenv and installing
 STOP_TIMEOUT_SECONDS = 30
+STACK_START_TIMEOUT_SECONDS = 120  # scripts/run_stack.py alone: migrate, seed, start
 ORDER_TIMEOUT_SECONDS = 60
 SERVICE_ENV = (
     "DATABASE_URL",
@@ -200,9 +201,14 @@ class Stack:
         return self.log.read_text(errors="replace")
 
     def printed(self, pattern: str) -> str:
+        def found() -> str | None:
+            match = re.search(pattern, self.output())
+            assert match or self.proc.poll() is None, f"make run exited:\n{self.output()[-3000:]}"
+            return match and match.group(1)
+
         return wait_until(
-            lambda: (match := re.search(pattern, self.output())) and match.group(1),
-            timeout=STARTUP_TIMEOUT_SECONDS,
+            found,
+            timeout=STACK_START_TIMEOUT_SECONDS,
             interval=0.2,
             what=f"{pattern!r} in the output of make run",
         )
