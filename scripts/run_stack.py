@@ -27,7 +27,7 @@ STOP_TIMEOUT_SECONDS = 10
 DEFAULT_PORTS = {"PORT": 8000, "PSP_PORT": 8100}
 
 
-class PortInUse(Exception):
+class PortUnusable(Exception):
     pass
 
 
@@ -57,12 +57,17 @@ def port_is_free(host: str, port: int) -> bool:
 
 
 def choose_port(variable: str, host: str) -> int:
-    """The port named by `variable` if free (PortInUse if not), else the default if
+    """The port named by `variable` if free (PortUnusable if not), else the default if
     free, else one the kernel picks."""
     if os.environ.get(variable):
-        port = int(os.environ[variable])
+        try:
+            port = int(os.environ[variable])
+        except ValueError:
+            raise PortUnusable(
+                f"{variable} must be a port number, not {os.environ[variable]!r}"
+            ) from None
         if not port_is_free(host, port):
-            raise PortInUse(
+            raise PortUnusable(
                 f"port {port} ({variable}) is in use on {host}: "
                 f"stop what listens there, or set {variable} to a free port or unset it"
             )
@@ -122,7 +127,7 @@ def main() -> int:
     try:
         port = choose_port("PORT", host)
         psp_port = choose_port("PSP_PORT", "127.0.0.1")
-    except PortInUse as error:
+    except PortUnusable as error:
         print(f"run: {error}", file=sys.stderr, flush=True)
         return 2
     for sub in ("", "broker/queue", "broker/processed", "cache"):
@@ -172,8 +177,9 @@ def main() -> int:
                 break
         time.sleep(0.2)
     say("stopping")
+    stopping_since = time.monotonic()
     stop_all(children)
-    say("stopped")
+    say(f"stopped in {time.monotonic() - stopping_since:.1f}s")
     return exit_code
 
 

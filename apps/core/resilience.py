@@ -90,12 +90,9 @@ class CircuitCacheStorage(pybreaker.CircuitBreakerStorage):
         return f"{self._namespace}:{name}"
 
     def _increment(self, name: str) -> None:
+        # Not cache.incr: it stores the result with the default timeout (5 minutes).
         key = self._key(name)
-        cache.add(key, 0, timeout=None)
-        try:
-            cache.incr(key)
-        except ValueError:  # removed between add and incr (a reset, the cache's cull)
-            cache.set(key, 1, timeout=None)
+        cache.set(key, cache.get(key, 0) + 1, timeout=None)
 
     def state_and_opened_at(self) -> tuple[str, datetime | None]:
         values = cache.get_many([self._key("state"), self._key("opened_at")])

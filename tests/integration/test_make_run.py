@@ -150,6 +150,8 @@ def test_make_run_serves_the_api_and_stops_cleanly(tmp_path):
         assert state == "confirmed", log.read_text()[-4000:]
 
         output = log.read_text()
+        # The first install shows pip's progress rather than half a minute of silence.
+        assert "Collecting " in output and "Successfully installed" in output
         assert "customer@mercato.local" in output and "staff@mercato.local" in output
         for child in ("web", "worker", "scheduler", "psp"):
             assert f"started {child}" in output
@@ -212,6 +214,9 @@ class Stack:
             interval=0.2,
             what=f"{pattern!r} in the output of make run",
         )
+
+    def assert_running(self) -> None:
+        assert self.proc.poll() is None, f"make run exited:\n{self.output()[-3000:]}"
 
     def child_pids(self) -> dict[str, int]:
         return {n: int(p) for n, p in re.findall(r"started (\w+) \(pid (\d+)\)", self.output())}
@@ -288,6 +293,7 @@ def busy_machine_stack(tmp_path_factory):
 
 def test_taken_default_ports_are_replaced_by_free_ones_the_whole_stack_uses(busy_machine_stack):
     stack = busy_machine_stack
+    stack.assert_running()
     assert stack.port != 8000 and stack.psp_port != 8100
     assert "port 8000 is in use; PORT is unset, so using" in stack.output()
     assert "port 8100 is in use; PSP_PORT is unset, so using" in stack.output()
@@ -306,6 +312,7 @@ def test_taken_default_ports_are_replaced_by_free_ones_the_whole_stack_uses(busy
 
 def test_metrics_of_the_worker_show_at_the_web_process(busy_machine_stack):
     stack = busy_machine_stack
+    stack.assert_running()
     orders = [place_order(stack.base, stack.token, f"busy-machine-{n}") for n in range(SAGA_ORDERS)]
     for order in orders:
         wait_until(
@@ -335,6 +342,7 @@ def test_metrics_of_the_worker_show_at_the_web_process(busy_machine_stack):
 
 def test_the_admin_shows_the_breaker_the_worker_opened(busy_machine_stack):
     stack = busy_machine_stack
+    stack.assert_running()
     psp = f"http://127.0.0.1:{stack.psp_port}"
     assert call("POST", f"{psp}/__admin/chaos", {"down": True})[0] == 200
     try:
@@ -346,6 +354,12 @@ def test_the_admin_shows_the_breaker_the_worker_opened(busy_machine_stack):
             interval=0.5,
             what="the admin to show the breaker open",
         )
+        status, body = call("GET", f"{stack.base}/metrics")
+        assert status == 200
+        # One sample per process that saw the change (multiprocess "all" gauge): 2 is open.
+        assert re.search(
+            r"^mercato_payment_provider_breaker_state\{[^}]*\} 2\.0$", body.decode(), re.M
+        ), body.decode()
     finally:
         call("POST", f"{psp}/__admin/chaos", {"down": False})
 
@@ -370,6 +384,7 @@ def admin_payments_page(base: str) -> str:
 
 def test_ctrl_c_stops_every_process_cleanly_within_the_timeout(busy_machine_stack):
     stack = busy_machine_stack
+    stack.assert_running()
     place_order(stack.base, stack.token, "busy-machine-in-flight")
     children = stack.child_pids()
     assert set(children) == {"web", "worker", "scheduler", "psp"}
