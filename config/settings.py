@@ -478,13 +478,3 @@ if PRODUCTION:
     SECURE_CONTENT_TYPE_NOSNIFF = True
     SECURE_REFERRER_POLICY = "same-origin"
     SESSION_COOKIE_SAMESITE = "Lax"
-
-# --- Embedded mode (`make run`): several processes on one machine, no servers ----------
-
-if CELERY_BROKER_URL.startswith("filesystem://"):
-    # The filesystem transport polls its folder; kombu's default (1 s) adds up to a second
-    # to every task's pickup and to the worker's warm shutdown (it checks for the stop
-    # request between polls).
-    CELERY_BROKER_TRANSPORT_OPTIONS["polling_interval"] = env.float(
-        "CELERY_BROKER_POLLING_INTERVAL_SECONDS", default=0.1
-    )

@@ -24,6 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 BIN = Path(PYTHON).parent
 STOP_TIMEOUT_SECONDS = 10
+# A warm shutdown lets the task in hand finish: the longest is an outbox relay run (its
+# 20 s budget), and the worker's own shutdown takes a few seconds more on a busy machine.
+WORKER_STOP_TIMEOUT_SECONDS = 30
 DEFAULT_PORTS = {"PORT": 8000, "PSP_PORT": 8100}
 
 
@@ -105,19 +108,37 @@ def child_commands(port: int, host: str, psp_port: int) -> dict[str, list[str]]:
     }  # fmt: skip
 
 
-def stop_all(children: dict[str, subprocess.Popen]) -> None:
+class StopRequests:
+    """SIGINT/SIGTERM handler: the first asks to stop, one more while stopping to hurry
+    (kill what is still running)."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self.hurry = False
+
+    def __call__(self, _signum, _frame) -> None:
+        self.hurry = self.stopping
+        self.stopping = True
+
+
+def stop_all(children: dict[str, subprocess.Popen], requests: StopRequests) -> None:
     # SIGTERM to each child's main process only: the Celery worker stops its own pool
-    # processes (a warm shutdown). Signalled directly, a pool process dies mid-task and
-    # can leave the worker's pool waiting on it past the timeout.
+    # (a warm shutdown). Signalled as a group, the pool processes died mid-task, the pool
+    # started new ones that took more messages, and the worker outlasted the timeout.
     for proc in children.values():
         if proc.poll() is None:
             proc.terminate()
-    deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+    started = time.monotonic()
     for name, proc in children.items():
-        try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            say(f"{name} did not stop in {STOP_TIMEOUT_SECONDS}s; killing it")
+        timeout = WORKER_STOP_TIMEOUT_SECONDS if name == "worker" else STOP_TIMEOUT_SECONDS
+        while proc.poll() is None and not requests.hurry:
+            if time.monotonic() - started > timeout:
+                say(f"{name} did not stop in {timeout}s; killing it")
+                break
+            time.sleep(0.1)
+        if proc.poll() is None:
+            if requests.hurry:
+                say(f"killing {name}")
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
 
@@ -143,14 +164,9 @@ def main() -> int:
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir()),
     }
 
-    stopping = False
-
-    def request_stop(signum, _frame):
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    requests = StopRequests()
+    signal.signal(signal.SIGINT, requests)
+    signal.signal(signal.SIGTERM, requests)
 
     say("applying migrations")
     manage("migrate", "--noinput", "--verbosity", "0")
@@ -168,17 +184,20 @@ def main() -> int:
     say("press Ctrl-C to stop")
 
     exit_code = 0
-    while not stopping:
+    while not requests.stopping:
         for name, proc in children.items():
             if proc.poll() is not None:
                 say(f"{name} exited with code {proc.returncode}; stopping the others")
                 exit_code = proc.returncode or 1
-                stopping = True
+                requests.stopping = True
                 break
         time.sleep(0.2)
-    say("stopping")
+    say(
+        "stopping (the worker finishes the task in hand, at most "
+        f"{WORKER_STOP_TIMEOUT_SECONDS}s; Ctrl-C again to kill everything now)"
+    )
     stopping_since = time.monotonic()
-    stop_all(children)
+    stop_all(children, requests)
     say(f"stopped in {time.monotonic() - stopping_since:.1f}s")
     return exit_code
 

@@ -392,7 +392,8 @@ def test_ctrl_c_stops_every_process_cleanly_within_the_timeout(busy_machine_stac
 
     stack.proc.send_signal(signal.SIGINT)  # what Ctrl-C delivers to `make run`'s process
 
-    assert stack.proc.wait(timeout=STOP_TIMEOUT_SECONDS) == 0, stack.output()[-3000:]
+    # make run bounds the stop itself (killing what outlasts its timeouts); this is a margin.
+    assert stack.proc.wait(timeout=2 * STOP_TIMEOUT_SECONDS) == 0, stack.output()[-3000:]
     output = stack.output()
     assert "did not stop" not in output and "killing" not in output, output[-3000:]
     assert "Warm shutdown" in output and "exited with 'signal" not in output, output[-3000:]
