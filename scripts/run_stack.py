@@ -109,15 +109,16 @@ def child_commands(port: int, host: str, psp_port: int) -> dict[str, list[str]]:
 
 
 class StopRequests:
-    """SIGINT/SIGTERM handler: the first asks to stop, one more while stopping to hurry
-    (kill what is still running)."""
+    """SIGINT/SIGTERM handler: the first asks to stop; a second Ctrl-C while stopping asks
+    to hurry (kill what is still running). Not a second SIGTERM: make forwards its own
+    to us, so `kill` of make's process group delivers two."""
 
     def __init__(self) -> None:
         self.stopping = False
         self.hurry = False
 
-    def __call__(self, _signum, _frame) -> None:
-        self.hurry = self.stopping
+    def __call__(self, signum, _frame) -> None:
+        self.hurry = self.hurry or (self.stopping and signum == signal.SIGINT)
         self.stopping = True
 
 

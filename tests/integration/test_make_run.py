@@ -243,7 +243,7 @@ def login(base: str, email: str, password: str) -> str:
     return json.loads(body)["access"]
 
 
-def place_order(base: str, token: str, key: str) -> str:
+def place_order(base: str, token: str, key: str, card: str = "tok_visa") -> str:
     status, products = call("GET", f"{base}/api/v1/products?in_stock=true", token=token)
     assert status == 200, products
     product = json.loads(products)["results"][0]
@@ -251,7 +251,7 @@ def place_order(base: str, token: str, key: str) -> str:
         "items": [{"product_id": product["id"], "quantity": 1}],
         "shipping_address": {"full_name": "Busy Machine", "line1": "1 Main St",
                              "city": "Leeds", "postal_code": "LS1 1AA", "country": "GB"},
-        "payment": {"token": "tok_visa"},
+        "payment": {"token": card},
     }  # fmt: skip
     status, placed = call("POST", f"{base}/api/v1/orders", order, token=token, Idempotency_Key=key)
     assert status == 202, placed
@@ -398,6 +398,40 @@ def test_ctrl_c_stops_every_process_cleanly_within_the_timeout(busy_machine_stac
     assert "did not stop" not in output and "killing" not in output, output[-3000:]
     assert "Warm shutdown" in output and "exited with 'signal" not in output, output[-3000:]
     assert not any(is_running(pid) for pid in children.values())
+
+
+def test_a_second_ctrl_c_kills_a_worker_busy_with_a_slow_provider(tmp_path):
+    psp_port = free_port()
+    # tok_slow's first answer comes after 8 s; the worker waits for it.
+    stack = Stack(
+        tmp_path,
+        {"PORT": str(free_port()), "PSP_PORT": str(psp_port), "PAYMENT_READ_TIMEOUT_SECONDS": "30"},
+    )
+    stack.start()
+    try:
+        base = stack.printed(r"API +(http://127\.0\.0\.1:\d+)/api/v1/")
+        wait_for(f"{base}/healthz", stack.proc, stack.log)
+        token = login(base, "customer@mercato.local", "mercato-customer-demo")
+        place_order(base, token, "second-ctrl-c", card="tok_slow")
+        psp_state = f"http://127.0.0.1:{psp_port}/__admin/state"
+        wait_until(
+            lambda: json.loads(call("GET", psp_state)[1])["charges"] == 1,
+            timeout=ORDER_TIMEOUT_SECONDS,
+            interval=0.2,
+            what="the worker's charge to reach the provider",
+        )
+        children = stack.child_pids()
+
+        stack.proc.send_signal(signal.SIGINT)
+        stack.printed(r"(run: stopping)")
+        stack.proc.send_signal(signal.SIGINT)
+
+        # Killed at once, not waited for (the slow answer alone takes 8 s).
+        assert stack.proc.wait(timeout=STOP_TIMEOUT_SECONDS) == 0, stack.output()[-3000:]
+        assert "killing worker" in stack.output(), stack.output()[-3000:]
+        assert not any(is_running(pid) for pid in children.values())
+    finally:
+        stack.kill()
 
 
 @pytest.mark.parametrize("variable", ["PORT", "PSP_PORT"])
