@@ -3,7 +3,8 @@ SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PIP := $(PY) -m pip --disable-pip-version-check -q
+# Not quiet: a first install takes about half a minute, and pip's lines show it is moving.
+PIP := $(PY) -m pip --disable-pip-version-check
 PYTEST_ARGS ?=
 
 .PHONY: run test lint format bench install install-dev clean browser
@@ -13,6 +14,7 @@ $(PY):
 
 # Stamps: reinstall only when the pinned requirements change.
 $(VENV)/.installed-runtime: requirements.txt | $(PY)
+	@echo "installing the pinned requirements into $(VENV) (first run only)"
 	$(PIP) install -r requirements.txt
 	touch $@
 

@@ -1,5 +1,6 @@
 """Resilience helpers for calls to remote services: a circuit breaker whose state is
-shared through Redis (pybreaker) and bounded retries with full-jitter backoff (tenacity).
+shared between processes (pybreaker; through Redis, or through the cache in embedded
+mode) and bounded retries with full-jitter backoff (tenacity).
 """
 
 import threading
@@ -11,6 +12,7 @@ import redis
 import structlog
 import tenacity
 from django.conf import settings
+from django.core.cache import cache
 
 from apps.core.redis_clients import redis_client
 
@@ -71,6 +73,75 @@ class PreciseRedisStorage(pybreaker.CircuitRedisStorage):
             logger.warning("circuit_breaker_redis_error", exc_info=True)
 
 
+class CircuitCacheStorage(pybreaker.CircuitBreakerStorage):
+    """Breaker state in Django's cache: `make run`'s embedded mode has no Redis, and its
+    file cache is what the web process and the workers share.
+
+    The file cache has no atomic increment: two processes failing at the same instant
+    may count one failure; the breaker then opens one call later.
+    """
+
+    def __init__(self, state: str, namespace: str) -> None:
+        super().__init__("cache")
+        self._namespace = namespace
+        self._default_state = state
+
+    def _key(self, name: str) -> str:
+        return f"{self._namespace}:{name}"
+
+    def _increment(self, name: str) -> None:
+        # Not cache.incr: it stores the result with the default timeout (5 minutes).
+        key = self._key(name)
+        cache.set(key, cache.get(key, 0) + 1, timeout=None)
+
+    def state_and_opened_at(self) -> tuple[str, datetime | None]:
+        values = cache.get_many([self._key("state"), self._key("opened_at")])
+        opened_at = values.get(self._key("opened_at"))
+        return (
+            values.get(self._key("state"), self._default_state),
+            datetime.fromtimestamp(opened_at, UTC) if opened_at is not None else None,
+        )
+
+    @property
+    def state(self) -> str:
+        return cache.get(self._key("state"), self._default_state)
+
+    @state.setter
+    def state(self, state: str) -> None:
+        cache.set(self._key("state"), state, timeout=None)
+
+    def increment_counter(self) -> None:
+        self._increment("fail_counter")
+
+    def reset_counter(self) -> None:
+        cache.set(self._key("fail_counter"), 0, timeout=None)
+
+    def increment_success_counter(self) -> None:
+        self._increment("success_counter")
+
+    def reset_success_counter(self) -> None:
+        cache.set(self._key("success_counter"), 0, timeout=None)
+
+    @property
+    def counter(self) -> int:
+        return cache.get(self._key("fail_counter"), 0)
+
+    @property
+    def success_counter(self) -> int:
+        return cache.get(self._key("success_counter"), 0)
+
+    @property
+    def opened_at(self) -> datetime | None:
+        return self.state_and_opened_at()[1]
+
+    @opened_at.setter
+    def opened_at(self, now: datetime) -> None:
+        # Only move forward: two processes opening at once keep the later time.
+        current = cache.get(self._key("opened_at"))
+        if current is None or now.timestamp() > current:
+            cache.set(self._key("opened_at"), now.timestamp(), timeout=None)
+
+
 class SharedCircuitBreaker(pybreaker.CircuitBreaker):
     """pybreaker's breaker without its process-wide lock around the guarded call.
 
@@ -85,7 +156,7 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
     def rejects_calls(self) -> bool:
         """Open and still cooling down: a call would fail at once without being made."""
         storage = self._state_storage
-        if isinstance(storage, PreciseRedisStorage):
+        if isinstance(storage, PreciseRedisStorage | CircuitCacheStorage):
             state, opened_at = storage.state_and_opened_at()
         else:
             state, opened_at = storage.state, storage.opened_at
@@ -108,10 +179,10 @@ def shared_circuit_breaker(
     exclude: Iterable[type[BaseException]] = (),
     listeners: Iterable[pybreaker.CircuitBreakerListener] = (),
 ) -> SharedCircuitBreaker:
-    """The breaker `name`, its state in Redis under CIRCUIT_BREAKER_NAMESPACE.
+    """The breaker `name`, its state under CIRCUIT_BREAKER_NAMESPACE in Redis, or in the
+    cache without REDIS_URL (`make run`'s embedded mode).
 
-    Every process that asks for the same name agrees on the state. Without REDIS_URL
-    (`make run`'s embedded mode) the state is per process.
+    Every process that asks for the same name agrees on the state.
     """
     namespace = f"{settings.CIRCUIT_BREAKER_NAMESPACE}:{name}"
     key = (settings.REDIS_URL, namespace, fail_max, reset_timeout)
@@ -131,7 +202,7 @@ def shared_circuit_breaker(
                 logger.warning("circuit_breaker_redis_unavailable", breaker=name, exc_info=True)
                 storage, cacheable = pybreaker.CircuitMemoryStorage(STATE_CLOSED), False
         else:
-            storage = pybreaker.CircuitMemoryStorage(STATE_CLOSED)
+            storage = CircuitCacheStorage(STATE_CLOSED, namespace)
         breaker = SharedCircuitBreaker(
             fail_max=fail_max,
             reset_timeout=reset_timeout,

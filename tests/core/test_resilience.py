@@ -1,18 +1,26 @@
-"""apps.core.resilience: the Redis-shared breaker and the bounded jittered retry."""
+"""apps.core.resilience: the shared breaker (Redis, or the cache in embedded mode) and the
+bounded jittered retry."""
 
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pybreaker
 import pytest
 
 from apps.core.resilience import (
+    CircuitCacheStorage,
     PreciseRedisStorage,
     jittered_retry,
     shared_circuit_breaker,
 )
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Transient(Exception):
@@ -116,14 +124,54 @@ def test_a_slow_call_does_not_hold_up_other_calls_in_the_process(redis_namespace
         thread.join(5)
 
 
+# What another process of `make run` (a Celery worker) does: fail calls through the breaker.
+OPEN_THE_BREAKER = """
+import django
+django.setup()
+from apps.core.resilience import shared_circuit_breaker
+breaker = shared_circuit_breaker("embedded", fail_max=2, reset_timeout=60)
+for _ in range(2):
+    try:
+        breaker.call(lambda: 1 / 0)
+    except Exception:
+        pass
+assert breaker.current_state == "open", breaker.current_state
+"""
+
+
 @pytest.mark.embedded
-def test_without_redis_the_breaker_state_is_per_process(settings):
+def test_without_redis_a_breaker_another_process_opened_is_open_here(settings):
     assert not settings.REDIS_URL
-    breaker = shared_circuit_breaker("embedded", fail_max=1, reset_timeout=60)
+    settings.CIRCUIT_BREAKER_NAMESPACE = f"test-breaker:{uuid.uuid4().hex}"
+    breaker = shared_circuit_breaker("embedded", fail_max=2, reset_timeout=60)
+    assert breaker.current_state == "closed"
 
-    with pytest.raises(pybreaker.CircuitBreakerError):
-        breaker.call(failing_call, [])
+    subprocess.run(
+        [sys.executable, "-c", OPEN_THE_BREAKER],
+        cwd=ROOT,
+        env=os.environ
+        | {
+            "DJANGO_SETTINGS_MODULE": "config.settings",
+            "CIRCUIT_BREAKER_NAMESPACE": settings.CIRCUIT_BREAKER_NAMESPACE,
+        },
+        check=True,
+        timeout=60,
+    )
 
-    assert isinstance(breaker._state_storage, pybreaker.CircuitMemoryStorage)
+    assert breaker.current_state == "open"
     assert breaker.rejects_calls()
-    assert shared_circuit_breaker("embedded", fail_max=1, reset_timeout=60) is breaker
+    with pytest.raises(pybreaker.CircuitBreakerError):
+        breaker.call(lambda: "not made")
+
+
+@pytest.mark.embedded
+def test_without_redis_opened_at_only_moves_forward(settings):
+    settings.CIRCUIT_BREAKER_NAMESPACE = f"test-breaker:{uuid.uuid4().hex}"
+    storage = shared_circuit_breaker("forward", fail_max=1, reset_timeout=1)._state_storage
+    assert isinstance(storage, CircuitCacheStorage)
+    later = datetime(2030, 1, 1, 12, 0, 0, 750_000, tzinfo=UTC)
+
+    storage.opened_at = later
+    storage.opened_at = later - timedelta(milliseconds=500)
+
+    assert storage.opened_at == later

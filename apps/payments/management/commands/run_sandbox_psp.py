@@ -1,7 +1,8 @@
+import errno
 import threading
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from apps.payments.sandbox.server import SandboxConfig, make_server, run_webhook_dispatcher
 
@@ -39,7 +40,15 @@ class Command(BaseCommand):
             webhook_backoff_seconds=options["webhook_backoff"],
             webhook_max_attempts=options["webhook_max_attempts"],
         )
-        server, sandbox = make_server(options["host"], options["port"], config)
+        try:
+            server, sandbox = make_server(options["host"], options["port"], config)
+        except OSError as error:
+            if error.errno != errno.EADDRINUSE:
+                raise
+            raise CommandError(
+                f"port {options['port']} is in use on {options['host']}: "
+                "choose another with --port (PSP_PORT under make run)"
+            ) from None
         stop = threading.Event()
         dispatcher = threading.Thread(
             target=run_webhook_dispatcher, args=(sandbox, stop), name="webhooks", daemon=True
