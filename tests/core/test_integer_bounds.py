@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from tests.conftest import bearer_client
 from tests.orders.conftest import ADDRESS
 from tests.support.api_routes import api_routes
+from tests.support.webhooks import seed_webhook
 from tests.users.factories import UserFactory
 from tests.users.test_auth_api import assert_problem
 
@@ -32,18 +33,18 @@ class IntegerSite:
     location: str  # "body", "query" or "path"
     name: str  # dotted for a body field: items.0.product_id
 
-    def request(self, client, value: int):
-        path = re.sub(r"\{(\w+)\}", lambda m: self._path_value(m.group(1), value), self.path)
+    def request(self, client, value: int, ids: dict[str, str]):
+        path = re.sub(r"\{(\w+)\}", lambda m: self._path_value(m.group(1), value, ids), self.path)
         headers = {"HTTP_IDEMPOTENCY_KEY": uuid.uuid4().hex}
         if self.location == "query":
             return getattr(client, self.method)(path, {self.name: str(value)}, **headers)
         body = _nested(self.name.split("."), value) if self.location == "body" else {}
         return getattr(client, self.method)(path, body, format="json", **headers)
 
-    def _path_value(self, name: str, value: int) -> str:
+    def _path_value(self, name: str, value: int, ids: dict[str, str]) -> str:
         if self.location == "path" and name == self.name:
             return str(value)
-        return str(uuid.uuid4()) if name == "order_id" else "1"
+        return str(uuid.uuid4()) if name == "order_id" else ids.get(name, "1")
 
 
 def _nested(keys: list[str], value):
@@ -96,8 +97,11 @@ def test_the_schema_walk_finds_integers_of_every_kind():
 
 def assert_every_integer_refuses(value: int) -> None:
     client = bearer_client(UserFactory(is_staff=True, is_superuser=True))
+    # Objects that exist, so a query parameter is judged and not a missing parent.
+    subscription, delivery = seed_webhook()
+    ids = {"subscription_id": str(subscription.pk), "delivery_id": str(delivery.pk)}
     for site in integer_sites():
-        response = site.request(client, value)
+        response = site.request(client, value, ids)
         if site.location == "path":
             # A number no row can have names no resource.
             assert_problem(response, 404, "not-found")

@@ -28,6 +28,7 @@ from apps.catalog import services as catalog_services
 from apps.users.roles import STAFF_ROLES
 from tests.orders.conftest import confirm, place_order
 from tests.payments.factories import PaymentFactory
+from tests.support.webhooks import seed_webhook
 from tests.users.factories import AddressFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -93,6 +94,8 @@ def _seed_shop(role: str) -> tuple[dict[str, str], dict[str, str]]:
         "payment_id": str(payment.pk),
         "id_or_slug": str(product.pk),
     }
+    subscription, delivery = seed_webhook()
+    objects |= {"subscription_id": str(subscription.pk), "delivery_id": str(delivery.pk)}
     return {"Authorization": f"Bearer {RefreshToken.for_user(caller).access_token}"}, objects
 
 
