@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.db.backends.signals import connection_created
 from django.utils.module_loading import autodiscover_modules
 
 
@@ -13,3 +14,6 @@ class CoreConfig(AppConfig):
         autodiscover_modules("handlers")
         # Saga definitions register themselves the same way (apps.core.sagas).
         autodiscover_modules("sagas")
+        from config.db_router import install_replica_read_fallback
+
+        connection_created.connect(install_replica_read_fallback)
