@@ -54,9 +54,12 @@ def test_redis_stopped_and_restarted(mixed_load, sandbox, request):
     mixed_load.assert_integrity(sandbox)
 
 
-def test_workers_outlive_a_broker_outage_with_sagas_in_flight(
-    mixed_load, worker, start_celery_worker, fault_settings, sandbox
+@pytest.mark.parametrize("dependency", ["broker", "redis"])
+def test_workers_outlive_a_15s_outage_with_sagas_in_flight(
+    dependency, mixed_load, worker, start_celery_worker, fault_settings, sandbox, request
 ):
+    """The broker (RabbitMQ, restarted with what it stored) or Redis (cache, locks,
+    breaker state; back empty) goes away for 15 s while saga steps run."""
     # Workers as production runs them: with heartbeat events, published while the broker
     # is away.
     worker.stop()
@@ -64,7 +67,7 @@ def test_workers_outlive_a_broker_outage_with_sagas_in_flight(
     worker.start()
     saga_worker = start_celery_worker(queues=["sagas"], env=fault_settings, cluster_events=True)
     # Slow provider calls: saga steps are running, their messages unacknowledged (late
-    # acks), when the broker goes.
+    # acks), when the dependency goes.
     sandbox.chaos(latency_ms=400)
     mixed_load.place_all()
 
@@ -73,7 +76,10 @@ def test_workers_outlive_a_broker_outage_with_sagas_in_flight(
         return active and active.get(saga_worker.node)
 
     wait_until(tasks_running, timeout=20, what="saga steps running")
-    restart_broker(down_seconds=15)
+    if dependency == "broker":
+        restart_broker(down_seconds=15)
+    else:
+        restart_redis(request, down_seconds=15)
     for node in (worker, saga_worker):
         assert node.running, f"worker {node.node} exited:\n{node.log_tail()}"
     mixed_load.wait_until_settled(timeout=180)
