@@ -37,9 +37,10 @@ format: install-dev
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-# The suite against real PostgreSQL (primary + streaming replica) and Redis, provided
-# by scripts/testenv.py unless DATABASE_URL / REDIS_URL are given; then the tests of
-# the embedded mode (SQLite, file cache, filesystem broker) that `make run` uses.
+# The suite against real PostgreSQL (primary + streaming replica), Redis and RabbitMQ,
+# provided by scripts/testenv.py unless DATABASE_URL / REDIS_URL / CELERY_BROKER_URL are
+# given; then the tests of the embedded mode (SQLite, file cache, filesystem broker) that
+# `make run` uses.
 test: lint browser
 	DJANGO_ENV=test $(PY) scripts/testenv.py run -- $(PY) -m pytest -m "not embedded" $(PYTEST_ARGS)
 	env -u DATABASE_URL -u DATABASE_REPLICA_URLS -u REDIS_URL -u CELERY_BROKER_URL \

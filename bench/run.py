@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from kombu import Queue
+
 from bench import report
 from bench.loadgen import ensure_wrk, run_openloop, run_wrk
 from bench.stack import BIN, PYTHON, ROOT, Stack, free_port, gunicorn_command
@@ -346,7 +348,9 @@ def purge_queues() -> None:
 
     with celery_app.connection_for_write() as connection:
         for queue in QUEUES:
-            connection.default_channel.queue_purge(queue)
+            bound = Queue(queue, routing_key=queue)(connection.default_channel)
+            bound.declare()  # a fresh broker has none yet
+            bound.purge()
 
 
 def drain_outbox(timeout: float) -> int:

@@ -4,16 +4,20 @@ Writes, migrations and anything inside a transaction go to the primary. Reads go
 a healthy replica, round robin per request (one replica per request keeps its reads
 monotonic), unless `apps.core.routing` says this read must see the primary. A replica
 that is unreachable or lags more than REPLICA_MAX_LAG_SECONDS is skipped; each process
-re-checks it every REPLICA_CHECK_INTERVAL_SECONDS.
+re-checks it every REPLICA_CHECK_INTERVAL_SECONDS. A read that fails on a replica for a
+connection reason (it stopped or restarted under a request) runs again on the primary.
 """
 
+import contextlib
 import itertools
 import threading
 import time
+from collections.abc import Iterator
+from contextvars import ContextVar
 
 import structlog
 from django.conf import settings
-from django.db import DatabaseError, connections
+from django.db import DatabaseError, InterfaceError, OperationalError, connections
 
 from apps.core.routing import current_scope, must_read_primary, record_write
 
@@ -97,7 +101,7 @@ class ReplicaHealth:
         non-transactional WAL, hours behind.
         """
         previous = self._received.get(alias)
-        with connections[alias].cursor() as cursor:
+        with without_primary_fallback(), connections[alias].cursor() as cursor:
             cursor.execute(_LAG_SQL, [previous[1] if previous else "0/0"])
             in_recovery, received, caught_up, replayed_previous, staleness = cursor.fetchone()
         now = time.monotonic()
@@ -161,6 +165,65 @@ def choose_read_database() -> str:
                 scope.replica_alias = alias
             return alias
     return PRIMARY
+
+
+_fallback_disabled: ContextVar[bool] = ContextVar("mercato_replica_fallback_off", default=False)
+
+
+@contextlib.contextmanager
+def without_primary_fallback() -> Iterator[None]:
+    """Queries in the block must be answered by the replica itself or fail (measuring
+    a replica, asking it about its own state)."""
+    token = _fallback_disabled.set(True)
+    try:
+        yield
+    finally:
+        _fallback_disabled.reset(token)
+
+
+def _lost_connection(exc: Exception) -> bool:
+    """The server went away (shutdown, crash, network), as opposed to a query error."""
+    if isinstance(exc, InterfaceError):  # the connection was already closed
+        return True
+    sqlstate = getattr(exc.__cause__, "sqlstate", None)
+    # None: psycopg lost the connection itself; 08: connection exception;
+    # 57P: admin/crash shutdown, cannot connect now.
+    return sqlstate is None or sqlstate.startswith(("08", "57P"))
+
+
+def replica_read_fallback(execute, sql, params, many, context):
+    """Execute wrapper of every replica connection: a read that fails because the replica
+    went away marks it down (for REPLICA_CHECK_INTERVAL_SECONDS), closes the broken
+    connection (the next request reconnects) and runs once more on the primary. The
+    caller reads the rows from its own cursor, which now holds the primary's."""
+    try:
+        return execute(sql, params, many, context)
+    except (OperationalError, InterfaceError) as exc:
+        replica = context["connection"]
+        if _fallback_disabled.get() or replica.in_atomic_block or not _lost_connection(exc):
+            raise
+        alias = replica.alias
+        logger.warning("replica_read_failed", alias=alias, error=str(exc).strip())
+        replica_health.mark_down(alias)
+        scope = current_scope()
+        if scope is not None:  # the rest of the request reads the primary
+            scope.verified_aliases.discard(alias)
+            if scope.replica_alias == alias:
+                scope.replica_alias = None
+        replica.close()
+        primary = connections[PRIMARY].cursor()
+        result = primary.executemany(sql, params) if many else primary.execute(sql, params)
+        context["cursor"].cursor = primary.cursor
+        return result
+
+
+def install_replica_read_fallback(sender, connection, **kwargs) -> None:
+    """`connection_created` receiver: wraps each replica connection's queries once."""
+    if (
+        connection.alias in settings.DATABASE_REPLICAS
+        and replica_read_fallback not in connection.execute_wrappers
+    ):
+        connection.execute_wrappers.append(replica_read_fallback)
 
 
 class ReplicaRouter:

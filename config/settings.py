@@ -210,7 +210,15 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         # Exchange tables (worker control, pidbox); the default is ./control in the cwd.
         "control_folder": str(_broker_dir / "control"),
     }
+elif CELERY_BROKER_URL.startswith(("amqp://", "amqps://", "pyamqp://")):
+    # Publisher confirms: a send returns once RabbitMQ holds the message, so the outbox
+    # relay marks an event published only when it really is.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
 elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    if PRODUCTION:
+        # docs/decisions.md: with late acks, a worker on the Redis transport can exit when
+        # Redis goes away while it holds unacknowledged tasks.
+        raise ImproperlyConfigured("CELERY_BROKER_URL: use RabbitMQ (amqp://) in production")
     # Longer than any countdown or ETA we schedule, so a task is not redelivered early.
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT_SECONDS", default=3600)

@@ -1,8 +1,9 @@
-"""Provide throwaway PostgreSQL (primary + streaming replica) and Redis for the test suite.
+"""Provide throwaway PostgreSQL (primary + streaming replica), Redis and RabbitMQ for the tests.
 
 Usage: python scripts/testenv.py run -- <command> [args...]
 
-Starts whatever is not already configured through DATABASE_URL / REDIS_URL, runs the command
+Starts whatever is not already configured through DATABASE_URL / REDIS_URL /
+CELERY_BROKER_URL, runs the command
 with the connection settings in its environment, exits with its exit code and always tears the
 services down again (normal exit, exception, SIGINT/SIGTERM). Standard library only.
 Set MERCATO_KEEP_SERVICES=1 to keep the temporary directory (data dirs, logs) for debugging.
@@ -11,6 +12,7 @@ Set MERCATO_KEEP_SERVICES=1 to keep the temporary directory (data dirs, logs) fo
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pwd
 import re
@@ -50,7 +52,12 @@ INSTALL_HINT = {
     "postgres": "install PostgreSQL 15+ server binaries "
     "(Debian: apt-get install postgresql) or set DATABASE_URL",
     "redis": "install redis-server (Debian: apt-get install redis-server) or set REDIS_URL",
+    "rabbitmq": "install RabbitMQ (Debian: apt-get install rabbitmq-server) "
+    "or set CELERY_BROKER_URL",
 }
+RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"  # Debian's, without the root guard
+RABBITMQ_START_TIMEOUT_SECONDS = 120  # an Erlang node boots in 5-20 s on a busy machine
+RABBITMQ_STOP_TIMEOUT_SECONDS = 30
 
 
 class StartupError(Exception):
@@ -106,6 +113,8 @@ class TestEnvironment:
         self.pg_bindir: Path | None = None
         self.clusters: list[Path] = []  # data dirs of servers we started, in start order
         self.redis: subprocess.Popen[bytes] | None = None
+        self.rabbitmq_dir: Path | None = None
+        self.rabbitmq: subprocess.Popen[bytes] | None = None
         self.child: subprocess.Popen[bytes] | None = None
         self.apt_updated = False
         self.exports: dict[str, str] = {}
@@ -278,12 +287,58 @@ class TestEnvironment:
             time.sleep(0.05)
         return f"redis://127.0.0.1:{port}/0"
 
+    # -- RabbitMQ (the Celery broker) ----------------------------------------------------
+
+    def ensure_rabbitmq(self) -> None:
+        if not os.access(RABBITMQ_SERVER, os.X_OK) and is_root():
+            self.apt_install("rabbitmq-server")
+        if not os.access(RABBITMQ_SERVER, os.X_OK):
+            info(f"{RABBITMQ_SERVER} not found: {INSTALL_HINT['rabbitmq']}")
+            sys.exit(2)
+
+    def launch_rabbitmq(self) -> str:
+        """Launch a RabbitMQ node of our own (a machine's shared one stays untouched): its
+        own name, ports and data directory, so a test may stop it and start it again from
+        `start.json` with the messages it had stored (tests/faults/conftest.py)."""
+        assert self.tmpdir is not None
+        node_dir = self.rabbitmq_dir = self.tmpdir / "rabbitmq"
+        node_dir.mkdir()
+        port, dist_port = free_port(), free_port()
+        (node_dir / "enabled_plugins").write_text("[].\n")
+        (node_dir / "rabbitmq-env.conf").write_text("")  # not the system's
+        (node_dir / "rabbitmq.conf").write_text("loopback_users = none\n")
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(node_dir),  # the Erlang cookie goes here
+            "RABBITMQ_NODENAME": f"mercato-test-{port}@localhost",
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(port),
+            "RABBITMQ_DIST_PORT": str(dist_port),
+            "RABBITMQ_MNESIA_BASE": str(node_dir / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(node_dir / "log"),
+            "RABBITMQ_CONFIG_FILE": str(node_dir / "rabbitmq.conf"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(node_dir / "enabled_plugins"),
+            "RABBITMQ_CONF_ENV_FILE": str(node_dir / "rabbitmq-env.conf"),
+            "RABBITMQ_PID_FILE": str(node_dir / "pid"),
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+        }
+        start = {"command": [RABBITMQ_SERVER], "env": env, "cwd": str(node_dir), "port": port}
+        (node_dir / "start.json").write_text(json.dumps(start))
+        self.rabbitmq = launch_rabbitmq_node(node_dir)
+        return f"amqp://guest:guest@127.0.0.1:{port}//"
+
     # -- orchestration -------------------------------------------------------------------
 
     def start(self) -> None:
         started = time.monotonic()
         self.tmpdir = Path(tempfile.mkdtemp(prefix="mercato-test-"))
         summary: list[str] = []
+        broker_url = os.environ.get("CELERY_BROKER_URL")
+        if not broker_url:
+            # The Erlang node boots slowest: it starts first and is waited for last.
+            self.ensure_rabbitmq()
+            broker_url = self.exports["CELERY_BROKER_URL"] = self.launch_rabbitmq()
+            self.exports["MERCATO_TEST_RABBITMQ_DIR"] = str(self.rabbitmq_dir)
         if os.environ.get("DATABASE_URL"):
             summary.append("postgres from DATABASE_URL")
         else:
@@ -301,9 +356,12 @@ class TestEnvironment:
             # Ours to stop and restart (fault tests); a given REDIS_URL is not.
             self.exports["MERCATO_TEST_REDIS_OWNED"] = "1"
             summary.append(f"redis on :{urllib.parse.urlsplit(redis_url).port}")
-        if not os.environ.get("CELERY_BROKER_URL"):
-            broker = urllib.parse.urlsplit(redis_url)._replace(path="/1")  # same server, db 1
-            self.exports["CELERY_BROKER_URL"] = broker.geturl()
+        if self.rabbitmq is None:
+            summary.append("broker from CELERY_BROKER_URL")
+        else:
+            assert self.rabbitmq_dir is not None
+            wait_for_rabbitmq_node(self.rabbitmq_dir, self.rabbitmq)
+            summary.append(f"rabbitmq on :{urllib.parse.urlsplit(broker_url).port}")
         info(f"{'; '.join(summary)} (ready in {time.monotonic() - started:.1f}s)")
 
     def run_command(self, command: list[str]) -> int:
@@ -319,6 +377,11 @@ class TestEnvironment:
         for sig in (signal.SIGINT, signal.SIGTERM):  # don't let a second Ctrl-C leave debris
             signal.signal(sig, signal.SIG_IGN)
         self.stop_clusters()
+        if self.rabbitmq_dir is not None:
+            stop_rabbitmq_node(self.rabbitmq_dir)
+        if self.rabbitmq is not None and self.rabbitmq.poll() is None:
+            os.killpg(self.rabbitmq.pid, signal.SIGKILL)  # still booting: no pid file yet
+            self.rabbitmq.wait()
         if self.redis is not None and self.redis.poll() is None:
             self.redis.terminate()
             try:
@@ -361,6 +424,53 @@ def redis_answers_ping(port: int) -> bool:
             return sock.recv(64).startswith(b"+PONG")
     except OSError:
         return False
+
+
+def amqp_answers(port: int) -> bool:
+    """The server answers the AMQP 0-9-1 protocol header with a frame (connection.start)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+            sock.sendall(b"AMQP\x00\x00\x09\x01")
+            return sock.recv(1) == b"\x01"
+    except OSError:
+        return False
+
+
+def launch_rabbitmq_node(node_dir: Path) -> subprocess.Popen[bytes]:
+    """Start the node described by `node_dir/start.json` (as tests/support/broker.py does)."""
+    start = json.loads((node_dir / "start.json").read_text())
+    with open(node_dir / "server.log", "ab") as log:
+        # Own session: a terminal Ctrl-C must not kill it before the command has finished.
+        return subprocess.Popen(
+            start["command"], env=start["env"], cwd=start["cwd"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+
+def wait_for_rabbitmq_node(node_dir: Path, process: subprocess.Popen[bytes]) -> None:
+    port = json.loads((node_dir / "start.json").read_text())["port"]
+    deadline = time.monotonic() + RABBITMQ_START_TIMEOUT_SECONDS
+    while not amqp_answers(port):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise StartupError("rabbitmq-server did not start", node_dir / "server.log")
+        time.sleep(0.2)
+
+
+def stop_rabbitmq_node(node_dir: Path) -> None:
+    """Stop the node (SIGTERM: it shuts down cleanly, keeping its durable messages)."""
+    try:
+        pid = int((node_dir / "pid").read_text().strip())
+    except (OSError, ValueError):
+        return  # it never got as far as writing its pid
+    try:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + RABBITMQ_STOP_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            os.kill(pid, 0)
+            time.sleep(0.1)
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def main(argv: list[str]) -> int:

@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.db.backends.signals import connection_created
 from django.urls import register_converter
 from django.utils.module_loading import autodiscover_modules
 
@@ -26,3 +27,6 @@ class CoreConfig(AppConfig):
         # Before any URLconf is loaded: the API's paths name row ids as `<id:...>`.
         register_converter(DatabaseIdConverter, "id")
         register_converter(IdOrSlugConverter, "id_or_slug")
+        from config.db_router import install_replica_read_fallback
+
+        connection_created.connect(install_replica_read_fallback)

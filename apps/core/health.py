@@ -14,6 +14,15 @@ from config.db_router import PRIMARY, replica_health
 
 BROKER_TIMEOUT_SECONDS = 1.0
 
+# Checks of optional dependencies that live in a context (apps.core imports none):
+# name -> check, registered from the context's AppConfig.ready().
+_optional_checks: dict[str, Callable[[], str]] = {}
+
+
+def register_readiness_check(name: str, check: Callable[[], str]) -> None:
+    """Add a non-critical check: when it raises, /readyz says `degraded`, still 200."""
+    _optional_checks[name] = check
+
 
 @dataclass
 class CheckResult:
@@ -82,4 +91,5 @@ def run_readiness_checks() -> list[CheckResult]:
         results.append(result)
     results.append(_timed("cache", False, _check_cache))
     results.append(_timed("broker", False, _check_broker))
+    results += [_timed(name, False, check) for name, check in _optional_checks.items()]
     return results

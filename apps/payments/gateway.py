@@ -139,6 +139,8 @@ class PaymentProvider(Protocol):
 
     def breaker_state(self) -> str: ...
 
+    def probe(self) -> None: ...
+
 
 def verify_signature(
     *, secret: str, body: bytes, header: str, tolerance_seconds: int, now: float | None = None
@@ -253,6 +255,16 @@ class SandboxProvider:
 
     def breaker_state(self) -> str:
         return self.breaker.current_state
+
+    def probe(self) -> None:
+        """One health request, outside the breaker and the retries (a readiness probe
+        must neither trip the breaker nor wait out a retry budget)."""
+        try:
+            response = self._http.get("/v1/health")
+        except httpx.TransportError as exc:
+            raise ProviderUnavailable(f"unreachable: {exc!r}") from exc
+        if response.status_code != 200:
+            raise ProviderUnavailable(f"health answered HTTP {response.status_code}")
 
     # -- plumbing ------------------------------------------------------------------------
 

@@ -37,6 +37,16 @@ def provider_breaker_state() -> str:
     return get_provider().breaker_state()
 
 
+def provider_readiness() -> str:
+    """Raise when order confirmation cannot reach the provider now: its breaker is open,
+    or it does not answer a health request."""
+    provider = get_provider()
+    if provider.rejects_calls():
+        raise RuntimeError(f"circuit breaker {provider.breaker_state()}")
+    provider.probe()
+    return f"breaker {provider.breaker_state()}"
+
+
 # --- Integrity --------------------------------------------------------------------------
 
 CAPTURED_STATUSES = (

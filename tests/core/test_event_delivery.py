@@ -1,4 +1,4 @@
-"""Outbox -> relay -> consumer through a real Celery worker process and the Redis broker."""
+"""Outbox -> relay -> consumer through a real Celery worker process and the broker."""
 
 import time
 import uuid

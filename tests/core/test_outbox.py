@@ -32,6 +32,7 @@ from apps.core.tasks import deliver_event, purge_processed_messages
 from config.celery import app as celery_app
 from tests.core.event_probes import ECHOED, FLAKY, PROBED, QUIET
 from tests.core.urls import PROBES
+from tests.support.celery_worker import queued_messages
 
 pytestmark = [
     pytest.mark.django_db(transaction=True, databases="__all__"),
@@ -325,17 +326,12 @@ def test_purge_deletes_only_messages_past_their_retention(settings):
     assert not InboxMessage.objects.filter(pk=forgotten.pk).exists()
 
 
-def queued(queue: str) -> int:
-    with celery_app.connection_for_write() as connection:
-        return connection.default_channel.queue_declare(queue=queue).message_count
-
-
 def test_tasks_land_in_their_queues_on_the_broker():
-    before = {queue: queued(queue) for queue in ("default", "events", "sagas")}
+    before = {queue: queued_messages(queue) for queue in ("default", "events", "sagas")}
     celery_app.send_task("apps.core.tasks.relay_outbox")
     celery_app.send_task("apps.core.tasks.deliver_event", kwargs={})
     celery_app.send_task("apps.core.tasks.purge_processed_messages")
-    after = {queue: queued(queue) for queue in ("default", "events", "sagas")}
+    after = {queue: queued_messages(queue) for queue in ("default", "events", "sagas")}
     assert after == {
         "default": before["default"] + 1,
         "events": before["events"] + 2,
@@ -363,27 +359,27 @@ def test_consumer_that_keeps_failing_gives_up_and_the_event_can_be_sent_again(se
 def test_relay_kicks_coalesce_while_one_is_queued_and_not_started():
     """Five commits while a kick waits in the queue send one kick; once the relay has
     started (cleared the mark), the next commit kicks again."""
-    before = queued("events")
+    before = queued_messages("events")
     first = []
     for n in range(5):
         with transaction.atomic():
             first.append(publish_event(event_type=QUIET, payload={"n": n}))
-    assert queued("events") == before + 1
+    assert queued_messages("events") == before + 1
 
     relay_pending_messages()  # what the queued kick runs: it sees all five
     assert not OutboxMessage.objects.filter(pk__in=first, published_at__isnull=True).exists()
     delivered = before + 1 + 5  # the kick, and one delivery per event to tests.quiet
-    assert queued("events") == delivered
+    assert queued_messages("events") == delivered
     with transaction.atomic():
         publish_event(event_type=QUIET, payload={"n": "after the relay started"})
-    assert queued("events") == delivered + 1
+    assert queued_messages("events") == delivered + 1
 
 
 def test_an_event_nobody_wants_is_stored_as_relayed_and_costs_no_message():
-    before = queued("events")
+    before = queued_messages("events")
     with transaction.atomic():
         event_id = publish_event(event_type="NobodyListens", payload={"n": 1})
     message = OutboxMessage.objects.get(pk=event_id)
     assert message.published_at is not None  # kept as a record, never claimed
-    assert queued("events") == before  # no relay kick
+    assert queued_messages("events") == before  # no relay kick
     assert relay_pending_messages() == 0

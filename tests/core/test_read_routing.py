@@ -1,17 +1,21 @@
 """Read/write routing against the real streaming replica of the test run."""
 
+import threading
 import time
 
 import pytest
 from django.db import connections, transaction
 from django.test.utils import CaptureQueriesContext
+from rest_framework.test import APIClient
 
 from apps.core.routing import routing_scope
 from apps.users.models import User
 from config.celery import app as celery_app
 from config.db_router import PRIMARY, choose_read_database, replica_health
+from tests.catalog.factories import ProductFactory
 from tests.conftest import bearer_client
 from tests.core.conftest import replay_paused, replica_stopped
+from tests.support.celery_worker import wait_until
 from tests.support.replica import served_by_replica, wait_for_catch_up
 from tests.users.factories import DEFAULT_PASSWORD, UserFactory
 
@@ -130,10 +134,86 @@ def test_stopped_replica_reads_fall_back_to_primary_and_readyz_is_degraded(
 
     # Recovered: readiness is ok and reads use the replica again.
     recovered = api_client.get("/readyz").json()
-    assert recovered["status"] == "ok", recovered
+    assert recovered["checks"][f"database:{replica_alias}"]["status"] == "ok", recovered
     with queries_on(replica_alias) as on_replica:
         client.get(ME)
     assert user_queries(on_replica)
+
+
+def test_a_read_whose_replica_stops_after_routing_is_answered_by_the_primary(
+    replica_alias, settings
+):
+    settings.REPLICA_CHECK_INTERVAL_SECONDS = 3600
+    user = UserFactory()
+    wait_for_catch_up(replica_alias)
+    with routing_scope():
+        # The request's replica is chosen and its connection checked, then it stops.
+        assert choose_read_database() == replica_alias
+        with replica_stopped(replica_alias):
+            with queries_on(PRIMARY) as on_primary:
+                assert User.objects.get(pk=user.pk).email == user.email
+            assert user_queries(on_primary)
+            # Marked down for its back-off period, and its broken connection closed.
+            assert replica_health.is_healthy(replica_alias) is False
+            assert connections[replica_alias].connection is None
+            assert choose_read_database() == PRIMARY
+    settings.REPLICA_CHECK_INTERVAL_SECONDS = 0  # the back-off is over
+    with routing_scope():
+        assert choose_read_database() == replica_alias
+
+
+def test_readers_get_no_error_while_the_replica_stops_and_starts(replica_alias, settings):
+    settings.REPLICA_CHECK_INTERVAL_SECONDS = 0.2
+    ProductFactory.create_batch(3)
+    wait_for_catch_up(replica_alias)
+    outcomes: list[tuple[int | str, bool]] = []  # (status or exception, replica answered)
+    stop = threading.Event()
+    replica_port = int(connections[replica_alias].settings_dict["PORT"])
+
+    def read_products() -> None:
+        client = APIClient()
+        answered_by_replica = False
+
+        def note_server(execute, sql, params, many, context):
+            nonlocal answered_by_replica
+            result = execute(sql, params, many, context)
+            answered_by_replica |= context["cursor"].cursor.connection.info.port == replica_port
+            return result
+
+        try:
+            with connections[replica_alias].execute_wrapper(note_server):
+                while not stop.is_set():
+                    answered_by_replica = False
+                    try:
+                        status = client.get("/api/v1/products").status_code
+                    except Exception as exc:  # the test client re-raises what would be a 500
+                        status = repr(exc)
+                    outcomes.append((status, answered_by_replica))
+        finally:
+            connections.close_all()
+
+    def served_by_replica_since(start: int) -> int:
+        return sum(1 for status, replica in outcomes[start:] if status == 200 and replica)
+
+    readers = [threading.Thread(target=read_products) for _ in range(4)]
+    for reader in readers:
+        reader.start()
+    try:
+        wait_until(lambda: served_by_replica_since(0) >= 8, timeout=30, what="replica reads")
+        with replica_stopped(replica_alias):
+            stopped_at = len(outcomes)
+            wait_until(lambda: len(outcomes) >= stopped_at + 40, timeout=60, what="reads")
+        restarted_at = len(outcomes)
+        # Readers reconnect to the restarted replica.
+        wait_until(
+            lambda: served_by_replica_since(restarted_at) >= 8, timeout=60, what="replica back"
+        )
+    finally:
+        stop.set()
+        for reader in readers:
+            reader.join(timeout=60)
+    failures = [status for status, _ in outcomes if status != 200]
+    assert failures == [], failures
 
 
 def test_reads_inside_a_transaction_go_to_the_primary(replica_alias):

@@ -16,7 +16,7 @@ from apps.core.sagas import (
     saga_start,
     saga_sweep,
 )
-from config.celery import app as celery_app
+from tests.support.celery_worker import queued_messages
 from tests.users.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -105,8 +105,7 @@ def test_steps_run_in_order_and_context_accumulates():
 
 
 def queued_advances() -> int:
-    with celery_app.connection_for_write() as connection:
-        return connection.default_channel.queue_declare(queue=SAGAS_QUEUE).message_count
+    return queued_messages(SAGAS_QUEUE)
 
 
 def test_steps_that_succeed_run_one_after_another_in_one_task():

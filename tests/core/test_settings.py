@@ -29,6 +29,11 @@ def run_manage(*args: str, **env: str) -> subprocess.CompletedProcess:
         ({"DEBUG": "true", "SECRET_KEY": STRONG_KEY}, "DEBUG must be off"),
         ({}, "SECRET_KEY"),
         ({"SECRET_KEY": "too-short"}, "SECRET_KEY"),
+        # docs/decisions.md: workers on the Redis transport can die in a Redis outage.
+        (
+            {"SECRET_KEY": STRONG_KEY, "CELERY_BROKER_URL": "redis://127.0.0.1:6379/1"},
+            "use RabbitMQ",
+        ),
     ],
 )
 def test_production_refuses_to_start_with_unsafe_settings(env, complaint):

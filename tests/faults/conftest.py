@@ -1,6 +1,7 @@
 """Fault injection: a mixed load of orders through real processes while something
 breaks; afterwards every saga is terminal and `manage.py check_integrity` passes."""
 
+import importlib.util
 import os
 import socket
 import subprocess
@@ -8,6 +9,7 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from django.core.management import call_command
@@ -23,7 +25,7 @@ from config.celery import app as celery_app
 from tests.catalog.factories import ProductFactory
 from tests.conftest import bearer_client
 from tests.orders.conftest import ADDRESS
-from tests.support.celery_worker import wait_until
+from tests.support.celery_worker import ROOT, wait_until
 from tests.support.sandbox import fast_saga_settings
 from tests.users.factories import UserFactory
 
@@ -154,8 +156,8 @@ def _redis_command(port: int, command: bytes) -> bytes:
 
 
 def restart_redis(request, down_seconds: float) -> None:
-    """Stop the run's Redis (cache and broker), wait, start a fresh, empty one on the same
-    port: every queued task is lost, as in a real Redis crash without persistence."""
+    """Stop the run's Redis (cache, locks, read pins, breaker state), wait, start a fresh,
+    empty one on the same port, as in a real Redis crash without persistence."""
     assert os.environ.get("MERCATO_TEST_REDIS_OWNED"), "needs the Redis of scripts/testenv.py"
     port = urllib.parse.urlsplit(os.environ["REDIS_URL"]).port
     _redis_command(port, b"SHUTDOWN NOSAVE\r\n")
@@ -171,4 +173,25 @@ def restart_redis(request, down_seconds: float) -> None:
     # Drop this process's pooled connections to the old server (a web process would
     # reconnect on its next error; the tests after this one must not inherit them).
     get_redis_connection("default").connection_pool.disconnect()
+
+
+def _testenv():
+    """scripts/testenv.py as a module: it knows how to start and stop its RabbitMQ node."""
+    spec = importlib.util.spec_from_file_location("testenv", ROOT / "scripts" / "testenv.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def restart_broker(down_seconds: float) -> None:
+    """Stop the run's RabbitMQ node (clean shutdown), wait, start it again on the same
+    data: durable queues and persistent messages survive, unacknowledged ones are queued
+    again, as on a production broker restart."""
+    node_dir = os.environ.get("MERCATO_TEST_RABBITMQ_DIR")
+    assert node_dir, "needs the RabbitMQ node of scripts/testenv.py"
+    testenv = _testenv()
+    testenv.stop_rabbitmq_node(Path(node_dir))
+    time.sleep(down_seconds)
+    process = testenv.launch_rabbitmq_node(Path(node_dir))
+    testenv.wait_for_rabbitmq_node(Path(node_dir), process)
     celery_app.close()  # its producer pool is made anew on the next publish

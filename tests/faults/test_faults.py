@@ -6,8 +6,9 @@ import pytest
 
 from apps.core.models import SagaInstance
 from apps.core.routing import primary_reads
+from config.celery import app as celery_app
 from tests.core.conftest import replay_paused, replica_stopped
-from tests.faults.conftest import restart_primary, restart_redis
+from tests.faults.conftest import restart_broker, restart_primary, restart_redis
 from tests.support.celery_worker import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
@@ -51,6 +52,40 @@ def test_redis_stopped_and_restarted(mixed_load, sandbox, request):
     mixed_load.place_all(between=lambda n: n == 3 and restart_redis(request, down_seconds=1))
     mixed_load.wait_until_settled()
     mixed_load.assert_integrity(sandbox)
+
+
+@pytest.mark.parametrize("dependency", ["broker", "redis"])
+def test_workers_outlive_a_15s_outage_with_sagas_in_flight(
+    dependency, mixed_load, worker, start_celery_worker, fault_settings, sandbox, request
+):
+    """The broker (RabbitMQ, restarted with what it stored) or Redis (cache, locks,
+    breaker state; back empty) goes away for 15 s while saga steps run."""
+    # Workers as production runs them: with heartbeat events, published while the broker
+    # is away.
+    worker.stop()
+    worker.cluster_events = True
+    worker.start()
+    saga_worker = start_celery_worker(queues=["sagas"], env=fault_settings, cluster_events=True)
+    # Slow provider calls: saga steps are running, their messages unacknowledged (late
+    # acks), when the dependency goes.
+    sandbox.chaos(latency_ms=400)
+    mixed_load.place_all()
+
+    def tasks_running():
+        active = celery_app.control.inspect(destination=[saga_worker.node], timeout=1).active()
+        return active and active.get(saga_worker.node)
+
+    wait_until(tasks_running, timeout=20, what="saga steps running")
+    if dependency == "broker":
+        restart_broker(down_seconds=15)
+    else:
+        restart_redis(request, down_seconds=15)
+    for node in (worker, saga_worker):
+        assert node.running, f"worker {node.node} exited:\n{node.log_tail()}"
+    mixed_load.wait_until_settled(timeout=180)
+    mixed_load.assert_integrity(sandbox)
+    for node in (worker, saga_worker):
+        assert node.running, f"worker {node.node} exited:\n{node.log_tail()}"
 
 
 def test_replica_lagging_then_stopped(mixed_load, sandbox, settings):

@@ -3,6 +3,7 @@ whole topology, and only query metrics the application really exposes."""
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,7 @@ def test_compose_file_describes_the_whole_topology():
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     services = compose["services"]
     expected = {
-        "postgres-primary", "postgres-replica", "redis", "migrate", "web", "worker",
+        "postgres-primary", "postgres-replica", "redis", "rabbitmq", "migrate", "web", "worker",
         "saga-worker", "beat", "psp", "prometheus", "grafana",
     }  # fmt: skip
     assert expected <= set(services)
@@ -42,6 +43,9 @@ def test_compose_file_describes_the_whole_topology():
     assert command.startswith("CMD") and "config/gunicorn.py" in command
     assert web["environment"]["PROMETHEUS_MULTIPROC_DIR"]
     assert "DATABASE_REPLICA_URLS" in web["environment"]
+    # RabbitMQ is the broker (docs/decisions.md); Redis holds what can be rebuilt.
+    assert web["environment"]["CELERY_BROKER_URL"].startswith("amqp://")
+    assert "rabbitmq-data:/var/lib/rabbitmq" in services["rabbitmq"]["volumes"]
     assert services["worker"]["environment"]["CELERY_METRICS_PORT"] == "9808"
     # Every queue is consumed, the saga queue by a worker of its own.
     queues = {
@@ -83,3 +87,39 @@ def test_dashboard_and_alerts_query_only_metrics_the_application_exposes(exposed
     ):
         assert business in used, business
     assert used - exposed_samples == set()
+
+
+def unit_settings(path: Path) -> dict[str, str]:
+    """`Key=value` lines of a systemd unit (each key used once in ours)."""
+    lines = path.read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+
+
+def test_systemd_units_supervise_every_process_of_the_compose_topology():
+    units = {path.stem: unit_settings(path) for path in (DEPLOY / "systemd").glob("*.service")}
+    assert set(units) == {
+        "mercato-web", "mercato-worker", "mercato-saga-worker", "mercato-beat",
+    }  # fmt: skip
+    for name, unit in units.items():
+        assert unit["Restart"] == "always", name
+        assert unit["StartLimitIntervalSec"] == "0", name  # never gives up restarting
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    for service in ("worker", "saga-worker"):
+        queues = compose[service]["command"].split("--queues ")[1].split()[0]
+        assert f"--queues {queues} " in units[f"mercato-{service}"]["ExecStart"], service
+    assert "config/gunicorn.py" in units["mercato-web"]["ExecStart"]
+    assert " beat " in units["mercato-beat"]["ExecStart"]
+
+
+def test_systemd_units_pass_systemd_analyze(tmp_path):
+    """systemd's own check, with the install paths pointed at this checkout."""
+    root = str(DEPLOY.parent)
+    (tmp_path / "mercato.env").write_text("")
+    for path in (DEPLOY / "systemd").glob("*.service"):
+        text = path.read_text().replace("/etc/mercato/mercato.env", str(tmp_path / "mercato.env"))
+        (tmp_path / path.name).write_text(text.replace("/opt/mercato", root))
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", *sorted(map(str, tmp_path.glob("*.service")))],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")

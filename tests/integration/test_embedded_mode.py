@@ -32,8 +32,14 @@ def test_register_token_me_flow(api_client):
     assert api_client.get("/api/v1/users/me").json()["email"] == "embedded@example.com"
 
 
-def test_readyz_is_ok_on_embedded_dependencies(api_client):
+def test_readyz_is_ok_on_embedded_dependencies(api_client, settings, sandbox):
+    settings.PAYMENT_PROVIDER_URL = sandbox.url
     response = api_client.get("/readyz")
     assert response.status_code == 200, response.content
     assert response.json()["status"] == "ok"
-    assert set(response.json()["checks"]) == {"database:default", "cache", "broker"}
+    assert set(response.json()["checks"]) == {
+        "database:default",
+        "cache",
+        "broker",
+        "payment_provider",
+    }

@@ -1,5 +1,5 @@
 """The order placement saga end to end: the API in this process, a real Celery worker
-process on the Redis broker, the real sandbox PSP, PostgreSQL."""
+process on the broker, the real sandbox PSP, PostgreSQL."""
 
 import uuid
 from decimal import Decimal

@@ -17,8 +17,8 @@ Modules in `include` are imported by the worker at start (e.g. test-only event h
 Every worker started here is killed at teardown. The queues are purged when the first
 worker of a test (or of a module, for `celery_worker`) starts, so messages left by an
 earlier test cannot leak into this one: start the worker before publishing anything.
-A SIGKILLed worker's unacknowledged tasks return to the queue VISIBILITY_TIMEOUT_SECONDS
-after they were delivered, when a worker starts (or on its periodic restore).
+A SIGKILLed worker's unacknowledged tasks return to the queue: at once on RabbitMQ (its
+connection closes), VISIBILITY_TIMEOUT_SECONDS after delivery on a Redis broker.
 """
 
 from __future__ import annotations
@@ -85,9 +85,17 @@ def worker_database_environment() -> dict[str, str]:
 
 def purge_queues() -> None:
     with celery_app.connection_for_write() as connection:
-        channel = connection.default_channel
-        for queue in QUEUES:
-            channel.queue_purge(queue)
+        for queue in celery_app.amqp.queues.values():
+            bound = queue(connection.default_channel)
+            bound.declare()  # a fresh broker has none yet
+            bound.purge()
+
+
+def queued_messages(queue: str) -> int:
+    """Messages waiting in one of our queues (declared first: a fresh broker has none)."""
+    with celery_app.connection_for_write() as connection:
+        bound = celery_app.amqp.queues[queue](connection.default_channel)
+        return bound.queue_declare().message_count
 
 
 class CeleryWorker:
@@ -100,8 +108,11 @@ class CeleryWorker:
         concurrency: int = 2,
         queues: Sequence[str] = QUEUES,
         env: dict[str, str] | None = None,
+        cluster_events: bool = False,
     ) -> None:
         self.node = f"test-{os.getpid()}-{next(_names)}@{socket.gethostname()}"
+        # Gossip, mingle and heartbeat events, as production workers run (slower start).
+        self.cluster_events = cluster_events
         self.include = list(include)
         self.concurrency = concurrency
         self.queues = list(queues)
@@ -116,9 +127,10 @@ class CeleryWorker:
             celery, "-A", "config", "worker", "--hostname", self.node,
             "--queues", ",".join(self.queues), "--concurrency", str(self.concurrency),
             "--pool", "prefork", "--loglevel", "INFO",
-            # No cluster chatter: faster start, and no state shared between test workers.
-            "--without-gossip", "--without-mingle", "--without-heartbeat",
         ]  # fmt: skip
+        if not self.cluster_events:
+            # No cluster chatter: faster start, and no state shared between test workers.
+            command += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
         if self.include:
             command += ["--include", ",".join(self.include)]
         return command

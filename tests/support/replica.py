@@ -6,7 +6,7 @@ import time
 
 from django.db import connections
 
-from config.db_router import PRIMARY
+from config.db_router import PRIMARY, without_primary_fallback
 
 CATCH_UP_TIMEOUT_SECONDS = 15
 
@@ -35,7 +35,7 @@ def start_replica() -> None:
 
 def set_replay_paused(alias: str, paused: bool) -> None:
     """Freeze (or resume) WAL replay: the replica keeps serving, increasingly stale."""
-    with connections[alias].cursor() as cursor:
+    with without_primary_fallback(), connections[alias].cursor() as cursor:
         cursor.execute(
             "SELECT pg_wal_replay_pause()" if paused else "SELECT pg_wal_replay_resume()"
         )
@@ -52,7 +52,7 @@ def wait_for_catch_up(alias: str) -> None:
         target = cursor.fetchone()[0]
     deadline = time.monotonic() + CATCH_UP_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
-        with connections[alias].cursor() as cursor:
+        with without_primary_fallback(), connections[alias].cursor() as cursor:
             cursor.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", [target])
             if cursor.fetchone()[0]:
                 return
@@ -61,6 +61,6 @@ def wait_for_catch_up(alias: str) -> None:
 
 
 def served_by_replica(alias: str) -> bool:
-    with connections[alias].cursor() as cursor:
+    with without_primary_fallback(), connections[alias].cursor() as cursor:
         cursor.execute("SELECT pg_is_in_recovery()")
         return cursor.fetchone()[0]

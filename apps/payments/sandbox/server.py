@@ -8,6 +8,7 @@ API (JSON, amounts as decimal strings):
   GET  /v1/charges?idempotency_key=K   or   GET /v1/charges/{id}
   POST /v1/refunds          Idempotency-Key header; {charge_id, amount, reason}
   GET  /v1/refunds?idempotency_key=K
+  GET  /v1/health           200 while the provider takes requests (chaos applies)
   GET  /__admin/state       chaos switches and counters
   POST /__admin/chaos       {failure_rate, latency_ms, down}
   GET  /__admin/charges?reference=R    every charge stored for a reference
@@ -446,6 +447,8 @@ class SandboxHandler(BaseHTTPRequestHandler):
             return sandbox.find("charges", query["idempotency_key"], charge_json)
         if method == "GET" and path == "/v1/refunds" and "idempotency_key" in query:
             return sandbox.find("refunds", query["idempotency_key"], refund_json)
+        if method == "GET" and path == "/v1/health":
+            return 200, {"status": "ok"}
         if method == "GET" and path.startswith("/v1/charges/"):
             return sandbox.get_charge(path.removeprefix("/v1/charges/"))
         raise ApiError(404, "not_found", f"no route {method} {path}")
