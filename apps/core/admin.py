@@ -5,6 +5,8 @@ decorator; staff look, and never edit them by hand. One action, for users with t
 outbox change permission: send messages again (e.g. after a consumer gave up).
 """
 
+import json
+
 from django.contrib import admin, messages
 
 from apps.core.models import (
@@ -17,6 +19,9 @@ from apps.core.models import (
 from apps.core.outbox import outbox_messages_resend
 from apps.core.sagas import saga_retry_now
 from apps.core.selectors import consumer_lag
+
+SECRET_CONTEXT_KEYS = {"payment_token"}
+FINISHED = {SagaInstance.State.SUCCEEDED, SagaInstance.State.COMPENSATED}
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -110,14 +115,43 @@ class SagaInstanceAdmin(ReadOnlyAdmin):
     list_filter = ["state", "saga_type", "failure_reason"]
     search_fields = ["=id"]
     date_hierarchy = "created_at"
-    readonly_fields = [f.name for f in SagaInstance._meta.fields]
+    # The context as stored, less secrets (the payment token).
+    readonly_fields = [
+        "context_shown" if f.name == "context" else f.name for f in SagaInstance._meta.fields
+    ]
     inlines = [SagaTransitionInline]
     actions = ["retry_now"]
 
     def has_retry_permission(self, request) -> bool:
         return request.user.has_perm("core.change_sagainstance")
 
+    @admin.display(description="context")
+    def context_shown(self, saga: SagaInstance) -> str:
+        return json.dumps(
+            {
+                key: "(hidden)" if key in SECRET_CONTEXT_KEYS else value
+                for key, value in saga.context.items()
+            },
+            indent=2,
+            sort_keys=True,
+        )
+
     @admin.action(description="Retry now (wake the saga)", permissions=["retry"])
     def retry_now(self, request, queryset):
-        woken = sum(saga_retry_now(saga_id=pk) for pk in queryset.values_list("pk", flat=True))
-        self.message_user(request, f"{woken} saga(s) woken; finished or running ones are left.")
+        sagas = list(queryset.values_list("pk", "state"))
+        woken = [pk for pk, _ in sagas if saga_retry_now(saga_id=pk)]
+        left = [(pk, state) for pk, state in sagas if pk not in woken]
+        if not left:
+            self.message_user(request, f"{len(woken)} saga(s) woken.", messages.SUCCESS)
+            return
+        why = "; ".join(
+            f"{pk} is {state}"
+            + (
+                ": finished, nothing to retry"
+                if state in FINISHED
+                else ": a worker is running it now"
+            )
+            for pk, state in left
+        )
+        level = messages.WARNING if woken else messages.ERROR
+        self.message_user(request, f"{len(woken)} saga(s) woken; not woken: {why}.", level)
