@@ -39,7 +39,7 @@ ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[] if PRODUCTION else ["*"])
 PORT = env.int("PORT", default=8000)
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "apps.core.apps.StaffAdminConfig",  # django.contrib.admin, with the staff index
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

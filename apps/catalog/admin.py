@@ -5,10 +5,11 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin
 from django.db.models import F
+from django.urls import reverse
 
-from apps.catalog import services
+from apps.catalog import selectors, services
 from apps.catalog.models import Category, Product, Reservation, Stock, StockAdjustment
-from apps.core.staff_admin import ServiceFormAdmin, report_outcome
+from apps.core.staff_admin import Figure, ServiceFormAdmin, index_figures, report_outcome
 
 PRODUCT_FORM_FIELDS = [
     "sku",
@@ -85,11 +86,17 @@ class InStockFilter(admin.SimpleListFilter):
     parameter_name = "in_stock"
 
     def lookups(self, request, model_admin):
-        return [("yes", "In stock"), ("no", "Out of stock")]
+        return [
+            ("yes", "In stock"),
+            ("low", f"Low ({selectors.LOW_STOCK_AVAILABLE} or fewer available)"),
+            ("no", "Out of stock"),
+        ]
 
     def queryset(self, request, queryset):
         if self.value() == "yes":
             return queryset.filter(stock__on_hand__gt=F("stock__reserved"))
+        if self.value() == "low":
+            return queryset.filter(pk__in=selectors.low_stock_products().values("pk"))
         if self.value() == "no":
             return queryset.exclude(stock__on_hand__gt=F("stock__reserved"))
         return queryset
@@ -243,3 +250,15 @@ class StockAdjustmentAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+
+@index_figures(order=40)
+def catalog_figures() -> list[Figure]:
+    """Low stock"""
+    return [
+        Figure(
+            f"Active products with {selectors.LOW_STOCK_AVAILABLE} or fewer units available",
+            str(selectors.low_stock_products().count()),
+            reverse("admin:catalog_product_changelist") + "?in_stock=low&is_active__exact=1",
+        )
+    ]

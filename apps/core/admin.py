@@ -6,8 +6,12 @@ outbox change permission: send messages again (e.g. after a consumer gave up).
 """
 
 import json
+from datetime import timedelta
 
 from django.contrib import admin, messages
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.http import urlencode
 
 from apps.core.models import (
     IdempotencyRecord,
@@ -18,8 +22,11 @@ from apps.core.models import (
 )
 from apps.core.outbox import outbox_messages_resend
 from apps.core.sagas import saga_retry_now
-from apps.core.selectors import consumer_lag
+from apps.core.selectors import consumer_lag, outbox_backlog, sagas_in_trouble
+from apps.core.staff_admin import Figure, age, index_figures
 
+# Events waiting longer than this for the relay or a consumer want a look.
+LAG_ALERT_SECONDS = 60
 SECRET_CONTEXT_KEYS = {"payment_token"}
 FINISHED = {SagaInstance.State.SUCCEEDED, SagaInstance.State.COMPENSATED}
 
@@ -119,6 +126,7 @@ class SagaInstanceAdmin(ReadOnlyAdmin):
     readonly_fields = [
         "context_shown" if f.name == "context" else f.name for f in SagaInstance._meta.fields
     ]
+    fields = readonly_fields
     inlines = [SagaTransitionInline]
     actions = ["retry_now"]
 
@@ -155,3 +163,39 @@ class SagaInstanceAdmin(ReadOnlyAdmin):
         )
         level = messages.WARNING if woken else messages.ERROR
         self.message_user(request, f"{len(woken)} saga(s) woken; not woken: {why}.", level)
+
+
+@index_figures(order=30)
+def pipeline_figures() -> list[Figure]:
+    """Sagas and events"""
+    day_ago = timezone.now() - timedelta(hours=24)
+    trouble = sagas_in_trouble(since=day_ago)
+    sagas = reverse("admin:core_sagainstance_changelist")
+    pending, oldest = outbox_backlog()
+    lag = consumer_lag()
+    slowest = max(lag, key=lag.get) if lag else None
+    return [
+        Figure(
+            "Sagas compensating now",
+            str(trouble[SagaInstance.State.COMPENSATING]),
+            f"{sagas}?state__exact=compensating",
+            alert=bool(trouble[SagaInstance.State.COMPENSATING]),
+        ),
+        Figure(
+            "Sagas that failed (compensated) in the last 24 h",
+            str(trouble[SagaInstance.State.COMPENSATED]),
+            f"{sagas}?{urlencode({'state__exact': 'compensated', 'updated_at__gte': day_ago})}",
+        ),
+        Figure(
+            "Outbox: events waiting for the relay",
+            f"{pending}, the oldest for {age(oldest)}" if pending else "0",
+            reverse("admin:core_outboxmessage_changelist") + "?pending=yes",
+            alert=oldest > LAG_ALERT_SECONDS,
+        ),
+        Figure(
+            "Consumer lag (oldest unhandled event)",
+            f"{age(lag[slowest])} ({slowest})" if slowest and lag[slowest] else "none",
+            reverse("admin:core_inboxmessage_changelist"),
+            alert=bool(slowest) and lag[slowest] > LAG_ALERT_SECONDS,
+        ),
+    ]

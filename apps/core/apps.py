@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.contrib.admin import apps as admin_apps
 from django.utils.module_loading import autodiscover_modules
 
 
@@ -16,3 +17,11 @@ class CoreConfig(AppConfig):
         autodiscover_modules("handlers")
         # Saga definitions register themselves the same way (apps.core.sagas).
         autodiscover_modules("sagas")
+
+
+class StaffAdminConfig(admin_apps.AdminConfig):
+    """The admin with the staff index (apps.core.staff_admin.StaffAdminSite)."""
+
+    default = False  # named in INSTALLED_APPS; apps.core's own config is CoreConfig
+
+    default_site = "apps.core.staff_admin.StaffAdminSite"

@@ -127,3 +127,15 @@ def consumer_lag() -> dict[str, float]:
 def sagas_about(*, key: str, value: str) -> QuerySet[SagaInstance]:
     """The sagas whose context holds `value` under `key` (e.g. one order's sagas)."""
     return SagaInstance.objects.filter(**{f"context__{key}": value}).order_by("created_at")
+
+
+def sagas_in_trouble(*, since) -> dict[str, int]:
+    """Sagas compensating now, and those that gave up (compensated) since `since`."""
+    return {
+        SagaInstance.State.COMPENSATING: SagaInstance.objects.filter(
+            state=SagaInstance.State.COMPENSATING
+        ).count(),
+        SagaInstance.State.COMPENSATED: SagaInstance.objects.filter(
+            state=SagaInstance.State.COMPENSATED, updated_at__gte=since
+        ).count(),
+    }

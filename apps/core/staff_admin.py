@@ -7,11 +7,15 @@ that save is kept; an action's outcome is one message, an error or a success.
 """
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from django.contrib import admin, messages
 
 from apps.core.errors import DomainError, ValidationFailed
+
+logger = structlog.get_logger(__name__)
 
 # Service argument names that the admin's forms call differently.
 FORM_FIELD_FOR_ARGUMENT = {"category_id": "category", "parent_id": "parent"}
@@ -81,3 +85,57 @@ def report_outcome(
         return False
     model_admin.message_user(request, f"{prefix}{success(result)}", messages.SUCCESS)
     return True
+
+
+# --- What staff see first -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One figure of the admin index, linking to the filtered list behind it."""
+
+    label: str
+    value: str
+    url: str
+    alert: bool = False  # shown as a warning: something wants a look
+
+
+_figures: list[tuple[int, Callable[[], list[Figure]]]] = []
+
+
+def index_figures(*, order: int) -> Callable:
+    """Register a function giving figures for the admin index (each context's admin)."""
+
+    def register(func: Callable[[], list[Figure]]) -> Callable[[], list[Figure]]:
+        _figures.append((order, func))
+        return func
+
+    return register
+
+
+def collect_figures() -> list[Figure]:
+    figures = []
+    for _, func in sorted(_figures, key=lambda entry: entry[0]):
+        try:
+            figures.extend(func())
+        except Exception:  # the index must render even when one source is down
+            logger.exception("admin_index_figure_failed", figure=func.__qualname__)
+            figures.append(Figure(func.__doc__ or func.__name__, "unavailable", "", alert=True))
+    return figures
+
+
+def age(seconds: float) -> str:
+    """A duration as staff read it: 45 s, 12 min, 3 h, 2 d."""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size:.0f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+class StaffAdminSite(admin.AdminSite):
+    """The admin, whose index starts with the figures that say how the shop is doing."""
+
+    index_template = "admin/staff_index.html"
+
+    def index(self, request, extra_context=None):
+        return super().index(request, {**(extra_context or {}), "figures": collect_figures()})

@@ -15,11 +15,12 @@ from django.contrib.admin.utils import quote, unquote
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.shortcuts import redirect
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.http import urlencode
 
 from apps.core import selectors as core_selectors
 from apps.core.errors import DomainError, InvalidState
-from apps.core.staff_admin import form_errors, report_outcome
+from apps.core.staff_admin import Figure, age, form_errors, index_figures, report_outcome
 from apps.orders import selectors, services
 from apps.orders.models import OrderSummary, StoredEvent
 from apps.payments import selectors as payment_selectors
@@ -27,6 +28,8 @@ from apps.payments import services as payment_services
 from apps.users import selectors as user_selectors
 
 ADDRESS_LINES = (("full_name",), ("line1",), ("line2",), ("postal_code", "city"), ("region",))
+# A placement saga running longer than this wants a look.
+WAITING_ALERT_SECONDS = 300
 
 
 class OrderActionForm(helpers.ActionForm):
@@ -324,3 +327,28 @@ class StoredEventAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+@index_figures(order=10)
+def order_figures() -> list[Figure]:
+    """Orders"""
+    now = timezone.now()
+    today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    count, totals = selectors.orders_placed_since(since=today)
+    waiting, oldest = selectors.orders_waiting()
+    waited = (now - oldest).total_seconds() if oldest else 0.0
+    orders = reverse("admin:orders_ordersummary_changelist")
+    value = ", ".join(f"{total} {currency}" for currency, total in sorted(totals.items()))
+    return [
+        Figure(
+            "Orders today",
+            f"{count} ({value})" if value else "0",
+            f"{orders}?{urlencode({'placed_at__gte': today.isoformat()})}",
+        ),
+        Figure(
+            "Orders waiting in their placement saga",
+            f"{waiting}, the oldest for {age(waited)}" if waiting else "0",
+            f"{orders}?status__exact=pending",
+            alert=waited > WAITING_ALERT_SECONDS,
+        ),
+    ]

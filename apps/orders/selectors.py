@@ -3,10 +3,11 @@ history and time travel."""
 
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from itertools import groupby
 from operator import itemgetter
 
-from django.db.models import QuerySet
+from django.db.models import Count, Min, QuerySet, Sum
 
 from apps.core.errors import NotFound
 from apps.core.routing import primary_reads
@@ -175,3 +176,22 @@ def order_timeline(*, order_id: str) -> list[TimelineEntry]:
             )
         )
     return entries
+
+
+def orders_placed_since(*, since: datetime) -> tuple[int, dict[str, Decimal]]:
+    """How many orders were placed since `since`, and their value per currency."""
+    totals = dict(
+        OrderSummary.objects.filter(placed_at__gte=since)
+        .values_list("currency")
+        .annotate(value=Sum("total"))
+        .values_list("currency", "value")
+    )
+    return OrderSummary.objects.filter(placed_at__gte=since).count(), totals
+
+
+def orders_waiting() -> tuple[int, datetime | None]:
+    """Orders still pending (their placement saga runs), and when the oldest was placed."""
+    waiting = OrderSummary.objects.filter(status="pending").aggregate(
+        count=Count("id"), oldest=Min("placed_at")
+    )
+    return waiting["count"], waiting["oldest"]

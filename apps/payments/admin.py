@@ -1,6 +1,8 @@
 from django.contrib import admin, messages
+from django.urls import reverse
 
 from apps.core.errors import DomainError
+from apps.core.staff_admin import Figure, index_figures
 from apps.payments import selectors, services
 from apps.payments.models import Payment, PaymentEvent, Refund
 
@@ -96,3 +98,17 @@ class PaymentEventAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+
+@index_figures(order=20)
+def payment_figures() -> list[Figure]:
+    """Payment provider circuit breaker"""
+    state = selectors.provider_breaker_state()  # shared by every process (Redis)
+    return [
+        Figure(
+            "Payment provider circuit breaker",
+            state,
+            reverse("admin:payments_payment_changelist") + "?status__exact=failed",
+            alert=state != "closed",
+        )
+    ]
