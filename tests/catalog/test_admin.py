@@ -132,7 +132,7 @@ def new_product_form(**changes) -> dict:
     ("field", "value", "message"),
     [
         ("slug", "12345", "Use lowercase letters, digits and hyphens, not only digits."),
-        ("image_urls", "\"one.jpg\"", "Must be a list of URLs."),
+        ("image_urls", '"one.jpg"', "Must be a list of URLs."),
         ("attributes", "[1]", "Must be an object."),
     ],
 )
