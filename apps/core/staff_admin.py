@@ -51,8 +51,8 @@ class ServiceFormAdmin(admin.ModelAdmin):
             request.service_error = error
             return super().changeform_view(request, object_id, form_url, extra_context)
 
-    def get_form(self, request, obj=None, change=False, **kwargs):
-        form_class = super().get_form(request, obj, change, **kwargs)
+    def get_form(self, request, obj=None, **kwargs):
+        form_class = super().get_form(request, obj, **kwargs)
         error = getattr(request, "service_error", None)
         if error is None:
             return form_class
