@@ -12,6 +12,7 @@ from typing import Any
 
 import structlog
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 
 from apps.core.errors import DomainError, ValidationFailed
 
@@ -65,6 +66,16 @@ class ServiceFormAdmin(admin.ModelAdmin):
                 return cleaned_data
 
         return FormWithServiceError
+
+
+class ActionsOnlyAdmin(admin.ModelAdmin):
+    """Rows that change only through actions (services): the change page is for reading,
+    and a POST to it is refused rather than saving the row as it stands."""
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        if request.method == "POST":
+            raise PermissionDenied
+        return super().change_view(request, object_id, form_url, extra_context)
 
 
 def report_outcome(

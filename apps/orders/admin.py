@@ -20,7 +20,14 @@ from django.utils.http import urlencode
 
 from apps.core import selectors as core_selectors
 from apps.core.errors import DomainError, InvalidState
-from apps.core.staff_admin import Figure, age, form_errors, index_figures, report_outcome
+from apps.core.staff_admin import (
+    ActionsOnlyAdmin,
+    Figure,
+    age,
+    form_errors,
+    index_figures,
+    report_outcome,
+)
 from apps.orders import selectors, services
 from apps.orders.models import OrderSummary, StoredEvent
 from apps.payments import selectors as payment_selectors
@@ -63,7 +70,7 @@ def _bind_actor(request) -> None:
 
 
 @admin.register(OrderSummary)
-class OrderSummaryAdmin(admin.ModelAdmin):
+class OrderSummaryAdmin(ActionsOnlyAdmin):
     """Orders from the read model; every change goes through the order services."""
 
     action_form = OrderActionForm
@@ -111,10 +118,8 @@ class OrderSummaryAdmin(admin.ModelAdmin):
         return page_actions + super().get_urls()
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
-        if request.method == "POST":
-            # The read model is never saved from a form: the page's forms post to the
-            # services' own URLs (ship, cancel, refund).
-            raise PermissionDenied
+        # The read model is never saved from a form (ActionsOnlyAdmin): the page's forms
+        # post to the services' own URLs (ship, cancel, refund).
         summary = self.get_object(request, unquote(object_id))
         if summary is not None:
             extra_context = {**(extra_context or {}), **self._order_page(request, summary)}
@@ -241,13 +246,15 @@ class OrderSummaryAdmin(admin.ModelAdmin):
 
     def refund_view(self, request, object_id):
         def refund(summary, data):
-            if not summary.payment_id:
-                raise InvalidState("The order has no captured payment to refund.")
+            # One charge per order (the payments context keys it by the order).
+            payment = payment_selectors.payment_list(user_id=None, order_id=str(summary.pk)).first()
+            if payment is None:
+                raise InvalidState("The order has no payment to refund.")
             return payment_services.refund_payment(
-                payment_id=int(summary.payment_id),
+                payment_id=payment.pk,
                 amount=data["amount"],
                 reason=data["reason"],
-                idempotency_key=f"admin:{summary.payment_id}:{data['refund_key']}",
+                idempotency_key=f"admin:{payment.pk}:{data['refund_key']}",
             )
 
         return self._page_action(

@@ -2,7 +2,7 @@ from django.contrib import admin, messages
 from django.urls import reverse
 
 from apps.core.errors import DomainError
-from apps.core.staff_admin import Figure, index_figures
+from apps.core.staff_admin import ActionsOnlyAdmin, Figure, index_figures
 from apps.payments import selectors, services
 from apps.payments.models import Payment, PaymentEvent, Refund
 
@@ -31,7 +31,7 @@ class PaymentEventInline(ReadOnlyInline):
 
 
 @admin.register(Payment)
-class PaymentAdmin(admin.ModelAdmin):
+class PaymentAdmin(ActionsOnlyAdmin):
     list_display = [
         "id",
         "order_id",

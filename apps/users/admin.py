@@ -1,7 +1,9 @@
 from django.contrib import admin
+from django.contrib.auth.admin import GroupAdmin as DjangoGroupAdmin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import BaseUserCreationForm
 from django.contrib.auth.forms import UserChangeForm as DjangoUserChangeForm
+from django.contrib.auth.models import Group
 from django.utils.translation import gettext_lazy as _
 
 from apps.core.staff_admin import ServiceFormAdmin
@@ -131,3 +133,21 @@ class UserAdmin(ServiceFormAdmin, DjangoUserAdmin):
         for user in queryset.filter(is_active=True):
             services.user_set_active(user=user, is_active=False)
         self.message_user(request, "The selected accounts are deactivated.")
+
+
+admin.site.unregister(Group)
+
+
+@admin.register(Group)
+class RoleAdmin(DjangoGroupAdmin):
+    """Staff roles and their permissions are defined by migrations (apps.users.roles):
+    shown here, changed only by a release."""
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

@@ -238,7 +238,7 @@ def test_a_refused_or_malformed_page_action_is_one_error_and_changes_nothing(cli
     for response, text in (
         (refused, "Cannot ship an order that is pending"),
         (malformed, "tracking_number: This field is required."),
-        (no_payment, "The order has no captured payment to refund."),
+        (no_payment, "The order has no payment to refund."),
     ):
         [message] = messages_of(response)
         assert message.level_tag == "error" and text in str(message), str(message)
