@@ -260,5 +260,6 @@ def catalog_figures() -> list[Figure]:
             f"Active products with {selectors.LOW_STOCK_AVAILABLE} or fewer units available",
             str(selectors.low_stock_products().count()),
             reverse("admin:catalog_product_changelist") + "?in_stock=low&is_active__exact=1",
+            permission="catalog.view_product",
         )
     ]

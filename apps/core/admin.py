@@ -180,22 +180,26 @@ def pipeline_figures() -> list[Figure]:
             str(trouble[SagaInstance.State.COMPENSATING]),
             f"{sagas}?state__exact=compensating",
             alert=bool(trouble[SagaInstance.State.COMPENSATING]),
+            permission="core.view_sagainstance",
         ),
         Figure(
             "Sagas that failed (compensated) in the last 24 h",
             str(trouble[SagaInstance.State.COMPENSATED]),
             f"{sagas}?{urlencode({'state__exact': 'compensated', 'updated_at__gte': day_ago})}",
+            permission="core.view_sagainstance",
         ),
         Figure(
             "Outbox: events waiting for the relay",
             f"{pending}, the oldest for {age(oldest)}" if pending else "0",
             reverse("admin:core_outboxmessage_changelist") + "?pending=yes",
             alert=oldest > LAG_ALERT_SECONDS,
+            permission="core.view_outboxmessage",
         ),
         Figure(
             "Consumer lag (oldest unhandled event)",
             f"{age(lag[slowest])} ({slowest})" if slowest and lag[slowest] else "none",
             reverse("admin:core_inboxmessage_changelist"),
             alert=bool(slowest) and lag[slowest] > LAG_ALERT_SECONDS,
+            permission="core.view_inboxmessage",
         ),
     ]

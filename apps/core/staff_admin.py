@@ -109,6 +109,7 @@ class Figure:
     value: str
     url: str
     alert: bool = False  # shown as a warning: something wants a look
+    permission: str = ""  # shown only to staff who may see the list behind it
 
 
 _figures: list[tuple[int, Callable[[], list[Figure]]]] = []
@@ -149,4 +150,9 @@ class StaffAdminSite(admin.AdminSite):
     index_template = "admin/staff_index.html"
 
     def index(self, request, extra_context=None):
-        return super().index(request, {**(extra_context or {}), "figures": collect_figures()})
+        figures = [
+            figure
+            for figure in collect_figures()
+            if not figure.permission or request.user.has_perm(figure.permission)
+        ]
+        return super().index(request, {**(extra_context or {}), "figures": figures})

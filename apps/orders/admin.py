@@ -351,11 +351,13 @@ def order_figures() -> list[Figure]:
             "Orders today",
             f"{count} ({value})" if value else "0",
             f"{orders}?{urlencode({'placed_at__gte': today.isoformat()})}",
+            permission="orders.view_ordersummary",
         ),
         Figure(
             "Orders waiting in their placement saga",
             f"{waiting}, the oldest for {age(waited)}" if waiting else "0",
             f"{orders}?status__exact=pending",
             alert=waited > WAITING_ALERT_SECONDS,
+            permission="orders.view_ordersummary",
         ),
     ]

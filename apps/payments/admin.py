@@ -110,5 +110,6 @@ def payment_figures() -> list[Figure]:
             state,
             reverse("admin:payments_payment_changelist") + "?status__exact=failed",
             alert=state != "closed",
+            permission="payments.view_payment",
         )
     ]

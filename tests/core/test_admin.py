@@ -13,9 +13,10 @@ from pytest_django.asserts import assertInHTML
 
 from apps.core.models import OutboxMessage, SagaInstance
 from apps.core.outbox import publish_event
+from apps.users.roles import ORDER_MANAGERS
 from tests.catalog.factories import ProductFactory
 from tests.core.event_probes import PROBED
-from tests.orders.conftest import place_order
+from tests.orders.conftest import place_order, staff_member
 from tests.users.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -106,3 +107,11 @@ def test_the_saga_page_hides_the_payment_token(superuser_client):
     assert "o-2" in page
     assert "tok_secret_4242" not in page
     assert "(hidden)" in page
+
+
+def test_staff_see_only_the_figures_whose_lists_they_may_open(client):
+    client.force_login(staff_member(ORDER_MANAGERS))
+    shown = figures(client)
+    assert "Orders today" in shown
+    assert "Sagas compensating now" not in shown
+    assert "Active products with 3 or fewer units available" not in shown
