@@ -102,6 +102,7 @@ def read_model_discrepancy_report(*, rebuilt: dict[str, Order]) -> list[str]:
 
 # --- Staff view -------------------------------------------------------------------------
 
+CENT = Decimal("0.01")
 CANCELLATION_WORDS = {
     "customer_request": "Cancelled by the customer",
     "staff_request": "Cancelled by staff",
@@ -180,12 +181,14 @@ def order_timeline(*, order_id: str) -> list[TimelineEntry]:
 
 def orders_placed_since(*, since: datetime) -> tuple[int, dict[str, Decimal]]:
     """How many orders were placed since `since`, and their value per currency."""
-    totals = dict(
+    rows = (
         OrderSummary.objects.filter(placed_at__gte=since)
         .values_list("currency")
         .annotate(value=Sum("total"))
         .values_list("currency", "value")
     )
+    # Cents: SQLite sums decimals as floats.
+    totals = {currency: Decimal(value).quantize(CENT) for currency, value in rows}
     return OrderSummary.objects.filter(placed_at__gte=since).count(), totals
 
 
