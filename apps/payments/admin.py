@@ -68,6 +68,7 @@ class PaymentAdmin(ActionsOnlyAdmin):
 
     @admin.action(description="Refund the remaining amount", permissions=["change"])
     def refund_in_full(self, request, queryset):
+        refunded, refused = [], []
         for payment in queryset:
             try:
                 result = services.refund_payment(
@@ -76,11 +77,16 @@ class PaymentAdmin(ActionsOnlyAdmin):
                     idempotency_key=f"admin:{payment.pk}:remaining",
                 )
             except DomainError as exc:
-                self.message_user(request, f"Payment {payment.pk}: {exc.detail}", messages.ERROR)
+                refused.append(f"payment {payment.pk} ({exc.detail})")
             else:
-                self.message_user(
-                    request, f"Payment {payment.pk}: refunded {result.amount} {result.currency}."
-                )
+                refunded.append(f"payment {payment.pk}: refunded {result.amount} {result.currency}")
+        # One message: an error when anything was refused, listing what was done too.
+        text = "; ".join(refunded + ([f"not refunded: {', '.join(refused)}"] if refused else []))
+        self.message_user(
+            request,
+            text[:1].upper() + text[1:] + ".",
+            messages.ERROR if refused else messages.SUCCESS,
+        )
 
 
 @admin.register(PaymentEvent)

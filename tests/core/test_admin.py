@@ -11,8 +11,10 @@ from django.db import transaction
 from django.utils import timezone
 from pytest_django.asserts import assertInHTML
 
+from apps.core import staff_admin
 from apps.core.models import OutboxMessage, SagaInstance
 from apps.core.outbox import publish_event
+from apps.core.staff_admin import Figure
 from apps.users.roles import ORDER_MANAGERS
 from tests.catalog.factories import ProductFactory
 from tests.core.event_probes import PROBED
@@ -115,3 +117,16 @@ def test_staff_see_only_the_figures_whose_lists_they_may_open(client):
     assert "Orders today" in shown
     assert "Sagas compensating now" not in shown
     assert "Active products with 3 or fewer units available" not in shown
+
+
+def test_a_figure_whose_source_is_down_reads_unavailable_and_the_index_renders(
+    superuser_client, monkeypatch
+):
+    def breaker_store_down() -> list[Figure]:
+        """Payment provider circuit breaker"""
+        raise ConnectionError("redis is down")
+
+    monkeypatch.setattr(staff_admin, "_figures", [(0, breaker_store_down)])
+    assert figures(superuser_client) == {
+        "Payment provider circuit breaker": ("unavailable", ""),
+    }
