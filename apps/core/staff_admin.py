@@ -34,7 +34,7 @@ def form_errors(error: DomainError, *, fields) -> list[tuple[str | None, str]]:
                 found.append((name, message))
             else:
                 found.append((None, f"{argument}: {message}"))
-    return found
+    return found or [(None, error.detail)]
 
 
 class ServiceFormAdmin(admin.ModelAdmin):
