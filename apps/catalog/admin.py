@@ -1,14 +1,15 @@
 """Staff admin for the catalog. Every write goes through `services`: the admin adds
-forms and lists, no rules of its own."""
+forms and lists, no rules of its own (a service's error is shown on the form)."""
 
 from django import forms
 from django.conf import settings
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.db.models import F
+from django.urls import reverse
 
-from apps.catalog import services
+from apps.catalog import selectors, services
 from apps.catalog.models import Category, Product, Reservation, Stock, StockAdjustment
-from apps.core.errors import DomainError
+from apps.core.staff_admin import Figure, ServiceFormAdmin, index_figures, report_outcome
 
 PRODUCT_FORM_FIELDS = [
     "sku",
@@ -42,24 +43,6 @@ class ProductForm(forms.ModelForm):
         model = Product
         fields = PRODUCT_FORM_FIELDS
 
-    def clean_price(self):
-        price = self.cleaned_data["price"]
-        if price < 0:
-            raise forms.ValidationError("Must be zero or more.")
-        return price
-
-    def clean_attributes(self):
-        attributes = self.cleaned_data["attributes"]
-        if not isinstance(attributes, dict):
-            raise forms.ValidationError("Must be a JSON object.")
-        return attributes
-
-    def clean_image_urls(self):
-        urls = self.cleaned_data["image_urls"]
-        if not isinstance(urls, list) or not all(isinstance(url, str) for url in urls):
-            raise forms.ValidationError("Must be a JSON list of URLs.")
-        return urls
-
 
 class StockInline(admin.StackedInline):
     """Read-only: on-hand units change through stock adjustments (with a reason)."""
@@ -82,12 +65,6 @@ class StockAdjustmentForm(forms.ModelForm):
         model = StockAdjustment
         fields = ["delta", "reason"]
 
-    def clean_delta(self):
-        delta = self.cleaned_data["delta"]
-        if delta == 0:
-            raise forms.ValidationError("Must not be zero.")
-        return delta
-
 
 class StockAdjustmentInline(admin.TabularInline):
     """New rows are adjustments to make; recorded ones are history (read-only)."""
@@ -109,18 +86,24 @@ class InStockFilter(admin.SimpleListFilter):
     parameter_name = "in_stock"
 
     def lookups(self, request, model_admin):
-        return [("yes", "In stock"), ("no", "Out of stock")]
+        return [
+            ("yes", "In stock"),
+            ("low", f"Low ({selectors.LOW_STOCK_AVAILABLE} or fewer available)"),
+            ("no", "Out of stock"),
+        ]
 
     def queryset(self, request, queryset):
         if self.value() == "yes":
             return queryset.filter(stock__on_hand__gt=F("stock__reserved"))
+        if self.value() == "low":
+            return queryset.filter(pk__in=selectors.low_stock_products().values("pk"))
         if self.value() == "no":
             return queryset.exclude(stock__on_hand__gt=F("stock__reserved"))
         return queryset
 
 
 @admin.register(Product)
-class ProductAdmin(admin.ModelAdmin):
+class ProductAdmin(ServiceFormAdmin):
     form = ProductForm
     list_display = ["sku", "name", "category", "price", "currency", "is_active", "available"]
     list_filter = ["is_active", InStockFilter, "category"]
@@ -135,19 +118,28 @@ class ProductAdmin(admin.ModelAdmin):
     def available(self, product: Product) -> int:
         return product.stock.available
 
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # orders and stock history refer to products: deactivate instead
+
     @admin.action(description="Activate selected products", permissions=["change"])
     def activate(self, request, queryset):
-        count = services.product_set_active(
-            product_ids=list(queryset.values_list("pk", flat=True)), is_active=True
+        ids = list(queryset.values_list("pk", flat=True))
+        report_outcome(
+            self,
+            request,
+            lambda: services.product_set_active(product_ids=ids, is_active=True),
+            lambda count: f"Activated {count} product(s).",
         )
-        self.message_user(request, f"Activated {count} product(s).", messages.SUCCESS)
 
     @admin.action(description="Deactivate selected products", permissions=["change"])
     def deactivate(self, request, queryset):
-        count = services.product_set_active(
-            product_ids=list(queryset.values_list("pk", flat=True)), is_active=False
+        ids = list(queryset.values_list("pk", flat=True))
+        report_outcome(
+            self,
+            request,
+            lambda: services.product_set_active(product_ids=ids, is_active=False),
+            lambda count: f"Deactivated {count} product(s).",
         )
-        self.message_user(request, f"Deactivated {count} product(s).", messages.SUCCESS)
 
     def save_model(self, request, obj, form, change):
         if change:
@@ -169,17 +161,15 @@ class ProductAdmin(admin.ModelAdmin):
         for adjustment_form in formset.extra_forms:
             if not adjustment_form.has_changed():
                 continue
-            try:
-                adjustment = services.stock_adjust(
-                    product_id=form.instance.pk,
-                    delta=adjustment_form.cleaned_data["delta"],
-                    reason=adjustment_form.cleaned_data["reason"],
-                    actor_id=request.user.pk,
-                )
-            except DomainError as exc:
-                self.message_user(request, f"Stock not adjusted: {exc.detail}", messages.ERROR)
-            else:
-                formset.new_objects.append(adjustment)
+            # A refused adjustment (e.g. below what is reserved) rolls the whole save
+            # back and shows the form again with the service's reason.
+            adjustment = services.stock_adjust(
+                product_id=form.instance.pk,
+                delta=adjustment_form.cleaned_data["delta"],
+                reason=adjustment_form.cleaned_data["reason"],
+                actor_id=request.user.pk,
+            )
+            formset.new_objects.append(adjustment)
         return None
 
 
@@ -188,18 +178,9 @@ class CategoryForm(forms.ModelForm):
         model = Category
         fields = ["name", "slug", "parent", "position"]
 
-    def clean_parent(self):
-        parent = self.cleaned_data["parent"]
-        node = parent
-        while node is not None and self.instance.pk is not None:
-            if node.pk == self.instance.pk:
-                raise forms.ValidationError("A category cannot be inside itself.")
-            node = node.parent
-        return parent
-
 
 @admin.register(Category)
-class CategoryAdmin(admin.ModelAdmin):
+class CategoryAdmin(ServiceFormAdmin):
     form = CategoryForm
     list_display = ["tree_name", "slug", "position"]
     search_fields = ["name", "slug"]
@@ -218,6 +199,9 @@ class CategoryAdmin(admin.ModelAdmin):
 
     def get_ordering(self, request):
         return ["parent__parent__name", "parent__name", "position", "name"]
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # no service removes categories: move products and rename instead
 
     def save_model(self, request, obj, form, change):
         fields = {
@@ -266,3 +250,16 @@ class StockAdjustmentAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+
+@index_figures(order=40)
+def catalog_figures() -> list[Figure]:
+    """Low stock"""
+    return [
+        Figure(
+            f"Active products with {selectors.LOW_STOCK_AVAILABLE} or fewer units available",
+            str(selectors.low_stock_products().count()),
+            reverse("admin:catalog_product_changelist") + "?in_stock=low&is_active__exact=1",
+            permission="catalog.view_product",
+        )
+    ]

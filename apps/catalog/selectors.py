@@ -32,6 +32,8 @@ logger = structlog.get_logger(__name__)
 POPULAR_WINDOW = timedelta(days=30)
 POPULAR_LIMIT = 12
 POPULAR_FRESH_SECONDS = 60
+# Active products with this many units available or fewer want restocking.
+LOW_STOCK_AVAILABLE = 3
 
 
 @dataclass(frozen=True)
@@ -343,3 +345,10 @@ def stock_conservation_report() -> list[str]:
                 "active reservations"
             )
     return problems
+
+
+def low_stock_products() -> QuerySet[Product]:
+    """Active products with at most LOW_STOCK_AVAILABLE units available (staff restock)."""
+    return Product.objects.filter(
+        is_active=True, stock__on_hand__lte=F("stock__reserved") + LOW_STOCK_AVAILABLE
+    )

@@ -5,7 +5,13 @@ decorator; staff look, and never edit them by hand. One action, for users with t
 outbox change permission: send messages again (e.g. after a consumer gave up).
 """
 
+import json
+from datetime import timedelta
+
 from django.contrib import admin, messages
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.http import urlencode
 
 from apps.core.models import (
     IdempotencyRecord,
@@ -16,7 +22,13 @@ from apps.core.models import (
 )
 from apps.core.outbox import outbox_messages_resend
 from apps.core.sagas import saga_retry_now
-from apps.core.selectors import consumer_lag
+from apps.core.selectors import consumer_lag, outbox_backlog, sagas_in_trouble
+from apps.core.staff_admin import Figure, age, index_figures
+
+# Events waiting longer than this for the relay or a consumer want a look.
+LAG_ALERT_SECONDS = 60
+SECRET_CONTEXT_KEYS = {"payment_token"}
+FINISHED = {SagaInstance.State.SUCCEEDED, SagaInstance.State.COMPENSATED}
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -110,14 +122,84 @@ class SagaInstanceAdmin(ReadOnlyAdmin):
     list_filter = ["state", "saga_type", "failure_reason"]
     search_fields = ["=id"]
     date_hierarchy = "created_at"
-    readonly_fields = [f.name for f in SagaInstance._meta.fields]
+    # The context as stored, less secrets (the payment token).
+    readonly_fields = [
+        "context_shown" if f.name == "context" else f.name for f in SagaInstance._meta.fields
+    ]
+    fields = readonly_fields
     inlines = [SagaTransitionInline]
     actions = ["retry_now"]
 
     def has_retry_permission(self, request) -> bool:
         return request.user.has_perm("core.change_sagainstance")
 
+    @admin.display(description="context")
+    def context_shown(self, saga: SagaInstance) -> str:
+        return json.dumps(
+            {
+                key: "(hidden)" if key in SECRET_CONTEXT_KEYS else value
+                for key, value in saga.context.items()
+            },
+            indent=2,
+            sort_keys=True,
+        )
+
     @admin.action(description="Retry now (wake the saga)", permissions=["retry"])
     def retry_now(self, request, queryset):
-        woken = sum(saga_retry_now(saga_id=pk) for pk in queryset.values_list("pk", flat=True))
-        self.message_user(request, f"{woken} saga(s) woken; finished or running ones are left.")
+        sagas = list(queryset.values_list("pk", "state"))
+        woken = [pk for pk, _ in sagas if saga_retry_now(saga_id=pk)]
+        left = [(pk, state) for pk, state in sagas if pk not in woken]
+        if not left:
+            self.message_user(request, f"{len(woken)} saga(s) woken.", messages.SUCCESS)
+            return
+        why = "; ".join(
+            f"{pk} is {state}"
+            + (
+                ": finished, nothing to retry"
+                if state in FINISHED
+                else ": a worker is running it now"
+            )
+            for pk, state in left
+        )
+        level = messages.WARNING if woken else messages.ERROR
+        self.message_user(request, f"{len(woken)} saga(s) woken; not woken: {why}.", level)
+
+
+@index_figures(order=30)
+def pipeline_figures() -> list[Figure]:
+    """Sagas and events"""
+    day_ago = timezone.now() - timedelta(hours=24)
+    trouble = sagas_in_trouble(since=day_ago)
+    sagas = reverse("admin:core_sagainstance_changelist")
+    pending, oldest = outbox_backlog()
+    lag = consumer_lag()
+    slowest = max(lag, key=lag.get) if lag else None
+    return [
+        Figure(
+            "Sagas compensating now",
+            str(trouble[SagaInstance.State.COMPENSATING]),
+            f"{sagas}?state__exact=compensating",
+            alert=bool(trouble[SagaInstance.State.COMPENSATING]),
+            permission="core.view_sagainstance",
+        ),
+        Figure(
+            "Sagas that failed (compensated) in the last 24 h",
+            str(trouble[SagaInstance.State.COMPENSATED]),
+            f"{sagas}?{urlencode({'state__exact': 'compensated', 'updated_at__gte': day_ago})}",
+            permission="core.view_sagainstance",
+        ),
+        Figure(
+            "Outbox: events waiting for the relay",
+            f"{pending}, the oldest for {age(oldest)}" if pending else "0",
+            reverse("admin:core_outboxmessage_changelist") + "?pending=yes",
+            alert=oldest > LAG_ALERT_SECONDS,
+            permission="core.view_outboxmessage",
+        ),
+        Figure(
+            "Consumer lag (oldest unhandled event)",
+            f"{age(lag[slowest])} ({slowest})" if slowest and lag[slowest] else "none",
+            reverse("admin:core_inboxmessage_changelist"),
+            alert=bool(slowest) and lag[slowest] > LAG_ALERT_SECONDS,
+            permission="core.view_inboxmessage",
+        ),
+    ]

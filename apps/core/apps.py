@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.contrib.admin import apps as admin_apps
 from django.db.backends.signals import connection_created
 from django.urls import register_converter
 from django.utils.module_loading import autodiscover_modules
@@ -30,3 +31,11 @@ class CoreConfig(AppConfig):
         from config.db_router import install_replica_read_fallback
 
         connection_created.connect(install_replica_read_fallback)
+
+
+class StaffAdminConfig(admin_apps.AdminConfig):
+    """The admin with the staff index (apps.core.staff_admin.StaffAdminSite)."""
+
+    default = False  # named in INSTALLED_APPS; apps.core's own config is CoreConfig
+
+    default_site = "apps.core.staff_admin.StaffAdminSite"

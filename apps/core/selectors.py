@@ -8,6 +8,7 @@ Public API:
     unconsumed_events(...) -> readable lines, one per (consumer, relayed event) pair with
         no inbox row after a grace period
     consumer_lag() -> {consumer: age in seconds of its oldest relayed, unhandled event}
+    sagas_about(key=..., value=...) -> the sagas whose context names a thing (staff pages)
 
 for metrics, readiness and the integrity check: how many outbox messages wait for the
 relay, and for how long the oldest has waited (0.0 when none). Read from the primary:
@@ -17,7 +18,7 @@ a replica's lag would show a backlog the relay has already cleared.
 from datetime import timedelta
 
 from django.conf import settings
-from django.db.models import Count, Exists, Min, OuterRef
+from django.db.models import Count, Exists, Min, OuterRef, QuerySet
 from django.utils import timezone
 
 from apps.core.inbox import handled_event_types
@@ -121,3 +122,20 @@ def consumer_lag() -> dict[str, float]:
             )
             lag[consumer] = max((now - oldest[2]).total_seconds(), 0.0) if oldest else 0.0
     return lag
+
+
+def sagas_about(*, key: str, value: str) -> QuerySet[SagaInstance]:
+    """The sagas whose context holds `value` under `key` (e.g. one order's sagas)."""
+    return SagaInstance.objects.filter(**{f"context__{key}": value}).order_by("created_at")
+
+
+def sagas_in_trouble(*, since) -> dict[str, int]:
+    """Sagas compensating now, and those that gave up (compensated) since `since`."""
+    return {
+        SagaInstance.State.COMPENSATING: SagaInstance.objects.filter(
+            state=SagaInstance.State.COMPENSATING
+        ).count(),
+        SagaInstance.State.COMPENSATED: SagaInstance.objects.filter(
+            state=SagaInstance.State.COMPENSATED, updated_at__gte=since
+        ).count(),
+    }

@@ -1,11 +1,13 @@
 """Orders context queries: the read model for lists and details, the event store for
 history and time travel."""
 
+from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from itertools import groupby
 from operator import itemgetter
 
-from django.db.models import QuerySet
+from django.db.models import Count, Min, QuerySet, Sum
 
 from apps.core.errors import NotFound
 from apps.core.routing import primary_reads
@@ -96,3 +98,103 @@ def read_model_discrepancy_report(*, rebuilt: dict[str, Order]) -> list[str]:
             if actual != expected:
                 problems.append(f"order {order_id}: {name} is {actual!r}, events say {expected!r}")
     return problems
+
+
+# --- Staff view -------------------------------------------------------------------------
+
+CENT = Decimal("0.01")
+CANCELLATION_WORDS = {
+    "customer_request": "Cancelled by the customer",
+    "staff_request": "Cancelled by staff",
+    "out_of_stock": "Cancelled: out of stock",
+    "payment_declined": "Cancelled: payment declined",
+    "payment_unavailable": "Cancelled: the payment provider did not answer in time",
+    "reservation_expired": "Cancelled: the stock reservation expired",
+    "timed_out": "Cancelled: not placed in time",
+}
+
+
+@dataclass(frozen=True)
+class TimelineEntry:
+    at: datetime
+    text: str
+    actor_id: int | None  # the user whose request recorded it; None: the system
+
+
+def cancellation_words(*, reason: str, note: str, details: dict, items: list[dict]) -> str:
+    """A cancellation in words, with what made it fail (short products, decline code)."""
+    words = CANCELLATION_WORDS.get(reason, f"Cancelled: {reason.replace('_', ' ')}")
+    names = {line["product_id"]: line["name"] for line in items}
+    short = [
+        f"{names.get(p['product_id'], p['product_id'])}: {p['available']} available"
+        if "available" in p
+        else f"{names.get(p['product_id'], p['product_id'])}: not for sale"
+        for p in details.get("products", [])
+    ]
+    if short:
+        words += " — " + ", ".join(short)
+    if details.get("decline_code"):
+        words += f" ({details['decline_code']})"
+    return f"{words}: {note}" if note else words
+
+
+def _event_words(event_type: str, data: dict, items: list[dict]) -> str:
+    if event_type == "OrderPlaced":
+        return f"Placed: {len(data['items'])} line(s), {data['total']} {data['currency']}"
+    if event_type == "StockReserved":
+        return f"Stock reserved ({data['reservation_reference']})"
+    if event_type == "PaymentCaptured":
+        return f"Payment of {data['amount']} {data['currency']} captured"
+    if event_type == "OrderConfirmed":
+        return "Confirmed"
+    if event_type == "OrderShipped":
+        return f"Shipped with {data['carrier']}, tracking number {data['tracking_number']}"
+    if event_type == "OrderDelivered":
+        return "Delivered"
+    if event_type == "OrderCancelled":
+        return cancellation_words(
+            reason=data["reason"], note=data["note"], details=data["details"], items=items
+        )
+    if event_type in ("OrderRefunded", "OrderPartiallyRefunded"):
+        whole = " (all of the payment)" if event_type == "OrderRefunded" else ""
+        return f"Refunded {data['amount']} {data['currency']}{whole}"
+    return event_type
+
+
+def order_timeline(*, order_id: str) -> list[TimelineEntry]:
+    """The order's history in words, oldest first, each with its time and actor."""
+    entries, items = [], []
+    for stored in order_events(order_id=order_id):
+        event = upcast(stored.event_type, stored.schema_version, stored.data)
+        data = event.as_data()
+        if stored.event_type == "OrderPlaced":
+            items = data["items"]
+        entries.append(
+            TimelineEntry(
+                at=stored.recorded_at,
+                text=_event_words(stored.event_type, data, items),
+                actor_id=stored.metadata.get("user_id"),
+            )
+        )
+    return entries
+
+
+def orders_placed_since(*, since: datetime) -> tuple[int, dict[str, Decimal]]:
+    """How many orders were placed since `since`, and their value per currency."""
+    rows = (
+        OrderSummary.objects.filter(placed_at__gte=since)
+        .values_list("currency")
+        .annotate(value=Sum("total"))
+        .values_list("currency", "value")
+    )
+    # Cents: SQLite sums decimals as floats.
+    totals = {currency: Decimal(value).quantize(CENT) for currency, value in rows}
+    return OrderSummary.objects.filter(placed_at__gte=since).count(), totals
+
+
+def orders_waiting() -> tuple[int, datetime | None]:
+    """Orders still pending (their placement saga runs), and when the oldest was placed."""
+    waiting = OrderSummary.objects.filter(status="pending").aggregate(
+        count=Count("id"), oldest=Min("placed_at")
+    )
+    return waiting["count"], waiting["oldest"]

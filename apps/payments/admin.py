@@ -1,6 +1,8 @@
 from django.contrib import admin, messages
+from django.urls import reverse
 
 from apps.core.errors import DomainError
+from apps.core.staff_admin import ActionsOnlyAdmin, Figure, index_figures
 from apps.payments import selectors, services
 from apps.payments.models import Payment, PaymentEvent, Refund
 
@@ -29,7 +31,7 @@ class PaymentEventInline(ReadOnlyInline):
 
 
 @admin.register(Payment)
-class PaymentAdmin(admin.ModelAdmin):
+class PaymentAdmin(ActionsOnlyAdmin):
     list_display = [
         "id",
         "order_id",
@@ -66,6 +68,7 @@ class PaymentAdmin(admin.ModelAdmin):
 
     @admin.action(description="Refund the remaining amount", permissions=["change"])
     def refund_in_full(self, request, queryset):
+        refunded, refused = [], []
         for payment in queryset:
             try:
                 result = services.refund_payment(
@@ -74,11 +77,16 @@ class PaymentAdmin(admin.ModelAdmin):
                     idempotency_key=f"admin:{payment.pk}:remaining",
                 )
             except DomainError as exc:
-                self.message_user(request, f"Payment {payment.pk}: {exc.detail}", messages.ERROR)
+                refused.append(f"payment {payment.pk} ({exc.detail})")
             else:
-                self.message_user(
-                    request, f"Payment {payment.pk}: refunded {result.amount} {result.currency}."
-                )
+                refunded.append(f"payment {payment.pk}: refunded {result.amount} {result.currency}")
+        # One message: an error when anything was refused, listing what was done too.
+        text = "; ".join(refunded + ([f"not refunded: {', '.join(refused)}"] if refused else []))
+        self.message_user(
+            request,
+            text[:1].upper() + text[1:] + ".",
+            messages.ERROR if refused else messages.SUCCESS,
+        )
 
 
 @admin.register(PaymentEvent)
@@ -96,3 +104,18 @@ class PaymentEventAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+
+@index_figures(order=20)
+def payment_figures() -> list[Figure]:
+    """Payment provider circuit breaker"""
+    state = selectors.provider_breaker_state()  # shared by every process (Redis)
+    return [
+        Figure(
+            "Payment provider circuit breaker",
+            state,
+            reverse("admin:payments_payment_changelist") + "?status__exact=failed",
+            alert=state != "closed",
+            permission="payments.view_payment",
+        )
+    ]

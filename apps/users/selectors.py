@@ -36,3 +36,8 @@ def user_ids_by_email(*, fragment: str, limit: int = 500) -> list[int]:
 def user_contact(*, user_id: int) -> tuple[str, str] | None:
     """(email, full name) of an active user, for messages from other contexts."""
     return User.objects.filter(pk=user_id, is_active=True).values_list("email", "full_name").first()
+
+
+def user_emails(*, user_ids: list[int]) -> dict[int, str]:
+    """Email by user id (staff pages of other contexts name people by their email)."""
+    return dict(User.objects.filter(pk__in=user_ids).values_list("pk", "email"))

@@ -75,6 +75,42 @@ def user_update_profile(*, user: User, **changes) -> User:
     return user
 
 
+STAFF_EDITABLE_FIELDS = frozenset({"email", "full_name", "is_staff", "is_superuser"})
+
+
+@transaction.atomic
+def user_update_by_staff(
+    *,
+    user: User,
+    changes: dict,
+    group_ids: list[int] | None = None,
+    permission_ids: list[int] | None = None,
+) -> User:
+    """A staff member's change of an account: profile, roles, access (the admin)."""
+    unknown = set(changes) - STAFF_EDITABLE_FIELDS - PREFERENCE_FIELDS - {"is_active"}
+    if unknown:
+        raise ValidationFailed({name: ["Unknown field."] for name in sorted(unknown)})
+    changes = dict(changes)
+    is_active = changes.pop("is_active", None)
+    if "email" in changes:
+        changes["email"] = normalize_email(changes["email"])
+    for name, value in changes.items():
+        setattr(user, name, value)
+    if changes:
+        try:
+            with transaction.atomic():
+                user.save(update_fields=sorted(changes))
+        except IntegrityError as exc:
+            raise EmailAlreadyRegistered(f"An account with {user.email} already exists.") from exc
+    if group_ids is not None:
+        user.groups.set(group_ids)
+    if permission_ids is not None:
+        user.user_permissions.set(permission_ids)
+    if is_active is not None:
+        user_set_active(user=user, is_active=is_active)
+    return user
+
+
 def user_change_password(*, user: User, current_password: str, new_password: str) -> None:
     if not user.check_password(current_password):
         raise ValidationFailed({"current_password": ["The current password is not correct."]})

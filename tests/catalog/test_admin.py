@@ -118,3 +118,58 @@ def test_catalog_managers_are_granted_the_catalog_permissions(manager, client):
     customer_staff = UserFactory(is_staff=True)
     client.force_login(customer_staff)
     assert client.get(CHANGELIST).status_code == 403
+
+
+def new_product_form(**changes) -> dict:
+    template = Product(sku="NEW-2", slug="new-2", name="New", price=Decimal("3.00"), currency="EUR")
+    data = product_form(template, **{"stock-TOTAL_FORMS": "0", "stock-INITIAL_FORMS": "0"})
+    data.pop("stock-0-product")
+    data.update(changes)
+    return data
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("slug", "12345", "Use lowercase letters, digits and hyphens, not only digits."),
+        ("image_urls", '"one.jpg"', "Must be a list of URLs."),
+        ("attributes", "[1]", "Must be an object."),
+    ],
+)
+def test_what_the_service_refuses_is_shown_on_the_add_form(admin_client, field, value, message):
+    response = admin_client.post(f"{CHANGELIST}add/", new_product_form(**{field: value}))
+    assert response.status_code == 200  # the form again, not a server error
+    assert response.context["adminform"].form.errors == {field: [message]}
+    assert not Product.objects.filter(sku="NEW-2").exists()
+
+
+def test_a_stock_adjustment_the_service_refuses_saves_nothing_and_says_only_why(admin_client):
+    product = ProductFactory(price=Decimal("10.00"), stock__on_hand=4)
+    response = admin_client.post(
+        f"{CHANGELIST}{product.pk}/change/",
+        product_form(
+            product,
+            price="12.00",
+            **{"adjustments-0-delta": "-1000", "adjustments-0-reason": "count"},
+        ),
+        follow=True,
+    )
+    page = response.content.decode()
+    assert response.status_code == 200
+    assert response.context["adminform"].form.non_field_errors() == [
+        "0 units are reserved; on hand cannot drop to -996."
+    ]
+    assert "changed successfully" not in page
+    assert list(response.context["messages"]) == []
+    product.refresh_from_db()
+    assert (product.price, product.stock.on_hand) == (Decimal("10.00"), 4)  # all rolled back
+    assert not StockAdjustment.objects.filter(product=product).exists()
+
+
+def test_products_are_deactivated_never_deleted(admin_client):
+    product = ProductFactory()
+    changelist = admin_client.get(CHANGELIST).content.decode()
+    assert 'value="delete_selected"' not in changelist
+    assert 'value="deactivate"' in changelist
+    assert admin_client.get(f"{CHANGELIST}{product.pk}/delete/").status_code == 403
+    assert Product.objects.filter(pk=product.pk).exists()

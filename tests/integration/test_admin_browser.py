@@ -144,9 +144,9 @@ def test_order_manager_finds_ships_an_order_and_sees_its_history(page):
     wait_for_text(page, "shipped (DHL TRK-BROWSER-1)")
 
     page.find_element(By.LINK_TEXT, order_id).click()
-    wait_for_text(page, "Event history")
-    history = page.find_element(By.CSS_SELECTOR, ".field-event_timeline").text
-    for event in ("OrderPlaced", "OrderConfirmed", "OrderShipped", "TRK-BROWSER-1"):
+    wait_for_text(page, "Timeline")
+    history = page.find_element(By.CSS_SELECTOR, "#order-timeline").text
+    for event in ("Placed:", "Confirmed", "Shipped with DHL, tracking number TRK-BROWSER-1"):
         assert event in history
     assert OrderSummary.objects.get(pk=order_id).status == "shipped"
 

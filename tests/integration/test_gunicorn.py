@@ -22,7 +22,9 @@ HEALTHZ = {"view": "healthz", "method": "GET", "status": "200"}
 
 
 class Gunicorn:
-    def __init__(self, app: str, tmp_path: Path, workers: int = 2) -> None:
+    def __init__(
+        self, app: str, tmp_path: Path, workers: int = 2, env: dict[str, str] | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.metrics_dir = tmp_path / "prometheus"
@@ -37,6 +39,7 @@ class Gunicorn:
             "WEB_CONCURRENCY": str(workers),
             "GUNICORN_THREADS": "2",
             "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir),
+            **(env or {}),
         }
         self.metrics_dir.mkdir(parents=True)
         (self.metrics_dir / "counter_999999.db").write_bytes(b"left by an earlier run")

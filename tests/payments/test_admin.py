@@ -73,3 +73,24 @@ def test_support_and_order_managers_may_view_payments():
     for role in (ORDER_MANAGERS, SUPPORT):
         codenames = set(Group.objects.get(name=role).permissions.values_list("codename", flat=True))
         assert {"view_payment", "view_refund", "view_paymentevent"} <= codenames
+
+
+def test_refunding_several_payments_tells_in_one_message_what_was_refused(admin_client, sandbox):
+    captured = charge_for_order(
+        order_id=new_order_id(), user_id=1, amount=Decimal("8.00"), currency="EUR", token="tok_visa"
+    )
+    failed = PaymentFactory(status=Payment.Status.FAILED)
+
+    response = admin_client.post(
+        reverse("admin:payments_payment_changelist"),
+        {"action": "refund_in_full", "_selected_action": [captured.payment_id, failed.pk]},
+        follow=True,
+    )
+
+    [message] = [m for m in get_messages(response.wsgi_request) if "refund" in str(m)]
+    assert message.level_tag == "error"
+    assert str(message) == (
+        f"Payment {captured.payment_id}: refunded 8.00 EUR; "
+        f"not refunded: payment {failed.pk} (A failed payment cannot be refunded.)."
+    )
+    assert Payment.objects.get(pk=captured.payment_id).status == "refunded"
