@@ -27,6 +27,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--orders", type=int, default=100)
     parser.add_argument("--cprofile", action="store_true")
+    parser.add_argument("--sort", default="cumulative", help="pstats sort key")
     parser.add_argument("--sql", action="store_true", help="print the first order's statements")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="mercato-profile-saga-"))
@@ -117,10 +118,11 @@ def main(argv: list[str]) -> int:
     for name, sql in (("saga", sagas_sql), ("events", events_sql)):
         wall, cpu_s = figures[name]
         statements = [q["sql"] for q in sql.captured_queries]
-        commits = sum(1 for s in statements if s.upper().startswith(("COMMIT", "RELEASE")))
+        commits = sum(1 for s in statements if s.upper().startswith("COMMIT"))
+        savepoints = sum(1 for s in statements if s.upper().startswith("SAVEPOINT"))
         print(f"{name}: {wall * 1000 / n:.2f} ms wall, {cpu_s * 1000 / n:.2f} ms CPU, "
-              f"{len(statements) / n:.1f} statements ({commits / n:.1f} commits/releases) "
-              "per order")  # fmt: skip
+              f"{len(statements) / n:.1f} statements ({commits / n:.1f} commits, "
+              f"{savepoints / n:.1f} savepoints) per order")  # fmt: skip
     print(f"outbox rows pending after the sagas, per order: {pending / n:.2f}")
     if args.sql:
         start = next(i for i, q in enumerate(sagas_sql.captured_queries) if ids[0] in q["sql"])
@@ -130,7 +132,7 @@ def main(argv: list[str]) -> int:
         for q in sagas_sql.captured_queries[start:end]:
             print("  ", q["sql"][:160])
     if profiler:
-        pstats.Stats(profiler).sort_stats("cumulative").print_stats(45)
+        pstats.Stats(profiler).sort_stats(args.sort).print_stats(40)
     server.shutdown()
     return 0
 
