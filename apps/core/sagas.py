@@ -15,7 +15,9 @@ Execution: `saga_start` writes the row in the caller's transaction and, after co
 sends an `advance_saga` task. A task runs steps outside any transaction (steps call
 other contexts' services, which commit on their own), so each must be idempotent: a
 worker may die after the step's effect and before the row moved on, and the step then
-runs again. A lease on the row keeps two workers from running one saga at once. A step
+runs again. An atomic step (`Step(atomic=True)`, database work only) runs inside the
+transaction that records its transition instead: both commit or neither does. A lease on
+the row keeps two workers from running one saga at once. A step
 that succeeded is followed at once by the next one in the same task, under the same
 lease (no broker hop, claim or reload between steps); a step to retry later ends the
 task and a new one is sent with the backoff as countdown.
