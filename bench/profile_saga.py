@@ -98,7 +98,7 @@ def main(argv: list[str]) -> int:
         saga_advance(place(n))
     drain_events()
     ids = [place(n) for n in range(args.orders)]
-    profiler = cProfile.Profile() if args.cprofile else None
+    profiler = cProfile.Profile(time.process_time) if args.cprofile else None
     figures = {}
     with CaptureQueriesContext(connection) as sagas_sql:
         started, cpu = time.perf_counter(), time.process_time()
