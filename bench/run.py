@@ -87,6 +87,10 @@ def production_environment(*, app_port: int, psp_port: int, var_dir: Path) -> di
         "RATE_LIMIT_AUTH": "1000000000",
         "RATE_LIMIT_ORDERS": "1000000000",
         "DJANGO_SETTINGS_MODULE": "bench.app_settings",
+        # Customer e-mail is rendered and written out, as production renders and sends
+        # it; nothing listens for SMTP on the bench's loopback.
+        "EMAIL_BACKEND": "django.core.mail.backends.filebased.EmailBackend",
+        "EMAIL_FILE_PATH": str(var_dir / "mail"),
     }
 
 

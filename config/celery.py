@@ -31,7 +31,13 @@ _task_scopes: dict[str, object] = {}
 @task_prerun.connect
 def open_task_routing_scope(task_id=None, task=None, **_):
     # A task usually acts on what a request just wrote: a lagging replica would miss it.
+    from django.db import close_old_connections
+
     from apps.core.routing import routing_scope
+
+    # Connections outlive tasks (CELERY_DB_REUSE_MAX): drop one that is broken or older
+    # than CONN_MAX_AGE, as Django does at the start of a request.
+    close_old_connections()
 
     scope = routing_scope(force_primary=not getattr(task, "reads_from_replica", False))
     scope.__enter__()

@@ -13,7 +13,10 @@ Scopes (settings.RATE_LIMITS, each `{"limit": n, "period": seconds}`):
 - `default`: every other request, per user when a valid bearer token or session names
   one, else per client IP.
 
-Health, readiness and metrics are exempt. The client IP is REMOTE_ADDR, or the address
+Health, readiness and metrics are exempt, and so are the payment provider's webhooks:
+they authenticate by their signature (checked before anything is read or written), not as
+a client, and one provider address sends every payment's events; limiting them would
+delay settlements, not slow an abuser. The client IP is REMOTE_ADDR, or the address
 TRUSTED_PROXY_COUNT hops from the right of X-Forwarded-For when proxies are trusted.
 
 When Redis fails, a request is let through (logged and counted), except in the auth
@@ -44,6 +47,7 @@ logger = structlog.get_logger(__name__)
 AUTH_PATHS = ("/api/v1/auth/token", "/api/v1/auth/register")
 ORDERS_PATH = "/api/v1/orders"
 EXEMPT_PATHS = ("/healthz", "/readyz", "/metrics")
+SIGNED_WEBHOOK_PATH_PREFIX = "/api/v1/payments/webhooks/"
 
 # KEYS[1]: the bucket; ARGV: emission interval and period, in microseconds.
 # Returns {allowed, remaining, retry_after_us, reset_us}. Redis's own clock is the
@@ -174,7 +178,7 @@ def _digest(value: str) -> str:
 def request_buckets(request) -> tuple[str, list[str]] | None:
     """(scope, bucket keys) of a request, or None when it is exempt."""
     path = request.path_info.rstrip("/") or "/"
-    if path in EXEMPT_PATHS:
+    if path in EXEMPT_PATHS or path.startswith(SIGNED_WEBHOOK_PATH_PREFIX):
         return None
     prefix = settings.RATE_LIMIT_KEY_PREFIX
     if request.method == "POST" and path in AUTH_PATHS:

@@ -15,7 +15,9 @@ Execution: `saga_start` writes the row in the caller's transaction and, after co
 sends an `advance_saga` task. A task runs steps outside any transaction (steps call
 other contexts' services, which commit on their own), so each must be idempotent: a
 worker may die after the step's effect and before the row moved on, and the step then
-runs again. A lease on the row keeps two workers from running one saga at once. A step
+runs again. An atomic step (`Step(atomic=True)`, database work only) runs inside the
+transaction that records its transition instead: both commit or neither does. A lease on
+the row keeps two workers from running one saga at once. A step
 that succeeded is followed at once by the next one in the same task, under the same
 lease (no broker hop, claim or reload between steps); a step to retry later ends the
 task and a new one is sent with the backoff as countdown.
@@ -36,6 +38,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import structlog
@@ -63,6 +66,10 @@ class Step:
     # Both get a copy of the context; an action may return context updates.
     action: Callable[[dict[str, Any]], dict[str, Any] | None]
     compensation: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None
+    # The action's writes and the saga's move past it commit in one transaction: a crash
+    # leaves both or neither, and the step costs one commit. Only for actions that call
+    # nothing outside the database (never a provider: no remote call under row locks).
+    atomic: bool = False
 
 
 @dataclass(frozen=True)
@@ -194,11 +201,16 @@ def _save(
         definition = _definitions[saga.saga_type]
         for key in definition.sensitive_keys:
             saga.context.pop(key, None)
-    with transaction.atomic():
+    # In an atomic step's transaction already: no savepoint of its own.
+    with transaction.atomic(savepoint=False):
         saga.save()
         SagaTransition.objects.create(
             saga=saga, kind=kind, step=step, state=saga.state, detail=detail, at=now
         )
+        transaction.on_commit(partial(_saved, saga, kind, step, detail, now))
+
+
+def _saved(saga: SagaInstance, kind: str, step: str, detail: str, now) -> None:
     logger.info("saga_" + kind, step=step, state=saga.state, detail=detail[:200])
     if kind in ("step_retry", "compensation_retry", "compensating"):
         metrics.saga_step_failures.labels(saga_type=saga.saga_type, step=step, kind=kind).inc()
@@ -220,8 +232,15 @@ def _wait_and_retry(saga: SagaInstance, *, step: str, exc: Exception, kind: str)
 def _run_action(saga: SagaInstance, definition: SagaDefinition) -> bool:
     step = definition.steps[saga.current_step]
     try:
-        updates = step.action(dict(saga.context)) or {}
+        if step.atomic:
+            with transaction.atomic():
+                return _action_done(saga, definition, step, step.action(dict(saga.context)))
+        updates = step.action(dict(saga.context))
     except Exception as exc:
+        if step.atomic:
+            # Rolled back with the action: forget whatever the failed save changed here.
+            with primary_reads():
+                saga.refresh_from_db()
         reason = definition.failure_reason(exc)
         if reason is None and timezone.now() < saga.deadline:
             _wait_and_retry(saga, step=step.name, exc=exc, kind="step_retry")
@@ -244,7 +263,13 @@ def _run_action(saga: SagaInstance, definition: SagaDefinition) -> bool:
             keep_lease=True,
         )
         return True
-    saga.context.update(updates)
+    return _action_done(saga, definition, step, updates)
+
+
+def _action_done(
+    saga: SagaInstance, definition: SagaDefinition, step: Step, updates: dict[str, Any] | None
+) -> bool:
+    saga.context.update(updates or {})
     saga.current_step += 1
     saga.attempts = 0
     saga.last_error = ""

@@ -63,9 +63,8 @@ def refund_payment(ctx: dict[str, Any]) -> None:
 
 
 def confirm_order(ctx: dict[str, Any]) -> None:
-    # Confirm first: if the reservation then cannot be committed (it expired), the
-    # compensation can still cancel a confirmed order; the reverse order could leave
-    # sold stock under an order that is not confirmed.
+    # One transaction (an atomic step): the order is confirmed if and only if its stock
+    # is sold. A reservation that expired rolls the confirmation back, then compensation.
     orders.order_confirm(order_id=ctx["order_id"])
     catalog.commit_reservation(reference=ctx["order_id"])
 
@@ -121,9 +120,11 @@ register_saga(
     SagaDefinition(
         name=orders.ORDER_PLACEMENT_SAGA,
         steps=(
-            Step("reserve_stock", reserve_stock, release_stock),
+            # Reservation rows, the order's event and read model, the saga's move: one
+            # commit. The charge calls the provider, so it runs outside a transaction.
+            Step("reserve_stock", reserve_stock, release_stock, atomic=True),
             Step("charge_payment", charge_payment, refund_payment),
-            Step("confirm_order", confirm_order),
+            Step("confirm_order", confirm_order, atomic=True),
         ),
         failure_reason=failure_reason,
         failure_details=failure_details,

@@ -1,5 +1,6 @@
 """Rate limiting on real Redis: precision, atomicity, scopes and keys, Redis outages."""
 
+import json
 import math
 import threading
 import time
@@ -11,6 +12,7 @@ from prometheus_client import REGISTRY
 
 from apps.core.middleware import client_ip
 from apps.core.ratelimit import local_limiter
+from apps.payments.sandbox.server import sign
 from tests.conftest import bearer_client
 from tests.users.factories import UserFactory
 from tests.users.test_auth_api import assert_problem
@@ -18,6 +20,7 @@ from tests.users.test_auth_api import assert_problem
 PING = "/api/v1/ping"
 TOKEN = "/api/v1/auth/token"
 ORDERS = "/api/v1/orders"
+PAYMENT_WEBHOOK = "/api/v1/payments/webhooks/sandbox"
 
 
 @pytest.fixture(autouse=True)
@@ -85,6 +88,35 @@ def test_health_readiness_and_metrics_are_never_limited(settings, api_client):
             assert "RateLimit-Limit" not in response
     assert api_client.get(PING).status_code == 200
     assert api_client.get(PING).status_code == 429
+
+
+@pytest.mark.django_db
+def test_signed_provider_webhooks_are_never_limited_and_leave_the_address_bucket_alone(
+    settings, api_client
+):
+    # Production's default scope: 300 per minute per address. The provider sends every
+    # payment's events from one address; more of them than the limit must all get through.
+    limit(settings, "default", 300, 60)
+    settings.PAYMENT_WEBHOOK_SECRET = "webhook-secret"
+    statuses = set()
+    for n in range(400):
+        body = json.dumps(
+            {"id": f"evt_{n}", "type": "charge.succeeded", "created": int(time.time()),
+             "data": {"id": f"ch_unknown_{n}", "idempotency_key": f"unknown-{n}",
+                      "status": "succeeded", "amount": "10.00", "currency": "EUR"}}
+        ).encode()  # fmt: skip
+        timestamp = int(time.time())
+        response = api_client.post(
+            PAYMENT_WEBHOOK,
+            data=body,
+            content_type="application/json",
+            HTTP_SANDBOX_SIGNATURE=f"t={timestamp},v1={sign('webhook-secret', timestamp, body)}",
+        )
+        statuses.add(response.status_code)
+        assert "RateLimit-Limit" not in response
+    assert statuses == {200}  # "ignored": no payment of ours, and never 429
+    # Authenticated by signature, not as a client: the address's own bucket is untouched.
+    assert api_client.get(PING)["RateLimit-Remaining"] == "299"
 
 
 @pytest.mark.django_db

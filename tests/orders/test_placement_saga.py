@@ -1,10 +1,13 @@
 """The order placement saga end to end: the API in this process, a real Celery worker
 process on the broker, the real sandbox PSP, PostgreSQL."""
 
+import contextlib
 import uuid
 from decimal import Decimal
 
+import psycopg
 import pytest
+from django.db import connections
 from django.db.models import Sum
 from django.forms.models import model_to_dict
 
@@ -292,3 +295,103 @@ def _active_steps(order_ids: list[str]) -> set[int]:
                 "current_step", flat=True
             )
         )
+
+
+@contextlib.contextmanager
+def stock_row_locked(product):
+    """Hold the product's stock row lock from a connection of our own (not the test's,
+    whose writes the worker must see): a step that updates the row waits on it inside its
+    transaction. Yields that connection."""
+    db = connections["default"].settings_dict
+    with psycopg.connect(
+        host=db["HOST"], port=db["PORT"], user=db["USER"], password=db["PASSWORD"],
+        dbname=db["NAME"],
+    ) as conn:  # fmt: skip
+        conn.execute("SELECT 1 FROM catalog_stock WHERE product_id = %s FOR UPDATE", [product.pk])
+        yield conn
+
+
+def _backends(conn, states: tuple[str, ...] = (), *, waiting_on_lock: bool = False) -> int:
+    """Other backends of the test database in one of `states` (or waiting on a lock)."""
+    sql = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+    )
+    if waiting_on_lock:
+        sql += " AND wait_event_type = 'Lock'"
+    else:
+        sql += " AND state = ANY(%s)"
+    return conn.execute(sql, [] if waiting_on_lock else [list(states)]).fetchone()[0]
+
+
+def order_events(order_id: str) -> list[str]:
+    with primary_reads():
+        return list(
+            StoredEvent.objects.filter(aggregate_id=order_id)
+            .order_by("version")
+            .values_list("event_type", flat=True)
+        )
+
+
+@pytest.mark.parametrize("step", ["reserve_stock", "confirm_order"])
+def test_a_worker_killed_inside_a_one_transaction_step_leaves_none_of_it_and_the_saga_ends(
+    step, start_celery_worker, saga_settings, customer_client, sandbox
+):
+    product = ProductFactory(stock__on_hand=5)
+    if step == "confirm_order":
+        sandbox.chaos(latency_ms=250)  # time to take the lock while the charge runs
+    worker = start_celery_worker(env=saga_settings)  # first: it purges the queues
+    with contextlib.ExitStack() as held:
+        if step == "reserve_stock":
+            # The saga's task waits in the queue until the row is locked.
+            worker.stop()
+            order_id = place(customer_client, [(product, 2)])
+            conn = held.enter_context(stock_row_locked(product))
+            worker.start()
+        else:
+            order_id = place(customer_client, [(product, 2)])
+            wait_until(lambda: _active_steps([order_id]) == {1}, timeout=30, what="charging")
+            conn = held.enter_context(stock_row_locked(product))
+
+        # The step's transaction has begun and waits on the stock row: kill it there.
+        def step_waits_on_the_row():
+            saga_sweep()  # what beat does, should the task have been lost
+            return _backends(conn, waiting_on_lock=True) > 0
+
+        wait_until(step_waits_on_the_row, timeout=30, interval=0.2, what=f"{step} on the row")
+        worker.kill()
+    sandbox.chaos(latency_ms=0)
+    with stock_row_locked(product) as conn:
+        conn.commit()  # lock released at once: just a connection to watch from
+        wait_until(
+            lambda: _backends(conn, ("active", "idle in transaction")) == 0,
+            timeout=15,
+            what="the killed worker's transaction to end",
+        )
+    # None of the step committed: the saga is still at it, the order has none of its events.
+    expected_before = {
+        "reserve_stock": ["OrderPlaced"],
+        "confirm_order": ["OrderPlaced", "StockReserved", "PaymentCaptured"],
+    }
+    assert order_events(order_id) == expected_before[step]  # fmt: skip
+    assert stock(product) == ((5, 0) if step == "reserve_stock" else (5, 2))
+
+    worker.start()
+
+    def finished():
+        saga_sweep()  # what beat does: resume the saga whose worker died
+        return summary(order_id).status in TERMINAL
+
+    wait_until(finished, timeout=60, interval=0.5, what="the saga to finish")
+    assert summary(order_id).status == "confirmed", saga_report(order_id)
+    assert order_events(order_id) == [
+        "OrderPlaced", "StockReserved", "PaymentCaptured", "OrderConfirmed",
+    ]  # fmt: skip
+    assert stock(product) == (3, 0)
+    assert payments_of(order_id) == ["succeeded"]
+    assert len(sandbox.charges_for(order_id)) == 1
+    with primary_reads():
+        assert Reservation.objects.get(reference=order_id).status == "committed"
+        live = model_to_dict(OrderSummary.objects.get(pk=order_id))
+        rebuilt = model_to_dict(OrderSummary(id=order_id, **summary_fields(load_order(order_id))))
+    assert live == rebuilt

@@ -1,0 +1,141 @@
+"""Where a settled order's worker time goes, in process: the placement saga's steps, the
+relay and the consumers, with the SQL statements and transactions each runs.
+
+    scripts/testenv.py run -- .venv/bin/python -m bench.profile_saga --orders 100 [--cprofile]
+
+Places orders through the service (as the POST does), then runs each saga with
+`saga_advance` and relays and consumes its events with the same functions the Celery
+tasks call, against real PostgreSQL and Redis and the sandbox PSP on loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from bench.stack import free_port
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--orders", type=int, default=100)
+    parser.add_argument("--cprofile", action="store_true")
+    parser.add_argument("--sort", default="cumulative", help="pstats sort key")
+    parser.add_argument("--sql", action="store_true", help="print the first order's statements")
+    args = parser.parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="mercato-profile-saga-"))
+    psp_port = free_port()
+    os.environ.update(
+        DJANGO_ENV="production", DEBUG="false", SECRET_KEY="x" * 64,
+        ALLOWED_HOSTS="127.0.0.1", MERCATO_VAR_DIR=str(workdir),
+        PAYMENT_PROVIDER_URL=f"http://127.0.0.1:{psp_port}",
+        EMAIL_BACKEND="django.core.mail.backends.filebased.EmailBackend",
+        EMAIL_FILE_PATH=str(workdir / "mail"), DJANGO_SETTINGS_MODULE="config.settings",
+    )  # fmt: skip
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from apps.catalog import services as catalog
+    from apps.catalog.selectors import product_ids_by_sku
+    from apps.core.inbox import EventEnvelope, consume_event, consumers_of
+    from apps.core.models import OutboxMessage
+    from apps.core.outbox import claim_pending_messages, relay_pending_messages
+    from apps.core.sagas import saga_advance
+    from apps.orders import services as orders
+    from apps.payments.sandbox.server import SandboxConfig, make_server
+    from apps.users.models import User
+
+    server, _ = make_server("127.0.0.1", psp_port, SandboxConfig(db_path=str(workdir / "psp.db")))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    call_command("migrate", "--noinput", verbosity=0)
+    user = User.objects.create(email="profile@example.com")
+    rows = [catalog.ProductRow(sku=f"P-{n}", name=f"P {n}", price=10, currency="EUR",
+                               stock=1_000_000) for n in range(20)]  # fmt: skip
+    catalog.products_import(rows=rows, reason="profile")
+    product_ids = list(product_ids_by_sku(skus=[r.sku for r in rows]).values())
+    address = {"full_name": "P", "line1": "1 Road", "city": "C", "postal_code": "1",
+               "country": "GB"}  # fmt: skip
+
+    def place(n: int) -> str:
+        summary = orders.order_place(
+            user_id=user.pk, items=[(product_ids[n % len(product_ids)], 1)],
+            shipping_address=address, payment_token="tok_visa",  # noqa: S106 (a test card)
+        )  # fmt: skip
+        return str(summary.pk)
+
+    def drain_events() -> None:
+        # What the relay and deliver_event tasks do, in this process.
+        from django.db import transaction
+
+        while True:
+            with transaction.atomic():
+                messages = claim_pending_messages(limit=100)
+                envelopes = [(m, consumers_of(m.event_type)) for m in messages]
+            relay_pending_messages()
+            if not messages:
+                return
+            for message, consumers in envelopes:
+                envelope = EventEnvelope(
+                    id=message.id, type=message.event_type, payload=message.payload,
+                    aggregate_type=message.aggregate_type, aggregate_id=message.aggregate_id,
+                    headers=message.headers, created_at=message.created_at,
+                )  # fmt: skip
+                for consumer in consumers:
+                    consume_event(envelope, consumer=consumer)
+
+    for n in range(5):  # warm-up
+        saga_advance(place(n))
+    drain_events()
+    ids = [place(n) for n in range(args.orders)]
+    profiler = cProfile.Profile(time.process_time) if args.cprofile else None
+    figures = {}
+    with CaptureQueriesContext(connection) as sagas_sql:
+        started, cpu = time.perf_counter(), time.process_time()
+        if profiler:
+            profiler.enable()
+        for order_id in ids:
+            saga_advance(order_id)
+        if profiler:
+            profiler.disable()
+        figures["saga"] = (time.perf_counter() - started, time.process_time() - cpu)
+    pending = OutboxMessage.objects.filter(published_at__isnull=True).count()
+    with CaptureQueriesContext(connection) as events_sql:
+        started, cpu = time.perf_counter(), time.process_time()
+        drain_events()
+        figures["events"] = (time.perf_counter() - started, time.process_time() - cpu)
+    n = args.orders
+    for name, sql in (("saga", sagas_sql), ("events", events_sql)):
+        wall, cpu_s = figures[name]
+        statements = [q["sql"] for q in sql.captured_queries]
+        commits = sum(1 for s in statements if s.upper().startswith("COMMIT"))
+        savepoints = sum(1 for s in statements if s.upper().startswith("SAVEPOINT"))
+        print(f"{name}: {wall * 1000 / n:.2f} ms wall, {cpu_s * 1000 / n:.2f} ms CPU, "
+              f"{len(statements) / n:.1f} statements ({commits / n:.1f} commits, "
+              f"{savepoints / n:.1f} savepoints) per order")  # fmt: skip
+    print(f"outbox rows pending after the sagas, per order: {pending / n:.2f}")
+    if args.sql:
+        start = next(i for i, q in enumerate(sagas_sql.captured_queries) if ids[0] in q["sql"])
+        end = next(
+            (i for i, q in enumerate(sagas_sql.captured_queries) if ids[1] in q["sql"]), None
+        )
+        for q in sagas_sql.captured_queries[start:end]:
+            print("  ", q["sql"][:160])
+    if profiler:
+        pstats.Stats(profiler).sort_stats(args.sort).print_stats(40)
+    server.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
