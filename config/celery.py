@@ -36,8 +36,10 @@ def open_task_routing_scope(task_id=None, task=None, **_):
     from apps.core.routing import routing_scope
 
     # Connections outlive tasks (CELERY_DB_REUSE_MAX): drop one that is broken or older
-    # than CONN_MAX_AGE, as Django does at the start of a request.
-    close_old_connections()
+    # than CONN_MAX_AGE, as Django does at the start of a request. Not for a task run
+    # eagerly (`apply()`): its connection is the caller's, maybe inside a transaction.
+    if task is not None and not task.request.is_eager:
+        close_old_connections()
 
     scope = routing_scope(force_primary=not getattr(task, "reads_from_replica", False))
     scope.__enter__()
