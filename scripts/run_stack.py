@@ -38,8 +38,8 @@ def say(message: str) -> None:
     print(f"run: {message}", flush=True)
 
 
-def manage(*args: str) -> None:
-    subprocess.run([PYTHON, "manage.py", *args], cwd=ROOT, check=True)
+def manage(*args: str, env: dict[str, str] | None = None) -> None:
+    subprocess.run([PYTHON, "manage.py", *args], cwd=ROOT, env=env, check=True)
 
 
 def var_dir() -> Path:
@@ -172,7 +172,7 @@ def main() -> int:
     say("applying migrations")
     manage("migrate", "--noinput", "--verbosity", "0")
     say("loading demo data")
-    manage("seed_demo")
+    manage("seed_demo", env=child_env)  # its orders are charged at the chosen PSP_PORT
 
     children: dict[str, subprocess.Popen] = {}
     for name, command in child_commands(port, host, psp_port).items():

@@ -434,10 +434,11 @@ def test_a_second_ctrl_c_kills_a_worker_busy_with_a_slow_provider(tmp_path):
         base = stack.printed(r"API +(http://127\.0\.0\.1:\d+)/api/v1/")
         wait_for(f"{base}/healthz", stack.proc, stack.log)
         token = login(base, "customer@mercato.local", "mercato-customer-demo")
-        place_order(base, token, "second-ctrl-c", card="tok_slow")
         psp_state = f"http://127.0.0.1:{psp_port}/__admin/state"
+        demo_charges = json.loads(call("GET", psp_state)[1])["charges"]  # the seeded orders'
+        place_order(base, token, "second-ctrl-c", card="tok_slow")
         wait_until(
-            lambda: json.loads(call("GET", psp_state)[1])["charges"] == 1,
+            lambda: json.loads(call("GET", psp_state)[1])["charges"] == demo_charges + 1,
             timeout=ORDER_TIMEOUT_SECONDS,
             interval=0.2,
             what="the worker's charge to reach the provider",
