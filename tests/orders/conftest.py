@@ -7,6 +7,7 @@ from apps.orders import services
 from apps.users.roles import ORDER_MANAGERS, SUPPORT
 from tests.catalog.factories import ProductFactory
 from tests.conftest import bearer_client
+from tests.support.sandbox import fast_saga_settings
 from tests.users.factories import UserFactory
 
 ADDRESS = {
@@ -62,3 +63,13 @@ def manager_client(db):
 @pytest.fixture
 def support_client(db):
     return bearer_client(staff_member(SUPPORT))
+
+
+@pytest.fixture
+def saga_settings(settings, sandbox):
+    """The same payment and saga settings in this process and in the worker's."""
+    values = fast_saga_settings(sandbox)
+    for name, value in values.items():
+        setattr(settings, name, value)
+    yield {name: str(value) for name, value in values.items()}
+    sandbox.chaos(failure_rate=0, latency_ms=0, down=False)

@@ -17,21 +17,11 @@ from tests.conftest import bearer_client
 from tests.orders.test_placement_saga import place, wait_for_outcome
 from tests.support.celery_worker import wait_until
 from tests.support.replica import wait_for_catch_up
-from tests.support.sandbox import fast_saga_settings
 from tests.users.factories import UserFactory
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
 ORDERS = "/api/v1/orders"
-
-
-@pytest.fixture
-def saga_settings(settings, sandbox):
-    values = fast_saga_settings(sandbox)
-    for name, value in values.items():
-        setattr(settings, name, value)
-    yield {name: str(value) for name, value in values.items()}
-    sandbox.chaos(failure_rate=0, latency_ms=0, down=False)
 
 
 @pytest.fixture

@@ -23,23 +23,12 @@ from tests.catalog.factories import ProductFactory
 from tests.conftest import bearer_client
 from tests.orders.conftest import ADDRESS
 from tests.support.celery_worker import wait_until
-from tests.support.sandbox import fast_saga_settings
 from tests.users.factories import UserFactory
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
 ORDERS = "/api/v1/orders"
 TERMINAL = {"confirmed", "cancelled", "refunded"}
-
-
-@pytest.fixture
-def saga_settings(settings, sandbox):
-    """The same payment and saga settings in this process and in the worker's."""
-    values = fast_saga_settings(sandbox)
-    for name, value in values.items():
-        setattr(settings, name, value)
-    yield {name: str(value) for name, value in values.items()}
-    sandbox.chaos(failure_rate=0, latency_ms=0, down=False)
 
 
 @pytest.fixture
