@@ -95,6 +95,11 @@ class SandboxControl:
     def requests_served(self) -> int:
         return self.state()["requests_served"]
 
+    def requests_naming(self, *keys: str) -> int:
+        """API requests that carried one of these idempotency keys or references."""
+        response = self._admin.get("/__admin/requests", params={"keys": ",".join(keys)})
+        return response.json()["requests"]
+
     def chaos(self, **switches) -> dict:
         response = self._admin.post("/__admin/chaos", json=switches)
         response.raise_for_status()

@@ -12,6 +12,8 @@ API (JSON, amounts as decimal strings):
   GET  /__admin/state       chaos switches and counters
   POST /__admin/chaos       {failure_rate, latency_ms, down}
   GET  /__admin/charges?reference=R    every charge stored for a reference
+  GET  /__admin/requests?keys=K1,K2    API requests that named one of the keys (idempotency
+                                       key or reference)
 
 Test tokens: tok_visa succeeds; tok_declined, tok_insufficient_funds decline; tok_flaky
 answers 500 on the first attempt of a key; tok_slow charges, then answers after
@@ -20,6 +22,7 @@ refund.succeeded) are signed with HMAC-SHA256 over "timestamp.body" and retried 
 exponential backoff until a 2xx, at most `webhook_max_attempts` times.
 """
 
+import collections
 import contextlib
 import hashlib
 import hmac
@@ -209,11 +212,21 @@ class Sandbox:
         self.config = config
         self.store = SandboxStore(config.db_path)
         self.requests_served = 0
+        # The keys (idempotency key, reference) each recent request named: a test counts its
+        # own calls, whatever else (a probe, another test's retry) reaches the sandbox.
+        self.recent_request_keys: collections.deque[frozenset[str]] = collections.deque(
+            maxlen=100_000
+        )
         self._counter_lock = threading.Lock()
 
-    def count_request(self) -> None:
+    def count_request(self, keys: set[str]) -> None:
         with self._counter_lock:
             self.requests_served += 1
+            self.recent_request_keys.append(frozenset(keys - {""}))
+
+    def requests_naming(self, keys: set[str]) -> int:
+        with self._counter_lock:
+            return sum(1 for named in self.recent_request_keys if named & keys)
 
     def create_charge(self, key: str, body: dict) -> tuple[int, dict]:
         amount = parse_amount(body.get("amount"))
@@ -445,7 +458,13 @@ class SandboxHandler(BaseHTTPRequestHandler):
             if url.path.startswith("/__admin/"):
                 status, payload = self._admin(method, url.path, query, body)
             else:
-                self.sandbox.count_request()
+                self.sandbox.count_request(
+                    {
+                        self.headers.get("Idempotency-Key", ""),
+                        query.get("idempotency_key", ""),
+                        str(body.get("reference", "")),
+                    }
+                )
                 self._apply_chaos()
                 status, payload = self._api(method, url.path, query, body)
         except ApiError as exc:
@@ -487,6 +506,9 @@ class SandboxHandler(BaseHTTPRequestHandler):
             return 200, self.sandbox.set_chaos(body)
         if method == "GET" and path == "/__admin/charges":
             return 200, {"charges": self.sandbox.charges_for(query.get("reference", ""))}
+        if method == "GET" and path == "/__admin/requests":
+            keys = set(query.get("keys", "").split(",")) - {""}
+            return 200, {"requests": self.sandbox.requests_naming(keys)}
         raise ApiError(404, "not_found", f"no route {method} {path}")
 
     def _read_json(self) -> dict:
