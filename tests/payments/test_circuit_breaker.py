@@ -23,7 +23,10 @@ from tests.support.sandbox import ROOT
 
 pytestmark = pytest.mark.django_db
 
-FAST_FAIL_BUDGET_SECONDS = 0.005
+# The proof that a refused call costs nothing is that it reaches no provider; the time
+# bound only catches a wait (a connect or read timeout is seconds), with room for a
+# process descheduled on a loaded 2-core machine.
+FAST_FAIL_BUDGET_SECONDS = 0.05
 FAST_FAIL_SAMPLES = 20
 
 # A second process with the same settings. It starts (Django setup takes a while) before
