@@ -12,6 +12,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY
 
+# The writing process must know the worker's OrderPlaced consumer too: an event nobody
+# consumes is stored as already relayed, and its handling would never be traced.
+import tests.integration.trace_probes  # noqa: F401
 from apps.core import tracing
 from apps.core.routing import primary_reads
 from apps.orders.models import OrderSummary
