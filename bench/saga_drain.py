@@ -145,6 +145,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--orders", type=int, default=FULL.saga_burst)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--latency-seconds", type=float, default=20)
+    parser.add_argument(
+        "--saga-processes", type=int, default=CELERY_WORKERS["sagas"][1],
+        help="pool processes of the saga worker (the drain rate per process count)",
+    )  # fmt: skip
     parser.add_argument("--label", default="")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
@@ -171,7 +175,8 @@ def main(argv: list[str]) -> int:
         psp = stack.start("psp", psp_command, env=env)
         gunicorn.wait_http(f"http://127.0.0.1:{app_port}/bench/ping")
         psp.wait_http(f"http://127.0.0.1:{env['PSP_PORT']}/__admin/state")
-        start_workers(stack, env)
+        workers = {**CELERY_WORKERS, "sagas": (CELERY_WORKERS["sagas"][0], args.saga_processes)}
+        start_workers(stack, env, workers)
         for process in stack.processes:
             if process.name.startswith("celery-"):
                 process.name = process.name.removeprefix("celery-") + "-worker"
@@ -206,7 +211,7 @@ def main(argv: list[str]) -> int:
         "git": commit,
         "cpus": os.cpu_count(),
         "loadavg_at_end": [round(n, 2) for n in os.getloadavg()],
-        "workers": {name: list(spec) for name, spec in CELERY_WORKERS.items()},
+        "workers": {name: list(spec) for name, spec in workers.items()},
         "orders_per_round": args.orders,
         "rounds": rounds,
         "best_orders_per_s": best_rate,

@@ -341,7 +341,7 @@ SAGA_LEASE_SECONDS = env.float("SAGA_LEASE_SECONDS", default=60.0)
 # saga past it (writes are fenced anyway: apps/core/sagas.py); the soft one leaves the
 # step time to fail cleanly.
 SAGA_TASK_TIME_LIMIT_SECONDS = SAGA_LEASE_SECONDS * 0.8
-SAGA_TASK_SOFT_TIME_LIMIT_SECONDS = SAGA_LEASE_SECONDS * 0.6
+SAGA_TASK_SOFT_TIME_LIMIT_SECONDS = SAGA_LEASE_SECONDS * 0.7
 # A drain stops claiming after this (the rest goes to another task), so the sagas it
 # claimed last still have most of the time limit to run.
 SAGA_DRAIN_BUDGET_SECONDS = env.float(
