@@ -99,23 +99,29 @@ def service_roots(stack: Stack) -> dict[str, int]:
 
 
 def wait_idle(timeout: float = 120) -> None:
-    """Until the outbox has nothing pending and no Celery message is queued or unacked."""
+    """Until the outbox has nothing pending and no Celery message is queued or running."""
     from apps.core.models import OutboxMessage
     from apps.core.routing import primary_reads
     from config.celery import app as celery_app
 
     deadline = time.monotonic() + timeout
     with celery_app.connection_for_write() as connection:
-        client = connection.default_channel.client
+        channel = connection.default_channel
         while True:
             with primary_reads():
                 pending = OutboxMessage.objects.filter(published_at__isnull=True).exists()
-            queued = sum(client.llen(q) for q in ("events", "sagas", "default"))
-            unacked = client.hlen("unacked")
-            if not pending and not queued and not unacked:
-                return
+            queued = sum(
+                celery_app.amqp.queues[q](channel).queue_declare(passive=True).message_count
+                for q in ("events", "sagas", "default")
+            )
+            running = 0
+            if not pending and not queued:
+                active = celery_app.control.inspect(timeout=0.5).active() or {}
+                running = sum(len(tasks) for tasks in active.values())
+                if not running:
+                    return
             if time.monotonic() > deadline:
-                raise RuntimeError(f"not idle in {timeout}s: {pending=} {queued=} {unacked=}")
+                raise RuntimeError(f"not idle in {timeout}s: {pending=} {queued=} {running=}")
             time.sleep(0.1)
 
 
