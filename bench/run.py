@@ -445,11 +445,11 @@ def start_servers(stack: Stack, env: dict[str, str], workdir: Path) -> Servers:
     return Servers(**{name: f"http://127.0.0.1:{port}" for name, port in ports.items()})
 
 
-def start_workers(stack: Stack, env: dict[str, str]) -> None:
+def start_workers(stack: Stack, env: dict[str, str], workers=CELERY_WORKERS) -> None:
     from config.celery import app as celery_app
 
     nodes = {}
-    for name, (queues, concurrency) in CELERY_WORKERS.items():
+    for name, (queues, concurrency) in workers.items():
         node = f"bench-{name}-{os.getpid()}@localhost"
         command = [
             str(BIN / "celery"), "-A", "config", "worker", "--hostname", node,

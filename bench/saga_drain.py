@@ -99,23 +99,29 @@ def service_roots(stack: Stack) -> dict[str, int]:
 
 
 def wait_idle(timeout: float = 120) -> None:
-    """Until the outbox has nothing pending and no Celery message is queued or unacked."""
+    """Until the outbox has nothing pending and no Celery message is queued or running."""
     from apps.core.models import OutboxMessage
     from apps.core.routing import primary_reads
     from config.celery import app as celery_app
 
     deadline = time.monotonic() + timeout
     with celery_app.connection_for_write() as connection:
-        client = connection.default_channel.client
+        channel = connection.default_channel
         while True:
             with primary_reads():
                 pending = OutboxMessage.objects.filter(published_at__isnull=True).exists()
-            queued = sum(client.llen(q) for q in ("events", "sagas", "default"))
-            unacked = client.hlen("unacked")
-            if not pending and not queued and not unacked:
-                return
+            queued = sum(
+                celery_app.amqp.queues[q](channel).queue_declare(passive=True).message_count
+                for q in ("events", "sagas", "default")
+            )
+            running = 0
+            if not pending and not queued:
+                active = celery_app.control.inspect(timeout=0.5).active() or {}
+                running = sum(len(tasks) for tasks in active.values())
+                if not running:
+                    return
             if time.monotonic() > deadline:
-                raise RuntimeError(f"not idle in {timeout}s: {pending=} {queued=} {unacked=}")
+                raise RuntimeError(f"not idle in {timeout}s: {pending=} {queued=} {running=}")
             time.sleep(0.1)
 
 
@@ -145,6 +151,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--orders", type=int, default=FULL.saga_burst)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--latency-seconds", type=float, default=20)
+    parser.add_argument(
+        "--saga-processes", type=int, default=CELERY_WORKERS["sagas"][1],
+        help="pool processes of the saga worker (the drain rate per process count)",
+    )  # fmt: skip
     parser.add_argument("--label", default="")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
@@ -171,7 +181,8 @@ def main(argv: list[str]) -> int:
         psp = stack.start("psp", psp_command, env=env)
         gunicorn.wait_http(f"http://127.0.0.1:{app_port}/bench/ping")
         psp.wait_http(f"http://127.0.0.1:{env['PSP_PORT']}/__admin/state")
-        start_workers(stack, env)
+        workers = {**CELERY_WORKERS, "sagas": (CELERY_WORKERS["sagas"][0], args.saga_processes)}
+        start_workers(stack, env, workers)
         for process in stack.processes:
             if process.name.startswith("celery-"):
                 process.name = process.name.removeprefix("celery-") + "-worker"
@@ -206,7 +217,7 @@ def main(argv: list[str]) -> int:
         "git": commit,
         "cpus": os.cpu_count(),
         "loadavg_at_end": [round(n, 2) for n in os.getloadavg()],
-        "workers": {name: list(spec) for name, spec in CELERY_WORKERS.items()},
+        "workers": {name: list(spec) for name, spec in workers.items()},
         "orders_per_round": args.orders,
         "rounds": rounds,
         "best_orders_per_s": best_rate,

@@ -254,7 +254,7 @@ CELERY_TASK_ROUTES = {
     "apps.core.tasks.deliver_event": {"queue": "events"},
     "apps.core.tasks.purge_expired_idempotency_records": {"queue": "default"},
     "apps.core.tasks.purge_processed_messages": {"queue": "default"},
-    "apps.core.tasks.advance_saga": {"queue": "sagas"},
+    "apps.core.tasks.drain_sagas": {"queue": "sagas"},
     "apps.core.tasks.sweep_sagas": {"queue": "sagas"},
     "apps.core.webhooks.tasks.deliver_webhook": {"queue": "events"},
     "apps.core.webhooks.tasks.sweep_webhook_deliveries": {"queue": "events"},
@@ -337,6 +337,17 @@ CELERY_BEAT_SCHEDULE["webhook-delivery-sweep"] = {
 # Longer than any one step may take (a provider call with its retries): a worker that
 # died mid-step leaves the saga to the sweeper after this.
 SAGA_LEASE_SECONDS = env.float("SAGA_LEASE_SECONDS", default=60.0)
+# The saga tasks' hard time limit stays inside the lease, so a live task never runs a
+# saga past it (writes are fenced anyway: apps/core/sagas.py); the soft one leaves the
+# step time to fail cleanly.
+SAGA_TASK_TIME_LIMIT_SECONDS = SAGA_LEASE_SECONDS * 0.8
+SAGA_TASK_SOFT_TIME_LIMIT_SECONDS = SAGA_LEASE_SECONDS * 0.7
+# A drain stops claiming after this (the rest goes to another task), so the sagas it
+# claimed last still have most of the time limit to run.
+SAGA_DRAIN_BUDGET_SECONDS = env.float(
+    "SAGA_DRAIN_BUDGET_SECONDS", default=min(2.0, SAGA_LEASE_SECONDS * 0.2)
+)
+SAGA_CLAIM_BATCH_SIZE = env.int("SAGA_CLAIM_BATCH_SIZE", default=8)
 SAGA_RETRY_BASE_SECONDS = env.float("SAGA_RETRY_BASE_SECONDS", default=0.5)
 SAGA_RETRY_MAX_SECONDS = env.float("SAGA_RETRY_MAX_SECONDS", default=15.0)
 # A saga this far past its wake-up time with no lease is resumed by the sweeper.

@@ -112,9 +112,10 @@ class IdempotencyRecord(models.Model):
 class SagaInstance(models.Model):
     """A running (or finished) orchestrated saga: which step, its context, its errors.
 
-    `apps.core.sagas` moves it one step at a time; `lease_until` keeps two workers from
-    running the same saga at once, and `wake_at` is when it should next run (the sweeper
-    resumes sagas whose worker died and left them past it).
+    `apps.core.sagas` moves it one step at a time. A worker claims it with a lease
+    (`lease_until`, `lease_token`) and every write it makes to the row is conditional on
+    its token, so a worker whose lease ran out cannot overwrite another's. `wake_at` is
+    when it should next run (the sweeper resumes sagas whose worker died past it).
     """
 
     class State(models.TextChoices):
@@ -134,6 +135,7 @@ class SagaInstance(models.Model):
     deadline = models.DateTimeField()
     wake_at = models.DateTimeField(default=timezone.now)
     lease_until = models.DateTimeField(null=True, blank=True)
+    lease_token = models.UUIDField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -160,6 +162,8 @@ class SagaTransition(models.Model):
     kind = models.CharField(max_length=40)  # step_done, retry, compensating, compensated, ...
     state = models.CharField(max_length=16)
     detail = models.TextField(blank=True)
+    # What the step returned (its context updates), committed with the move past it.
+    result = models.JSONField(null=True, blank=True)
 
     class Meta:
         ordering = ["id"]

@@ -4,6 +4,7 @@ mode) and bounded retries with full-jitter backoff (tenacity).
 """
 
 import threading
+import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 
@@ -40,19 +41,65 @@ class PreciseRedisStorage(pybreaker.CircuitRedisStorage):
     end
     """
 
+    # How long the state the fast-fail check read stands in for the read pybreaker makes
+    # before the guarded call that follows it in the same thread.
+    SNAPSHOT_SECONDS = 1.0
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._snapshot = threading.local()
+
     def state_and_opened_at(self) -> tuple[str, datetime | None]:
-        """Both in one round trip (the fast-fail check runs before every call)."""
+        """Both in one round trip (the fast-fail check runs before every call), with the
+        failure counter. Kept for the guarded call that follows in this thread: it reads
+        no state again, and its success writes nothing when there was no failure to
+        reset. A charge then costs one round trip instead of three."""
         try:
-            state, opened_at = self._redis.mget(
-                self._namespace("state"), self._namespace("opened_at")
-            )
+            state, opened_at, failures = self._redis.mget(
+                self._namespace("state"), self._namespace("opened_at"),
+                self._namespace("fail_counter"),
+            )  # fmt: skip
         except redis.RedisError:
             logger.warning("circuit_breaker_redis_error", exc_info=True)
             return STATE_CLOSED, None
+        # A missing state is left to pybreaker's read, which re-initialises it.
+        self._snapshot.value = (
+            (time.monotonic(), state.decode(), int(failures or 0)) if state else None
+        )
         return (
             state.decode() if state else STATE_CLOSED,
             datetime.fromtimestamp(float(opened_at), UTC) if opened_at else None,
         )
+
+    def _fresh_snapshot(self) -> tuple[float, str, int] | None:
+        snapshot = getattr(self._snapshot, "value", None)
+        if snapshot is None or time.monotonic() - snapshot[0] > self.SNAPSHOT_SECONDS:
+            return None
+        return snapshot
+
+    def _forget_snapshot(self) -> None:
+        self._snapshot.value = None
+
+    @property
+    def state(self) -> str:
+        snapshot = self._fresh_snapshot()
+        return snapshot[1] if snapshot else super().state
+
+    @state.setter
+    def state(self, state: str) -> None:
+        self._forget_snapshot()
+        pybreaker.CircuitRedisStorage.state.fset(self, state)
+
+    def increment_counter(self) -> None:
+        self._forget_snapshot()  # the call failed: what it read is out of date
+        super().increment_counter()
+
+    def reset_counter(self) -> None:
+        snapshot = self._fresh_snapshot()
+        self._forget_snapshot()  # one call's outcome per check
+        if snapshot is not None and snapshot[2] == 0:
+            return  # no failure counted when the check read it: nothing to reset
+        super().reset_counter()
 
     @property
     def opened_at(self) -> datetime | None:

@@ -7,20 +7,30 @@ and a transition log. Public API:
     register_saga(SagaDefinition(name, steps=(Step(...), ...), failure_reason=...,
                                  timeout_reason=..., on_compensated=...))
     saga_start(saga_type=..., context={...}, timeout_seconds=..., saga_id=None)
-    saga_advance(saga_id)        # run by the `apps.core.tasks.advance_saga` task
+    sagas_drain()                # run by the `drain_sagas` task: every due saga, in batches
+    saga_advance(saga_id)        # one saga (tests, the demo)
     saga_sweep()                 # run by beat: resume sagas a dead worker left behind
     saga_retry_now(saga_id)      # staff: wake a waiting saga at once
 
 Execution: `saga_start` writes the row in the caller's transaction and, after commit,
-sends an `advance_saga` task. A task runs steps outside any transaction (steps call
-other contexts' services, which commit on their own), so each must be idempotent: a
-worker may die after the step's effect and before the row moved on, and the step then
-runs again. An atomic step (`Step(atomic=True)`, database work only) runs inside the
-transaction that records its transition instead: both commit or neither does. A lease on
-the row keeps two workers from running one saga at once. A step
-that succeeded is followed at once by the next one in the same task, under the same
-lease (no broker hop, claim or reload between steps); a step to retry later ends the
-task and a new one is sent with the backoff as countdown.
+kicks a `drain_sagas` task unless a kick is queued already (kicks coalesce: N orders do
+not cost N messages). A drain claims due sagas in batches (`FOR UPDATE SKIP LOCKED`, one
+statement) and runs them one after another; a full batch kicks another worker to join.
+
+Fencing: a claim gives the claimed rows a lease (`lease_until`) and a fresh token, and
+every write of the row is `UPDATE ... WHERE id = ? AND lease_token = ?`. A worker whose
+lease ran out (paused, or past it for any reason) and was overtaken finds no row to
+update: `LeaseLost` aborts the transaction of its step and it stops. The lease outlives
+the saga tasks' hard time limit (settings), so a live task normally never loses it.
+
+A step runs outside any transaction (steps call other contexts' services, which commit
+on their own), so each must be idempotent: a worker may die after the step's effect and
+before the row moved on, and the step then runs again. An atomic step
+(`Step(atomic=True)`, database work only) runs inside the transaction that records its
+transition instead: both commit or neither does. What a step returned is stored with its
+transition and in the context, in that same commit. A step that succeeded is followed at
+once by the next one, under the same lease; a step to retry later releases the saga and
+sends a kick with the backoff as countdown.
 
 - An action's exception is classified by the definition's `failure_reason(exc)`: a
   reason (business failure) starts compensation at once (with `failure_details(exc)`
@@ -34,6 +44,7 @@ task and a new one is sent with the backoff as countdown.
 """
 
 import random
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,7 +54,8 @@ from typing import Any
 
 import structlog
 from django.conf import settings
-from django.db import connection, transaction
+from django.core.cache import cache
+from django.db import connection, connections, router, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -54,10 +66,17 @@ from config.celery import app as celery_app
 
 logger = structlog.get_logger(__name__)
 
-ADVANCE_TASK = "apps.core.tasks.advance_saga"
+DRAIN_TASK = "apps.core.tasks.drain_sagas"
 SAGAS_QUEUE = "sagas"
 ACTIVE_STATES = (SagaInstance.State.RUNNING, SagaInstance.State.COMPENSATING)
 ERROR_MAX_CHARS = 2000
+# Set while a drain kick is queued and has not started; the drain clears it before it
+# claims. Expires on its own, in case the queued kick is lost with the broker.
+DRAIN_KICK_PENDING_KEY = "sagas:drain-kick-pending"
+
+
+class LeaseLost(RuntimeError):
+    """The saga's row is no longer this worker's: its lease ran out and another took it."""
 
 
 @dataclass(frozen=True)
@@ -123,17 +142,35 @@ def saga_start(
         updated_at=now,
     )
     # No "started" transition row: the saga's created_at says it, one insert fewer.
-    transaction.on_commit(lambda: _enqueue(saga.pk), robust=True)
+    transaction.on_commit(kick_sagas, robust=True)
     return saga
 
 
-def _enqueue(saga_id, countdown: float = 0) -> None:
-    celery_app.send_task(
-        ADVANCE_TASK,
-        kwargs={"saga_id": str(saga_id)},
-        queue=SAGAS_QUEUE,
-        countdown=countdown or None,
-    )
+def kick_sagas() -> None:
+    """Ask a worker to drain due sagas now, unless a kick is queued already and has not
+    started (it claims after this commit, so it sees this saga). Best effort: the sweep
+    is the guarantee."""
+    try:
+        if not cache.add(DRAIN_KICK_PENDING_KEY, 1, timeout=settings.SAGA_SWEEP_SECONDS):
+            return
+    except Exception:  # no cache to coalesce with: kick anyway
+        logger.warning("saga_kick_mark_failed", exc_info=True)
+    try:
+        _send_drain()
+    except Exception:  # committed already; the sweep resumes the saga
+        logger.warning("saga_kick_failed", exc_info=True)
+        _clear_kick_mark()  # the next commit tries again
+
+
+def _clear_kick_mark() -> None:
+    try:
+        cache.delete(DRAIN_KICK_PENDING_KEY)
+    except Exception:  # it expires on its own
+        logger.warning("saga_kick_mark_failed", exc_info=True)
+
+
+def _send_drain(countdown: float = 0) -> None:
+    celery_app.send_task(DRAIN_TASK, queue=SAGAS_QUEUE, countdown=countdown or None)
 
 
 def _backoff(attempts: int) -> float:
@@ -141,24 +178,89 @@ def _backoff(attempts: int) -> float:
     return random.uniform(ceiling / 2, ceiling)
 
 
-def _claim(saga_id) -> bool:
-    """Take the saga's lease if it is active, due and nobody holds it."""
+def _claim(*, limit: int, saga_id=None) -> list[SagaInstance]:
+    """Lease up to `limit` active, due, unleased sagas (or the one `saga_id`) in one
+    statement; they share a fresh lease token. Rows another claim holds are skipped."""
+    alias = router.db_for_write(SagaInstance)
+    db = connections[alias]
+    table = db.ops.quote_name(SagaInstance._meta.db_table)
     now = timezone.now()
-    return bool(
-        SagaInstance.objects.filter(pk=saga_id, state__in=ACTIVE_STATES)
-        .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
-        # A duplicate task arriving before a scheduled retry is due does nothing.
-        .filter(wake_at__lte=now + timedelta(seconds=settings.SAGA_EARLY_WAKE_SECONDS))
-        .update(lease_until=now + timedelta(seconds=settings.SAGA_LEASE_SECONDS))
+
+    def param(name: str, value: Any) -> Any:
+        return SagaInstance._meta.get_field(name).get_db_prep_value(value, db)
+
+    where = (
+        "state IN (%s, %s) AND (lease_until IS NULL OR lease_until < %s)"
+        # A kick arriving before a scheduled retry is due does nothing.
+        " AND wake_at <= %s"
     )
+    params = [
+        *ACTIVE_STATES,
+        param("lease_until", now),
+        param("wake_at", now + timedelta(seconds=settings.SAGA_EARLY_WAKE_SECONDS)),
+    ]
+    if saga_id is not None:
+        where += " AND id = %s"
+        params.append(param("id", uuid.UUID(str(saga_id))))
+    # SQLite has no row locks (nor SKIP LOCKED): its write transaction serialises claims.
+    lock = " FOR UPDATE SKIP LOCKED" if db.features.has_select_for_update_skip_locked else ""
+    # Only the table name is formatted in; every value is a parameter.
+    sql = (
+        f"UPDATE {table} SET lease_until = %s, lease_token = %s WHERE id IN"  # noqa: S608
+        f" (SELECT id FROM {table} WHERE {where} ORDER BY wake_at LIMIT %s{lock}) RETURNING *"
+    )
+    lease_params = [
+        param("lease_until", now + timedelta(seconds=settings.SAGA_LEASE_SECONDS)),
+        param("lease_token", uuid.uuid4()),
+    ]
+    # One statement: atomic on its own.
+    return list(SagaInstance.objects.raw(sql, [*lease_params, *params, limit], using=alias))
+
+
+def _release(sagas: list[SagaInstance]) -> None:
+    """Give back claimed sagas this task will not run (they stay due)."""
+    for saga in sagas:
+        SagaInstance.objects.filter(pk=saga.pk, lease_token=saga.lease_token).update(
+            lease_until=None, lease_token=None
+        )
 
 
 def saga_advance(saga_id) -> str | None:
-    """Run the saga's steps (or compensations) while they succeed; return its state."""
-    if not _claim(saga_id):
-        return None
-    with primary_reads():
-        saga = SagaInstance.objects.get(pk=saga_id)
+    """Run one saga's steps (or compensations) while they succeed; return its state, or
+    None when it was not due, not active, or leased by another worker."""
+    claimed = _claim(limit=1, saga_id=saga_id)
+    return _advance(claimed[0]) if claimed else None
+
+
+def sagas_drain(*, batch_size: int | None = None, time_budget: float | None = None) -> int:
+    """Run due sagas, a claimed batch at a time, until none is due or the time budget is
+    spent (then the rest is released and a kick sent). Returns how many ran."""
+    # Before claiming: a commit from now on sends a new kick, one before it is seen here.
+    _clear_kick_mark()
+    batch_size = batch_size or settings.SAGA_CLAIM_BATCH_SIZE
+    if time_budget is None:
+        time_budget = settings.SAGA_DRAIN_BUDGET_SECONDS
+    deadline = time.monotonic() + time_budget
+    ran = 0
+    while True:
+        batch = _claim(limit=batch_size)
+        if len(batch) == batch_size:
+            kick_sagas()  # more may be due: an idle worker joins in
+        for index, saga in enumerate(batch):
+            if time.monotonic() >= deadline:
+                _release(batch[index:])
+                kick_sagas()
+                return ran
+            _advance(saga)
+            ran += 1
+        if len(batch) < batch_size:
+            return ran
+        if time.monotonic() >= deadline:
+            kick_sagas()
+            return ran
+
+
+def _advance(saga: SagaInstance) -> str | None:
     definition = _definitions[saga.saga_type]
     with (
         structlog.contextvars.bound_contextvars(
@@ -170,10 +272,14 @@ def saga_advance(saga_id) -> str | None:
             saga.context.get("traceparent"), f"saga {saga.saga_type}", step=saga.current_step
         ),
     ):
-        # Ends: every pass that returns True moves current_step forward (running) or
-        # back towards 0 (compensating), and a saga turns to compensating at most once.
-        while _run_next(saga, definition):
-            pass
+        try:
+            # Ends: every pass that returns True moves current_step forward (running) or
+            # back towards 0 (compensating), and a saga turns to compensating at most once.
+            while _run_next(saga, definition):
+                pass
+        except LeaseLost:
+            logger.warning("saga_lease_lost", step=saga.current_step)
+            return None
     return saga.state
 
 
@@ -188,26 +294,80 @@ def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"[:ERROR_MAX_CHARS]
 
 
+# What `_save` writes: every field a step may change, none of the immutable ones.
+SAVED_FIELDS = (
+    "state", "current_step", "context", "attempts", "last_error", "failure_reason",
+    "wake_at", "lease_until", "lease_token", "updated_at", "finished_at",
+)  # fmt: skip
+
+
 def _save(
-    saga: SagaInstance, *, kind: str, step: str = "", detail: str = "", keep_lease: bool = False
+    saga: SagaInstance,
+    *,
+    kind: str,
+    step: str = "",
+    detail: str = "",
+    keep_lease: bool = False,
+    result: dict[str, Any] | None = None,
 ) -> None:
-    """Persist the saga's new state, log the transition, and release the lease (or renew
-    it, when this task goes on with the next step)."""
+    """Persist the saga's new state and log the transition, if this worker still holds
+    the lease (else `LeaseLost`, which aborts the transaction); release the lease, or
+    renew it when this task goes on with the next step."""
     now = timezone.now()
+    fence = saga.lease_token
     saga.updated_at = now
-    saga.lease_until = now + timedelta(seconds=settings.SAGA_LEASE_SECONDS) if keep_lease else None
+    if keep_lease:
+        saga.lease_until = now + timedelta(seconds=settings.SAGA_LEASE_SECONDS)
+    else:
+        saga.lease_until = saga.lease_token = None
     if saga.state not in ACTIVE_STATES:
         saga.finished_at = now
         definition = _definitions[saga.saga_type]
         for key in definition.sensitive_keys:
             saga.context.pop(key, None)
-    # In an atomic step's transaction already: no savepoint of its own.
-    with transaction.atomic(savepoint=False):
-        saga.save()
-        SagaTransition.objects.create(
-            saga=saga, kind=kind, step=step, state=saga.state, detail=detail, at=now
-        )
-        transaction.on_commit(partial(_saved, saga, kind, step, detail, now))
+    transition = {
+        "at": now, "step": step, "kind": kind, "state": saga.state, "detail": detail,
+        "result": result,
+    }  # fmt: skip
+    db = connections[router.db_for_write(SagaInstance)]
+    if db.vendor == "postgresql":
+        moved = _move_and_log(db, saga, fence, transition)
+    else:
+        # In an atomic step's transaction already: no savepoint of its own.
+        with transaction.atomic(using=db.alias, savepoint=False):
+            moved = SagaInstance.objects.filter(pk=saga.pk, lease_token=fence).update(
+                **{name: getattr(saga, name) for name in SAVED_FIELDS}
+            )
+            if moved:
+                SagaTransition.objects.create(saga=saga, **transition)
+    if not moved:
+        raise LeaseLost(f"saga {saga.pk}: lease lost before {kind} {step}")
+    transaction.on_commit(partial(_saved, saga, kind, step, detail, now), using=db.alias)
+
+
+def _move_and_log(db, saga: SagaInstance, fence, transition: dict[str, Any]) -> bool:
+    """The fenced update of the row and the transition's insert in one statement (atomic
+    on its own, no transaction block to open): the row moves only with its log line."""
+    meta, log_meta = SagaInstance._meta, SagaTransition._meta
+    quote = db.ops.quote_name
+    assignments = ", ".join(f"{quote(name)} = %s" for name in SAVED_FIELDS)
+    values = [
+        meta.get_field(name).get_db_prep_save(getattr(saga, name), db) for name in SAVED_FIELDS
+    ]
+    columns = list(transition)
+    log_values = [
+        log_meta.get_field(name).get_db_prep_save(transition[name], db) for name in columns
+    ]
+    # Only names from the models are formatted in; every value is a parameter.
+    sql = (
+        f"WITH moved AS (UPDATE {quote(meta.db_table)} SET {assignments}"  # noqa: S608
+        " WHERE id = %s AND lease_token = %s RETURNING id)"
+        f" INSERT INTO {quote(log_meta.db_table)} (saga_id, {', '.join(map(quote, columns))})"
+        " SELECT id, %s::timestamptz, %s, %s, %s, %s, %s::jsonb FROM moved RETURNING id"
+    )
+    with db.cursor() as cursor:
+        cursor.execute(sql, [*values, saga.pk, fence, *log_values])
+        return cursor.fetchone() is not None
 
 
 def _saved(saga: SagaInstance, kind: str, step: str, detail: str, now) -> None:
@@ -226,7 +386,7 @@ def _wait_and_retry(saga: SagaInstance, *, step: str, exc: Exception, kind: str)
     saga.last_error = _describe(exc)
     saga.wake_at = timezone.now() + timedelta(seconds=delay)
     _save(saga, kind=kind, step=step, detail=saga.last_error)
-    _enqueue(saga.pk, countdown=delay)
+    _send_drain(countdown=delay)
 
 
 def _run_action(saga: SagaInstance, definition: SagaDefinition) -> bool:
@@ -236,6 +396,8 @@ def _run_action(saga: SagaInstance, definition: SagaDefinition) -> bool:
             with transaction.atomic():
                 return _action_done(saga, definition, step, step.action(dict(saga.context)))
         updates = step.action(dict(saga.context))
+    except LeaseLost:
+        raise
     except Exception as exc:
         if step.atomic:
             # Rolled back with the action: forget whatever the failed save changed here.
@@ -277,7 +439,7 @@ def _action_done(
     if saga.current_step == len(definition.steps):
         saga.state = SagaInstance.State.SUCCEEDED
     going_on = saga.state == SagaInstance.State.RUNNING
-    _save(saga, kind="step_done", step=step.name, keep_lease=going_on)
+    _save(saga, kind="step_done", step=step.name, keep_lease=going_on, result=updates)
     return going_on
 
 
@@ -302,7 +464,7 @@ def _run_compensation(saga: SagaInstance, definition: SagaDefinition) -> bool:
     saga.current_step -= 1
     saga.attempts = 0
     saga.wake_at = timezone.now()
-    _save(saga, kind="step_compensated", step=step.name, keep_lease=True)
+    _save(saga, kind="step_compensated", step=step.name, keep_lease=True, result=updates or None)
     return True
 
 
@@ -318,9 +480,8 @@ def saga_sweep(*, limit: int = 200) -> int:
             .order_by("wake_at")
             .values_list("pk", flat=True)[:limit]
         )
-    for saga_id in stuck:
-        _enqueue(saga_id)
     if stuck:
+        _send_drain()  # whatever the kick mark says: a lost kick may have left it set
         logger.warning("saga_sweep_resumed", count=len(stuck))
     return len(stuck)
 
@@ -332,8 +493,8 @@ def saga_retry_now(*, saga_id) -> bool:
         SagaInstance.objects.filter(pk=saga_id, state__in=ACTIVE_STATES)
         # Never steal the lease of a worker running the saga right now.
         .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
-        .update(wake_at=now, lease_until=None)
+        .update(wake_at=now, lease_until=None, lease_token=None)
     )
     if woken:
-        _enqueue(saga_id)
+        _send_drain()
     return bool(woken)

@@ -5,6 +5,8 @@
 - `deliver_event` (queue `events`): one event to one consumer, through the inbox; binds
   the event's request_id / correlation_id into the task's log context; retries a
   failing handler with jittered exponential backoff.
+- `drain_sagas` (queue `sagas`): run due sagas in claimed batches; kicked after each
+  commit that started a saga (kicks coalesce), by a saga's retry, and by `sweep_sagas`.
 - `purge_expired_idempotency_records` (queue `default`): hourly by beat.
 - `purge_processed_messages` (queue `default`): daily by beat; published outbox rows
   and inbox rows past their retention.
@@ -28,7 +30,7 @@ from apps.core.inbox import (
     inbox_purge_processed,
 )
 from apps.core.outbox import outbox_purge_published, relay_pending_messages
-from apps.core.sagas import saga_advance, saga_sweep
+from apps.core.sagas import saga_sweep, sagas_drain
 
 logger = structlog.get_logger(__name__)
 
@@ -116,9 +118,15 @@ def purge_processed_messages() -> dict[str, int]:
     return {"outbox": outbox_purge_published(), "inbox": inbox_purge_processed()}
 
 
-@shared_task(name="apps.core.tasks.advance_saga")
-def advance_saga(*, saga_id: str) -> str | None:
-    return saga_advance(saga_id)
+# Inside the sagas' lease (settings): a task killed at its limit leaves leases that are
+# still valid, and the sweeper resumes the sagas once they end.
+@shared_task(
+    name="apps.core.tasks.drain_sagas",
+    time_limit=settings.SAGA_TASK_TIME_LIMIT_SECONDS,
+    soft_time_limit=settings.SAGA_TASK_SOFT_TIME_LIMIT_SECONDS,
+)
+def drain_sagas() -> int:
+    return sagas_drain()
 
 
 @shared_task(name="apps.core.tasks.sweep_sagas")

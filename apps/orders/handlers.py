@@ -14,7 +14,7 @@ import structlog
 
 from apps.core.errors import NotFound
 from apps.core.inbox import EventEnvelope, event_handler
-from apps.orders import emails, services
+from apps.orders import emails, selectors, services
 
 logger = structlog.get_logger(__name__)
 
@@ -22,6 +22,10 @@ logger = structlog.get_logger(__name__)
 @event_handler("PaymentCaptured", consumer="orders.record_payment_captured")
 def record_payment_captured(event: EventEnvelope) -> None:
     data = event.payload
+    # Usually the placement saga recorded this capture before its event was relayed: one
+    # read of the order's summary says so, instead of loading and replaying its history.
+    if selectors.order_payment_recorded(order_id=data["order_id"], payment_id=data["payment_id"]):
+        return
     try:
         services.order_record_payment_captured(
             order_id=data["order_id"], payment_id=data["payment_id"], amount=Decimal(data["amount"])

@@ -104,6 +104,48 @@ def test_opened_at_keeps_sub_second_precision_and_only_moves_forward(redis_names
     assert storage.opened_at == later
 
 
+def redis_commands(names=("get", "mget", "set", "incr", "eval", "evalsha")) -> int:
+    from django.conf import settings
+
+    from apps.core.redis_clients import redis_client
+
+    stats = redis_client(settings.REDIS_URL).info("commandstats")
+    return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in names)
+
+
+def test_a_checked_successful_call_costs_one_redis_round_trip(redis_namespace):
+    breaker = shared_circuit_breaker("round-trips", fail_max=3, reset_timeout=60)
+    breaker.call(lambda: "warm")  # pybreaker initialises its keys once
+    before = redis_commands()
+
+    assert not breaker.rejects_calls()
+    assert breaker.call(lambda: "ok") == "ok"
+
+    assert redis_commands() - before == 1  # the check's MGET; no GET of the state, no SET
+
+
+def test_a_success_still_resets_failures_counted_before_the_check(redis_namespace):
+    breaker = shared_circuit_breaker("reset", fail_max=3, reset_timeout=60)
+    # Another process's breaker with the same name: its failures count here too.
+    other = shared_circuit_breaker("reset", fail_max=3, reset_timeout=61)
+    for _ in range(2):
+        with pytest.raises(Transient):
+            other.call(failing_call, [])
+    assert breaker._state_storage.counter == 2
+
+    assert not breaker.rejects_calls()
+    breaker.call(lambda: "ok")
+    assert breaker._state_storage.counter == 0
+
+    # And a circuit the other process opened is open here at the next check.
+    for _ in range(3):
+        with pytest.raises((Transient, pybreaker.CircuitBreakerError)):
+            other.call(failing_call, [])
+    assert breaker.rejects_calls()
+    with pytest.raises(pybreaker.CircuitBreakerError):
+        breaker.call(lambda: "not made")
+
+
 def test_a_slow_call_does_not_hold_up_other_calls_in_the_process(redis_namespace):
     breaker = shared_circuit_breaker("concurrency", fail_max=5, reset_timeout=1)
     slow_started, release = threading.Event(), threading.Event()

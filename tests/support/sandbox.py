@@ -180,7 +180,9 @@ def fast_saga_settings(sandbox: SandboxControl) -> dict[str, object]:
     """The payment settings above plus quick saga retries, leases and sweeps."""
     return {
         **fast_payment_settings(sandbox),
-        "SAGA_LEASE_SECONDS": 3.0,
+        # Longer than a charge with its retries (PAYMENT_RETRY_TOTAL_SECONDS above): the
+        # saga tasks' time limits are fractions of the lease.
+        "SAGA_LEASE_SECONDS": 8.0,
         "SAGA_RETRY_BASE_SECONDS": 0.1,
         "SAGA_RETRY_MAX_SECONDS": 0.5,
         "SAGA_STALE_SECONDS": 1.0,

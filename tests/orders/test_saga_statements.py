@@ -1,0 +1,56 @@
+"""What the placement saga costs the database, step by step: its statements counted in
+this process against real PostgreSQL and the sandbox PSP."""
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from apps.core.models import SagaInstance
+from apps.core.routing import primary_reads
+from apps.core.sagas import saga_advance
+from tests.catalog.factories import ProductFactory
+from tests.orders.conftest import place_order
+
+pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
+
+# Each step ends with the saga's move: the fenced update of its row and the insert of its
+# transition, in one statement.
+SAGA_MOVE = 'WITH moved AS (UPDATE "core_sagainstance"'
+# Statements per step, the move included (BEGIN/COMMIT and savepoints count).
+MOST_PER_STEP = {"reserve_stock": 14, "charge_payment": 17, "confirm_order": 16}
+
+
+def statements_per_step(queries: list[dict]) -> list[list[str]]:
+    """Split at each move (and the COMMIT of an atomic step's transaction after it)."""
+    steps: list[list[str]] = []
+    current: list[str] = []
+    for query in queries:
+        if query["sql"] == "COMMIT" and not current and steps:
+            steps[-1].append(query["sql"])
+            continue
+        current.append(query["sql"])
+        if query["sql"].startswith(SAGA_MOVE):
+            steps.append(current)
+            current = []
+    return steps
+
+
+def test_the_placement_saga_claims_once_and_each_step_stays_within_its_statements(
+    saga_settings, customer, sandbox
+):
+    product = ProductFactory(stock__on_hand=5)
+    summary = place_order(customer, products=[product])
+
+    with CaptureQueriesContext(connection) as captured:
+        assert saga_advance(summary.pk) == "succeeded"
+
+    claim, *rest = captured.captured_queries
+    assert claim["sql"].startswith('UPDATE "core_sagainstance" SET lease_until')
+    steps = statements_per_step(rest)
+    assert len(steps) == 3
+    counts = dict(zip(MOST_PER_STEP, map(len, steps), strict=True))
+    assert all(counts[step] <= most for step, most in MOST_PER_STEP.items()), counts
+    # Nothing after the last move: the saga is not read back.
+    assert sum(counts.values()) == len(rest)
+    with primary_reads():
+        assert SagaInstance.objects.get(pk=summary.pk).transitions.count() == 3
