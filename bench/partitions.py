@@ -498,7 +498,8 @@ def run_scenario(cluster, scenario: Scenario, *, fault_seconds: float = FAULT_SE
     if outcome.facts["steps done twice"]:
         outcome.problems.append(f"{outcome.facts['steps done twice']} saga steps done twice")
     verdict = "ok" if not outcome.problems else "; ".join(outcome.problems)
-    say(f"{scenario.name}: {verdict}")
+    say(f"{scenario.name}: {verdict}; {outcome.facts}")
+    say(f"{scenario.name}: answers during the fault {outcome.responses_during_fault}")
     return outcome
 
 
