@@ -420,28 +420,121 @@ AFTER_SECONDS = 4.0
 FAULT_SECONDS = 30.0
 
 
+def wait_fault(cluster, outcome: Outcome, seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def watch_takeover(cluster, outcome: Outcome, seconds: float) -> None:
+    """worker-1's sagas at the fault: leased, and not moving a few seconds later (worker-2's
+    own move on in well under a second). Taken over: a transition of one of them before
+    healing, which only worker-2 can have written (worker-1 cannot reach the primary)."""
+    started = time.monotonic()
+    fault_at, leased = query(
+        cluster,
+        "SELECT now(), array(SELECT id FROM core_sagainstance "
+        "WHERE state IN ('running', 'compensating') AND lease_until > now())",
+    )[0]
+    time.sleep(3)
+
+    def moved_since(ids: list) -> set:
+        rows = query(
+            cluster,
+            "SELECT DISTINCT saga_id FROM core_sagatransition WHERE saga_id = ANY(%s) AND at >= %s",
+            (ids, fault_at),
+        )
+        return {row[0] for row in rows}
+
+    stuck = set(leased) - moved_since(leased)
+    time.sleep(max(0.0, seconds - (time.monotonic() - started)))
+    outcome.facts["worker-1's sagas at the fault"] = len(stuck)
+    outcome.facts["taken over by worker-2 during the fault"] = len(moved_since(list(stuck)))
+
+
+def watch_breaker(cluster, outcome: Outcome, seconds: float) -> None:
+    """The payment provider's breaker state, shared in Redis, sampled every second."""
+    import redis
+
+    seen: set[str] = set()
+
+    def sample() -> None:
+        client = redis.Redis(host=cm.address("redis"), port=cm.PORTS["redis"], socket_timeout=2)
+        try:
+            for key in client.scan_iter("mercato:breaker:*state"):
+                seen.add((client.get(key) or b"").decode())
+        finally:
+            client.close()
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        cm.in_host(cluster.ns("client"), sample)
+        time.sleep(1)
+    outcome.facts["breaker states seen"] = sorted(seen)
+
+
+def watch_replica_lag(cluster, outcome: Outcome, seconds: float) -> None:
+    """How far the replica fell behind, as the lag guard measures it."""
+    time.sleep(seconds)
+    import psycopg
+
+    dsn = f"host={cm.address('db-replica')} port={cm.PORTS['db']} user=postgres dbname=mercato"
+
+    def lag() -> float:
+        with psycopg.connect(dsn, connect_timeout=5) as conn:
+            sql = "SELECT extract(epoch FROM now() - pg_last_xact_replay_timestamp())"
+            return float(conn.execute(sql).fetchone()[0])
+
+    outcome.facts["replica lag at healing (s)"] = round(cm.in_host(cluster.ns("client"), lag), 1)
+
+
+def watch_proxy(cluster, outcome: Outcome, seconds: float) -> None:
+    time.sleep(seconds)
+    counters = cluster.proxy_faults(latency_ms=200, jitter_ms=50, loss=0.2)["counters"]
+    outcome.facts["proxy segments delayed as lost"] = counters["segments_lost"]
+
+
+def watch_webhooks(cluster, outcome: Outcome, seconds: float) -> None:
+    time.sleep(seconds)
+    outcome.facts["webhooks waiting at healing"] = provider_webhooks(cluster).get("pending", 0)
+
+
+def provider_webhooks(cluster) -> dict[str, int]:
+    db = sqlite3.connect(f"file:{cluster.tmpdir / 'psp.sqlite3'}?mode=ro", uri=True, timeout=10)
+    try:
+        rows = db.execute("SELECT state, count(*) FROM webhook_events GROUP BY state")
+        counts = dict(rows.fetchall())
+        counts["retried"] = db.execute(
+            "SELECT count(*) FROM webhook_events WHERE attempts > 1"
+        ).fetchone()[0]
+    finally:
+        db.close()
+    return counts
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
     fault: str
     inject: Callable
+    watch: Callable = wait_fault  # sleeps for the fault's length, noting what it sees
     allowed_5xx: tuple[int, ...] = ()
     provider_latency_ms: int = 0  # slower charges: sagas are mid-step when the fault hits
 
 
 SCENARIOS = [
     Scenario("worker-db", "worker-1 <-> db-primary partitioned",
-             lambda c: c.partition(["worker-1"], ["db-primary"]), provider_latency_ms=300),
+             lambda c: c.partition(["worker-1"], ["db-primary"]), watch_takeover,
+             provider_latency_ms=300),
     Scenario("worker-psp", "worker-* <-> psp partitioned",
-             lambda c: c.partition(["worker-1", "worker-2"], ["psp"]), provider_latency_ms=300),
+             lambda c: c.partition(["worker-1", "worker-2"], ["psp"]), watch_breaker,
+             provider_latency_ms=300),
     Scenario("web-redis", "web-* <-> redis partitioned",
              lambda c: c.partition(["web-1", "web-2"], ["redis"]), allowed_5xx=(503,)),
     Scenario("replica-primary", "db-replica <-> db-primary partitioned",
-             lambda c: c.partition(["db-replica"], ["db-primary"])),
+             lambda c: c.partition(["db-replica"], ["db-primary"]), watch_replica_lag),
     Scenario("web1-db-slow", "web-1 -> db-primary 200+-50 ms, 20 % loss",
-             lambda c: c.proxy_faults(latency_ms=200, jitter_ms=50, loss=0.2)),
+             lambda c: c.proxy_faults(latency_ms=200, jitter_ms=50, loss=0.2), watch_proxy),
     Scenario("psp-web", "psp <-> web-* partitioned (webhooks)",
-             lambda c: c.partition(["psp"], ["web-1", "web-2"])),
+             lambda c: c.partition(["psp"], ["web-1", "web-2"]), watch_webhooks),
 ]  # fmt: skip
 SCENARIOS_BY_NAME = {scenario.name: scenario for scenario in SCENARIOS}
 
@@ -479,7 +572,7 @@ def run_scenario(cluster, scenario: Scenario, *, fault_seconds: float = FAULT_SE
         )[0][0]
         fault_at = time.monotonic()
         scenario.inject(cluster)
-        time.sleep(fault_seconds)
+        scenario.watch(cluster, outcome, fault_seconds)
     finally:
         healed_at = time.monotonic()
         cluster.heal()
