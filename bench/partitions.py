@@ -408,11 +408,14 @@ def smoke(cluster) -> str:
 # stay consistent: a saga's lease outlasts one charge with all its retries.
 SETTINGS = {
     "SAGA_LEASE_SECONDS": "12",
+    "SAGA_SWEEP_SECONDS": "2",
+    "SAGA_STALE_SECONDS": "3",
     "PAYMENT_READ_TIMEOUT_SECONDS": "3",
     "PAYMENT_RETRY_TOTAL_SECONDS": "6",
     "PAYMENT_BREAKER_RESET_SECONDS": "10",
     "PAYMENT_RECONCILE_AFTER_SECONDS": "15",
     "ORDER_SAGA_TIMEOUT_SECONDS": "60",
+    "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS": "10",
 }
 RATE = 3.0  # orders per second
 BEFORE_SECONDS = 4.0
@@ -447,6 +450,20 @@ def watch_takeover(cluster, outcome: Outcome, seconds: float) -> None:
     time.sleep(max(0.0, seconds - (time.monotonic() - started)))
     outcome.facts["worker-1's sagas at the fault"] = len(stuck)
     outcome.facts["taken over by worker-2 during the fault"] = len(moved_since(list(stuck)))
+    # The primary cannot tell a partitioned client from a slow one: a transaction worker-1
+    # had open keeps its row locks (stock, outbox rows) until the server ends it.
+    open_transactions = query(
+        cluster,
+        "SELECT count(*) FROM pg_stat_activity WHERE client_addr = %s "
+        "AND state LIKE 'idle in transaction%%'",
+        (cm.address("worker-1"),),
+    )[0][0]
+    outcome.facts["worker-1 transactions open at healing"] = open_transactions
+    if open_transactions:
+        outcome.problems.append(
+            f"{open_transactions} transactions of the partitioned worker-1 still open (and "
+            "holding their locks) on the primary at healing"
+        )
 
 
 def watch_breaker(cluster, outcome: Outcome, seconds: float) -> None:

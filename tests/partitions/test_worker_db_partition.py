@@ -3,6 +3,9 @@ primary mid-saga while orders flow from `client`; worker-2 takes its sagas over 
 their lease runs out, no step runs twice, nothing is charged twice, and everything
 settles once the network heals."""
 
+import time
+
+import psycopg
 import pytest
 
 from bench import partitions
@@ -10,6 +13,7 @@ from bench import partitions
 # Longer than the sagas' lease (SAGA_LEASE_SECONDS in partitions.SETTINGS) and a sweep:
 # worker-2 must take over, not merely wait for worker-1.
 FAULT_SECONDS = 20
+TIMEOUT = float(partitions.SETTINGS["DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS"])
 
 
 @pytest.fixture(scope="module")
@@ -37,3 +41,40 @@ def test_worker_partitioned_from_the_primary_mid_saga_loses_and_doubles_nothing(
     assert outcome.server_errors == 0
     assert outcome.stock_conserved and outcome.reserved_left == 0
     assert outcome.integrity == "ok"
+
+
+LOCKER = """
+import time
+import django
+django.setup()
+from django.db import connection, transaction
+with transaction.atomic(), connection.cursor() as cursor:
+    cursor.execute("SELECT product_id FROM catalog_stock ORDER BY product_id LIMIT 1 FOR UPDATE")
+    print("locked", cursor.fetchone()[0], flush=True)
+    time.sleep(120)  # its next statement never reaches the primary
+"""
+
+
+def test_a_transaction_cut_off_by_a_partition_gives_its_locks_back(cluster):
+    """A host cut off mid-transaction cannot roll back: the primary must end the session
+    itself, or the rows stay locked for every other worker until TCP gives up."""
+    partitions.seed(cluster, "LOCKED-")
+    locker = cluster.spawn(
+        "locker", "worker-1", [partitions.cm.PYTHON, "-c", LOCKER], cluster.app_env("worker-1")
+    )
+    try:
+        cluster.wait_for_log("locker", "locked")
+        product_id = int(locker.tail(1).split()[-1])
+        cluster.partition(["worker-1"], ["db-primary"])
+        started = time.monotonic()
+        lock = "SELECT 1 FROM catalog_stock WHERE product_id = %s FOR UPDATE NOWAIT"
+        while True:
+            try:
+                partitions.query(cluster, lock, (product_id,))
+                break
+            except psycopg.errors.LockNotAvailable:
+                assert time.monotonic() - started < TIMEOUT + 10, "the row is still locked"
+                time.sleep(1)
+    finally:
+        cluster.heal()
+        locker.stop(timeout=1)
