@@ -227,7 +227,8 @@ def query(cluster, sql: str, params: tuple = ()) -> list[tuple]:
     dsn = f"host={cm.address('db-primary')} port={cm.PORTS['db']} user=postgres dbname=mercato"
 
     def go():
-        with psycopg.connect(dsn, connect_timeout=5) as conn:
+        options = "-c statement_timeout=10000"
+        with psycopg.connect(dsn, connect_timeout=5, options=options) as conn:
             return conn.execute(sql, params).fetchall()
 
     return cm.in_host(cluster.ns("client"), go)
@@ -257,7 +258,7 @@ def unsettled(cluster, order_ids: list[str]) -> dict[str, int]:
 
 def wait_settled(cluster, order_ids: list[str], timeout: float = SETTLE_TIMEOUT_SECONDS) -> float:
     """Seconds until every saga of these orders ended and nothing is left in flight."""
-    started = time.monotonic()
+    started = last_said = time.monotonic()
     left: dict | str = {}
     while time.monotonic() - started < timeout:
         try:
@@ -266,6 +267,9 @@ def wait_settled(cluster, order_ids: list[str], timeout: float = SETTLE_TIMEOUT_
                 return time.monotonic() - started
         except Exception as error:  # the primary may be unreachable for a moment
             left = str(error)
+        if time.monotonic() - last_said > 15:
+            say(f"waiting for {left}")
+            last_said = time.monotonic()
         time.sleep(1)
     raise TimeoutError(f"not settled in {timeout:.0f}s: {left}")
 
@@ -602,6 +606,7 @@ def run_scenario(cluster, scenario: Scenario, *, fault_seconds: float | None = N
         healed_at = time.monotonic()
         cluster.heal()
         cluster.proxy_faults()
+    outcome.fault_seconds = round(healed_at - fault_at, 1)
     time.sleep(AFTER_SECONDS)
     load.stop()
     provider_chaos(cluster, latency_ms=0)
@@ -627,7 +632,8 @@ def run_scenario(cluster, scenario: Scenario, *, fault_seconds: float | None = N
 
 
 TABLE_COLUMNS = (
-    ("scenario", "scenario"), ("fault", "fault"), ("orders accepted", "orders_accepted"),
+    ("scenario", "scenario"), ("fault", "fault"), ("fault (s)", "fault_seconds"),
+    ("orders accepted", "orders_accepted"),
     ("terminal", "terminal"), ("double charges", "double_charges"), ("5xx", "server_errors"),
     ("settled after healing (s)", "settle_seconds"),
 )  # fmt: skip
