@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -431,29 +431,33 @@ def wait_fault(cluster, outcome: Outcome, seconds: float) -> None:
 
 
 def watch_takeover(cluster, outcome: Outcome, seconds: float) -> None:
-    """worker-1's sagas at the fault: leased, and not moving a few seconds later (worker-2's
-    own move on in well under a second). Taken over: a transition of one of them before
-    healing, which only worker-2 can have written (worker-1 cannot reach the primary)."""
+    """worker-1's sagas: leased at the fault, and no step recorded until the lease ran out
+    (a live worker records one every few hundred milliseconds). Taken over: such a saga
+    moved on before healing, which only worker-2 can have done."""
     started = time.monotonic()
+    lease = float(SETTINGS["SAGA_LEASE_SECONDS"])
     fault_at, leased = query(
         cluster,
         "SELECT now(), array(SELECT id FROM core_sagainstance "
         "WHERE state IN ('running', 'compensating') AND lease_until > now())",
     )[0]
-    time.sleep(3)
+    time.sleep(min(lease + 1, seconds))
+    lease_end = fault_at + timedelta(seconds=lease)
 
-    def moved_since(ids: list) -> set:
+    def moved_between(start, end) -> set:
         rows = query(
             cluster,
-            "SELECT DISTINCT saga_id FROM core_sagatransition WHERE saga_id = ANY(%s) AND at >= %s",
-            (ids, fault_at),
+            "SELECT DISTINCT saga_id FROM core_sagatransition "
+            "WHERE saga_id = ANY(%s) AND at >= %s AND at < %s",
+            (leased, start, end),
         )
         return {row[0] for row in rows}
 
-    stuck = set(leased) - moved_since(leased)
+    abandoned = set(leased) - moved_between(fault_at, lease_end)
     time.sleep(max(0.0, seconds - (time.monotonic() - started)))
-    outcome.facts["worker-1's sagas at the fault"] = len(stuck)
-    outcome.facts["taken over by worker-2 during the fault"] = len(moved_since(list(stuck)))
+    taken_over = abandoned & moved_between(lease_end, lease_end + timedelta(days=1))
+    outcome.facts["worker-1's sagas at the fault"] = len(abandoned)
+    outcome.facts["taken over by worker-2 during the fault"] = len(taken_over)
     # The primary cannot tell a partitioned client from a slow one: a transaction worker-1
     # had open keeps its row locks (stock, outbox rows) until the server ends it.
     open_transactions = query(
