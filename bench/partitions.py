@@ -474,6 +474,9 @@ def watch_takeover(cluster, outcome: Outcome, seconds: float) -> None:
         )
 
 
+BREAKER_STATE_KEY = "mercato:breaker:payments.sandbox:pybreaker:state"
+
+
 def watch_breaker(cluster, outcome: Outcome, seconds: float) -> None:
     """The payment provider's breaker state, shared in Redis, sampled every second."""
     import redis
@@ -481,17 +484,17 @@ def watch_breaker(cluster, outcome: Outcome, seconds: float) -> None:
     seen: set[str] = set()
 
     def sample() -> None:
-        client = redis.Redis(host=cm.address("redis"), port=cm.PORTS["redis"], socket_timeout=2)
+        client = redis.Redis(host=cm.address("redis"), port=cm.PORTS["redis"], socket_timeout=1)
         try:
-            for key in client.scan_iter("mercato:breaker:*state"):
-                seen.add((client.get(key) or b"").decode())
+            seen.add((client.get(BREAKER_STATE_KEY) or b"closed").decode())
         finally:
             client.close()
 
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline - 1:
         cm.in_host(cluster.ns("client"), sample)
         time.sleep(1)
+    time.sleep(max(0.0, deadline - time.monotonic()))
     outcome.facts["breaker states seen"] = sorted(seen)
 
 
