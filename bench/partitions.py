@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import signal
 import sqlite3
 import sys
@@ -132,36 +133,29 @@ def web_url(web: str) -> str:
 
 
 class OrderLoad:
-    """Orders at `rate` per second from `client`, round robin over web hosts, buyers and
-    products. After each accepted order the buyer reads it back at once (read-your-writes)
-    and reads the product list. A request without an answer, or a 5xx, is sent again once
-    with its Idempotency-Key, as a client does. Bounded: stops at `stop()` or after
-    `max_seconds`."""
+    """Orders at `rate` per second, round robin over web hosts, buyers and products. After
+    each accepted order the buyer reads it back at once (read-your-writes) and reads the
+    product list. A request without an answer, or a 5xx, is sent again once with its
+    Idempotency-Key, as a client does. Each answer is a JSON line in `out`. Runs in the
+    `client` host's own process (`ClientLoad`), so that the orchestrator's checks and
+    timing never wait for the load's threads."""
 
-    def __init__(self, cluster, data: Seed, *, rate: float, webs=("web-1", "web-2"),
-                 max_seconds: float = 300, threads: int = 32) -> None:  # fmt: skip
-        self.cluster, self.data, self.rate, self.webs = cluster, data, rate, webs
-        self.max_seconds = max_seconds
-        self.responses: list[Response] = []
+    def __init__(self, data: Seed, *, rate: float, webs: tuple[str, ...], out,
+                 threads: int = 32) -> None:  # fmt: skip
+        self.data, self.rate, self.webs, self.out = data, rate, webs, out
         self.stopping = threading.Event()
         self.lock = threading.Lock()
         self.urls = {web: web_url(web) for web in webs}
-        self.pool = ThreadPoolExecutor(
-            threads, initializer=cm.enter_namespace, initargs=(cluster.ns("client"),)
-        )
-        self.pacer = threading.Thread(target=self.pace, name="order-load")
+        self.pool = ThreadPoolExecutor(threads)
 
-    def start(self) -> OrderLoad:
-        self.started = time.monotonic()
-        self.pacer.start()
-        return self
-
-    def pace(self) -> None:
+    def run(self, max_seconds: float) -> None:
+        started = time.monotonic()
         n = 0
-        while not self.stopping.is_set() and time.monotonic() - self.started < self.max_seconds:
+        while not self.stopping.is_set() and time.monotonic() - started < max_seconds:
             self.pool.submit(self.place, n)
             n += 1
-            self.stopping.wait(max(0.0, self.started + n / self.rate - time.monotonic()))
+            self.stopping.wait(max(0.0, started + n / self.rate - time.monotonic()))
+        self.pool.shutdown(wait=True)
 
     def request(self, kind: str, web: str, method: str, path: str, **kwargs) -> Response:
         started = time.monotonic()
@@ -172,14 +166,14 @@ class OrderLoad:
             response = Response(kind, started, web, 0, time.monotonic() - started,
                                 detail=type(error).__name__)  # fmt: skip
         else:
-            order_id = (
-                answer.json().get("id") if kind == "order" and answer.status_code == 202 else None
-            )
+            accepted = kind == "order" and answer.status_code == 202
+            order_id = answer.json().get("id") if accepted else None
             response = Response(kind, started, web, answer.status_code,
                                 time.monotonic() - started, order_id,
                                 "" if answer.status_code < 400 else answer.text[:200])  # fmt: skip
         with self.lock:
-            self.responses.append(response)
+            self.out.write(json.dumps(asdict(response)) + "\n")
+            self.out.flush()
         return response
 
     def place(self, n: int) -> None:
@@ -198,10 +192,41 @@ class OrderLoad:
                          headers=auth)  # fmt: skip
         self.request("products", web, "GET", "/api/v1/products", headers=auth)
 
+
+def load_main(argv: list[str]) -> None:
+    """`python -m bench.partitions load SEED_JSON OUT RATE MAX_SECONDS`, on `client`."""
+    seed_path, out_path, rate, max_seconds = argv
+    data = Seed(**json.loads(Path(seed_path).read_text()))
+    with open(out_path, "a") as out:
+        load = OrderLoad(data, rate=float(rate), webs=("web-1", "web-2"), out=out)
+        signal.signal(signal.SIGTERM, lambda *_: load.stopping.set())
+        load.run(float(max_seconds))
+
+
+class ClientLoad:
+    """The orchestrator's handle on the load process running on `client`."""
+
+    def __init__(self, cluster, data: Seed, *, rate: float, max_seconds: float) -> None:
+        self.cluster = cluster
+        self.webs = ("web-1", "web-2")
+        name = f"load-{data.sku_prefix.lower().strip('-')}"
+        self.seed_path = cluster.tmpdir / f"{name}-seed.json"
+        self.seed_path.write_text(json.dumps(asdict(data)))
+        self.out_path = cluster.tmpdir / f"{name}.jsonl"
+        command = [cm.PYTHON, "-m", "bench.partitions", "load", str(self.seed_path),
+                   str(self.out_path), str(rate), str(max_seconds)]  # fmt: skip
+        self.process = cluster.spawn(name, "client", command, os.environ.copy())
+
     def stop(self) -> None:
-        self.stopping.set()
-        self.pacer.join()
-        self.pool.shutdown(wait=True)
+        """Stop placing orders; wait (bounded) for the answers still in flight."""
+        self.process.stop(timeout=3 * REQUEST_TIMEOUT_SECONDS)
+
+    @property
+    def responses(self) -> list[Response]:
+        if not self.out_path.exists():
+            return []
+        lines = self.out_path.read_text().splitlines()
+        return [Response(**json.loads(line)) for line in lines if line.strip()]
 
     @property
     def accepted(self) -> list[str]:
@@ -319,7 +344,7 @@ class Outcome:
     problems: list[str] = field(default_factory=list)
 
 
-def check(cluster, outcome: Outcome, load: OrderLoad, data: Seed, *,
+def check(cluster, outcome: Outcome, load: ClientLoad, data: Seed, *,
           allowed_5xx: tuple[int, ...] = ()) -> None:  # fmt: skip
     order_ids = load.accepted
     outcome.orders_accepted = len(order_ids)
@@ -600,7 +625,7 @@ def run_scenario(cluster, scenario: Scenario, *, fault_seconds: float | None = N
     data = seed(cluster, f"{scenario.name.upper()}-")
     provider_chaos(cluster, latency_ms=scenario.provider_latency_ms)
     bound = BEFORE_SECONDS + fault_seconds + AFTER_SECONDS + 60
-    load = OrderLoad(cluster, data, rate=rate, max_seconds=bound).start()
+    load = ClientLoad(cluster, data, rate=rate, max_seconds=bound)
     try:
         time.sleep(BEFORE_SECONDS)
         outcome.facts["sagas in flight at the fault"] = query(
@@ -700,6 +725,9 @@ def run_main(argv: list[str]) -> int:
 def main(argv: list[str]) -> int:
     if argv[:1] == ["seed"]:
         seed_main(argv[1])
+        return 0
+    if argv[:1] == ["load"]:
+        load_main(argv[1:])
         return 0
     return run_main(argv)
 
