@@ -406,10 +406,12 @@ class Cluster:
         for host in ("web-1", "web-2"):
             self.spawn(host, host, [str(BIN / "gunicorn"), "-c", "config/gunicorn.py",
                        "config.wsgi:application"], self.app_env(host))  # fmt: skip
+        # Four processes each, as deploy/systemd's saga worker: one worker alone still
+        # keeps up with the load while the other is cut off.
         for host in ("worker-1", "worker-2"):
             self.spawn(host, host, [celery, "-A", "config", "worker", "--hostname",
                        f"{host}@cluster", "--queues", "sagas,events,default",
-                       "--concurrency", "2", "--loglevel", "INFO"], self.app_env(host))  # fmt: skip
+                       "--concurrency", "4", "--loglevel", "INFO"], self.app_env(host))  # fmt: skip
         self.spawn("beat", "beat", [celery, "-A", "config", "beat", "--loglevel", "INFO",
                    "--schedule", str(self.tmpdir / "var" / "beat" / "celerybeat-schedule")],
                    self.app_env("beat"))  # fmt: skip
