@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format bench install install-dev clean browser
+.PHONY: run test lint format bench partitions install install-dev clean browser
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,11 @@ browser:
 # Benchmarks on the real services (not part of `make test`); QUICK=1: the ~1 minute smoke run.
 bench: install-dev
 	$(PY) scripts/testenv.py run -- $(PY) -m bench.run $(if $(QUICK),--quick)
+
+# Network faults between hosts (scripts/cluster.py: network namespaces, needs root; not part
+# of `make test`): six scenarios under load, a table, results in bench/results/partitions-*.
+partitions: install-dev
+	$(PY) -m bench.partitions
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

@@ -104,6 +104,11 @@ TEMPLATES = [
 # --- Databases ------------------------------------------------------------------
 
 CONN_MAX_AGE = env.int("CONN_MAX_AGE", default=60)
+# Longer than any pause our code makes inside a transaction (the outbox relay publishing a
+# batch to the broker is the longest).
+DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS = env.float(
+    "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS", default=60.0
+)
 
 
 _PROMETHEUS_DB_ENGINES = {
@@ -127,7 +132,13 @@ def _database(url: str, *, connect_timeout: int) -> dict:
     else:
         config["CONN_MAX_AGE"] = CONN_MAX_AGE
         config["CONN_HEALTH_CHECKS"] = True
-        config["OPTIONS"] = {"connect_timeout": connect_timeout}
+        config["OPTIONS"] = {
+            "connect_timeout": connect_timeout,
+            # A client cut off mid-transaction (a partitioned or dead host) would keep its
+            # row locks until TCP gives up, hours later: the server ends the session instead.
+            "options": "-c idle_in_transaction_session_timeout="
+            f"{int(DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS * 1000)}",
+        }
     return config
 
 
