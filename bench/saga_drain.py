@@ -101,15 +101,13 @@ def service_roots(stack: Stack) -> dict[str, int]:
 def wait_idle(timeout: float = 120) -> None:
     """Until the outbox has nothing pending and no Celery message is queued or unacked."""
     from apps.core.models import OutboxMessage
-    from apps.core.routing import primary_reads
     from config.celery import app as celery_app
 
     deadline = time.monotonic() + timeout
     with celery_app.connection_for_write() as connection:
         client = connection.default_channel.client
         while True:
-            with primary_reads():
-                pending = OutboxMessage.objects.filter(published_at__isnull=True).exists()
+            pending = OutboxMessage.objects.filter(published_at__isnull=True).exists()
             queued = sum(client.llen(q) for q in ("events", "sagas", "default"))
             unacked = client.hlen("unacked")
             if not pending and not queued and not unacked:

@@ -36,7 +36,6 @@ from apps.catalog.cache import (
 from apps.catalog.models import Category, Product, Reservation, Stock, StockAdjustment
 from apps.core.errors import Conflict, InvalidState, NotFound, ValidationFailed
 from apps.core.outbox import publish
-from apps.core.routing import primary_reads
 
 MAX_REFERENCE_LENGTH = 100
 PRODUCT_FIELDS = frozenset(
@@ -231,13 +230,12 @@ def release_expired_reservations(*, now: datetime | None = None, limit: int = 50
     """Release active reservations whose `expires_at` has passed; returns how many
     references were released. One short transaction per reference."""
     now = now or timezone.now()
-    with primary_reads():
-        references = list(
-            Reservation.objects.filter(status=Reservation.Status.ACTIVE, expires_at__lte=now)
-            .order_by("reference")
-            .values_list("reference", flat=True)
-            .distinct()[:limit]
-        )
+    references = list(
+        Reservation.objects.filter(status=Reservation.Status.ACTIVE, expires_at__lte=now)
+        .order_by("reference")
+        .values_list("reference", flat=True)
+        .distinct()[:limit]
+    )
     released = 0
     for reference in references:
         with transaction.atomic():
@@ -588,8 +586,7 @@ def _validate_product(product: Product) -> None:
 
 
 def _category_exists(category_id: int) -> bool:
-    with primary_reads():
-        return Category.objects.filter(pk=category_id).exists()
+    return Category.objects.filter(pk=category_id).exists()
 
 
 # --- Categories -----------------------------------------------------------------------

@@ -49,7 +49,6 @@ from django.utils import timezone
 
 from apps.core import metrics, tracing
 from apps.core.models import SagaInstance, SagaTransition
-from apps.core.routing import primary_reads
 from config.celery import app as celery_app
 
 logger = structlog.get_logger(__name__)
@@ -157,8 +156,7 @@ def saga_advance(saga_id) -> str | None:
     """Run the saga's steps (or compensations) while they succeed; return its state."""
     if not _claim(saga_id):
         return None
-    with primary_reads():
-        saga = SagaInstance.objects.get(pk=saga_id)
+    saga = SagaInstance.objects.get(pk=saga_id)
     definition = _definitions[saga.saga_type]
     with (
         structlog.contextvars.bound_contextvars(
@@ -239,8 +237,7 @@ def _run_action(saga: SagaInstance, definition: SagaDefinition) -> bool:
     except Exception as exc:
         if step.atomic:
             # Rolled back with the action: forget whatever the failed save changed here.
-            with primary_reads():
-                saga.refresh_from_db()
+            saga.refresh_from_db()
         reason = definition.failure_reason(exc)
         if reason is None and timezone.now() < saga.deadline:
             _wait_and_retry(saga, step=step.name, exc=exc, kind="step_retry")
@@ -311,13 +308,12 @@ def saga_sweep(*, limit: int = 200) -> int:
     task was lost): active, unleased, and past their wake-up time by a margin."""
     now = timezone.now()
     stale_before = now - timedelta(seconds=settings.SAGA_STALE_SECONDS)
-    with primary_reads():
-        stuck = list(
-            SagaInstance.objects.filter(state__in=ACTIVE_STATES, wake_at__lt=stale_before)
-            .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
-            .order_by("wake_at")
-            .values_list("pk", flat=True)[:limit]
-        )
+    stuck = list(
+        SagaInstance.objects.filter(state__in=ACTIVE_STATES, wake_at__lt=stale_before)
+        .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
+        .order_by("wake_at")
+        .values_list("pk", flat=True)[:limit]
+    )
     for saga_id in stuck:
         _enqueue(saga_id)
     if stuck:

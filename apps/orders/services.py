@@ -13,7 +13,6 @@ from django.db import transaction
 
 from apps.catalog import selectors as catalog_selectors
 from apps.core.errors import ValidationFailed
-from apps.core.routing import primary_reads
 from apps.core.sagas import saga_start
 from apps.orders import event_store
 from apps.orders.domain import Order, OrderStatus
@@ -74,8 +73,7 @@ def _order_lines(items: list[tuple[int, int]]) -> tuple[list[dict[str, Any]], st
                 f"Must be between 1 and {settings.ORDER_MAX_QUANTITY_PER_LINE}."
             ]
     # The price charged must be the current one: read it from the primary, not a replica.
-    with primary_reads():
-        snapshots = catalog_selectors.product_snapshots(product_ids=[p for p, _ in items])
+    snapshots = catalog_selectors.product_snapshots(product_ids=[p for p, _ in items])
     for index, (product_id, _) in enumerate(items):
         snapshot = snapshots.get(product_id)
         if snapshot is None or not snapshot.is_active:

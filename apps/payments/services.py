@@ -21,7 +21,6 @@ from django.utils import timezone
 
 from apps.core.errors import Conflict, DomainError, InvalidState, NotFound, ValidationFailed
 from apps.core.outbox import publish
-from apps.core.routing import primary_reads
 from apps.payments import events
 from apps.payments.gateway import (
     ProviderCharge,
@@ -106,8 +105,7 @@ def charge_for_order(
         # Open circuit: fail fast (one Redis read), touch neither the provider nor the
         # database. The error is transient; a retry after the cool-down gets the outcome.
         raise PaymentProviderUnavailable("The payment provider is unavailable; retry later.")
-    with primary_reads():
-        payment = Payment.objects.filter(order_id=order_id).first()
+    payment = Payment.objects.filter(order_id=order_id).first()
     if payment is None:
         payment = _payment_create(
             order_id=order_id, user_id=user_id, amount=amount, currency=currency, provider=provider
@@ -149,8 +147,7 @@ def payment_void_for_order(*, order_id: str, reason: str) -> RefundResult | None
     classic timed-out-but-charged case) is first settled from the provider by its key.
     A captured one is refunded in full, once (the refund is keyed per payment).
     """
-    with primary_reads():
-        payment = Payment.objects.filter(order_id=order_id).first()
+    payment = Payment.objects.filter(order_id=order_id).first()
     if payment is None:
         return None
     if payment.status == Payment.Status.PENDING:
@@ -243,8 +240,7 @@ def _payment_create(
             return payment
     except IntegrityError:
         # A concurrent call for the same order won the unique order_id.
-        with primary_reads():
-            return Payment.objects.get(order_id=order_id)
+        return Payment.objects.get(order_id=order_id)
 
 
 def _settle_charge(
@@ -548,12 +544,11 @@ def webhook_handle(*, body: bytes, headers: Mapping[str, str]) -> str:
 
 
 def _webhook_charge(event_id: str, charge: ProviderCharge) -> str:
-    with primary_reads():
-        payment_pk = (
-            Payment.objects.filter(idempotency_key=charge.idempotency_key)
-            .values_list("pk", flat=True)
-            .first()
-        )
+    payment_pk = (
+        Payment.objects.filter(idempotency_key=charge.idempotency_key)
+        .values_list("pk", flat=True)
+        .first()
+    )
     if payment_pk is None:
         return "ignored"
     payment, outcome = _settle_charge(
@@ -565,12 +560,11 @@ def _webhook_charge(event_id: str, charge: ProviderCharge) -> str:
 
 
 def _webhook_refund(event_id: str, provider_refund: ProviderRefund) -> str:
-    with primary_reads():
-        refund_pk = (
-            Refund.objects.filter(idempotency_key=provider_refund.idempotency_key)
-            .values_list("pk", flat=True)
-            .first()
-        )
+    refund_pk = (
+        Refund.objects.filter(idempotency_key=provider_refund.idempotency_key)
+        .values_list("pk", flat=True)
+        .first()
+    )
     if refund_pk is None:
         return "ignored"
     _, outcome = _settle_refund(
@@ -610,24 +604,23 @@ def payments_reconcile_pending(
     if older_than_seconds is None:
         older_than_seconds = settings.PAYMENT_RECONCILE_AFTER_SECONDS
     cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
-    with primary_reads():
-        payments = list(
-            Payment.objects.filter(status=Payment.Status.PENDING, updated_at__lt=cutoff)
-            .order_by("id")
-            .values_list("pk", "idempotency_key")[:limit]
-        )
-        # Captures of given-up orders whose refund was deferred (the provider was away).
-        unvoided = list(
-            Payment.objects.filter(
-                void_requested_at__isnull=False,
-                status__in=[Payment.Status.SUCCEEDED, Payment.Status.PARTIALLY_REFUNDED],
-            ).order_by("id")[:limit]
-        )
-        refunds = list(
-            Refund.objects.filter(status=Refund.Status.PENDING, updated_at__lt=cutoff)
-            .order_by("id")
-            .values_list("pk", "idempotency_key")[:limit]
-        )
+    payments = list(
+        Payment.objects.filter(status=Payment.Status.PENDING, updated_at__lt=cutoff)
+        .order_by("id")
+        .values_list("pk", "idempotency_key")[:limit]
+    )
+    # Captures of given-up orders whose refund was deferred (the provider was away).
+    unvoided = list(
+        Payment.objects.filter(
+            void_requested_at__isnull=False,
+            status__in=[Payment.Status.SUCCEEDED, Payment.Status.PARTIALLY_REFUNDED],
+        ).order_by("id")[:limit]
+    )
+    refunds = list(
+        Refund.objects.filter(status=Refund.Status.PENDING, updated_at__lt=cutoff)
+        .order_by("id")
+        .values_list("pk", "idempotency_key")[:limit]
+    )
     provider = get_provider()
     counts: Counter[str] = Counter()
     try:

@@ -13,7 +13,6 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client import REGISTRY
 
 from apps.core import tracing
-from apps.core.routing import primary_reads
 from apps.orders.models import OrderSummary
 from tests.catalog.factories import ProductFactory
 from tests.conftest import bearer_client
@@ -48,8 +47,7 @@ def place_order(client, product, token: str) -> str:
 
 
 def order_status(order_id: str) -> str:
-    with primary_reads():
-        return OrderSummary.objects.get(pk=order_id).status
+    return OrderSummary.objects.get(pk=order_id).status
 
 
 def wait_for_status(order_id: str, statuses: set[str], worker) -> str:
