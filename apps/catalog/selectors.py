@@ -23,9 +23,9 @@ from apps.catalog.cache import (
     category_cache,
     product_cache,
 )
+from apps.catalog.errors import CategoryNotFound, ProductNotFound
 from apps.catalog.models import Category, Product, Reservation, Stock, StockAdjustment
 from apps.catalog.search import search_products
-from apps.catalog.services import CategoryNotFound, ProductNotFound
 from apps.core.routing import replica_safe
 
 logger = structlog.get_logger(__name__)

@@ -11,18 +11,14 @@ from functools import partial
 import structlog
 from django.db import IntegrityError, connection, transaction
 
-from apps.core.errors import Conflict, NotFound
+from apps.core.errors import NotFound
 from apps.core.event_registry import published_event_types
 from apps.core.outbox import publish_event
 from apps.orders import metrics
 from apps.orders.domain import Order
+from apps.orders.errors import ConcurrencyConflict
 from apps.orders.events import CONTEXT, upcast
 from apps.orders.models import StoredEvent
-
-
-class ConcurrencyConflict(Conflict):
-    problem_type = "concurrency-conflict"
-    title = "The order changed concurrently"
 
 
 def history(order_id: str, *, as_of_version: int | None = None, as_of: datetime | None = None):

@@ -16,7 +16,7 @@ from apps.core.errors import ValidationFailed
 from apps.core.sagas import saga_start
 from apps.orders import event_store
 from apps.orders.domain import Order, OrderStatus
-from apps.orders.event_store import ConcurrencyConflict
+from apps.orders.errors import ConcurrencyConflict
 from apps.orders.models import OrderSummary
 from apps.orders.projections import project
 

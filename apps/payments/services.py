@@ -19,9 +19,15 @@ from django.db import IntegrityError, transaction
 from django.db.models import Sum
 from django.utils import timezone
 
-from apps.core.errors import Conflict, DomainError, InvalidState, NotFound, ValidationFailed
+from apps.core.errors import Conflict, InvalidState, NotFound, ValidationFailed
 from apps.core.outbox import publish
 from apps.payments import events
+from apps.payments.errors import (
+    InvalidWebhook,
+    PaymentDeclined,
+    PaymentProviderUnavailable,
+    RefundExceedsCaptured,
+)
 from apps.payments.gateway import (
     ProviderCharge,
     ProviderRefund,
@@ -37,35 +43,6 @@ logger = structlog.get_logger(__name__)
 MAX_AMOUNT = Decimal("9999999999.99")
 # The failure code of a charge or refund the provider says it never received.
 NOT_SUBMITTED = "not_submitted"
-
-
-class PaymentDeclined(DomainError):
-    status = 402
-    problem_type = "payment-declined"
-    title = "Payment declined"
-
-    def __init__(self, detail: str | None = None, *, decline_code: str, payment_id: int) -> None:
-        super().__init__(detail, extra={"decline_code": decline_code, "payment_id": payment_id})
-        self.decline_code = decline_code
-        self.payment_id = payment_id
-
-
-class PaymentProviderUnavailable(DomainError):
-    """Transient: the provider did not answer in the retry budget, or the circuit is open."""
-
-    status = 503
-    problem_type = "payment-provider-unavailable"
-    title = "Payment provider unavailable"
-
-
-class RefundExceedsCaptured(InvalidState):
-    problem_type = "refund-exceeds-captured"
-    title = "Refund exceeds the captured amount"
-
-
-class InvalidWebhook(DomainError):
-    problem_type = "invalid-webhook"
-    title = "Invalid webhook"
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from django.db import DatabaseError, connections
 
+from apps.catalog.errors import OutOfStock
 from apps.catalog.models import Reservation, Stock
-from apps.catalog.services import OutOfStock, commit_reservation, reserve_stock
+from apps.catalog.services import commit_reservation, reserve_stock
 from tests.catalog.factories import ProductFactory
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")

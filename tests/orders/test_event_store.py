@@ -5,7 +5,7 @@ from django.db import connection, transaction
 
 from apps.core.errors import InvalidState
 from apps.orders import event_store, services
-from apps.orders.event_store import ConcurrencyConflict
+from apps.orders.errors import ConcurrencyConflict
 from apps.orders.models import StoredEvent
 from tests.orders.conftest import confirm, place_order
 from tests.users.factories import UserFactory

@@ -6,8 +6,9 @@ from django.contrib.auth.models import Group
 from django.db import connection
 
 from apps.core.errors import Conflict, InvalidState
+from apps.payments.errors import RefundExceedsCaptured
 from apps.payments.models import Payment, Refund
-from apps.payments.services import RefundExceedsCaptured, charge_for_order, refund_payment
+from apps.payments.services import charge_for_order, refund_payment
 from apps.users.roles import ORDER_MANAGERS
 from tests.conftest import bearer_client
 from tests.payments.conftest import new_order_id
