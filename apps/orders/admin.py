@@ -239,7 +239,7 @@ class OrderSummaryAdmin(ActionsOnlyAdmin):
     def cancel_view(self, request, object_id):
         def cancel(summary, data):
             return services.order_cancel(
-                order_id=str(summary.pk), reason="staff_request", note=data["note"]
+                order_id=str(summary.pk), actor_id=request.user.pk, note=data["note"]
             )
 
         return self._page_action(request, object_id, CancelForm, cancel, lambda _: "Cancelled.")
@@ -254,7 +254,7 @@ class OrderSummaryAdmin(ActionsOnlyAdmin):
                 payment_id=payment.pk,
                 amount=data["amount"],
                 reason=data["reason"],
-                idempotency_key=f"admin:{payment.pk}:{data['refund_key']}",
+                idempotency_key=str(data["refund_key"]),
             )
 
         return self._page_action(
@@ -303,7 +303,7 @@ class OrderSummaryAdmin(ActionsOnlyAdmin):
         cancelled, refused = [], []
         for summary in queryset:
             try:
-                services.order_cancel(order_id=str(summary.pk), reason="staff_request")
+                services.order_cancel(order_id=str(summary.pk), actor_id=request.user.pk)
             except DomainError as error:
                 detail = "; ".join(message for _, message in form_errors(error, fields=()))
                 refused.append(f"{summary.pk} ({detail})")

@@ -23,6 +23,7 @@ from apps.orders.projections import project
 logger = structlog.get_logger(__name__)
 
 MAX_COMMAND_ATTEMPTS = 5
+ORDER_ID_NAMESPACE = uuid.UUID("5f0c1f4e-8d4b-4a8e-9b1c-6f1d2e3a4b5c")
 # Defined in apps.orders.sagas: reserve stock -> charge -> confirm, with compensations.
 ORDER_PLACEMENT_SAGA = "order_placement"
 # Refund, then restock, a cancelled order that had been confirmed (apps.orders.sagas).
@@ -100,17 +101,32 @@ def _order_lines(items: list[tuple[int, int]]) -> tuple[list[dict[str, Any]], st
     return lines, currencies.pop()
 
 
+def _order_id_for(*, user_id: int, idempotency_key: str) -> str:
+    """The id of the order a user's request with this idempotency key places.
+
+    Even a retry that outlived its idempotency record (a crash between the order commit
+    and the stored response) lands on the same order instead of creating a second one.
+    """
+    return str(uuid.uuid5(ORDER_ID_NAMESPACE, f"{user_id}:{idempotency_key}"))
+
+
 def order_place(
     *,
     user_id: int,
     items: list[tuple[int, int]],
     shipping_address: dict[str, Any],
     payment_token: str,
-    order_id: str | None = None,
+    idempotency_key: str | None = None,
 ) -> OrderSummary:
-    """Record a new pending order and start its placement saga, in one transaction."""
+    """Record a new pending order and start its placement saga, in one transaction.
+
+    With an idempotency key, placing again with the same key returns the same order."""
     lines, currency = _order_lines(items)
-    order = Order(id=order_id or str(uuid.uuid4()))
+    order = Order(
+        id=str(uuid.uuid4())
+        if idempotency_key is None
+        else _order_id_for(user_id=user_id, idempotency_key=idempotency_key)
+    )
     order.place(
         user_id=user_id,
         items=lines,
@@ -167,14 +183,26 @@ def order_deliver(*, order_id: str) -> Order:
 
 
 def order_cancel(
-    *, order_id: str, reason: str, note: str = "", details: dict[str, Any] | None = None
+    *,
+    order_id: str,
+    actor_id: int | None = None,
+    reason: str | None = None,
+    note: str = "",
+    details: dict[str, Any] | None = None,
 ) -> Order:
     """Cancel until shipped. A pending order's placement saga undoes its own steps when it
-    next runs; a confirmed order gets a refund-and-restock saga, started with the cancel."""
+    next runs; a confirmed order gets a refund-and-restock saga, started with the cancel.
+
+    The system gives its `reason`; a person (`actor_id`) cancels at the customer's
+    request when the order is theirs, else at staff's request.
+    """
+    if reason is None and actor_id is None:
+        raise TypeError("order_cancel needs a reason or the actor_id of who cancels")
 
     def cancel(order: Order) -> None:
         was_confirmed = order.stage == OrderStatus.CONFIRMED
-        order.cancel(reason=reason, note=note, details=details or {})
+        why = reason or ("customer_request" if order.user_id == actor_id else "staff_request")
+        order.cancel(reason=why, note=note, details=details or {})
         if was_confirmed:
             saga_start(
                 saga_type=ORDER_CANCELLATION_SAGA,

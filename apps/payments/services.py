@@ -318,8 +318,9 @@ def refund_payment(
 ) -> RefundResult:
     """Refund `amount` (default: all that is left) of a captured payment.
 
-    The same key twice refunds once and returns the first refund. Without a key, a full
-    refund is keyed per payment (repeatable), a partial one gets a fresh key.
+    The same key twice refunds once and returns the first refund; a caller's key counts
+    per payment (the same key on another payment is another refund). Without a key, a
+    full refund is keyed per payment (repeatable), a partial one gets a fresh key.
     """
     if not reason or not reason.strip() or len(reason) > 200:
         raise ValidationFailed({"reason": ["Give a reason of 1 to 200 characters."]})
@@ -331,6 +332,8 @@ def refund_payment(
         idempotency_key = (
             f"refund:{payment_id}:remaining" if amount is None else f"refund:{uuid.uuid4().hex}"
         )
+    else:
+        idempotency_key = f"refund:{payment_id}:key:{idempotency_key}"
     if len(idempotency_key) > 255:
         raise ValidationFailed({"idempotency_key": ["At most 255 characters."]})
 

@@ -86,6 +86,29 @@ def test_the_same_refund_key_twice_refunds_once(captured, sandbox):
     assert captured.amount_refunded == Decimal("10.00")
 
 
+def test_a_refund_key_counts_per_payment(captured, sandbox):
+    other = Payment.objects.get(
+        pk=charge_for_order(
+            order_id=new_order_id(),
+            user_id=3,
+            amount=Decimal("50.00"),
+            currency="EUR",
+            token="tok_visa",
+        ).payment_id
+    )
+
+    first = refund_payment(
+        payment_id=captured.pk, amount=Decimal("10.00"), reason="x", idempotency_key="same"
+    )
+    second = refund_payment(
+        payment_id=other.pk, amount=Decimal("10.00"), reason="x", idempotency_key="same"
+    )
+
+    assert (first.payment_id, second.payment_id) == (captured.pk, other.pk)
+    assert first.refund_id != second.refund_id
+    assert [p.refunds.count() for p in (captured, other)] == [1, 1]
+
+
 def test_a_refund_key_reused_for_another_amount_is_a_conflict(captured):
     refund_payment(
         payment_id=captured.pk, amount=Decimal("10.00"), reason="x", idempotency_key="rk-2"
