@@ -20,7 +20,7 @@ import structlog
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, connections
 
-from apps.core.routing import current_scope, must_read_primary, record_write
+from apps.core.routing import REPLICA_SAFE_HINT, current_scope, must_read_primary, record_write
 
 logger = structlog.get_logger(__name__)
 
@@ -148,9 +148,9 @@ def _connection_usable(alias: str) -> bool:
     return True
 
 
-def choose_read_database() -> str:
+def choose_read_database(*, declared: bool = False) -> str:
     replicas = settings.DATABASE_REPLICAS
-    if not replicas or connections[PRIMARY].in_atomic_block or must_read_primary():
+    if not replicas or connections[PRIMARY].in_atomic_block or must_read_primary(declared=declared):
         return PRIMARY
     scope = current_scope()
     if scope is not None and scope.replica_alias is not None:
@@ -226,7 +226,7 @@ def install_replica_read_fallback(sender, connection, **kwargs) -> None:
 
 class ReplicaRouter:
     def db_for_read(self, model, **hints) -> str:
-        return choose_read_database()
+        return choose_read_database(declared=hints.get(REPLICA_SAFE_HINT, False))
 
     def db_for_write(self, model, **hints) -> str:
         record_write()

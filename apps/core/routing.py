@@ -21,12 +21,12 @@ from typing import ParamSpec, TypeVar
 import structlog
 from django.conf import settings
 from django.core.cache import cache
-from django.db import router
 from django.db.models import QuerySet
 
 logger = structlog.get_logger(__name__)
 
 PIN_KEY = "rw-pin:user:{user_id}"
+REPLICA_SAFE_HINT = "replica_safe"
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -67,9 +67,10 @@ def routing_scope(
 def replica_safe(selector: Callable[P, R]) -> Callable[P, R]:
     """Declare a selector's reads safe to serve from a replica (they tolerate a little lag).
 
-    A QuerySet it returns is bound to the database chosen now, so it stays on that
-    replica when the caller evaluates it later (paginated, rendered); reads the caller
-    makes afterwards with its rows (a lazy relation) are undeclared and read the primary.
+    Reads while it runs are declared, and so is a QuerySet it returns: the router gets a
+    `replica_safe` hint whenever the caller evaluates it later (paginated, rendered), and
+    routes it then, with the pin, lag guard and health of that moment. Other reads the
+    caller makes with its rows (a lazy relation) are undeclared and read the primary.
     """
 
     @functools.wraps(selector)
@@ -77,11 +78,12 @@ def replica_safe(selector: Callable[P, R]) -> Callable[P, R]:
         token = _replica_safe.set(True)
         try:
             result = selector(*args, **kwargs)
-            if isinstance(result, QuerySet) and result._db is None:
-                result = result.using(router.db_for_read(result.model))
-            return result
         finally:
             _replica_safe.reset(token)
+        if isinstance(result, QuerySet):
+            # Hints travel with every clone of the QuerySet (filtered, ordered, sliced).
+            result._add_hints(**{REPLICA_SAFE_HINT: True})
+        return result
 
     return declared
 
@@ -100,8 +102,10 @@ def pin_user_to_primary(user_id: int | str) -> None:
         logger.warning("read_pin_store_failed", user_id=user_id, exc_info=True)
 
 
-def must_read_primary() -> bool:
-    if not _replica_safe.get():
+def must_read_primary(*, declared: bool = False) -> bool:
+    """Whether this read must use the primary; `declared`: the query itself is marked
+    replica-safe (see `replica_safe`), besides any read while a declared selector runs."""
+    if not (declared or _replica_safe.get()):
         return True
     scope = _scope.get()
     if scope is None:

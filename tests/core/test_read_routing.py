@@ -50,11 +50,12 @@ def test_a_declared_selector_reads_the_replica_and_any_other_read_the_primary(
         only_on_primary = ProductFactory()  # the frozen replica does not have it
         with routing_scope():
             declared = selectors.product_list()
+            declared_on = declared.db
             declared_ids = {product.pk for product in declared}
             snapshots = selectors.product_snapshots(product_ids=[only_on_primary.pk])
             undeclared_model_read = Product.objects.filter(pk=only_on_primary.pk).exists()
 
-    assert declared.db == replica_alias
+    assert declared_on == replica_alias
     assert only_on_primary.pk not in declared_ids and declared_ids
     assert only_on_primary.pk in snapshots
     assert undeclared_model_read is True
