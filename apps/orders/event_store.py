@@ -41,16 +41,19 @@ def load_order(order_id: str, **as_of) -> Order:
     return order
 
 
-def append(order: Order) -> list[StoredEvent]:
-    """Store the order's pending events after `order.version`; raise on a concurrent append."""
+def append(order: Order, *, actor_id: int | None = None) -> list[StoredEvent]:
+    """Store the order's pending events after `order.version`; raise on a concurrent append.
+
+    `actor_id`: the user whose action this is (None: the system), recorded as the events'
+    `user_id`."""
     context = structlog.contextvars.get_contextvars()
     metadata = {
         key: context[key]
         for key in ("request_id", "correlation_id", "causation_id")
         if key in context
     }
-    if "actor_id" in context:
-        metadata["user_id"] = context["actor_id"]
+    if actor_id is not None:
+        metadata["user_id"] = actor_id
     rows = [
         StoredEvent(
             aggregate_type="order",

@@ -1,6 +1,7 @@
 """Orders context commands. Each loads the aggregate, runs one command, appends its
 events and projects the read model in one transaction, retrying a bounded number of
-times when another writer appended first (optimistic concurrency)."""
+times when another writer appended first (optimistic concurrency). A command a person
+runs takes their `actor_id`, recorded with its events; without one, the system acted."""
 
 import uuid
 from collections.abc import Callable
@@ -40,14 +41,14 @@ ADDRESS_SNAPSHOT_FIELDS = (
 )
 
 
-def _run(order_id: str, command: Callable[[Order], None]) -> Order:
+def _run(order_id: str, command: Callable[[Order], None], *, actor_id: int | None = None) -> Order:
     for attempt in range(1, MAX_COMMAND_ATTEMPTS + 1):
         try:
             with transaction.atomic():
                 order = event_store.load_order(order_id)
                 command(order)
                 if order.pending_events:
-                    event_store.append(order)
+                    event_store.append(order, actor_id=actor_id)
                     project(order)
                 return order
         except ConcurrencyConflict:
@@ -135,7 +136,7 @@ def order_place(
     )
     try:
         with transaction.atomic():
-            event_store.append(order)
+            event_store.append(order, actor_id=user_id)
             summary = project(order, is_new=True)
             saga_start(
                 saga_type=ORDER_PLACEMENT_SAGA,
@@ -174,12 +175,22 @@ def order_confirm(*, order_id: str) -> Order:
     return _run(order_id, lambda o: o.confirm())
 
 
-def order_ship(*, order_id: str, tracking_number: str, carrier: str = "unknown") -> Order:
-    return _run(order_id, lambda o: o.ship(tracking_number=tracking_number, carrier=carrier))
+def order_ship(
+    *,
+    order_id: str,
+    tracking_number: str,
+    carrier: str = "unknown",
+    actor_id: int | None = None,
+) -> Order:
+    return _run(
+        order_id,
+        lambda o: o.ship(tracking_number=tracking_number, carrier=carrier),
+        actor_id=actor_id,
+    )
 
 
-def order_deliver(*, order_id: str) -> Order:
-    return _run(order_id, lambda o: o.deliver())
+def order_deliver(*, order_id: str, actor_id: int | None = None) -> Order:
+    return _run(order_id, lambda o: o.deliver(), actor_id=actor_id)
 
 
 def order_cancel(
@@ -210,7 +221,7 @@ def order_cancel(
                 context={"order_id": order.id},
             )
 
-    return _run(order_id, cancel)
+    return _run(order_id, cancel, actor_id=actor_id)
 
 
 def order_record_refund(

@@ -3,11 +3,12 @@
 from decimal import Decimal
 
 import pytest
+import structlog
 
 from apps.orders import services
-from apps.orders.models import OrderSummary
+from apps.orders.models import OrderSummary, StoredEvent
 from tests.catalog.factories import ProductFactory
-from tests.orders.conftest import ADDRESS, place_order
+from tests.orders.conftest import ADDRESS, confirm, place_order
 from tests.users.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -55,3 +56,27 @@ def test_the_system_names_its_own_reason():
     order = place_order(UserFactory())
     cancelled = services.order_cancel(order_id=str(order.pk), reason="out_of_stock")
     assert cancelled.cancellation_reason == "out_of_stock"
+
+
+def recorded_actors(order_id: str) -> list[tuple[str, int | None]]:
+    return [
+        (event.event_type, event.metadata.get("user_id"))
+        for event in StoredEvent.objects.filter(aggregate_id=order_id).order_by("version")
+    ]
+
+
+def test_the_actor_recorded_with_the_events_is_the_one_passed_not_the_log_context():
+    customer, manager = UserFactory(), UserFactory(is_staff=True)
+    order_id = str(place_order(customer).pk)
+    # A log context left over from elsewhere names someone who did none of this.
+    with structlog.contextvars.bound_contextvars(actor_id=UserFactory().pk):
+        confirm(order_id)  # the system's steps
+        services.order_ship(order_id=order_id, tracking_number="T-1", actor_id=manager.pk)
+
+    assert recorded_actors(order_id) == [
+        ("OrderPlaced", customer.pk),
+        ("StockReserved", None),
+        ("PaymentCaptured", None),
+        ("OrderConfirmed", None),
+        ("OrderShipped", manager.pk),
+    ]

@@ -1,4 +1,3 @@
-import structlog
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import status
@@ -33,11 +32,6 @@ def visible_to(request) -> int | None:
     return None if CanSeeAllOrders().has_permission(request, None) else request.user.pk
 
 
-def bind_actor(request) -> None:
-    # Recorded in the metadata of the events this request appends.
-    structlog.contextvars.bind_contextvars(actor_id=request.user.pk)
-
-
 class NewestFirst(CursorPagination):
     ordering = ("-placed_at", "-id")
 
@@ -64,7 +58,6 @@ class OrderListCreateView(StrictQueryParameters, ListAPIView):
             shipping_address = {f: getattr(address, f) for f in services.ADDRESS_SNAPSHOT_FIELDS}
         else:
             shipping_address = data["shipping_address"]
-        bind_actor(request)
         summary = services.order_place(
             user_id=request.user.pk,
             items=[(item["product_id"], item["quantity"]) for item in data["items"]],
@@ -102,7 +95,6 @@ class OrderCancelView(StrictQueryParameters, APIView):
         serializer.is_valid(raise_exception=True)
         # Only its owner or an order manager may cancel: to anyone else it does not exist.
         selectors.order_summary(order_id=str(order_id), user_id=_manager_or_owner(request))
-        bind_actor(request)
         services.order_cancel(
             order_id=str(order_id),
             actor_id=request.user.pk,
@@ -118,8 +110,9 @@ class OrderShipView(StrictQueryParameters, APIView):
     def post(self, request, order_id):
         serializer = ShipSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        bind_actor(request)
-        services.order_ship(order_id=str(order_id), **serializer.validated_data)
+        services.order_ship(
+            order_id=str(order_id), actor_id=request.user.pk, **serializer.validated_data
+        )
         return Response(OrderSerializer(_fresh(order_id)).data)
 
 
@@ -128,8 +121,7 @@ class OrderDeliverView(StrictQueryParameters, APIView):
 
     @extend_schema(request=None, responses=OrderSerializer)
     def post(self, request, order_id):
-        bind_actor(request)
-        services.order_deliver(order_id=str(order_id))
+        services.order_deliver(order_id=str(order_id), actor_id=request.user.pk)
         return Response(OrderSerializer(_fresh(order_id)).data)
 
 
