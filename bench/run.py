@@ -270,31 +270,26 @@ def pgbench(script: Path, *, connections: int, duration: float) -> dict:
 def wait_settled(order_ids: list[str], *, timeout: float) -> dict[str, dict]:
     """Each order's saga outcome and its times, waiting (bounded) until all have ended."""
     from apps.core.models import SagaInstance
-    from apps.core.routing import primary_reads
     from apps.orders.models import StoredEvent
 
     deadline = time.monotonic() + timeout
     ended = ("succeeded", "compensated", "failed")
     while True:
-        with primary_reads():
-            open_count = (
-                SagaInstance.objects.filter(pk__in=order_ids).exclude(state__in=ended).count()
-            )
+        open_count = SagaInstance.objects.filter(pk__in=order_ids).exclude(state__in=ended).count()
         if open_count == 0 or time.monotonic() > deadline:
             break
         time.sleep(0.25)
-    with primary_reads():
-        sagas = {
-            str(s["id"]): s
-            for s in SagaInstance.objects.filter(pk__in=order_ids).values(
-                "id", "state", "failure_reason", "updated_at"
-            )
-        }
-        confirmed = dict(
-            StoredEvent.objects.filter(
-                aggregate_id__in=order_ids, event_type="OrderConfirmed"
-            ).values_list("aggregate_id", "recorded_at")
+    sagas = {
+        str(s["id"]): s
+        for s in SagaInstance.objects.filter(pk__in=order_ids).values(
+            "id", "state", "failure_reason", "updated_at"
         )
+    }
+    confirmed = dict(
+        StoredEvent.objects.filter(
+            aggregate_id__in=order_ids, event_type="OrderConfirmed"
+        ).values_list("aggregate_id", "recorded_at")
+    )
     outcome = {}
     for order_id in order_ids:
         saga = sagas.get(order_id)
@@ -311,19 +306,15 @@ def wait_settled(order_ids: list[str], *, timeout: float) -> dict[str, dict]:
 def saga_timelines(order_ids: list[str]) -> list[dict]:
     """Each saga's start and its transitions as (kind, step, epoch seconds)."""
     from apps.core.models import SagaInstance, SagaTransition
-    from apps.core.routing import primary_reads
 
-    with primary_reads():
-        started = dict(
-            SagaInstance.objects.filter(pk__in=order_ids).values_list("id", "created_at")
-        )
-        rows = SagaTransition.objects.filter(saga_id__in=order_ids).values_list(
-            "saga_id", "kind", "step", "at"
-        )
-        timelines = {saga_id: {"started": at.timestamp(), "transitions": []}
-                     for saga_id, at in started.items()}  # fmt: skip
-        for saga_id, kind, step, at in rows:
-            timelines[saga_id]["transitions"].append([kind, step, at.timestamp()])
+    started = dict(SagaInstance.objects.filter(pk__in=order_ids).values_list("id", "created_at"))
+    rows = SagaTransition.objects.filter(saga_id__in=order_ids).values_list(
+        "saga_id", "kind", "step", "at"
+    )
+    timelines = {saga_id: {"started": at.timestamp(), "transitions": []}
+                 for saga_id, at in started.items()}  # fmt: skip
+    for saga_id, kind, step, at in rows:
+        timelines[saga_id]["transitions"].append([kind, step, at.timestamp()])
     return list(timelines.values())
 
 
@@ -363,17 +354,15 @@ def drain_outbox(timeout: float) -> int:
     the worker is not busy with that backlog during 6-7; returns the rows relayed."""
     from apps.core.models import OutboxMessage
     from apps.core.outbox import kick_relay
-    from apps.core.routing import primary_reads
 
-    with primary_reads():
-        pending = OutboxMessage.objects.filter(published_at__isnull=True)
-        backlog = pending.count()
-        deadline = time.monotonic() + timeout
-        while pending.exists():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the outbox was not relayed in {timeout} s")
-            kick_relay()
-            time.sleep(1)
+    pending = OutboxMessage.objects.filter(published_at__isnull=True)
+    backlog = pending.count()
+    deadline = time.monotonic() + timeout
+    while pending.exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the outbox was not relayed in {timeout} s")
+        kick_relay()
+        time.sleep(1)
     return backlog
 
 
@@ -611,10 +600,8 @@ def run_scenarios(profile: Profile, stack: Stack, workdir: Path) -> dict:
 
 def hot_stock_check(product_id: int, initial: int, outcome: dict[str, dict]) -> dict:
     from apps.catalog.models import Stock
-    from apps.core.routing import primary_reads
 
-    with primary_reads():
-        row = Stock.objects.get(product_id=product_id)
+    row = Stock.objects.get(product_id=product_id)
     confirmed = sum(1 for o in outcome.values() if o["state"] == "succeeded")
     return {
         "initial": initial,

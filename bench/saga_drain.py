@@ -101,15 +101,13 @@ def service_roots(stack: Stack) -> dict[str, int]:
 def wait_idle(timeout: float = 120) -> None:
     """Until the outbox has nothing pending and no Celery message is queued or running."""
     from apps.core.models import OutboxMessage
-    from apps.core.routing import primary_reads
     from config.celery import app as celery_app
 
     deadline = time.monotonic() + timeout
     with celery_app.connection_for_write() as connection:
         channel = connection.default_channel
         while True:
-            with primary_reads():
-                pending = OutboxMessage.objects.filter(published_at__isnull=True).exists()
+            pending = OutboxMessage.objects.filter(published_at__isnull=True).exists()
             queued = sum(
                 celery_app.amqp.queues[q](channel).queue_declare(passive=True).message_count
                 for q in ("events", "sagas", "default")

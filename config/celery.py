@@ -1,4 +1,5 @@
-"""The Celery app. Tasks read from the primary unless they set `reads_from_replica`."""
+"""The Celery app. Tasks read from the primary, even through replica-safe selectors,
+unless they set `reads_from_replica`."""
 
 import os
 from pathlib import Path

@@ -1,6 +1,7 @@
 """Primary/replica routing.
 
-Writes, migrations and anything inside a transaction go to the primary. Reads go to
+Writes, migrations, anything inside a transaction and every read not declared
+replica-safe (`apps.core.routing.replica_safe`) go to the primary. Declared reads go to
 a healthy replica, round robin per request (one replica per request keeps its reads
 monotonic), unless `apps.core.routing` says this read must see the primary. A replica
 that is unreachable or lags more than REPLICA_MAX_LAG_SECONDS is skipped; each process
@@ -19,15 +20,12 @@ import structlog
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, connections
 
-from apps.core.routing import current_scope, must_read_primary, record_write
+from apps.core.routing import REPLICA_SAFE_HINT, current_scope, must_read_primary, record_write
 
 logger = structlog.get_logger(__name__)
 
 PRIMARY = "default"
 SECOND_SAMPLE_DELAY_SECONDS = 0.02
-# Apps whose reads decide who the client is: a just-written session or a revoked token
-# must never be read stale.
-PRIMARY_ONLY_APPS = frozenset({"sessions", "token_blacklist"})
 
 # `<=`, not `=`: after a replica restart the receive position restarts at the start of a
 # WAL segment, behind what was already replayed from disk; nothing is pending then.
@@ -150,9 +148,9 @@ def _connection_usable(alias: str) -> bool:
     return True
 
 
-def choose_read_database() -> str:
+def choose_read_database(*, declared: bool = False) -> str:
     replicas = settings.DATABASE_REPLICAS
-    if not replicas or connections[PRIMARY].in_atomic_block or must_read_primary():
+    if not replicas or connections[PRIMARY].in_atomic_block or must_read_primary(declared=declared):
         return PRIMARY
     scope = current_scope()
     if scope is not None and scope.replica_alias is not None:
@@ -228,9 +226,7 @@ def install_replica_read_fallback(sender, connection, **kwargs) -> None:
 
 class ReplicaRouter:
     def db_for_read(self, model, **hints) -> str:
-        if model._meta.app_label in PRIMARY_ONLY_APPS:
-            return PRIMARY
-        return choose_read_database()
+        return choose_read_database(declared=hints.get(REPLICA_SAFE_HINT, False))
 
     def db_for_write(self, model, **hints) -> str:
         record_write()

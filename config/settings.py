@@ -253,7 +253,7 @@ CELERY_TASK_SOFT_TIME_LIMIT = 100
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_BEAT_SCHEDULE: dict = {}
 CELERY_BEAT_SCHEDULE["catalog-release-expired-reservations"] = {
-    "task": "catalog.release_expired_reservations",
+    "task": "catalog.sweep_expired_reservations",
     "schedule": env.float("CATALOG_SWEEP_INTERVAL_SECONDS", default=60.0),
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
@@ -509,7 +509,7 @@ PAYMENT_RECONCILE_AFTER_SECONDS = env.int("PAYMENT_RECONCILE_AFTER_SECONDS", def
 # Redis key prefix of the shared circuit breakers (apps.core.resilience).
 CIRCUIT_BREAKER_NAMESPACE = env.str("CIRCUIT_BREAKER_NAMESPACE", default="mercato:breaker")
 CELERY_BEAT_SCHEDULE["payments-reconcile-pending"] = {
-    "task": "apps.payments.tasks.reconcile_pending_payments",
+    "task": "payments.reconcile_pending_payments",
     "schedule": 60.0,
 }
 

@@ -9,7 +9,14 @@ from django.urls import reverse
 
 from apps.catalog import selectors, services
 from apps.catalog.models import Category, Product, Reservation, Stock, StockAdjustment
-from apps.core.staff_admin import Figure, ServiceFormAdmin, index_figures, report_outcome
+from apps.core.errors import ValidationFailed
+from apps.core.staff_admin import (
+    Figure,
+    ServiceFormAdmin,
+    form_errors,
+    index_figures,
+    report_outcome,
+)
 
 PRODUCT_FORM_FIELDS = [
     "sku",
@@ -38,10 +45,24 @@ def _service_fields(form: forms.ModelForm, names) -> dict:
 
 class ProductForm(forms.ModelForm):
     currency = forms.ChoiceField(choices=[(c, c) for c in settings.SUPPORTED_CURRENCIES])
+    # The slug's rule is the service's: the form checks only that it is text.
+    slug = forms.CharField(max_length=160)
 
     class Meta:
         model = Product
         fields = PRODUCT_FORM_FIELDS
+
+    def clean(self):
+        cleaned_data = super().clean()
+        if not self._errors:
+            # The service's rules, shown on their fields, before the model's own checks
+            # (its price constraint) would word them differently.
+            try:
+                services.product_validate(**_service_fields(self, PRODUCT_FORM_FIELDS))
+            except ValidationFailed as error:
+                for field, message in form_errors(error, fields=self.fields):
+                    self.add_error(field, message)
+        return cleaned_data
 
 
 class StockInline(admin.StackedInline):

@@ -9,7 +9,7 @@ from decimal import Decimal
 
 from django.utils.text import slugify
 
-from apps.catalog import selectors, services
+from apps.catalog import errors, selectors, services
 from apps.core.demo import demo_seeder
 
 SEED = 2026
@@ -103,7 +103,7 @@ def _seed_sales(rng: random.Random, skus: list[str]) -> int:
         try:
             services.reserve_stock(reference=reference, items=[(product_id, 1)])
             services.commit_reservation(reference=reference)
-        except services.OutOfStock:
+        except errors.OutOfStock:
             continue
         sold += 1
     return sold

@@ -1,7 +1,8 @@
-"""Catalog queries: the public read surface, routed to replicas where safe.
+"""Catalog queries: the public read surface.
 
-Cached reads (product detail, category tree) load from the primary on a miss: a
-lagging replica's old row would otherwise be cached under the new version.
+The product list (with search) and the popular list are declared replica-safe. Cached
+reads (product detail, category tree) load from the primary on a miss: a lagging
+replica's old row would otherwise be cached under the new version.
 """
 
 from dataclasses import dataclass
@@ -22,10 +23,10 @@ from apps.catalog.cache import (
     category_cache,
     product_cache,
 )
+from apps.catalog.errors import CategoryNotFound, ProductNotFound
 from apps.catalog.models import Category, Product, Reservation, Stock, StockAdjustment
 from apps.catalog.search import search_products
-from apps.catalog.services import CategoryNotFound, ProductNotFound
-from apps.core.routing import primary_reads
+from apps.core.routing import replica_safe
 
 logger = structlog.get_logger(__name__)
 
@@ -57,8 +58,7 @@ def product_snapshots(*, product_ids: list[int]) -> dict[int, ProductSnapshot]:
 
 
 def product_ids_by_sku(*, skus: list[str]) -> dict[str, int]:
-    with primary_reads():
-        return dict(Product.objects.filter(sku__in=skus).values_list("sku", "pk"))
+    return dict(Product.objects.filter(sku__in=skus).values_list("sku", "pk"))
 
 
 # --- Categories -----------------------------------------------------------------------
@@ -70,8 +70,7 @@ def category_tree() -> list[dict]:
 
 
 def _load_category_tree() -> list[dict]:
-    with primary_reads():
-        rows = list(Category.objects.order_by("position", "name", "id"))
+    rows = list(Category.objects.order_by("position", "name", "id"))
     nodes = {
         c.pk: {"id": c.pk, "name": c.name, "slug": c.slug, "position": c.position, "children": []}
         for c in rows
@@ -84,8 +83,7 @@ def _load_category_tree() -> list[dict]:
 
 def category_ids_by_slug() -> dict[str, int]:
     """{slug: id} of every category."""
-    with primary_reads():
-        return dict(Category.objects.values_list("slug", "pk"))
+    return dict(Category.objects.values_list("slug", "pk"))
 
 
 def category_and_descendant_ids(*, category: str) -> list[int]:
@@ -116,9 +114,30 @@ def product_list(
     search: str | None = None,
 ) -> QuerySet[Product]:
     """Active products; with `search`, only matches, annotated with `relevance`."""
+    # The category tree is cached, so it loads from the primary: resolved outside the
+    # replica-safe query.
+    category_ids = None if category is None else category_and_descendant_ids(category=category)
+    return _active_products(
+        category_ids=category_ids,
+        min_price=min_price,
+        max_price=max_price,
+        in_stock=in_stock,
+        search=search,
+    )
+
+
+@replica_safe
+def _active_products(
+    *,
+    category_ids: list[int] | None,
+    min_price: Decimal | None,
+    max_price: Decimal | None,
+    in_stock: bool | None,
+    search: str | None,
+) -> QuerySet[Product]:
     products = Product.objects.filter(is_active=True).select_related("category", "stock")
-    if category is not None:
-        products = products.filter(category_id__in=category_and_descendant_ids(category=category))
+    if category_ids is not None:
+        products = products.filter(category_id__in=category_ids)
     if min_price is not None:
         products = products.filter(price__gte=min_price)
     if max_price is not None:
@@ -151,7 +170,7 @@ def product_detail(*, id_or_slug: str) -> dict:
 
 
 def product_staff_detail(*, product_id: int) -> dict:
-    """Any product, active or not, fresh from the primary (for its editors)."""
+    """Any product, active or not, from the primary (for its editors)."""
     payload = _load_product(product_id)
     if payload is None:
         raise ProductNotFound(f"No product {product_id}.")
@@ -167,13 +186,11 @@ def product_id_for(*, id_or_slug: str) -> int:
 
 
 def _load_product_id(slug: str) -> int | None:
-    with primary_reads():
-        return Product.objects.filter(slug=slug).values_list("pk", flat=True).first()
+    return Product.objects.filter(slug=slug).values_list("pk", flat=True).first()
 
 
 def _load_product(product_id: int) -> dict | None:
-    with primary_reads():
-        product = Product.objects.select_related("category", "stock").filter(pk=product_id).first()
+    product = Product.objects.select_related("category", "stock").filter(pk=product_id).first()
     return None if product is None else product_payload(product, detail=True)
 
 
@@ -238,6 +255,7 @@ def popular_products() -> list[dict]:
     return products
 
 
+@replica_safe
 def _compute_popular() -> list[dict]:
     alias = router.db_for_read(Product)
     since = timezone.now() - POPULAR_WINDOW
@@ -300,30 +318,29 @@ def stock_conservation_report() -> list[str]:
 
     Every unit that ever came in is a stock adjustment (initial stock included), so per
     product: adjustments = available + reserved + sold, where `reserved` must equal the
-    active reservations and `sold` is the committed (not returned) ones. Read from the
-    primary: a replica's lag would show a stock row and its reservations out of step.
+    active reservations and `sold` is the committed (not returned) ones. Not replica-safe:
+    a replica's lag would show a stock row and its reservations out of step.
     """
-    with primary_reads():
-        adjusted = dict(
-            StockAdjustment.objects.values("product_id")
-            .annotate(total=Sum("delta"))
-            .values_list("product_id", "total")
+    adjusted = dict(
+        StockAdjustment.objects.values("product_id")
+        .annotate(total=Sum("delta"))
+        .values_list("product_id", "total")
+    )
+    held: dict[tuple[int, str], int] = {
+        (product_id, status): total
+        for product_id, status, total in Reservation.objects.filter(
+            status__in=[Reservation.Status.ACTIVE, Reservation.Status.COMMITTED]
         )
-        held: dict[tuple[int, str], int] = {
-            (product_id, status): total
-            for product_id, status, total in Reservation.objects.filter(
-                status__in=[Reservation.Status.ACTIVE, Reservation.Status.COMMITTED]
-            )
-            .values("product_id", "status")
-            .annotate(total=Sum("quantity"))
-            .values_list("product_id", "status", "total")
-        }
-        stocks = {
-            product_id: (sku, on_hand, reserved)
-            for product_id, sku, on_hand, reserved in Product.objects.values_list(
-                "pk", "sku", "stock__on_hand", "stock__reserved"
-            )
-        }
+        .values("product_id", "status")
+        .annotate(total=Sum("quantity"))
+        .values_list("product_id", "status", "total")
+    }
+    stocks = {
+        product_id: (sku, on_hand, reserved)
+        for product_id, sku, on_hand, reserved in Product.objects.values_list(
+            "pk", "sku", "stock__on_hand", "stock__reserved"
+        )
+    }
     problems = []
     for product_id in sorted(set(stocks) | set(adjusted)):
         sku, on_hand, reserved = stocks.get(product_id, ("?", None, None))

@@ -33,10 +33,22 @@ from apps.catalog.cache import (
     product_cache,
     product_keys,
 )
+from apps.catalog.errors import (
+    CategoryExists,
+    CategoryNotFound,
+    OutOfStock,
+    ProductExists,
+    ProductNotFound,
+    ProductUnavailable,
+    ReservationCommitted,
+    ReservationMismatch,
+    ReservationNotFound,
+    ReservationReleased,
+    StockBelowReserved,
+)
 from apps.catalog.models import Category, Product, Reservation, Stock, StockAdjustment
-from apps.core.errors import Conflict, InvalidState, NotFound, ValidationFailed
+from apps.core.errors import InvalidState, ValidationFailed
 from apps.core.outbox import publish
-from apps.core.routing import primary_reads
 
 MAX_REFERENCE_LENGTH = 100
 PRODUCT_FIELDS = frozenset(
@@ -54,77 +66,6 @@ PRODUCT_FIELDS = frozenset(
     }
 )
 CATEGORY_FIELDS = frozenset({"name", "slug", "parent_id", "position"})
-
-
-class OutOfStock(Conflict):
-    problem_type = "out-of-stock"
-    title = "Not enough stock"
-
-    def __init__(self, product_ids: list[int], available: dict[int, int] | None = None) -> None:
-        super().__init__(
-            f"Not enough stock for product(s) {', '.join(map(str, product_ids))}.",
-            extra={"product_ids": product_ids},
-        )
-        self.product_ids = product_ids
-        # product id -> units that could still be reserved when this was raised
-        self.available = available or {}
-
-
-class ProductUnavailable(Conflict):
-    problem_type = "product-unavailable"
-    title = "Product unknown or inactive"
-
-    def __init__(self, product_ids: list[int]) -> None:
-        super().__init__(
-            f"Product(s) {', '.join(map(str, product_ids))} cannot be sold.",
-            extra={"product_ids": product_ids},
-        )
-        self.product_ids = product_ids
-
-
-class ProductNotFound(NotFound):
-    problem_type = "product-not-found"
-    title = "Product not found"
-
-
-class CategoryNotFound(NotFound):
-    problem_type = "category-not-found"
-    title = "Category not found"
-
-
-class ProductExists(Conflict):
-    problem_type = "product-exists"
-    title = "A product with this SKU or slug exists"
-
-
-class CategoryExists(Conflict):
-    problem_type = "category-exists"
-    title = "A category with this slug exists"
-
-
-class ReservationNotFound(NotFound):
-    problem_type = "reservation-not-found"
-    title = "Reservation not found"
-
-
-class ReservationMismatch(Conflict):
-    problem_type = "reservation-mismatch"
-    title = "Reference already reserved other items"
-
-
-class ReservationReleased(InvalidState):
-    problem_type = "reservation-released"
-    title = "Reservation was released"
-
-
-class ReservationCommitted(InvalidState):
-    problem_type = "reservation-committed"
-    title = "Reservation was committed"
-
-
-class StockBelowReserved(InvalidState):
-    problem_type = "stock-below-reserved"
-    title = "Stock would drop below the reserved units"
 
 
 @dataclass(frozen=True)
@@ -231,13 +172,12 @@ def release_expired_reservations(*, now: datetime | None = None, limit: int = 50
     """Release active reservations whose `expires_at` has passed; returns how many
     references were released. One short transaction per reference."""
     now = now or timezone.now()
-    with primary_reads():
-        references = list(
-            Reservation.objects.filter(status=Reservation.Status.ACTIVE, expires_at__lte=now)
-            .order_by("reference")
-            .values_list("reference", flat=True)
-            .distinct()[:limit]
-        )
+    references = list(
+        Reservation.objects.filter(status=Reservation.Status.ACTIVE, expires_at__lte=now)
+        .order_by("reference")
+        .values_list("reference", flat=True)
+        .distinct()[:limit]
+    )
     released = 0
     for reference in references:
         with transaction.atomic():
@@ -479,17 +419,17 @@ def product_create(
     initial_stock: int = 0,
     actor_id: int | None = None,
 ) -> Product:
-    product = Product(
+    product = _new_product(
         sku=sku,
         name=name,
-        slug=slug or slugify(f"{name}-{sku}")[:160],
+        price=price,
+        slug=slug,
+        currency=currency,
+        attributes=attributes,
+        image_urls=image_urls,
         description=description,
         category_id=category_id,
-        price=price,
-        currency=currency or settings.DEFAULT_CURRENCY,
         is_active=is_active,
-        attributes=attributes or {},
-        image_urls=image_urls or [],
     )
     _validate_product(product)
     if initial_stock < 0:
@@ -564,7 +504,64 @@ def product_set_active(*, product_ids: list[int], is_active: bool) -> int:
     return len(products)
 
 
-def _validate_product(product: Product) -> None:
+def product_validate(
+    *,
+    sku: str,
+    name: str,
+    price: Decimal,
+    currency: str | None = None,
+    slug: str | None = None,
+    description: str = "",
+    category_id: int | None = None,
+    is_active: bool = True,
+    attributes: dict | None = None,
+    image_urls: list[str] | None = None,
+) -> None:
+    """Raise ValidationFailed with every product rule these values break, in the words
+    `product_create`, `product_update` and `products_import` use. No database query: the
+    category's existence is checked when the product is written. For forms and imports
+    that report before they save."""
+    product = _new_product(
+        sku=sku,
+        name=name,
+        price=price,
+        slug=slug,
+        currency=currency,
+        attributes=attributes,
+        image_urls=image_urls,
+        description=description,
+        category_id=category_id,
+        is_active=is_active,
+    )
+    errors = _product_errors(product)
+    if errors:
+        raise ValidationFailed(errors)
+
+
+def _new_product(
+    *,
+    sku: str,
+    name: str,
+    price: Decimal,
+    slug: str | None = None,
+    currency: str | None = None,
+    attributes: dict | None = None,
+    image_urls: list[str] | None = None,
+    **fields,
+) -> Product:
+    return Product(
+        sku=sku,
+        name=name,
+        price=price,
+        slug=slug or slugify(f"{name}-{sku}")[:160],
+        currency=currency or settings.DEFAULT_CURRENCY,
+        attributes={} if attributes is None else attributes,
+        image_urls=[] if image_urls is None else image_urls,
+        **fields,
+    )
+
+
+def _product_errors(product: Product) -> dict[str, list[str]]:
     errors: dict[str, list[str]] = {}
     if not product.sku or not str(product.sku).strip():
         errors["sku"] = ["Required."]
@@ -581,6 +578,11 @@ def _validate_product(product: Product) -> None:
         errors["attributes"] = ["Must be an object."]
     if not isinstance(product.image_urls, list):
         errors["image_urls"] = ["Must be a list of URLs."]
+    return errors
+
+
+def _validate_product(product: Product) -> None:
+    errors = _product_errors(product)
     if errors:
         raise ValidationFailed(errors)
     if product.category_id is not None and not _category_exists(product.category_id):
@@ -588,8 +590,7 @@ def _validate_product(product: Product) -> None:
 
 
 def _category_exists(category_id: int) -> bool:
-    with primary_reads():
-        return Category.objects.filter(pk=category_id).exists()
+    return Category.objects.filter(pk=category_id).exists()
 
 
 # --- Categories -----------------------------------------------------------------------
@@ -710,6 +711,7 @@ def products_import(
             for sku, row in by_sku.items()
             if sku not in existing
         ]
+        _validate_imported(new_products)
         try:
             with transaction.atomic():
                 Product.objects.bulk_create(new_products)
@@ -747,6 +749,7 @@ def products_import(
                 product.updated_at = now  # bulk_update skips auto_now
                 changed.append(product)
                 _publish_product_facts(product, was=was)
+        _validate_imported(changed)
         Product.objects.bulk_update(changed, [*IMPORT_UPDATED_FIELDS, "updated_at"])
         stale_keys = [key for p in new_products for key in product_keys(p.pk, p.slug)]
         stale_keys += [key for p in changed for key in product_keys(p.pk)]
@@ -754,3 +757,20 @@ def products_import(
             product_cache.invalidate_on_commit(*stale_keys)
             forget_popular_on_commit()
     return len(new_products), len(changed)
+
+
+def _validate_imported(products: list[Product]) -> None:
+    """The product rules for every product of an import, errors keyed `<sku>.<field>`;
+    categories are looked up in one query."""
+    errors = {
+        f"{product.sku}.{field}": messages
+        for product in products
+        for field, messages in _product_errors(product).items()
+    }
+    category_ids = {p.category_id for p in products if p.category_id is not None}
+    known = set(Category.objects.filter(pk__in=category_ids).values_list("pk", flat=True))
+    for product in products:
+        if product.category_id is not None and product.category_id not in known:
+            errors[f"{product.sku}.category_id"] = ["No such category."]
+    if errors:
+        raise ValidationFailed(errors, detail="Invalid products: nothing imported.")

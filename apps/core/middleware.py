@@ -143,8 +143,8 @@ def _client_user_id(request) -> int | str | None:
             return None
     session = getattr(request, "session", None)
     if session is not None and request.COOKIES.get(settings.SESSION_COOKIE_NAME):
-        # Loaded once and reused by AuthenticationMiddleware; sessions are always
-        # read from the primary (PRIMARY_ONLY_APPS).
+        # Loaded once and reused by AuthenticationMiddleware; sessions are read from
+        # the primary (no replica-safe declaration covers them).
         return session.get(SESSION_KEY)
     return None
 

@@ -1,25 +1,35 @@
-"""Read-routing state: which reads must see the primary.
+"""Read-routing state: which reads may be served by a replica.
 
-The database router (config.db_router) asks `must_read_primary()` before sending a
-read to a replica. A read goes to the primary when:
-- the current task or block asked for it (`primary_reads()`; Celery tasks by default),
+The primary serves every read unless the code declares it replica-safe: a selector
+decorated with `replica_safe` (lists, details, search, popular) tolerates a little lag,
+and only its reads may go to a replica. The database router (config.db_router) asks
+`must_read_primary()`; even a declared read goes to the primary when:
+- the current task did not opt in (Celery tasks read the primary),
 - this request already wrote (its own later reads must see the write),
 - the client wrote within READ_YOUR_WRITES_SECONDS (read-your-writes pinning, keyed by
   user id so it works for token clients as well as sessions).
+A forgotten declaration costs scale, never a stale read.
 """
 
 import contextlib
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import ParamSpec, TypeVar
 
 import structlog
 from django.conf import settings
 from django.core.cache import cache
+from django.db.models import QuerySet
 
 logger = structlog.get_logger(__name__)
 
 PIN_KEY = "rw-pin:user:{user_id}"
+REPLICA_SAFE_HINT = "replica_safe"
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @dataclass
@@ -35,6 +45,7 @@ class RoutingScope:
 
 
 _scope: ContextVar[RoutingScope | None] = ContextVar("mercato_routing_scope", default=None)
+_replica_safe: ContextVar[bool] = ContextVar("mercato_replica_safe", default=False)
 
 
 def current_scope() -> RoutingScope | None:
@@ -53,20 +64,28 @@ def routing_scope(
         _scope.reset(token)
 
 
-@contextlib.contextmanager
-def primary_reads() -> Iterator[None]:
-    """Send every read in the block to the primary (for reads that must be fresh)."""
-    scope = _scope.get()
-    if scope is None:
-        with routing_scope(force_primary=True):
-            yield
-        return
-    previous = scope.force_primary
-    scope.force_primary = True
-    try:
-        yield
-    finally:
-        scope.force_primary = previous
+def replica_safe(selector: Callable[P, R]) -> Callable[P, R]:
+    """Declare a selector's reads safe to serve from a replica (they tolerate a little lag).
+
+    Reads while it runs are declared, and so is a QuerySet it returns: the router gets a
+    `replica_safe` hint whenever the caller evaluates it later (paginated, rendered), and
+    routes it then, with the pin, lag guard and health of that moment. Other reads the
+    caller makes with its rows (a lazy relation) are undeclared and read the primary.
+    """
+
+    @functools.wraps(selector)
+    def declared(*args: P.args, **kwargs: P.kwargs) -> R:
+        token = _replica_safe.set(True)
+        try:
+            result = selector(*args, **kwargs)
+        finally:
+            _replica_safe.reset(token)
+        if isinstance(result, QuerySet):
+            # Hints travel with every clone of the QuerySet (filtered, ordered, sliced).
+            result._add_hints(**{REPLICA_SAFE_HINT: True})
+        return result
+
+    return declared
 
 
 def record_write() -> None:
@@ -83,7 +102,11 @@ def pin_user_to_primary(user_id: int | str) -> None:
         logger.warning("read_pin_store_failed", user_id=user_id, exc_info=True)
 
 
-def must_read_primary() -> bool:
+def must_read_primary(*, declared: bool = False) -> bool:
+    """Whether this read must use the primary; `declared`: the query itself is marked
+    replica-safe (see `replica_safe`), besides any read while a declared selector runs."""
+    if not (declared or _replica_safe.get()):
+        return True
     scope = _scope.get()
     if scope is None:
         return False

@@ -61,7 +61,6 @@ from django.utils import timezone
 
 from apps.core import metrics, tracing
 from apps.core.models import SagaInstance, SagaTransition
-from apps.core.routing import primary_reads
 from config.celery import app as celery_app
 
 logger = structlog.get_logger(__name__)
@@ -401,8 +400,7 @@ def _run_action(saga: SagaInstance, definition: SagaDefinition) -> bool:
     except Exception as exc:
         if step.atomic:
             # Rolled back with the action: forget whatever the failed save changed here.
-            with primary_reads():
-                saga.refresh_from_db()
+            saga.refresh_from_db()
         reason = definition.failure_reason(exc)
         if reason is None and timezone.now() < saga.deadline:
             _wait_and_retry(saga, step=step.name, exc=exc, kind="step_retry")
@@ -473,13 +471,12 @@ def saga_sweep(*, limit: int = 200) -> int:
     task was lost): active, unleased, and past their wake-up time by a margin."""
     now = timezone.now()
     stale_before = now - timedelta(seconds=settings.SAGA_STALE_SECONDS)
-    with primary_reads():
-        stuck = list(
-            SagaInstance.objects.filter(state__in=ACTIVE_STATES, wake_at__lt=stale_before)
-            .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
-            .order_by("wake_at")
-            .values_list("pk", flat=True)[:limit]
-        )
+    stuck = list(
+        SagaInstance.objects.filter(state__in=ACTIVE_STATES, wake_at__lt=stale_before)
+        .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
+        .order_by("wake_at")
+        .values_list("pk", flat=True)[:limit]
+    )
     if stuck:
         _send_drain()  # whatever the kick mark says: a lost kick may have left it set
         logger.warning("saga_sweep_resumed", count=len(stuck))

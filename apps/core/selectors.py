@@ -23,14 +23,12 @@ from django.utils import timezone
 
 from apps.core.inbox import handled_event_types
 from apps.core.models import InboxMessage, OutboxMessage, SagaInstance
-from apps.core.routing import primary_reads
 
 
 def outbox_backlog() -> tuple[int, float]:
-    with primary_reads():
-        backlog = OutboxMessage.objects.filter(published_at__isnull=True).aggregate(
-            count=Count("id"), oldest=Min("created_at")
-        )
+    backlog = OutboxMessage.objects.filter(published_at__isnull=True).aggregate(
+        count=Count("id"), oldest=Min("created_at")
+    )
     if not backlog["count"]:
         return 0, 0.0
     age = (timezone.now() - backlog["oldest"]).total_seconds()
@@ -39,13 +37,12 @@ def outbox_backlog() -> tuple[int, float]:
 
 def overdue_sagas(*, grace_seconds: float) -> list[str]:
     overdue_since = timezone.now() - timedelta(seconds=grace_seconds)
-    with primary_reads():
-        sagas = list(
-            SagaInstance.objects.filter(
-                state__in=[SagaInstance.State.RUNNING, SagaInstance.State.COMPENSATING],
-                deadline__lt=overdue_since,
-            ).order_by("deadline")
-        )
+    sagas = list(
+        SagaInstance.objects.filter(
+            state__in=[SagaInstance.State.RUNNING, SagaInstance.State.COMPENSATING],
+            deadline__lt=overdue_since,
+        ).order_by("deadline")
+    )
     return [
         f"saga {saga.saga_type} {saga.id}: still {saga.state} at step {saga.current_step}, "
         f"deadline was {saga.deadline.isoformat()}"
@@ -93,14 +90,11 @@ def unconsumed_events(*, grace_seconds: float, limit: int = 20) -> list[str]:
         days=min(settings.OUTBOX_RETENTION_DAYS, settings.INBOX_RETENTION_DAYS)
     ).total_seconds()
     problems = []
-    with primary_reads():
-        for consumer, event_types in sorted(_types_by_consumer().items()):
-            missed = list(
-                _unhandled(consumer, event_types, older_than=grace_seconds, window=window)
-            )
-            if missed:
-                listed = ", ".join(f"{event_type} {pk}" for pk, event_type, _ in missed[:limit])
-                problems.append(f"{consumer}: {len(missed)} event(s) not handled: {listed}")
+    for consumer, event_types in sorted(_types_by_consumer().items()):
+        missed = list(_unhandled(consumer, event_types, older_than=grace_seconds, window=window))
+        if missed:
+            listed = ", ".join(f"{event_type} {pk}" for pk, event_type, _ in missed[:limit])
+            problems.append(f"{consumer}: {len(missed)} event(s) not handled: {listed}")
     return problems
 
 
@@ -109,18 +103,17 @@ def consumer_lag() -> dict[str, float]:
     EVENT_CONSUMER_LAG_WINDOW_SECONDS has waited (0 if none)."""
     now = timezone.now()
     lag = {}
-    with primary_reads():
-        for consumer, event_types in _types_by_consumer().items():
-            oldest = next(
-                _unhandled(
-                    consumer,
-                    event_types,
-                    older_than=0,
-                    window=settings.EVENT_CONSUMER_LAG_WINDOW_SECONDS,
-                ),
-                None,
-            )
-            lag[consumer] = max((now - oldest[2]).total_seconds(), 0.0) if oldest else 0.0
+    for consumer, event_types in _types_by_consumer().items():
+        oldest = next(
+            _unhandled(
+                consumer,
+                event_types,
+                older_than=0,
+                window=settings.EVENT_CONSUMER_LAG_WINDOW_SECONDS,
+            ),
+            None,
+        )
+        lag[consumer] = max((now - oldest[2]).total_seconds(), 0.0) if oldest else 0.0
     return lag
 
 

@@ -7,7 +7,6 @@ services as the API, and each tells its outcome in one message.
 
 import uuid
 
-import structlog
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
@@ -62,11 +61,6 @@ class RefundForm(forms.Form):
     reason = forms.CharField(max_length=200)
     # One refund per rendered form: submitting it twice refunds once.
     refund_key = forms.UUIDField(widget=forms.HiddenInput)
-
-
-def _bind_actor(request) -> None:
-    # Recorded in the metadata of the events this request appends (the timeline's actor).
-    structlog.contextvars.bind_contextvars(actor_id=request.user.pk)
 
 
 @admin.register(OrderSummary)
@@ -216,7 +210,6 @@ class OrderSummaryAdmin(ActionsOnlyAdmin):
             )
             self.message_user(request, errors, messages.ERROR)
             return redirect(page)
-        _bind_actor(request)
         report_outcome(self, request, lambda: run(summary, form.cleaned_data), success)
         return redirect(page)
 
@@ -226,6 +219,7 @@ class OrderSummaryAdmin(ActionsOnlyAdmin):
                 order_id=str(summary.pk),
                 tracking_number=data["tracking_number"],
                 carrier=data["carrier"] or "unknown",
+                actor_id=request.user.pk,
             )
 
         return self._page_action(
@@ -239,7 +233,7 @@ class OrderSummaryAdmin(ActionsOnlyAdmin):
     def cancel_view(self, request, object_id):
         def cancel(summary, data):
             return services.order_cancel(
-                order_id=str(summary.pk), reason="staff_request", note=data["note"]
+                order_id=str(summary.pk), actor_id=request.user.pk, note=data["note"]
             )
 
         return self._page_action(request, object_id, CancelForm, cancel, lambda _: "Cancelled.")
@@ -254,7 +248,7 @@ class OrderSummaryAdmin(ActionsOnlyAdmin):
                 payment_id=payment.pk,
                 amount=data["amount"],
                 reason=data["reason"],
-                idempotency_key=f"admin:{payment.pk}:{data['refund_key']}",
+                idempotency_key=str(data["refund_key"]),
             )
 
         return self._page_action(
@@ -285,12 +279,14 @@ class OrderSummaryAdmin(ActionsOnlyAdmin):
             )
             return
         summary = queryset[0]
-        _bind_actor(request)
         report_outcome(
             self,
             request,
             lambda: services.order_ship(
-                order_id=str(summary.pk), tracking_number=tracking_number, carrier=carrier
+                order_id=str(summary.pk),
+                tracking_number=tracking_number,
+                carrier=carrier,
+                actor_id=request.user.pk,
             ),
             lambda _: f"shipped ({carrier} {tracking_number})",
             subject=str(summary.pk),
@@ -299,11 +295,10 @@ class OrderSummaryAdmin(ActionsOnlyAdmin):
     # Only the roles that may change orders (order managers), not read-only support.
     @admin.action(description="Cancel selected orders (staff request)", permissions=["change"])
     def cancel_orders(self, request, queryset):
-        _bind_actor(request)
         cancelled, refused = [], []
         for summary in queryset:
             try:
-                services.order_cancel(order_id=str(summary.pk), reason="staff_request")
+                services.order_cancel(order_id=str(summary.pk), actor_id=request.user.pk)
             except DomainError as error:
                 detail = "; ".join(message for _, message in form_errors(error, fields=()))
                 refused.append(f"{summary.pk} ({detail})")

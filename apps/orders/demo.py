@@ -10,7 +10,7 @@ from decimal import Decimal
 from apps.catalog import selectors as catalog_selectors
 from apps.catalog import services as catalog_services
 from apps.core.demo import demo_seeder
-from apps.core.routing import primary_reads
+from apps.core.routing import routing_scope
 from apps.core.sagas import saga_advance
 from apps.orders import selectors, services
 from apps.payments import selectors as payment_selectors
@@ -41,7 +41,7 @@ def seed_orders() -> list[str]:
         services.order_ship(order_id=shipped, tracking_number="DEMO-TRK-1", carrier="DHL")
         refunded = _place(customer_id, lamp, "tok_visa", quantity=2)
         # Just written by the saga: a lagging replica may not have it yet.
-        with primary_reads():
+        with routing_scope(force_primary=True):  # the payment was written a moment ago
             payment = payment_selectors.payment_list(user_id=None, order_id=refunded).get()
         payment_services.refund_payment(payment_id=payment.pk, reason="demo: arrived broken")
         declined = _place(customer_id, lamp, "tok_declined")

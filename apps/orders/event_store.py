@@ -11,18 +11,14 @@ from functools import partial
 import structlog
 from django.db import IntegrityError, connection, transaction
 
-from apps.core.errors import Conflict, NotFound
+from apps.core.errors import NotFound
 from apps.core.event_registry import published_event_types
 from apps.core.outbox import publish_event
 from apps.orders import metrics
 from apps.orders.domain import Order
+from apps.orders.errors import ConcurrencyConflict
 from apps.orders.events import CONTEXT, upcast
 from apps.orders.models import StoredEvent
-
-
-class ConcurrencyConflict(Conflict):
-    problem_type = "concurrency-conflict"
-    title = "The order changed concurrently"
 
 
 def history(order_id: str, *, as_of_version: int | None = None, as_of: datetime | None = None):
@@ -45,16 +41,19 @@ def load_order(order_id: str, **as_of) -> Order:
     return order
 
 
-def append(order: Order) -> list[StoredEvent]:
-    """Store the order's pending events after `order.version`; raise on a concurrent append."""
+def append(order: Order, *, actor_id: int | None = None) -> list[StoredEvent]:
+    """Store the order's pending events after `order.version`; raise on a concurrent append.
+
+    `actor_id`: the user whose action this is (None: the system), recorded as the events'
+    `user_id`."""
     context = structlog.contextvars.get_contextvars()
     metadata = {
         key: context[key]
         for key in ("request_id", "correlation_id", "causation_id")
         if key in context
     }
-    if "actor_id" in context:
-        metadata["user_id"] = context["actor_id"]
+    if actor_id is not None:
+        metadata["user_id"] = actor_id
     rows = [
         StoredEvent(
             aggregate_type="order",

@@ -10,7 +10,7 @@ from operator import itemgetter
 from django.db.models import Count, Min, QuerySet, Sum
 
 from apps.core.errors import NotFound
-from apps.core.routing import primary_reads
+from apps.core.routing import replica_safe
 from apps.orders import event_store
 from apps.orders.domain import Order
 from apps.orders.events import upcast
@@ -18,6 +18,7 @@ from apps.orders.models import OrderSummary, StoredEvent
 from apps.orders.projections import summary_fields
 
 
+@replica_safe
 def order_list(*, user_id: int | None = None, status: str | None = None) -> QuerySet[OrderSummary]:
     orders = OrderSummary.objects.all()
     if user_id is not None:
@@ -30,22 +31,22 @@ def order_list(*, user_id: int | None = None, status: str | None = None) -> Quer
 def order_summary(*, order_id: str, user_id: int | None = None) -> OrderSummary:
     """The order's summary; `user_id` restricts it to its owner (others get NotFound).
 
-    The owner is never told 404 for an order that exists: when the summary is not there
-    (a lagging replica, a projection not yet written) it is folded from the event store on
-    the primary, without writing (a query does not change the read model).
+    The owner is never told 404 for an order that exists: when the summary is not on the
+    replica (it lags, or the projection is not written yet) it is read from the primary,
+    else folded from the event store without writing (a query does not change the read
+    model).
     """
+    summary = _summary_from_read_model(order_id=order_id, user_id=user_id)
+    if summary is not None:
+        return summary
     orders = OrderSummary.objects.all()
     if user_id is not None:
         orders = orders.filter(user_id=user_id)
     summary = orders.filter(pk=order_id).first()
-    if summary is not None:
-        return summary
-    with primary_reads():
-        summary = orders.filter(pk=order_id).first()
-        if summary is None and StoredEvent.objects.filter(aggregate_id=order_id).exists():
-            order = event_store.load_order(order_id)
-            if user_id is None or order.user_id == user_id:
-                summary = OrderSummary(id=order.id, **summary_fields(order))
+    if summary is None and StoredEvent.objects.filter(aggregate_id=order_id).exists():
+        order = event_store.load_order(order_id)
+        if user_id is None or order.user_id == user_id:
+            summary = OrderSummary(id=order.id, **summary_fields(order))
     if summary is None:
         raise NotFound("No such order.")
     return summary
@@ -55,6 +56,14 @@ def order_payment_recorded(*, order_id: str, payment_id: str) -> bool:
     """Whether the order's history holds this capture. The summary is written in the
     transaction that appends the order's events, so it never shows one the store lacks."""
     return OrderSummary.objects.filter(pk=order_id, payment_id=payment_id).exists()
+
+
+@replica_safe
+def _summary_from_read_model(*, order_id: str, user_id: int | None) -> OrderSummary | None:
+    orders = OrderSummary.objects.filter(pk=order_id)
+    if user_id is not None:
+        orders = orders.filter(user_id=user_id)
+    return orders.first()
 
 
 def order_events(*, order_id: str) -> QuerySet[StoredEvent]:
@@ -74,24 +83,22 @@ def order_as_of(*, order_id: str, version: int | None = None, at: datetime | Non
 
 def orders_from_event_store() -> dict[str, Order]:
     """Every order rebuilt from its events (the truth), by id; nothing is written."""
-    with primary_reads():
-        rows = StoredEvent.objects.order_by("aggregate_id", "version").values_list(
-            "aggregate_id", "version", "event_type", "schema_version", "data", "recorded_at"
+    rows = StoredEvent.objects.order_by("aggregate_id", "version").values_list(
+        "aggregate_id", "version", "event_type", "schema_version", "data", "recorded_at"
+    )
+    return {
+        str(order_id): Order.from_history(
+            str(order_id), ((v, upcast(t, sv, d), at) for _, v, t, sv, d, at in events)
         )
-        return {
-            str(order_id): Order.from_history(
-                str(order_id), ((v, upcast(t, sv, d), at) for _, v, t, sv, d, at in events)
-            )
-            for order_id, events in groupby(rows.iterator(chunk_size=2000), key=itemgetter(0))
-        }
+        for order_id, events in groupby(rows.iterator(chunk_size=2000), key=itemgetter(0))
+    }
 
 
 def read_model_discrepancy_report(*, rebuilt: dict[str, Order]) -> list[str]:
     """Where the read model differs from a rebuild from the event store, one readable line
     each (empty when they agree): missing, extra and differing summaries."""
     problems = []
-    with primary_reads():
-        summaries = {str(s.pk): s for s in OrderSummary.objects.all()}
+    summaries = {str(s.pk): s for s in OrderSummary.objects.all()}
     for order_id in sorted(set(summaries) - set(rebuilt)):
         problems.append(f"order {order_id}: in the read model but has no events")
     for order_id, order in sorted(rebuilt.items()):

@@ -1,6 +1,7 @@
 """Orders context commands. Each loads the aggregate, runs one command, appends its
 events and projects the read model in one transaction, retrying a bounded number of
-times when another writer appended first (optimistic concurrency)."""
+times when another writer appended first (optimistic concurrency). A command a person
+runs takes their `actor_id`, recorded with its events; without one, the system acted."""
 
 import uuid
 from collections.abc import Callable
@@ -13,17 +14,17 @@ from django.db import transaction
 
 from apps.catalog import selectors as catalog_selectors
 from apps.core.errors import ValidationFailed
-from apps.core.routing import primary_reads
 from apps.core.sagas import saga_start
 from apps.orders import event_store
 from apps.orders.domain import Order, OrderStatus
-from apps.orders.event_store import ConcurrencyConflict
+from apps.orders.errors import ConcurrencyConflict
 from apps.orders.models import OrderSummary
 from apps.orders.projections import project
 
 logger = structlog.get_logger(__name__)
 
 MAX_COMMAND_ATTEMPTS = 5
+ORDER_ID_NAMESPACE = uuid.UUID("5f0c1f4e-8d4b-4a8e-9b1c-6f1d2e3a4b5c")
 # Defined in apps.orders.sagas: reserve stock -> charge -> confirm, with compensations.
 ORDER_PLACEMENT_SAGA = "order_placement"
 # Refund, then restock, a cancelled order that had been confirmed (apps.orders.sagas).
@@ -40,14 +41,14 @@ ADDRESS_SNAPSHOT_FIELDS = (
 )
 
 
-def _run(order_id: str, command: Callable[[Order], None]) -> Order:
+def _run(order_id: str, command: Callable[[Order], None], *, actor_id: int | None = None) -> Order:
     for attempt in range(1, MAX_COMMAND_ATTEMPTS + 1):
         try:
             with transaction.atomic():
                 order = event_store.load_order(order_id)
                 command(order)
                 if order.pending_events:
-                    event_store.append(order)
+                    event_store.append(order, actor_id=actor_id)
                     project(order)
                 return order
         except ConcurrencyConflict:
@@ -74,8 +75,7 @@ def _order_lines(items: list[tuple[int, int]]) -> tuple[list[dict[str, Any]], st
                 f"Must be between 1 and {settings.ORDER_MAX_QUANTITY_PER_LINE}."
             ]
     # The price charged must be the current one: read it from the primary, not a replica.
-    with primary_reads():
-        snapshots = catalog_selectors.product_snapshots(product_ids=[p for p, _ in items])
+    snapshots = catalog_selectors.product_snapshots(product_ids=[p for p, _ in items])
     for index, (product_id, _) in enumerate(items):
         snapshot = snapshots.get(product_id)
         if snapshot is None or not snapshot.is_active:
@@ -102,17 +102,32 @@ def _order_lines(items: list[tuple[int, int]]) -> tuple[list[dict[str, Any]], st
     return lines, currencies.pop()
 
 
+def _order_id_for(*, user_id: int, idempotency_key: str) -> str:
+    """The id of the order a user's request with this idempotency key places.
+
+    Even a retry that outlived its idempotency record (a crash between the order commit
+    and the stored response) lands on the same order instead of creating a second one.
+    """
+    return str(uuid.uuid5(ORDER_ID_NAMESPACE, f"{user_id}:{idempotency_key}"))
+
+
 def order_place(
     *,
     user_id: int,
     items: list[tuple[int, int]],
     shipping_address: dict[str, Any],
     payment_token: str,
-    order_id: str | None = None,
+    idempotency_key: str | None = None,
 ) -> OrderSummary:
-    """Record a new pending order and start its placement saga, in one transaction."""
+    """Record a new pending order and start its placement saga, in one transaction.
+
+    With an idempotency key, placing again with the same key returns the same order."""
     lines, currency = _order_lines(items)
-    order = Order(id=order_id or str(uuid.uuid4()))
+    order = Order(
+        id=str(uuid.uuid4())
+        if idempotency_key is None
+        else _order_id_for(user_id=user_id, idempotency_key=idempotency_key)
+    )
     order.place(
         user_id=user_id,
         items=lines,
@@ -121,7 +136,7 @@ def order_place(
     )
     try:
         with transaction.atomic():
-            event_store.append(order)
+            event_store.append(order, actor_id=user_id)
             summary = project(order, is_new=True)
             saga_start(
                 saga_type=ORDER_PLACEMENT_SAGA,
@@ -160,23 +175,45 @@ def order_confirm(*, order_id: str) -> Order:
     return _run(order_id, lambda o: o.confirm())
 
 
-def order_ship(*, order_id: str, tracking_number: str, carrier: str = "unknown") -> Order:
-    return _run(order_id, lambda o: o.ship(tracking_number=tracking_number, carrier=carrier))
+def order_ship(
+    *,
+    order_id: str,
+    tracking_number: str,
+    carrier: str = "unknown",
+    actor_id: int | None = None,
+) -> Order:
+    return _run(
+        order_id,
+        lambda o: o.ship(tracking_number=tracking_number, carrier=carrier),
+        actor_id=actor_id,
+    )
 
 
-def order_deliver(*, order_id: str) -> Order:
-    return _run(order_id, lambda o: o.deliver())
+def order_deliver(*, order_id: str, actor_id: int | None = None) -> Order:
+    return _run(order_id, lambda o: o.deliver(), actor_id=actor_id)
 
 
 def order_cancel(
-    *, order_id: str, reason: str, note: str = "", details: dict[str, Any] | None = None
+    *,
+    order_id: str,
+    actor_id: int | None = None,
+    reason: str | None = None,
+    note: str = "",
+    details: dict[str, Any] | None = None,
 ) -> Order:
     """Cancel until shipped. A pending order's placement saga undoes its own steps when it
-    next runs; a confirmed order gets a refund-and-restock saga, started with the cancel."""
+    next runs; a confirmed order gets a refund-and-restock saga, started with the cancel.
+
+    The system gives its `reason`; a person (`actor_id`) cancels at the customer's
+    request when the order is theirs, else at staff's request.
+    """
+    if reason is None and actor_id is None:
+        raise TypeError("order_cancel needs a reason or the actor_id of who cancels")
 
     def cancel(order: Order) -> None:
         was_confirmed = order.stage == OrderStatus.CONFIRMED
-        order.cancel(reason=reason, note=note, details=details or {})
+        why = reason or ("customer_request" if order.user_id == actor_id else "staff_request")
+        order.cancel(reason=why, note=note, details=details or {})
         if was_confirmed:
             saga_start(
                 saga_type=ORDER_CANCELLATION_SAGA,
@@ -184,7 +221,7 @@ def order_cancel(
                 context={"order_id": order.id},
             )
 
-    return _run(order_id, cancel)
+    return _run(order_id, cancel, actor_id=actor_id)
 
 
 def order_record_refund(

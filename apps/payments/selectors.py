@@ -1,4 +1,4 @@
-"""Payments context queries (routed to a replica where the router allows)."""
+"""Payments context queries; the API's list and detail may be served by a replica."""
 
 from dataclasses import dataclass
 from datetime import datetime
@@ -7,11 +7,12 @@ from decimal import Decimal
 from django.db.models import Prefetch, Q, QuerySet, Sum
 
 from apps.core.errors import NotFound
-from apps.core.routing import primary_reads
+from apps.core.routing import replica_safe
 from apps.payments.gateway import get_provider
 from apps.payments.models import Payment, Refund
 
 
+@replica_safe
 def payment_list(*, user_id: int | None, order_id: str | None = None) -> QuerySet[Payment]:
     """Payments of one user (`user_id`), or of everyone when `user_id` is None (staff)."""
     payments = Payment.objects.prefetch_related(
@@ -24,6 +25,7 @@ def payment_list(*, user_id: int | None, order_id: str | None = None) -> QuerySe
     return payments
 
 
+@replica_safe
 def payment_get(*, payment_id: int, user_id: int | None) -> Payment:
     try:
         return payment_list(user_id=user_id).get(pk=payment_id)
@@ -67,44 +69,38 @@ class CapturedPayment:
 def captured_payments_by_order(*, order_ids: list[str]) -> dict[str, list[CapturedPayment]]:
     """The charges that succeeded (refunded later or not) for each of the given orders."""
     found: dict[str, list[CapturedPayment]] = {}
-    with primary_reads():
-        rows = Payment.objects.filter(order_id__in=order_ids, status__in=CAPTURED_STATUSES)
-        for pk, order_id, amount, currency in rows.values_list(
-            "pk", "order_id", "amount", "currency"
-        ):
-            found.setdefault(order_id, []).append(CapturedPayment(pk, order_id, amount, currency))
+    rows = Payment.objects.filter(order_id__in=order_ids, status__in=CAPTURED_STATUSES)
+    for pk, order_id, amount, currency in rows.values_list("pk", "order_id", "amount", "currency"):
+        found.setdefault(order_id, []).append(CapturedPayment(pk, order_id, amount, currency))
     return found
 
 
 def refund_overrun_report() -> list[str]:
     """Payments whose succeeded refunds exceed the charge, or disagree with the payment's
     refunded amount, one readable line each (empty when none)."""
-    with primary_reads():
-        rows = Payment.objects.annotate(
-            refunded=Sum("refunds__amount", filter=Q(refunds__status=Refund.Status.SUCCEEDED))
-        ).values_list("pk", "order_id", "amount", "amount_refunded", "refunded")
-        problems = []
-        for pk, order_id, amount, amount_refunded, refunded in rows:
-            refunded = refunded or Decimal("0")
-            if refunded > amount:
-                problems.append(
-                    f"payment {pk} (order {order_id}): refunds {refunded} exceed the charge "
-                    f"{amount}"
-                )
-            if refunded != amount_refunded:
-                problems.append(
-                    f"payment {pk} (order {order_id}): succeeded refunds total {refunded} but "
-                    f"amount_refunded is {amount_refunded}"
-                )
+    rows = Payment.objects.annotate(
+        refunded=Sum("refunds__amount", filter=Q(refunds__status=Refund.Status.SUCCEEDED))
+    ).values_list("pk", "order_id", "amount", "amount_refunded", "refunded")
+    problems = []
+    for pk, order_id, amount, amount_refunded, refunded in rows:
+        refunded = refunded or Decimal("0")
+        if refunded > amount:
+            problems.append(
+                f"payment {pk} (order {order_id}): refunds {refunded} exceed the charge {amount}"
+            )
+        if refunded != amount_refunded:
+            problems.append(
+                f"payment {pk} (order {order_id}): succeeded refunds total {refunded} but "
+                f"amount_refunded is {amount_refunded}"
+            )
     return problems
 
 
 def refunded_amounts_by_order(*, changed_before: datetime) -> dict[str, Decimal]:
     """Order id -> amount refunded of its payment, for payments refunded at least in part
     and last changed before `changed_before` (later ones may still be on their way)."""
-    with primary_reads():
-        return dict(
-            Payment.objects.filter(
-                amount_refunded__gt=0, updated_at__lt=changed_before
-            ).values_list("order_id", "amount_refunded")
+    return dict(
+        Payment.objects.filter(amount_refunded__gt=0, updated_at__lt=changed_before).values_list(
+            "order_id", "amount_refunded"
         )
+    )

@@ -19,10 +19,15 @@ from django.db import IntegrityError, transaction
 from django.db.models import Sum
 from django.utils import timezone
 
-from apps.core.errors import Conflict, DomainError, InvalidState, NotFound, ValidationFailed
+from apps.core.errors import Conflict, InvalidState, NotFound, ValidationFailed
 from apps.core.outbox import publish
-from apps.core.routing import primary_reads
 from apps.payments import events
+from apps.payments.errors import (
+    InvalidWebhook,
+    PaymentDeclined,
+    PaymentProviderUnavailable,
+    RefundExceedsCaptured,
+)
 from apps.payments.gateway import (
     ProviderCharge,
     ProviderRefund,
@@ -38,35 +43,6 @@ logger = structlog.get_logger(__name__)
 MAX_AMOUNT = Decimal("9999999999.99")
 # The failure code of a charge or refund the provider says it never received.
 NOT_SUBMITTED = "not_submitted"
-
-
-class PaymentDeclined(DomainError):
-    status = 402
-    problem_type = "payment-declined"
-    title = "Payment declined"
-
-    def __init__(self, detail: str | None = None, *, decline_code: str, payment_id: int) -> None:
-        super().__init__(detail, extra={"decline_code": decline_code, "payment_id": payment_id})
-        self.decline_code = decline_code
-        self.payment_id = payment_id
-
-
-class PaymentProviderUnavailable(DomainError):
-    """Transient: the provider did not answer in the retry budget, or the circuit is open."""
-
-    status = 503
-    problem_type = "payment-provider-unavailable"
-    title = "Payment provider unavailable"
-
-
-class RefundExceedsCaptured(InvalidState):
-    problem_type = "refund-exceeds-captured"
-    title = "Refund exceeds the captured amount"
-
-
-class InvalidWebhook(DomainError):
-    problem_type = "invalid-webhook"
-    title = "Invalid webhook"
 
 
 @dataclass(frozen=True)
@@ -106,8 +82,7 @@ def charge_for_order(
         # Open circuit: fail fast (one Redis read), touch neither the provider nor the
         # database. The error is transient; a retry after the cool-down gets the outcome.
         raise PaymentProviderUnavailable("The payment provider is unavailable; retry later.")
-    with primary_reads():
-        payment = Payment.objects.filter(order_id=order_id).first()
+    payment = Payment.objects.filter(order_id=order_id).first()
     if payment is None:
         payment = _payment_create(
             order_id=order_id, user_id=user_id, amount=amount, currency=currency, provider=provider
@@ -149,8 +124,7 @@ def payment_void_for_order(*, order_id: str, reason: str) -> RefundResult | None
     classic timed-out-but-charged case) is first settled from the provider by its key.
     A captured one is refunded in full, once (the refund is keyed per payment).
     """
-    with primary_reads():
-        payment = Payment.objects.filter(order_id=order_id).first()
+    payment = Payment.objects.filter(order_id=order_id).first()
     if payment is None:
         return None
     if payment.status == Payment.Status.PENDING:
@@ -243,8 +217,7 @@ def _payment_create(
             return payment
     except IntegrityError:
         # A concurrent call for the same order won the unique order_id.
-        with primary_reads():
-            return Payment.objects.get(order_id=order_id)
+        return Payment.objects.get(order_id=order_id)
 
 
 def _settle_charge(
@@ -345,8 +318,9 @@ def refund_payment(
 ) -> RefundResult:
     """Refund `amount` (default: all that is left) of a captured payment.
 
-    The same key twice refunds once and returns the first refund. Without a key, a full
-    refund is keyed per payment (repeatable), a partial one gets a fresh key.
+    The same key twice refunds once and returns the first refund; a caller's key counts
+    per payment (the same key on another payment is another refund). Without a key, a
+    full refund is keyed per payment (repeatable), a partial one gets a fresh key.
     """
     if not reason or not reason.strip() or len(reason) > 200:
         raise ValidationFailed({"reason": ["Give a reason of 1 to 200 characters."]})
@@ -358,6 +332,8 @@ def refund_payment(
         idempotency_key = (
             f"refund:{payment_id}:remaining" if amount is None else f"refund:{uuid.uuid4().hex}"
         )
+    else:
+        idempotency_key = f"refund:{payment_id}:key:{idempotency_key}"
     if len(idempotency_key) > 255:
         raise ValidationFailed({"idempotency_key": ["At most 255 characters."]})
 
@@ -548,12 +524,11 @@ def webhook_handle(*, body: bytes, headers: Mapping[str, str]) -> str:
 
 
 def _webhook_charge(event_id: str, charge: ProviderCharge) -> str:
-    with primary_reads():
-        payment_pk = (
-            Payment.objects.filter(idempotency_key=charge.idempotency_key)
-            .values_list("pk", flat=True)
-            .first()
-        )
+    payment_pk = (
+        Payment.objects.filter(idempotency_key=charge.idempotency_key)
+        .values_list("pk", flat=True)
+        .first()
+    )
     if payment_pk is None:
         return "ignored"
     payment, outcome = _settle_charge(
@@ -565,12 +540,11 @@ def _webhook_charge(event_id: str, charge: ProviderCharge) -> str:
 
 
 def _webhook_refund(event_id: str, provider_refund: ProviderRefund) -> str:
-    with primary_reads():
-        refund_pk = (
-            Refund.objects.filter(idempotency_key=provider_refund.idempotency_key)
-            .values_list("pk", flat=True)
-            .first()
-        )
+    refund_pk = (
+        Refund.objects.filter(idempotency_key=provider_refund.idempotency_key)
+        .values_list("pk", flat=True)
+        .first()
+    )
     if refund_pk is None:
         return "ignored"
     _, outcome = _settle_refund(
@@ -610,24 +584,23 @@ def payments_reconcile_pending(
     if older_than_seconds is None:
         older_than_seconds = settings.PAYMENT_RECONCILE_AFTER_SECONDS
     cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
-    with primary_reads():
-        payments = list(
-            Payment.objects.filter(status=Payment.Status.PENDING, updated_at__lt=cutoff)
-            .order_by("id")
-            .values_list("pk", "idempotency_key")[:limit]
-        )
-        # Captures of given-up orders whose refund was deferred (the provider was away).
-        unvoided = list(
-            Payment.objects.filter(
-                void_requested_at__isnull=False,
-                status__in=[Payment.Status.SUCCEEDED, Payment.Status.PARTIALLY_REFUNDED],
-            ).order_by("id")[:limit]
-        )
-        refunds = list(
-            Refund.objects.filter(status=Refund.Status.PENDING, updated_at__lt=cutoff)
-            .order_by("id")
-            .values_list("pk", "idempotency_key")[:limit]
-        )
+    payments = list(
+        Payment.objects.filter(status=Payment.Status.PENDING, updated_at__lt=cutoff)
+        .order_by("id")
+        .values_list("pk", "idempotency_key")[:limit]
+    )
+    # Captures of given-up orders whose refund was deferred (the provider was away).
+    unvoided = list(
+        Payment.objects.filter(
+            void_requested_at__isnull=False,
+            status__in=[Payment.Status.SUCCEEDED, Payment.Status.PARTIALLY_REFUNDED],
+        ).order_by("id")[:limit]
+    )
+    refunds = list(
+        Refund.objects.filter(status=Refund.Status.PENDING, updated_at__lt=cutoff)
+        .order_by("id")
+        .values_list("pk", "idempotency_key")[:limit]
+    )
     provider = get_provider()
     counts: Counter[str] = Counter()
     try:

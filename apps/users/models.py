@@ -5,8 +5,6 @@ from django.db import models
 from django.db.models.functions import Lower
 from django.utils import timezone
 
-from apps.core.routing import primary_reads
-
 
 def normalize_email(email: str) -> str:
     # Emails are compared case-insensitively, so they are stored in one case.
@@ -15,9 +13,7 @@ def normalize_email(email: str) -> str:
 
 class UserManager(BaseUserManager):
     def get_by_natural_key(self, username):
-        # Logging in must see a just-registered account: read the primary.
-        with primary_reads():
-            return self.get(email=normalize_email(username))
+        return self.get(email=normalize_email(username))
 
     def create_user(self, email: str, password: str | None = None, **fields):
         user = self.model(email=normalize_email(email), **fields)

@@ -1,4 +1,4 @@
-"""Users context queries (routed to a replica where the router allows)."""
+"""Users context queries (from the primary: none is declared replica-safe)."""
 
 from django.db.models import QuerySet
 

@@ -4,20 +4,16 @@ from django.contrib.auth import password_validation
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, transaction
 
-from apps.core.errors import Conflict, NotFound, ValidationFailed
+from apps.core.errors import NotFound, ValidationFailed
 from apps.core.outbox import publish
 from apps.users import events
+from apps.users.errors import EmailAlreadyRegistered
 from apps.users.models import Address, User, normalize_email
 
 ADDRESS_FIELDS = frozenset(
     {"label", "full_name", "line1", "line2", "city", "region", "postal_code", "country", "phone"}
 )
 PREFERENCE_FIELDS = frozenset({"preferred_language", "preferred_currency", "marketing_opt_in"})
-
-
-class EmailAlreadyRegistered(Conflict):
-    problem_type = "email-taken"
-    title = "Email already registered"
 
 
 def _validate_password(password: str, user: User, field: str) -> None:

@@ -7,9 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from django.db import DatabaseError, connections
 
+from apps.catalog.errors import OutOfStock
 from apps.catalog.models import Reservation, Stock
-from apps.catalog.services import OutOfStock, commit_reservation, reserve_stock
-from apps.core.routing import primary_reads
+from apps.catalog.services import commit_reservation, reserve_stock
 from tests.catalog.factories import ProductFactory
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
@@ -41,8 +41,7 @@ def run_concurrently(calls: list) -> list[str]:
 @pytest.fixture(autouse=True)
 def read_the_primary():
     # The assertions read what the threads just wrote: a lagging replica would not have it.
-    with primary_reads():
-        yield
+    yield
 
 
 def test_fifty_buyers_for_ten_units_reserve_exactly_ten():

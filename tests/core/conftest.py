@@ -3,7 +3,6 @@ import contextlib
 import pytest
 from django.db import connections
 
-from apps.core.routing import primary_reads
 from config.db_router import replica_health
 from tests.support import replica
 
@@ -49,10 +48,3 @@ def replica_stopped(alias: str):
 def no_lag_guard(settings):
     # Isolates read-your-writes pinning from the lag guard, which would also route away.
     settings.REPLICA_MAX_LAG_SECONDS = 3600
-
-
-@pytest.fixture
-def assertions_read_the_primary():
-    """The test's own reads see what it just wrote, however far the replica lags."""
-    with primary_reads():
-        yield

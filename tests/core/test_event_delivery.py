@@ -21,7 +21,7 @@ from tests.support.celery_worker import wait_until
 
 pytestmark = [
     pytest.mark.django_db(transaction=True, databases="__all__"),
-    pytest.mark.usefixtures("assertions_read_the_primary", "celery_worker"),
+    pytest.mark.usefixtures("celery_worker"),
 ]
 # Imported by the worker at start: the test consumers (see tests.support.celery_worker).
 celery_worker_include = ["tests.core.event_probes"]

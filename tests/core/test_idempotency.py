@@ -25,7 +25,6 @@ from tests.users.test_auth_api import assert_problem
 pytestmark = [
     pytest.mark.urls("tests.core.urls"),
     pytest.mark.django_db(transaction=True, databases="__all__"),
-    pytest.mark.usefixtures("assertions_read_the_primary"),
 ]
 
 

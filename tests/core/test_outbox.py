@@ -36,7 +36,6 @@ from tests.support.celery_worker import queued_messages
 
 pytestmark = [
     pytest.mark.django_db(transaction=True, databases="__all__"),
-    pytest.mark.usefixtures("assertions_read_the_primary"),
 ]
 
 

@@ -18,7 +18,6 @@ from tests.core.event_probes import ECHOED, PROBED
 pytestmark = [
     pytest.mark.embedded,
     pytest.mark.django_db(transaction=True, databases="__all__"),
-    pytest.mark.usefixtures("assertions_read_the_primary"),
 ]
 
 

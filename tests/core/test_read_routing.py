@@ -8,8 +8,9 @@ from django.db import connections, transaction
 from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
-from apps.core.routing import routing_scope
-from apps.users.models import User
+from apps.catalog import selectors
+from apps.catalog.models import Product
+from apps.core.routing import replica_safe, routing_scope
 from config.celery import app as celery_app
 from config.db_router import PRIMARY, choose_read_database, replica_health
 from tests.catalog.factories import ProductFactory
@@ -22,17 +23,45 @@ from tests.users.factories import DEFAULT_PASSWORD, UserFactory
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
 ME = "/api/v1/users/me"
+PRODUCTS = "/api/v1/products"
+
+# A declared (replica-safe) read: the router may answer it from a replica.
+declared_read_database = replica_safe(choose_read_database)
 
 
 def queries_on(alias: str) -> CaptureQueriesContext:
     return CaptureQueriesContext(connections[alias])
 
 
-def user_queries(captured: CaptureQueriesContext) -> list[str]:
-    return [q["sql"] for q in captured.captured_queries if '"users_user"' in q["sql"]]
+def product_queries(captured: CaptureQueriesContext) -> list[str]:
+    return [q["sql"] for q in captured.captured_queries if '"catalog_product"' in q["sql"]]
 
 
-def test_unrelated_read_is_served_by_the_replica(replica_alias):
+def listed_ids(response) -> set[int]:
+    assert response.status_code == 200, response.content
+    return {product["id"] for product in response.json()["results"]}
+
+
+def test_a_declared_selector_reads_the_replica_and_any_other_read_the_primary(
+    replica_alias, no_lag_guard
+):
+    ProductFactory()
+    with replay_paused(replica_alias):
+        only_on_primary = ProductFactory()  # the frozen replica does not have it
+        with routing_scope():
+            declared = selectors.product_list()
+            declared_on = declared.db
+            declared_ids = {product.pk for product in declared}
+            snapshots = selectors.product_snapshots(product_ids=[only_on_primary.pk])
+            undeclared_model_read = Product.objects.filter(pk=only_on_primary.pk).exists()
+
+    assert declared_on == replica_alias
+    assert only_on_primary.pk not in declared_ids and declared_ids
+    assert only_on_primary.pk in snapshots
+    assert undeclared_model_read is True
+
+
+def test_an_undeclared_endpoint_is_served_by_the_primary(replica_alias):
     user = UserFactory()
     wait_for_catch_up(replica_alias)
     client = bearer_client(user)
@@ -42,38 +71,48 @@ def test_unrelated_read_is_served_by_the_replica(replica_alias):
 
     assert response.status_code == 200
     assert response.json()["email"] == user.email
-    assert user_queries(on_replica) and not user_queries(on_primary)
+    assert on_primary.captured_queries and not on_replica.captured_queries
+
+
+def test_a_declared_endpoint_is_served_by_the_replica(replica_alias):
+    product = ProductFactory()
+    wait_for_catch_up(replica_alias)
+
+    with queries_on(replica_alias) as on_replica, queries_on(PRIMARY) as on_primary:
+        ids = listed_ids(APIClient().get(PRODUCTS))
+
+    assert product.pk in ids
+    assert product_queries(on_replica) and not product_queries(on_primary)
     assert served_by_replica(replica_alias) is True
 
 
 def test_client_reads_its_own_write_while_the_replica_is_stale(replica_alias, no_lag_guard):
-    user = UserFactory(full_name="Before")
-    client = bearer_client(user)
+    writer = bearer_client(UserFactory())
+    ProductFactory()
     with replay_paused(replica_alias):
-        assert client.patch(ME, {"full_name": "After"}, format="json").status_code == 200
-        own_read = client.get(ME)
-        # Any unpinned reader is served by the frozen replica: proof that it is stale.
-        with routing_scope():
-            stale = User.objects.get(pk=user.pk)
+        new_product = ProductFactory()
+        assert writer.patch(ME, {"full_name": "After"}, format="json").status_code == 200
+        own_read = listed_ids(writer.get(PRODUCTS))
+        # A reader who did not write is served by the frozen replica: proof that it is stale.
+        others_read = listed_ids(APIClient().get(PRODUCTS))
 
-    assert own_read.json()["full_name"] == "After"
-    assert stale._state.db == replica_alias
-    assert stale.full_name == "Before"
+    assert new_product.pk in own_read
+    assert new_product.pk not in others_read
 
 
 def test_pin_expires_and_reads_return_to_the_replica(replica_alias, settings):
     settings.READ_YOUR_WRITES_SECONDS = 0.5
-    user = UserFactory()
-    client = bearer_client(user)
+    ProductFactory()
+    client = bearer_client(UserFactory())
     client.patch(ME, {"full_name": "Pinned"}, format="json")
     wait_for_catch_up(replica_alias)
     with queries_on(replica_alias) as pinned_period:
-        client.get(ME)
+        client.get(PRODUCTS)
     time.sleep(0.6)
     with queries_on(replica_alias) as after_expiry:
-        client.get(ME)
-    assert not user_queries(pinned_period)
-    assert user_queries(after_expiry)
+        client.get(PRODUCTS)
+    assert not product_queries(pinned_period)
+    assert product_queries(after_expiry)
 
 
 def test_new_account_can_log_in_and_read_itself_while_the_replica_is_stale(
@@ -105,9 +144,9 @@ def test_lagging_replica_is_skipped_until_it_catches_up(replica_alias, settings)
         UserFactory()  # WAL the replica has received but not replayed
         time.sleep(0.5)
         with routing_scope():
-            assert choose_read_database() == PRIMARY
+            assert declared_read_database() == PRIMARY
     with routing_scope():
-        assert choose_read_database() == replica_alias
+        assert declared_read_database() == replica_alias
 
 
 def test_stopped_replica_reads_fall_back_to_primary_and_readyz_is_degraded(
@@ -115,17 +154,15 @@ def test_stopped_replica_reads_fall_back_to_primary_and_readyz_is_degraded(
 ):
     # No periodic re-check during the test: the fallback must not depend on its timing.
     settings.REPLICA_CHECK_INTERVAL_SECONDS = 3600
-    user = UserFactory()
-    client = bearer_client(user)
+    product = ProductFactory()
     wait_for_catch_up(replica_alias)
-    client.get(ME)  # hold an open connection to the replica, as a live process would
+    api_client.get(PRODUCTS)  # hold an open connection to the replica, as a live process would
 
     with replica_stopped(replica_alias):
-        responses = [client.get(ME) for _ in range(3)]
+        responses = [api_client.get(PRODUCTS) for _ in range(3)]
         ready = api_client.get("/readyz")
 
-    assert [r.status_code for r in responses] == [200, 200, 200]
-    assert all(r.json()["email"] == user.email for r in responses)
+    assert all(listed_ids(r) == {product.pk} for r in responses)
     assert ready.status_code == 200
     body = ready.json()
     assert body["status"] == "degraded"
@@ -136,30 +173,31 @@ def test_stopped_replica_reads_fall_back_to_primary_and_readyz_is_degraded(
     recovered = api_client.get("/readyz").json()
     assert recovered["checks"][f"database:{replica_alias}"]["status"] == "ok", recovered
     with queries_on(replica_alias) as on_replica:
-        client.get(ME)
-    assert user_queries(on_replica)
+        api_client.get(PRODUCTS)
+    assert product_queries(on_replica)
 
 
 def test_a_read_whose_replica_stops_after_routing_is_answered_by_the_primary(
     replica_alias, settings
 ):
     settings.REPLICA_CHECK_INTERVAL_SECONDS = 3600
-    user = UserFactory()
+    product = ProductFactory()
     wait_for_catch_up(replica_alias)
     with routing_scope():
         # The request's replica is chosen and its connection checked, then it stops.
-        assert choose_read_database() == replica_alias
+        listed = selectors.product_list()
+        assert listed.db == replica_alias
         with replica_stopped(replica_alias):
             with queries_on(PRIMARY) as on_primary:
-                assert User.objects.get(pk=user.pk).email == user.email
-            assert user_queries(on_primary)
+                assert [p.pk for p in listed] == [product.pk]
+            assert product_queries(on_primary)
             # Marked down for its back-off period, and its broken connection closed.
             assert replica_health.is_healthy(replica_alias) is False
             assert connections[replica_alias].connection is None
-            assert choose_read_database() == PRIMARY
+            assert declared_read_database() == PRIMARY
     settings.REPLICA_CHECK_INTERVAL_SECONDS = 0  # the back-off is over
     with routing_scope():
-        assert choose_read_database() == replica_alias
+        assert declared_read_database() == replica_alias
 
 
 def test_readers_get_no_error_while_the_replica_stops_and_starts(replica_alias, settings):
@@ -216,13 +254,13 @@ def test_readers_get_no_error_while_the_replica_stops_and_starts(replica_alias, 
     assert failures == [], failures
 
 
-def test_reads_inside_a_transaction_go_to_the_primary(replica_alias):
+def test_declared_reads_inside_a_transaction_go_to_the_primary(replica_alias):
     with routing_scope(), transaction.atomic():
-        assert choose_read_database() == PRIMARY
+        assert declared_read_database() == PRIMARY
 
     def outside_a_transaction() -> bool:
         with routing_scope():
-            return choose_read_database() == replica_alias
+            return declared_read_database() == replica_alias
 
     # A replica restarted by an earlier test may count as lagging for a moment.
     wait_until(outside_a_transaction, timeout=30, what=f"reads on {replica_alias}")
@@ -231,20 +269,22 @@ def test_reads_inside_a_transaction_go_to_the_primary(replica_alias):
 def test_without_replicas_everything_uses_the_primary(replica_alias, settings):
     settings.DATABASE_REPLICAS = []
     with routing_scope():
-        assert choose_read_database() == PRIMARY
+        assert declared_read_database() == PRIMARY
 
 
 @celery_app.task(name="tests.read_database")
 def read_database() -> str:
-    return choose_read_database()
+    return declared_read_database()
 
 
 @celery_app.task(name="tests.read_database_from_replica", reads_from_replica=True)
 def read_database_from_replica() -> str:
-    return choose_read_database()
+    return declared_read_database()
 
 
-def test_celery_tasks_read_from_the_primary_unless_they_opt_out(replica_alias):
+def test_celery_tasks_read_declared_selectors_from_the_primary_unless_they_opt_in(
+    replica_alias,
+):
     wait_for_catch_up(replica_alias)
     assert read_database.apply().get() == PRIMARY
     assert read_database_from_replica.apply().get() == replica_alias

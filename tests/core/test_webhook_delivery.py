@@ -21,7 +21,6 @@ from tests.support.webhook_receiver import WebhookReceiver, closed_port_url
 
 pytestmark = [
     pytest.mark.django_db(transaction=True, databases="__all__"),
-    pytest.mark.usefixtures("assertions_read_the_primary"),
 ]
 PROBES = ["tests.core.webhook_probes", "tests.core.event_probes"]
 SECRET = "whsec_test-secret-of-the-receiver"

@@ -27,7 +27,6 @@ from tests.support.webhook_receiver import WebhookReceiver, closed_port_url
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
-    pytest.mark.usefixtures("assertions_read_the_primary"),
 ]
 SECRET = "whsec_test-secret-of-the-receiver"
 PROBE = "WebhookProbeHappened"

@@ -13,7 +13,7 @@ from apps.core.webhooks.delivery import fan_out
 from apps.core.webhooks.services import webhook_subscription_create
 from tests.core.webhook_probes import WebhookProbeHappened  # noqa: F401 (registers the type)
 
-pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("assertions_read_the_primary")]
+pytestmark = pytest.mark.django_db
 SUBSCRIPTIONS = "/admin/core/webhooksubscription/"
 DELIVERIES = "/admin/core/webhookdelivery/"
 PROBE = "WebhookProbeHappened"

@@ -16,7 +16,7 @@ from tests.conftest import bearer_client
 from tests.core.webhook_probes import WebhookProbeHappened  # noqa: F401 (registers the type)
 from tests.users.factories import UserFactory
 
-pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("assertions_read_the_primary")]
+pytestmark = pytest.mark.django_db
 LIST = "/api/v1/webhooks/subscriptions"
 PROBE = "WebhookProbeHappened"
 

@@ -18,7 +18,6 @@ from tests.support.webhook_receiver import WebhookReceiver
 pytestmark = [
     pytest.mark.embedded,
     pytest.mark.django_db(transaction=True, databases="__all__"),
-    pytest.mark.usefixtures("assertions_read_the_primary"),
 ]
 SECRET = "whsec_test-secret-of-the-receiver"
 

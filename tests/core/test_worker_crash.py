@@ -15,7 +15,6 @@ from tests.support.celery_worker import VISIBILITY_TIMEOUT_SECONDS, wait_until
 
 pytestmark = [
     pytest.mark.django_db(transaction=True, databases="__all__"),
-    pytest.mark.usefixtures("assertions_read_the_primary"),
 ]
 
 

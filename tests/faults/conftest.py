@@ -18,7 +18,6 @@ from django_redis import get_redis_connection
 
 from apps.catalog.services import stock_adjust
 from apps.core.models import SagaInstance
-from apps.core.routing import primary_reads
 from apps.core.sagas import saga_sweep
 from apps.core.selectors import outbox_backlog
 from config.celery import app as celery_app
@@ -91,21 +90,19 @@ class MixedLoad:
             # What beat does every few seconds: resume sagas, relay events.
             saga_sweep()
             celery_app.send_task("apps.core.tasks.relay_outbox")
-            with primary_reads():
-                return (
-                    not SagaInstance.objects.filter(
-                        pk__in=self.order_ids, state__in=["running", "compensating"]
-                    ).exists()
-                    and outbox_backlog()[0] == 0
-                )
+            return (
+                not SagaInstance.objects.filter(
+                    pk__in=self.order_ids, state__in=["running", "compensating"]
+                ).exists()
+                and outbox_backlog()[0] == 0
+            )
 
         wait_until(settled, timeout=timeout, interval=0.5, what="every saga to finish")
 
     def assert_integrity(self, sandbox) -> None:
-        with primary_reads():
-            states = set(
-                SagaInstance.objects.filter(pk__in=self.order_ids).values_list("state", flat=True)
-            )
+        states = set(
+            SagaInstance.objects.filter(pk__in=self.order_ids).values_list("state", flat=True)
+        )
         assert states <= {"succeeded", "compensated"}, states
         assert "succeeded" in states and "compensated" in states
         for order_id in self.order_ids:

@@ -16,7 +16,6 @@ from prometheus_client import REGISTRY
 # consumes is stored as already relayed, and its handling would never be traced.
 import tests.integration.trace_probes  # noqa: F401
 from apps.core import tracing
-from apps.core.routing import primary_reads
 from apps.orders.models import OrderSummary
 from tests.catalog.factories import ProductFactory
 from tests.conftest import bearer_client
@@ -51,8 +50,7 @@ def place_order(client, product, token: str) -> str:
 
 
 def order_status(order_id: str) -> str:
-    with primary_reads():
-        return OrderSummary.objects.get(pk=order_id).status
+    return OrderSummary.objects.get(pk=order_id).status
 
 
 def wait_for_status(order_id: str, statuses: set[str], worker) -> str:

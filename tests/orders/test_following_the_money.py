@@ -8,7 +8,6 @@ from decimal import Decimal
 import pytest
 from django.urls import reverse
 
-from apps.core.routing import primary_reads
 from apps.orders.models import OrderSummary, StoredEvent
 from apps.payments.models import Payment
 from apps.payments.services import payments_reconcile_pending
@@ -16,7 +15,6 @@ from tests.catalog.factories import ProductFactory
 from tests.conftest import bearer_client
 from tests.orders.test_placement_saga import place, wait_for_outcome
 from tests.support.celery_worker import wait_until
-from tests.support.replica import wait_for_catch_up
 from tests.users.factories import UserFactory
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
@@ -34,17 +32,15 @@ def confirmed_order(start_celery_worker, saga_settings):
 
 
 def summary(order_id: str) -> OrderSummary:
-    with primary_reads():
-        return OrderSummary.objects.get(pk=order_id)
+    return OrderSummary.objects.get(pk=order_id)
 
 
 def order_event_types(order_id: str) -> list[str]:
-    with primary_reads():
-        return list(
-            StoredEvent.objects.filter(aggregate_id=order_id)
-            .order_by("version")
-            .values_list("event_type", flat=True)
-        )
+    return list(
+        StoredEvent.objects.filter(aggregate_id=order_id)
+        .order_by("version")
+        .values_list("event_type", flat=True)
+    )
 
 
 def wait_for_refunded_amount(order_id: str, amount: str, worker) -> OrderSummary:
@@ -60,17 +56,14 @@ def wait_for_refunded_amount(order_id: str, amount: str, worker) -> OrderSummary
 
 
 def payment_of(order_id: str) -> Payment:
-    with primary_reads():
-        return Payment.objects.get(order_id=order_id)
+    return Payment.objects.get(order_id=order_id)
 
 
 def test_a_staff_refund_in_the_admin_refunds_the_order_which_then_cannot_ship(
-    confirmed_order, client, settings
+    confirmed_order, client
 ):
     order_id = confirmed_order["id"]
     client.force_login(UserFactory(is_staff=True, is_superuser=True))
-    for alias in settings.DATABASE_REPLICAS:  # the admin's list reads a replica
-        wait_for_catch_up(alias)
     response = client.post(
         reverse("admin:payments_payment_changelist"),
         {"action": "refund_in_full", "_selected_action": [payment_of(order_id).pk]},

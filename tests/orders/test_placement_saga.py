@@ -13,7 +13,6 @@ from django.forms.models import model_to_dict
 
 from apps.catalog.models import Reservation, Stock
 from apps.core.models import SagaInstance
-from apps.core.routing import primary_reads
 from apps.core.sagas import saga_sweep
 from apps.orders.event_store import load_order
 from apps.orders.models import OrderSummary, StoredEvent
@@ -58,15 +57,13 @@ def place(client, items, token: str = "tok_visa") -> str:
 
 
 def summary(order_id: str) -> OrderSummary:
-    with primary_reads():
-        return OrderSummary.objects.get(pk=order_id)
+    return OrderSummary.objects.get(pk=order_id)
 
 
 def wait_for_outcome(order_id: str, timeout: float = 20.0) -> OrderSummary:
     def finished():
-        with primary_reads():
-            saga = SagaInstance.objects.filter(pk=order_id).first()
-            done = saga is not None and saga.state in {"succeeded", "compensated"}
+        saga = SagaInstance.objects.filter(pk=order_id).first()
+        done = saga is not None and saga.state in {"succeeded", "compensated"}
         return done and summary(order_id)
 
     try:
@@ -76,23 +73,20 @@ def wait_for_outcome(order_id: str, timeout: float = 20.0) -> OrderSummary:
 
 
 def saga_report(order_id: str) -> str:
-    with primary_reads():
-        saga = SagaInstance.objects.filter(pk=order_id).first()
-        if saga is None:
-            return "no saga"
-        log = [f"  {t.kind} {t.step} {t.state} {t.detail[:150]}" for t in saga.transitions.all()]
+    saga = SagaInstance.objects.filter(pk=order_id).first()
+    if saga is None:
+        return "no saga"
+    log = [f"  {t.kind} {t.step} {t.state} {t.detail[:150]}" for t in saga.transitions.all()]
     return "\n".join([f"saga {saga.state} step {saga.current_step} error {saga.last_error}", *log])
 
 
 def stock(product) -> tuple[int, int]:
-    with primary_reads():
-        row = Stock.objects.get(product=product)
+    row = Stock.objects.get(product=product)
     return row.on_hand, row.reserved
 
 
 def payments_of(order_id: str) -> list[str]:
-    with primary_reads():
-        return list(Payment.objects.filter(order_id=order_id).values_list("status", flat=True))
+    return list(Payment.objects.filter(order_id=order_id).values_list("status", flat=True))
 
 
 def test_happy_path_confirms_commits_stock_and_charges_once(worker, customer_client, sandbox):
@@ -105,13 +99,12 @@ def test_happy_path_confirms_commits_stock_and_charges_once(worker, customer_cli
     assert stock(product) == (3, 0)  # two units sold, none left reserved
     assert payments_of(order_id) == ["succeeded"]
     assert len(sandbox.charges_for(order_id)) == 1
-    with primary_reads():
-        events = list(
-            StoredEvent.objects.filter(aggregate_id=order_id)
-            .order_by("version")
-            .values_list("event_type", flat=True)
-        )
-        saga = SagaInstance.objects.get(pk=order_id)
+    events = list(
+        StoredEvent.objects.filter(aggregate_id=order_id)
+        .order_by("version")
+        .values_list("event_type", flat=True)
+    )
+    saga = SagaInstance.objects.get(pk=order_id)
     assert events == ["OrderPlaced", "StockReserved", "PaymentCaptured", "OrderConfirmed"]
     assert "payment_token" not in saga.context  # scrubbed once finished
 
@@ -138,8 +131,7 @@ def test_out_of_stock_cancels_without_charging(worker, customer_client, sandbox)
     # Which products were short, and how many were left, on the order and its event.
     short = {"products": [{"product_id": scarce.pk, "available": 1}]}
     assert order.cancellation_details == short
-    with primary_reads():
-        cancelled = StoredEvent.objects.get(aggregate_id=order_id, event_type="OrderCancelled")
+    cancelled = StoredEvent.objects.get(aggregate_id=order_id, event_type="OrderCancelled")
     assert cancelled.data["details"] == short
     assert stock(scarce) == (1, 0) and stock(plenty) == (10, 0)
     assert payments_of(order_id) == []
@@ -158,8 +150,7 @@ def test_provider_down_until_the_deadline_compensates(worker, customer_client, s
     assert (order.status, order.cancellation_reason) == ("cancelled", "payment_unavailable")
     assert stock(product) == (4, 0)
     assert sandbox.charges_for(order_id) == []
-    with primary_reads():
-        assert SagaInstance.objects.get(pk=order_id).transitions.filter(kind="step_retry").exists()
+    assert SagaInstance.objects.get(pk=order_id).transitions.filter(kind="step_retry").exists()
 
 
 def test_a_failure_after_the_charge_refunds_it(worker, customer_client, sandbox):
@@ -168,8 +159,7 @@ def test_a_failure_after_the_charge_refunds_it(worker, customer_client, sandbox)
     order_id = place(customer_client, [(product, 1)])
 
     def charging():
-        with primary_reads():
-            return SagaInstance.objects.filter(pk=order_id, current_step=1).exists()
+        return SagaInstance.objects.filter(pk=order_id, current_step=1).exists()
 
     wait_until(charging, timeout=15, what="the saga to reach its charge step")
     cancel = customer_client.post(f"{ORDERS}/{order_id}/cancel", {}, format="json")
@@ -209,23 +199,21 @@ def test_cancelling_a_confirmed_order_refunds_and_restocks(worker, customer_clie
     wait_until(refunded, timeout=20, what="refund and restock")
     assert summary(order_id).refunded_amount == Decimal("19.00")
     assert payments_of(order_id) == ["refunded"]
-    with primary_reads():
-        assert Reservation.objects.get(reference=order_id).status == "returned"
+    assert Reservation.objects.get(reference=order_id).status == "returned"
 
 
 def conserved(products, initial: dict[int, int]) -> None:
     """initial = on hand now + sold; available + reserved = on hand."""
-    with primary_reads():
-        for product in products:
-            row = Stock.objects.get(product=product)
-            sold = (
-                Reservation.objects.filter(product=product, status="committed").aggregate(
-                    n=Sum("quantity")
-                )["n"]
-                or 0
-            )
-            assert row.on_hand + sold == initial[product.pk], product
-            assert row.reserved == 0, product
+    for product in products:
+        row = Stock.objects.get(product=product)
+        sold = (
+            Reservation.objects.filter(product=product, status="committed").aggregate(
+                n=Sum("quantity")
+            )["n"]
+            or 0
+        )
+        assert row.on_hand + sold == initial[product.pk], product
+        assert row.reserved == 0, product
 
 
 def test_sagas_finish_after_workers_are_killed_in_every_step(
@@ -252,21 +240,19 @@ def test_sagas_finish_after_workers_are_killed_in_every_step(
 
     def all_finished():
         saga_sweep()  # what beat does every few seconds: resume what the crash left
-        with primary_reads():
-            return not SagaInstance.objects.filter(
-                pk__in=order_ids, state__in=["running", "compensating"]
-            ).exists()
+        return not SagaInstance.objects.filter(
+            pk__in=order_ids, state__in=["running", "compensating"]
+        ).exists()
 
     wait_until(all_finished, timeout=90, interval=0.5, what="every saga to finish")
 
     assert steps_at_kill & {0, 1}, steps_at_kill
     # The read model the crashes left equals one rebuilt from the event store.
-    with primary_reads():
-        live = {str(o.pk): model_to_dict(o) for o in OrderSummary.objects.filter(pk__in=order_ids)}
-        rebuilt = {}
-        for order_id in order_ids:
-            order = load_order(order_id)
-            rebuilt[order_id] = model_to_dict(OrderSummary(id=order.id, **summary_fields(order)))
+    live = {str(o.pk): model_to_dict(o) for o in OrderSummary.objects.filter(pk__in=order_ids)}
+    rebuilt = {}
+    for order_id in order_ids:
+        order = load_order(order_id)
+        rebuilt[order_id] = model_to_dict(OrderSummary(id=order.id, **summary_fields(order)))
     assert live == rebuilt
     for order_id in order_ids:
         assert summary(order_id).status in TERMINAL
@@ -278,12 +264,11 @@ def test_sagas_finish_after_workers_are_killed_in_every_step(
 
 
 def _active_steps(order_ids: list[str]) -> set[int]:
-    with primary_reads():
-        return set(
-            SagaInstance.objects.filter(pk__in=order_ids, state="running").values_list(
-                "current_step", flat=True
-            )
+    return set(
+        SagaInstance.objects.filter(pk__in=order_ids, state="running").values_list(
+            "current_step", flat=True
         )
+    )
 
 
 @contextlib.contextmanager
@@ -314,12 +299,11 @@ def _backends(conn, states: tuple[str, ...] = (), *, waiting_on_lock: bool = Fal
 
 
 def order_events(order_id: str) -> list[str]:
-    with primary_reads():
-        return list(
-            StoredEvent.objects.filter(aggregate_id=order_id)
-            .order_by("version")
-            .values_list("event_type", flat=True)
-        )
+    return list(
+        StoredEvent.objects.filter(aggregate_id=order_id)
+        .order_by("version")
+        .values_list("event_type", flat=True)
+    )
 
 
 @pytest.mark.parametrize("step", ["reserve_stock", "confirm_order"])
@@ -379,8 +363,7 @@ def test_a_worker_killed_inside_a_one_transaction_step_leaves_none_of_it_and_the
     assert stock(product) == (3, 0)
     assert payments_of(order_id) == ["succeeded"]
     assert len(sandbox.charges_for(order_id)) == 1
-    with primary_reads():
-        assert Reservation.objects.get(reference=order_id).status == "committed"
-        live = model_to_dict(OrderSummary.objects.get(pk=order_id))
-        rebuilt = model_to_dict(OrderSummary(id=order_id, **summary_fields(load_order(order_id))))
+    assert Reservation.objects.get(reference=order_id).status == "committed"
+    live = model_to_dict(OrderSummary.objects.get(pk=order_id))
+    rebuilt = model_to_dict(OrderSummary(id=order_id, **summary_fields(load_order(order_id))))
     assert live == rebuilt

@@ -11,7 +11,6 @@ import pytest
 from django.forms.models import model_to_dict
 
 from apps.core.models import OutboxMessage
-from apps.core.routing import primary_reads
 from apps.core.sagas import saga_sweep
 from apps.orders.event_store import load_order
 from apps.orders.models import OrderSummary
@@ -45,10 +44,7 @@ with transaction.atomic():
 
 
 def pending_order_events() -> int:
-    with primary_reads():
-        return OutboxMessage.objects.filter(
-            event_type="OrderPlaced", published_at__isnull=True
-        ).count()
+    return OutboxMessage.objects.filter(event_type="OrderPlaced", published_at__isnull=True).count()
 
 
 def test_relay_killed_mid_batch_delivers_every_order_event(start_celery_worker, sandbox, settings):
@@ -85,12 +81,11 @@ def test_relay_killed_mid_batch_delivers_every_order_event(start_celery_worker, 
 
     def all_seen():
         celery_app.send_task("apps.core.tasks.relay_outbox")  # what beat's sweep does
-        with primary_reads():
-            seen = Counter(
-                OutboxMessage.objects.filter(event_type=SEEN).values_list(
-                    "payload__order_id", flat=True
-                )
+        seen = Counter(
+            OutboxMessage.objects.filter(event_type=SEEN).values_list(
+                "payload__order_id", flat=True
             )
+        )
         return pending_order_events() == 0 and set(seen) == set(order_ids) and seen
 
     seen = wait_until(all_seen, timeout=60, interval=0.5, what="every OrderPlaced consumed")
@@ -100,16 +95,12 @@ def test_relay_killed_mid_batch_delivers_every_order_event(start_celery_worker, 
         # The worker fixture purged the queues, saga tasks included: the sweeper (beat's
         # job) finds those sagas and sends them again.
         saga_sweep()
-        with primary_reads():
-            return (
-                OrderSummary.objects.filter(pk__in=order_ids, status="confirmed").count() == ORDERS
-            )
+        return OrderSummary.objects.filter(pk__in=order_ids, status="confirmed").count() == ORDERS
 
     wait_until(all_confirmed, timeout=60, interval=0.5, what="every order confirmed")
-    with primary_reads():
-        live = {str(o.pk): model_to_dict(o) for o in OrderSummary.objects.filter(pk__in=order_ids)}
-        rebuilt = {
-            order_id: model_to_dict(OrderSummary(id=o.id, **summary_fields(o)))
-            for order_id, o in ((i, load_order(i)) for i in order_ids)
-        }
+    live = {str(o.pk): model_to_dict(o) for o in OrderSummary.objects.filter(pk__in=order_ids)}
+    rebuilt = {
+        order_id: model_to_dict(OrderSummary(id=o.id, **summary_fields(o)))
+        for order_id, o in ((i, load_order(i)) for i in order_ids)
+    }
     assert live == rebuilt

@@ -6,9 +6,9 @@ from django.contrib.auth.models import Group
 from django.db import connection
 
 from apps.core.errors import Conflict, InvalidState
-from apps.core.routing import primary_reads
+from apps.payments.errors import RefundExceedsCaptured
 from apps.payments.models import Payment, Refund
-from apps.payments.services import RefundExceedsCaptured, charge_for_order, refund_payment
+from apps.payments.services import charge_for_order, refund_payment
 from apps.users.roles import ORDER_MANAGERS
 from tests.conftest import bearer_client
 from tests.payments.conftest import new_order_id
@@ -84,6 +84,29 @@ def test_the_same_refund_key_twice_refunds_once(captured, sandbox):
     assert sandbox_refund_count(sandbox) == refunds_at_provider + 1
     captured.refresh_from_db()
     assert captured.amount_refunded == Decimal("10.00")
+
+
+def test_a_refund_key_counts_per_payment(captured, sandbox):
+    other = Payment.objects.get(
+        pk=charge_for_order(
+            order_id=new_order_id(),
+            user_id=3,
+            amount=Decimal("50.00"),
+            currency="EUR",
+            token="tok_visa",
+        ).payment_id
+    )
+
+    first = refund_payment(
+        payment_id=captured.pk, amount=Decimal("10.00"), reason="x", idempotency_key="same"
+    )
+    second = refund_payment(
+        payment_id=other.pk, amount=Decimal("10.00"), reason="x", idempotency_key="same"
+    )
+
+    assert (first.payment_id, second.payment_id) == (captured.pk, other.pk)
+    assert first.refund_id != second.refund_id
+    assert [p.refunds.count() for p in (captured, other)] == [1, 1]
 
 
 def test_a_refund_key_reused_for_another_amount_is_a_conflict(captured):
@@ -234,10 +257,9 @@ def test_concurrent_refunds_never_exceed_the_captured_amount(sandbox):
         thread.join(timeout=30)
 
     assert sorted(outcomes) == ["refunded", "refused"]
-    with primary_reads():
-        payment = Payment.objects.get(pk=result.payment_id)
-        assert payment.amount_refunded == Decimal("60.00")
-        assert payment.refunds.count() == 1
+    payment = Payment.objects.get(pk=result.payment_id)
+    assert payment.amount_refunded == Decimal("60.00")
+    assert payment.refunds.count() == 1
 
 
 def test_refund_api_same_key_other_body_is_422(captured, order_manager):

@@ -1,13 +1,11 @@
 """Reading what a test's commands published to the outbox."""
 
 from apps.core.models import OutboxMessage
-from apps.core.routing import primary_reads
 
 
 def published(event_type: str, **payload_fields) -> list[OutboxMessage]:
     """Outbox rows of `event_type` whose payload has these field values, oldest first."""
-    with primary_reads():
-        rows = list(OutboxMessage.objects.filter(event_type=event_type).order_by("created_at"))
+    rows = list(OutboxMessage.objects.filter(event_type=event_type).order_by("created_at"))
     return [
         row
         for row in rows

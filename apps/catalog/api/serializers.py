@@ -1,4 +1,3 @@
-from django.conf import settings
 from rest_framework import serializers
 
 from apps.core.api.serializers import StrictSerializer
@@ -72,13 +71,15 @@ class CategoryNodeSerializer(serializers.Serializer):
 
 
 class ProductWriteSerializer(StrictSerializer):
+    """The shape of a product; its rules (slug, price, currency) are the service's."""
+
     sku = serializers.CharField(max_length=64)
     name = serializers.CharField(max_length=200)
-    slug = serializers.SlugField(max_length=160, required=False)
+    slug = serializers.CharField(max_length=160, required=False)
     description = serializers.CharField(required=False, allow_blank=True, max_length=20000)
     category_id = serializers.IntegerField(required=False, allow_null=True, min_value=1)
-    price = serializers.DecimalField(max_digits=12, decimal_places=2, min_value=0)
-    currency = serializers.ChoiceField(choices=settings.SUPPORTED_CURRENCIES, required=False)
+    price = serializers.DecimalField(max_digits=12, decimal_places=2)
+    currency = serializers.CharField(max_length=3, required=False)
     is_active = serializers.BooleanField(required=False)
     attributes = serializers.DictField(required=False)
     image_urls = serializers.ListField(

@@ -1,7 +1,5 @@
 from rest_framework.permissions import BasePermission
 
-from apps.core.routing import primary_reads
-
 
 def staff_role_required(*roles: str) -> type[BasePermission]:
     """Permission class: an active staff member of one of the given groups (or a superuser).
@@ -16,9 +14,7 @@ def staff_role_required(*roles: str) -> type[BasePermission]:
             user = request.user
             if not (user and user.is_authenticated and user.is_active and user.is_staff):
                 return False
-            # Authorization must not lag: a revoked role is revoked now, not after replay.
-            with primary_reads():
-                return user.is_superuser or user.groups.filter(name__in=roles).exists()
+            return user.is_superuser or user.groups.filter(name__in=roles).exists()
 
     HasStaffRole.__name__ = f"HasStaffRole[{','.join(roles)}]"
     return HasStaffRole
@@ -36,8 +32,7 @@ def staff_permission_required(permission: str) -> type[BasePermission]:
             user = request.user
             if not (user and user.is_authenticated and user.is_active and user.is_staff):
                 return False
-            with primary_reads():
-                return user.has_perm(permission)
+            return user.has_perm(permission)
 
     HasStaffPermission.__name__ = f"HasStaffPermission[{permission}]"
     return HasStaffPermission

@@ -4,7 +4,6 @@ from django.db.models import QuerySet
 
 from apps.core.errors import NotFound
 from apps.core.models import WebhookDelivery, WebhookSubscription
-from apps.core.routing import primary_reads
 
 
 class WebhookSubscriptionNotFound(NotFound):
@@ -52,8 +51,5 @@ def webhook_delivery_get(*, subscription_id: int, delivery_id: int) -> WebhookDe
 def webhook_subscribed_event_types() -> set[str]:
     """Every event type at least one active subscription wants (from the primary: a
     replica's lag would hide a new subscription longer)."""
-    with primary_reads():
-        lists = WebhookSubscription.objects.filter(is_active=True).values_list(
-            "event_types", flat=True
-        )
-        return {event_type for event_types in lists for event_type in event_types}
+    lists = WebhookSubscription.objects.filter(is_active=True).values_list("event_types", flat=True)
+    return {event_type for event_types in lists for event_type in event_types}

@@ -1,6 +1,3 @@
-import uuid
-
-import structlog
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import status
@@ -26,7 +23,6 @@ from apps.orders.api.serializers import (
 from apps.users import selectors as user_selectors
 from apps.users.roles import ORDER_MANAGERS, SUPPORT
 
-ORDER_ID_NAMESPACE = uuid.UUID("5f0c1f4e-8d4b-4a8e-9b1c-6f1d2e3a4b5c")
 CanSeeAllOrders = staff_role_required(ORDER_MANAGERS, SUPPORT)
 IsOrderManager = staff_role_required(ORDER_MANAGERS)
 
@@ -34,21 +30,6 @@ IsOrderManager = staff_role_required(ORDER_MANAGERS)
 def visible_to(request) -> int | None:
     """None when the caller may see every order (order staff), else their own user id."""
     return None if CanSeeAllOrders().has_permission(request, None) else request.user.pk
-
-
-def order_id_for(request) -> str:
-    """The order id a request places, derived from its idempotency key.
-
-    Even a retry that outlived its idempotency record (a crash between the order commit
-    and the stored response) lands on the same order instead of creating a second one.
-    """
-    key = request.headers[IDEMPOTENCY_HEADER]
-    return str(uuid.uuid5(ORDER_ID_NAMESPACE, f"{request.user.pk}:{key}"))
-
-
-def bind_actor(request) -> None:
-    # Recorded in the metadata of the events this request appends.
-    structlog.contextvars.bind_contextvars(actor_id=request.user.pk)
 
 
 class NewestFirst(CursorPagination):
@@ -77,13 +58,12 @@ class OrderListCreateView(StrictQueryParameters, ListAPIView):
             shipping_address = {f: getattr(address, f) for f in services.ADDRESS_SNAPSHOT_FIELDS}
         else:
             shipping_address = data["shipping_address"]
-        bind_actor(request)
         summary = services.order_place(
-            order_id=order_id_for(request),
             user_id=request.user.pk,
             items=[(item["product_id"], item["quantity"]) for item in data["items"]],
             shipping_address=shipping_address,
             payment_token=data["payment"]["token"],
+            idempotency_key=request.headers[IDEMPOTENCY_HEADER],
         )
         location = reverse("order-detail", kwargs={"order_id": summary.pk})
         return Response(
@@ -113,13 +93,12 @@ class OrderCancelView(StrictQueryParameters, APIView):
     def post(self, request, order_id):
         serializer = CancelSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        summary = selectors.order_summary(
-            order_id=str(order_id), user_id=_manager_or_owner(request)
-        )
-        bind_actor(request)
-        reason = "customer_request" if summary.user_id == request.user.pk else "staff_request"
+        # Only its owner or an order manager may cancel: to anyone else it does not exist.
+        selectors.order_summary(order_id=str(order_id), user_id=_manager_or_owner(request))
         services.order_cancel(
-            order_id=str(order_id), reason=reason, note=serializer.validated_data["note"]
+            order_id=str(order_id),
+            actor_id=request.user.pk,
+            note=serializer.validated_data["note"],
         )
         return Response(OrderSerializer(_fresh(order_id)).data)
 
@@ -131,8 +110,9 @@ class OrderShipView(StrictQueryParameters, APIView):
     def post(self, request, order_id):
         serializer = ShipSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        bind_actor(request)
-        services.order_ship(order_id=str(order_id), **serializer.validated_data)
+        services.order_ship(
+            order_id=str(order_id), actor_id=request.user.pk, **serializer.validated_data
+        )
         return Response(OrderSerializer(_fresh(order_id)).data)
 
 
@@ -141,8 +121,7 @@ class OrderDeliverView(StrictQueryParameters, APIView):
 
     @extend_schema(request=None, responses=OrderSerializer)
     def post(self, request, order_id):
-        bind_actor(request)
-        services.order_deliver(order_id=str(order_id))
+        services.order_deliver(order_id=str(order_id), actor_id=request.user.pk)
         return Response(OrderSerializer(_fresh(order_id)).data)
 
 

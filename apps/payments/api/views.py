@@ -59,11 +59,12 @@ class RefundCreateView(StrictQueryParameters, APIView):
     def post(self, request, payment_id: int):
         serializer = RefundCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        # The provider-side key: the client's key, scoped to this payment. The generic
-        # Idempotency-Key layer replays responses; this makes the refund itself once-only.
-        key = f"api:{payment_id}:{request.headers[IDEMPOTENCY_HEADER]}"
+        # The generic Idempotency-Key layer replays responses; the same key given to the
+        # service makes the refund itself once-only.
         result = services.refund_payment(
-            payment_id=payment_id, idempotency_key=key, **serializer.validated_data
+            payment_id=payment_id,
+            idempotency_key=request.headers[IDEMPOTENCY_HEADER],
+            **serializer.validated_data,
         )
         return Response(RefundResultSerializer(result).data, status=status.HTTP_201_CREATED)
 

@@ -3,14 +3,11 @@ from drf_spectacular.contrib.rest_framework_simplejwt import SimpleJWTScheme
 from rest_framework import exceptions
 from rest_framework_simplejwt.authentication import JWTAuthentication as BaseJWTAuthentication
 from rest_framework_simplejwt.exceptions import (
-    AuthenticationFailed,
     ExpiredTokenError,
     InvalidToken,
     TokenError,
 )
 from rest_framework_simplejwt.settings import api_settings as jwt_settings
-
-from apps.core.routing import primary_reads
 
 
 def token_failure(error: TokenError) -> exceptions.AuthenticationFailed:
@@ -31,8 +28,8 @@ def token_failure(error: TokenError) -> exceptions.AuthenticationFailed:
 
 
 class JWTAuthentication(BaseJWTAuthentication):
-    """Bearer JWT auth that never rejects a user a lagging replica does not know yet, and
-    says why a token is refused (apps.core.api.problems renders the code)."""
+    """Bearer JWT auth that says why a token is refused (apps.core.api.problems renders
+    the code). The user is read from the primary, like every undeclared read."""
 
     def get_validated_token(self, raw_token):
         errors: list[TokenError] = []
@@ -50,10 +47,6 @@ class JWTAuthentication(BaseJWTAuthentication):
             raise exceptions.AuthenticationFailed(
                 "The token names no user.", code="token_invalid"
             ) from None
-        except AuthenticationFailed:
-            # The replica may not have replayed a brand-new account: ask the primary.
-            with primary_reads():
-                return super().get_user(validated_token)
 
 
 class JWTAuthenticationScheme(SimpleJWTScheme):

@@ -15,7 +15,7 @@ from django.db import transaction
 from rest_framework import serializers
 
 from apps.catalog import selectors, services
-from apps.core.errors import DomainError
+from apps.core.errors import DomainError, ValidationFailed
 
 REQUIRED_COLUMNS = {"sku", "name", "price"}
 PROGRESS_EVERY_ROWS = 1000
@@ -23,15 +23,17 @@ BATCH_ROWS = 1000
 
 
 class ImportRowSerializer(serializers.Serializer):
+    """The shape of a row; the product rules are the service's (`product_validate`)."""
+
     sku = serializers.CharField(max_length=64)
     name = serializers.CharField(max_length=200)
-    price = serializers.DecimalField(max_digits=12, decimal_places=2, min_value=0)
-    currency = serializers.ChoiceField(choices=settings.SUPPORTED_CURRENCIES, required=False)
+    price = serializers.DecimalField(max_digits=12, decimal_places=2)
+    currency = serializers.CharField(max_length=3, required=False)
     category = serializers.SlugField(required=False, allow_blank=True)
     description = serializers.CharField(required=False, allow_blank=True)
     stock = serializers.IntegerField(required=False, min_value=0)
     is_active = serializers.BooleanField(required=False)
-    slug = serializers.SlugField(required=False, allow_blank=True, max_length=160)
+    slug = serializers.CharField(required=False, allow_blank=True, max_length=160)
     image_urls = serializers.CharField(required=False, allow_blank=True)
 
     def validate_image_urls(self, value: str) -> tuple[str, ...]:
@@ -106,6 +108,20 @@ class Command(BaseCommand):
                 errors.append((line, _describe(row.errors)))
                 continue
             data = row.validated_data
+            product = {
+                "sku": data["sku"],
+                "name": data["name"],
+                "price": data["price"],
+                "currency": data.get("currency", settings.DEFAULT_CURRENCY),
+                "description": data.get("description", ""),
+                "is_active": data.get("is_active", True),
+                "slug": data.get("slug") or None,
+            }
+            try:
+                services.product_validate(**product, image_urls=list(data.get("image_urls", ())))
+            except ValidationFailed as exc:
+                errors.append((line, _describe(exc.errors)))
+                continue
             category = data.get("category")
             if category and category not in categories:
                 errors.append((line, f"category: no category with slug {category!r}."))
@@ -116,15 +132,9 @@ class Command(BaseCommand):
             seen_skus[data["sku"]] = line
             rows.append(
                 services.ProductRow(
-                    sku=data["sku"],
-                    name=data["name"],
-                    price=data["price"],
-                    currency=data.get("currency", settings.DEFAULT_CURRENCY),
+                    **product,
                     category_id=categories.get(category) if category else None,
-                    description=data.get("description", ""),
                     stock=data.get("stock", 0),
-                    is_active=data.get("is_active", True),
-                    slug=data.get("slug") or None,
                     image_urls=data.get("image_urls", ()),
                 )
             )
