@@ -22,7 +22,6 @@ from apps.core.sagas import (
 
 pytestmark = [
     pytest.mark.django_db(transaction=True, databases="__all__"),
-    pytest.mark.usefixtures("assertions_read_the_primary"),
 ]
 
 EFFECT = "FencedStepRan"
