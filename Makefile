@@ -59,8 +59,10 @@ browser:
 		fi
 
 # Benchmarks on the real services (not part of `make test`); QUICK=1: the ~1 minute smoke run.
+# Then instructions per request under callgrind (bench/instructions.py).
 bench: install-dev
 	$(PY) scripts/testenv.py run -- $(PY) -m bench.run $(if $(QUICK),--quick)
+	$(PY) scripts/testenv.py run -- $(PY) -m bench.instructions $(if $(QUICK),--quick)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache
