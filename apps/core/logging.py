@@ -4,10 +4,13 @@ Every line carries the context bound for the request or task (request_id, user_i
 correlation ids). Secrets are redacted before rendering, whoever logged them.
 """
 
+import logging
 import re
+import sys
 from collections.abc import MutableMapping
 from typing import Any
 
+import orjson
 import structlog
 
 from apps.core.tracing import add_trace_ids
@@ -114,3 +117,30 @@ def configure_structlog() -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
+
+
+_timestamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
+_LEVEL_NAMES = {logging.INFO: "info", logging.WARNING: "warning", logging.ERROR: "error"}
+
+
+def render_line(logger_name: str, level: int, event: str, fields: dict) -> bytes:
+    """The JSON line the structlog -> stdlib -> JSONRenderer chain writes for
+    `structlog.get_logger(logger_name).log(level, event, **fields)`, field for field (the
+    same context, level, logger, timestamp, trace ids, redaction and escaping), rendered
+    directly: a tenth of the instructions, for the one line every request writes."""
+    event_dict = {**fields, "event": event}
+    structlog.contextvars.merge_contextvars(None, "", event_dict)
+    event_dict["level"] = _LEVEL_NAMES[level]
+    event_dict["logger"] = logger_name
+    _timestamp(None, "", event_dict)
+    add_trace_ids(None, "", event_dict)
+    redact_secrets(None, "", event_dict)
+    escape_control_characters(None, "", event_dict)
+    return orjson.dumps(event_dict, default=repr, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def write_line(logger_name: str, level: int, event: str, fields: dict) -> None:
+    """Log one event as `render_line` renders it, straight to standard error (where the
+    configured console handler writes), when its level is enabled."""
+    if logging.getLogger(logger_name).isEnabledFor(level):
+        sys.stderr.write(render_line(logger_name, level, event, fields).decode())
