@@ -180,19 +180,19 @@ def measure(spec_path: Path) -> int:
 # --- parent: seeds, runs the child under callgrind, reads its dumps ----------------------
 
 
-def seed_spec(workdir: Path, counts: dict) -> Path:
-    from bench.run import QUICK as QUICK_PROFILE
-    from bench.run import seed
+SCENARIOS = ("b0", "ping", "detail", "list", "orders")
 
-    data = seed(QUICK_PROFILE, workdir)
-    tokens = data.tokens_file.read_text().split()
-    spec = {
-        "scenarios": ["b0", "ping", "detail", "list", "orders"],
-        "counts": counts,
-        "detail_product": data.detail_product,
-        "products": data.spread_products[1:],
-        "tokens": tokens,
-    }
+
+def seed_spec(workdir: Path, counts: dict, scenarios: list[str]) -> Path:
+    spec = {"scenarios": scenarios, "counts": counts}
+    if set(scenarios) - {"b0", "ping"}:  # the ping touches no table
+        from bench.run import QUICK as QUICK_PROFILE
+        from bench.run import seed
+
+        data = seed(QUICK_PROFILE, workdir)
+        spec["detail_product"] = data.detail_product
+        spec["products"] = data.spread_products[1:]
+        spec["tokens"] = data.tokens_file.read_text().split()
     path = workdir / "spec.json"
     path.write_text(json.dumps(spec))
     return path
@@ -235,7 +235,9 @@ def render_markdown(results: dict) -> str:
     lines = [
         f"# Instructions per request ({results['started_at']}, commit {results['git'][:10]})",
         "",
-        "callgrind, in process (WSGI calls, production settings, services on loopback).",
+        "callgrind, in process (WSGI calls, production settings, services on loopback)"
+        + (f"; with {', '.join(results['settings'])}" if results["settings"] else "")
+        + ".",
         "",
         "| scenario | requests | instructions / request | B0 / scenario |",
         "| --- | ---: | ---: | ---: |",
@@ -259,6 +261,18 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests per scenario")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    parser.add_argument(
+        "--only", nargs="+", choices=SCENARIOS, help="these scenarios (b0 always runs)"
+    )
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="NAME=VALUE",
+        help="environment (settings) for the app, to measure a variant",
+    )
+    parser.add_argument("--label", default="", help="names the variant in the file names")
+    parser.add_argument("--keep", action="store_true", help="keep the callgrind dumps")
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # the child
     args = parser.parse_args(argv)
     if args.measure:
@@ -283,9 +297,13 @@ def main(argv: list[str]) -> int:
     )
     # Under callgrind a request takes ~50x longer: keep connections as a native run would.
     os.environ["CONN_MAX_AGE"] = "3600"
+    os.environ.update(dict(item.split("=", 1) for item in args.set))
     django.setup()
-    say("migrating and seeding")
-    spec_path = seed_spec(workdir, counts)
+    scenarios = list(SCENARIOS)
+    if args.only:
+        scenarios = ["b0", *(name for name in args.only if name != "b0")]
+    say("migrating and seeding" if set(scenarios) - {"b0", "ping"} else "no data needed")
+    spec_path = seed_spec(workdir, counts, scenarios)
     spec = json.loads(spec_path.read_text())
     say(f"running the scenarios under callgrind (workdir {workdir})")
     totals = run_callgrind(spec_path, workdir, len(spec["scenarios"]))
@@ -306,17 +324,22 @@ def main(argv: list[str]) -> int:
         "git": commit["commit"],
         "dirty": commit["dirty"],
         "profile": "quick" if args.quick else "full",
+        "settings": args.set,
         "python": sys.version.split()[0],
         "scenarios": scenarios,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     stem = started.strftime("%Y-%m-%dT%H%M") + "-instructions" + ("-quick" if args.quick else "")
+    stem += f"-{args.label}" if args.label else ""
     (args.out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
     markdown = render_markdown(results)
     (args.out / f"{stem}.md").write_text(markdown)
     print(markdown)
     say(f"wrote {args.out / stem}.json and .md")
-    shutil.rmtree(workdir, ignore_errors=True)
+    if args.keep:
+        say(f"callgrind dumps kept in {workdir} (callgrind_annotate --inclusive=yes ...)")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
