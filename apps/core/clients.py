@@ -32,7 +32,8 @@ def client_user_id(request) -> int | str | None:
 
 
 def _client_user_id(request) -> int | str | None:
-    header = request.headers.get("Authorization", "")
+    # META, not request.headers: that view copies every header of the request first.
+    header = request.META.get("HTTP_AUTHORIZATION", "")
     scheme, _, raw = header.partition(" ")
     if scheme in jwt_settings.AUTH_HEADER_TYPES and raw:
         try:

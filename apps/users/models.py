@@ -68,18 +68,21 @@ class User(AbstractBaseUser, PermissionsMixin):
     @classmethod
     def from_token(cls, user_id: int) -> "User":
         """The account an access token names, with nothing read yet: its id is known, the
-        first other field used loads them all (one query, from the primary: the account
-        may be brand new)."""
+        first other field used loads them all (one query)."""
         return cls.from_db(None, ["id"], [user_id])
 
     def refresh_from_db(self, using=None, fields=None, from_queryset=None):
         deferred = self.get_deferred_fields()
-        if fields is not None and deferred and set(fields) & deferred:
-            # A deferred field is being read: load every deferred one at once.
-            fields = set(fields) | deferred
+        if fields is None or not deferred or not set(fields) & deferred:
+            return super().refresh_from_db(using, fields, from_queryset)
+        # A deferred field is being read: load every deferred one at once.
+        fields = set(fields) | deferred
+        try:
+            return super().refresh_from_db(using, fields, from_queryset)
+        except self.DoesNotExist:
+            # A lagging replica may not have replayed a brand-new account: ask the primary.
             with primary_reads():
                 return super().refresh_from_db(using, fields, from_queryset)
-        return super().refresh_from_db(using, fields, from_queryset)
 
     def clean(self) -> None:
         super().clean()
