@@ -25,7 +25,8 @@ def client_user_id(request) -> int | str | None:
     """The client's user id before authentication runs, without a database query: from a
     valid bearer token (signature checked) or the session (after SessionMiddleware).
     Computed once per request (read routing and rate limiting both ask)."""
-    known = getattr(request, "_client_user_id", _UNKNOWN)
+    # The instance's own dict: getattr() would build an AttributeError the first time.
+    known = request.__dict__.get("_client_user_id", _UNKNOWN)
     if known is _UNKNOWN:
         known = request._client_user_id = _client_user_id(request)
     return known
@@ -40,7 +41,7 @@ def _client_user_id(request) -> int | str | None:
             return AccessToken(raw.strip())[jwt_settings.USER_ID_CLAIM]
         except (TokenError, KeyError):
             return None
-    session = getattr(request, "session", None)
+    session = request.__dict__.get("session")
     if session is not None and request.COOKIES.get(settings.SESSION_COOKIE_NAME):
         # Loaded once and reused by AuthenticationMiddleware; sessions are always
         # read from the primary (PRIMARY_ONLY_APPS).

@@ -12,7 +12,14 @@ from django.http import HttpResponse
 from django.test import Client, RequestFactory
 from django.utils.functional import SimpleLazyObject
 
-from apps.core.logging import build_logging_config, render_line
+from apps.core.logging import (
+    _SECRET_TEXT,
+    REDACTED,
+    _scrub_text,
+    build_logging_config,
+    escape_control_characters,
+    render_line,
+)
 from apps.core.middleware import ReadYourWritesMiddleware
 from apps.core.routing import record_write
 from tests.conftest import bearer_client
@@ -150,3 +157,28 @@ def test_read_your_writes_pins_the_user_of_a_request_that_wrote(settings):
     request.user = user
     ReadYourWritesMiddleware(writes)(request)
     assert cache.get(PIN_KEY.format(user_id=99)) == 1
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "plain /api/v1/orders?status=pending",
+        "Authorization: Bearer abc.def-ghi=",
+        "bEaReR\tabc.def",
+        "token EYJabc.def.ghi and eyJx.y.z",
+        "bearer without a token",
+        "İstanbul \u017f \u212a bearer",
+        "",
+    ],
+)
+def test_the_cheap_secret_check_redacts_exactly_what_the_pattern_does(text):
+    expected = _SECRET_TEXT.sub(lambda m: (m.group(1) or "") + REDACTED, text)
+    assert _scrub_text(text) == expected
+
+
+@pytest.mark.parametrize("text", ["plain", "a\x00b", "line\nbreak", "\x1b[31m", "\x85é", "\xa0"])
+def test_control_characters_are_escaped_whatever_the_cheap_check_says(text):
+    escaped = escape_control_characters(None, "", {"path": text})["path"]
+    assert not re.search(r"[\x00-\x1f\x7f-\x9f]", escaped)
+    if text.isprintable():
+        assert escaped == text
