@@ -21,13 +21,14 @@ def client_ip(request) -> str:
 _UNKNOWN = object()
 
 
-def client_user_id(request) -> int | str | None:
+def client_user_id(request, *, session_loaded: bool = False) -> int | str | None:
     """The client's user id before authentication runs, without a database query: from a
     valid bearer token (signature checked) or the session (after SessionMiddleware).
-    Computed once per request (read routing and rate limiting both ask)."""
+    Computed once per request (read routing, rate limiting and the log line all ask);
+    `session_loaded` asks again once the session is there (the admin's requests)."""
     # The instance's own dict: getattr() would build an AttributeError the first time.
     known = request.__dict__.get("_client_user_id", _UNKNOWN)
-    if known is _UNKNOWN:
+    if known is _UNKNOWN or (known is None and session_loaded):
         known = request._client_user_id = _client_user_id(request)
     return known
 

@@ -210,7 +210,7 @@ class ReadYourWritesMiddleware:
     def __call__(self, request):
         if not settings.DATABASE_REPLICAS:
             return self.get_response(request)
-        with routing_scope(user_id=client_user_id(request)) as scope:
+        with routing_scope(user_id=client_user_id(request, session_loaded=True)) as scope:
             response = self.get_response(request)
             if scope.wrote:
                 user = getattr(request, "user", None)

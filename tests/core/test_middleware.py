@@ -182,3 +182,28 @@ def test_control_characters_are_escaped_whatever_the_cheap_check_says(text):
     assert not re.search(r"[\x00-\x1f\x7f-\x9f]", escaped)
     if text.isprintable():
         assert escaped == text
+
+
+def test_an_admin_request_is_routed_as_its_session_user_though_the_edge_asked_before_it(
+    settings,
+):
+    """EdgeMiddleware asks who the client is before the session is loaded (no one, for
+    the admin); read-your-writes asks again after it, or an admin who just wrote would
+    read a lagging replica."""
+    from django.contrib.auth import SESSION_KEY
+
+    from apps.core.clients import client_user_id
+    from apps.core.routing import current_scope
+
+    settings.DATABASE_REPLICAS = ["replica_1"]
+    request = RequestFactory().get("/admin/", HTTP_COOKIE=f"{settings.SESSION_COOKIE_NAME}=abc")
+    assert client_user_id(request) is None  # the edge, before the session
+    request.session = {SESSION_KEY: "7"}
+    seen = []
+
+    def view(request):
+        seen.append(current_scope().user_id)
+        return HttpResponse("ok")
+
+    ReadYourWritesMiddleware(view)(request)
+    assert seen == ["7"]
