@@ -59,8 +59,10 @@ browser:
 		fi
 
 # Benchmarks on the real services (not part of `make test`); QUICK=1: the ~1 minute smoke run.
+# Then instructions per request under callgrind (bench/instructions.py).
 bench: install-dev
 	$(PY) scripts/testenv.py run -- $(PY) -m bench.run $(if $(QUICK),--quick)
+	$(PY) scripts/testenv.py run -- $(PY) -m bench.instructions $(if $(QUICK),--quick)
 
 # Network faults between hosts (scripts/cluster.py: network namespaces, needs root; not part
 # of `make test`): six scenarios under load, a table, results in bench/results/partitions-*.

@@ -3,6 +3,7 @@ from django.core.cache import cache
 from rest_framework.test import APIClient
 from rest_framework_simplejwt.tokens import RefreshToken
 
+from apps.core.ratelimit import leased_limiter
 from apps.core.webhooks.delivery import subscribed_event_types_forget
 from tests.users.factories import UserFactory
 
@@ -21,6 +22,7 @@ def _isolated_cache():
     reads it again, one query, whatever ran before)."""
     cache.clear()
     subscribed_event_types_forget()
+    leased_limiter.clear()  # units leased from the Redis buckets the clear emptied
     yield
 
 

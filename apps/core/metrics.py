@@ -1,6 +1,7 @@
 """Prometheus metrics of the shared kernel, and the /metrics exposition.
 
-Request, latency, status, database and cache metrics come from django-prometheus; the
+Request, latency, status, database and cache metrics come from django-prometheus (its
+metric families; the request ones are counted by `request_metrics`, below); the
 contexts define their business metrics beside their code (apps/orders/metrics.py,
 apps/payments/metrics.py) with prometheus_client. Some values are read at scrape time
 instead of counted: the outbox backlog, each event consumer's lag and the replica lag
@@ -12,9 +13,12 @@ them (prometheus_client's multiprocess mode). The directory is wiped when gunico
 the worker starts (config/gunicorn.py, config/celery.py) and dead processes are marked.
 """
 
+import atexit
 import ipaddress
 import os
 import secrets
+import threading
+from bisect import bisect_left
 
 import structlog
 from django.conf import settings
@@ -129,6 +133,172 @@ class PlatformStateCollector(Collector):
 _platform_state = PlatformStateCollector()
 
 
+_KNOWN_METHODS = frozenset(
+    ("GET", "HEAD", "POST", "PUT", "DELETE", "TRACE", "OPTIONS", "CONNECT", "PATCH")
+)
+
+
+class RequestMetrics:
+    """django-prometheus's request metrics (the same families, names and labels as its
+    middleware), counted in process memory and added to the families every
+    METRICS_FLUSH_SECONDS by a thread, and before this process renders /metrics.
+
+    Its middleware writes ~16 samples per request, each a write to the multiprocess
+    files under gunicorn; here a request is one dict update per family it touches, and
+    a flush writes each label set once. A scrape may see another process's requests up
+    to METRICS_FLUSH_SECONDS late; a process killed with SIGKILL loses at most that
+    much of its counts.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._flusher: threading.Thread | None = None
+        self._requests: dict[tuple, int] = {}  # (method, transport, view, status, ...)
+        self._counts: dict[tuple, int] = {}  # (family name, labels): rarer counters
+        # Histogram name -> [sum, count per bucket]; per (view, method) for latency.
+        self._latency_by_view: dict[tuple, list] = {}
+        self._sizes: dict[str, list] = {}
+        self._families = None
+
+    def families(self):
+        if self._families is None:
+            from django_prometheus.middleware import Metrics
+
+            self._families = Metrics.get_instance()
+        return self._families
+
+    def record(self, request, response, *, total: float, view_seconds: float) -> None:
+        """One request answered: `total` seconds since it arrived, `view_seconds` since
+        the middleware handed it on."""
+        families = self.families()
+        method = request.method if request.method in _KNOWN_METHODS else "<invalid method>"
+        transport = "https" if request.is_secure() else "http"
+        match = getattr(request, "resolver_match", None)
+        view = (match.view_name or "<unnamed view>") if match is not None else None
+        streaming = response.streaming
+        key = (
+            method,
+            transport,
+            view,
+            str(response.status_code),
+            getattr(response, "charset", None),
+            streaming,
+            request.META.get("HTTP_X_REQUESTED_WITH") == "XMLHttpRequest",
+        )
+        request_bytes = int(request.META.get("CONTENT_LENGTH") or 0)
+        response_bytes = None if streaming else len(response.content)
+        latency_key = (view or "<unnamed view>", request.method)
+        with self._lock:
+            if self._flusher is None:
+                self._start_flusher()
+            self._requests[key] = self._requests.get(key, 0) + 1
+            self._observe(self._sizes, "before", families.requests_latency_before, total)
+            self._observe(self._sizes, "request_bytes", families.requests_body_bytes, request_bytes)
+            if response_bytes is not None:
+                self._observe(
+                    self._sizes, "response_bytes", families.responses_body_bytes, response_bytes
+                )
+            self._observe(
+                self._latency_by_view,
+                latency_key,
+                families.requests_latency_by_view_method,
+                view_seconds,
+            )
+
+    def count(self, family: str, *labels: str) -> None:
+        """One more on a django-prometheus counter (exceptions, template responses)."""
+        with self._lock:
+            key = (family, labels)
+            self._counts[key] = self._counts.get(key, 0) + 1
+
+    @staticmethod
+    def _observe(pending: dict, key, histogram, value: float) -> None:
+        entry = pending.get(key)
+        if entry is None:
+            entry = pending[key] = [0.0, [0] * len(histogram._upper_bounds)]
+        entry[0] += value
+        entry[1][bisect_left(histogram._upper_bounds, value)] += 1
+
+    def forked(self) -> None:
+        """In a forked child: nothing counted yet, and no flusher thread (threads do not
+        survive a fork); the first request starts one."""
+        self.__init__()
+
+    def _start_flusher(self) -> None:
+        self._flusher = threading.Thread(target=self._flush_forever, daemon=True)
+        self._flusher.start()
+
+    def _flush_forever(self) -> None:
+        from django.conf import settings
+
+        while True:
+            threading.Event().wait(settings.METRICS_FLUSH_SECONDS)
+            try:
+                self.flush()
+            except Exception:  # the next round tries again; requests never notice
+                logger.warning("request_metrics_flush_failed", exc_info=True)
+
+    def flush(self) -> None:
+        """Add what this process counted since the last flush to the metric families."""
+        with self._lock:
+            requests, self._requests = self._requests, {}
+            counts, self._counts = self._counts, {}
+            latency, self._latency_by_view = self._latency_by_view, {}
+            sizes, self._sizes = self._sizes, {}
+        f = self.families()
+        if not (requests or counts or latency or sizes):
+            return
+        total = sum(requests.values())
+        f.requests_total.inc(total)
+        f.responses_total.inc(total)
+        by: dict[tuple, int] = {}
+
+        def add(family, labels: tuple, n: int) -> None:
+            by[family, labels] = by.get((family, labels), 0) + n
+
+        for (method, transport, view, status, charset, streaming, ajax), n in requests.items():
+            add(f.requests_by_method, (method,), n)
+            add(f.requests_by_transport, (transport,), n)
+            add(f.responses_by_status, (status,), n)
+            add(f.responses_by_status_view_method, (status, view or "<unnamed view>", method), n)
+            if view is not None:
+                add(f.requests_by_view_transport_method, (view, transport, method), n)
+            if charset is not None:
+                add(f.responses_by_charset, (str(charset),), n)
+            if streaming:
+                add(f.responses_streaming, (), n)
+            if ajax:
+                add(f.requests_ajax, (), n)
+        for (family, labels), n in by.items():
+            (family.labels(*labels) if labels else family).inc(n)
+        for (name, labels), n in counts.items():
+            family = getattr(f, name)
+            (family.labels(*labels) if labels else family).inc(n)
+        for name, histogram in (
+            ("before", f.requests_latency_before),
+            ("request_bytes", f.requests_body_bytes),
+            ("response_bytes", f.responses_body_bytes),
+        ):
+            if name in sizes:
+                self._add(histogram, *sizes[name])
+        for labels, entry in latency.items():
+            self._add(f.requests_latency_by_view_method.labels(*labels), *entry)
+
+    @staticmethod
+    def _add(histogram, total: float, buckets: list[int]) -> None:
+        # What observe() does per value, once per bucket (prometheus_client's own
+        # per-bucket values; the cumulative counts are computed when it is collected).
+        histogram._sum.inc(total)
+        for index, n in enumerate(buckets):
+            if n:
+                histogram._buckets[index].inc(n)
+
+
+request_metrics = RequestMetrics()
+atexit.register(request_metrics.flush)
+os.register_at_fork(after_in_child=request_metrics.forked)
+
+
 def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
@@ -144,6 +314,7 @@ def exposition_registry() -> CollectorRegistry:
 
 
 def render(*, with_platform_state: bool) -> bytes:
+    request_metrics.flush()
     output = generate_latest(exposition_registry())
     if with_platform_state:
         state = CollectorRegistry(auto_describe=False)

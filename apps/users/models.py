@@ -61,6 +61,20 @@ class User(AbstractBaseUser, PermissionsMixin):
     def __str__(self) -> str:
         return self.email
 
+    @classmethod
+    def from_token(cls, user_id: int) -> "User":
+        """The account an access token names, with nothing read yet: its id is known, the
+        first other field used loads them all (one query)."""
+        return cls.from_db(None, ["id"], [user_id])
+
+    def refresh_from_db(self, using=None, fields=None, from_queryset=None):
+        deferred = self.get_deferred_fields()
+        if fields is None or not deferred or not set(fields) & deferred:
+            return super().refresh_from_db(using, fields, from_queryset)
+        # A deferred field is being read: load every deferred one at once (from the
+        # primary, like every undeclared read, so a brand-new account is there).
+        return super().refresh_from_db(using, set(fields) | deferred, from_queryset)
+
     def clean(self) -> None:
         super().clean()
         self.email = normalize_email(self.email)

@@ -5,6 +5,7 @@ from decimal import Decimal
 
 import pytest
 import structlog
+from rest_framework_simplejwt.tokens import AccessToken
 
 from apps.catalog import services as catalog_services
 from apps.core.logging import REDACTED, build_logging_config
@@ -63,7 +64,7 @@ def test_one_line_per_request_names_method_path_status_duration_user_and_address
     api_client, json_logs
 ):
     user = UserFactory()
-    api_client.force_login(user)
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {AccessToken.for_user(user)}")
     response = api_client.get(
         "/api/v1/orders?status=pending", HTTP_X_REQUEST_ID="one-line-0001", REMOTE_ADDR="10.9.8.7"
     )

@@ -2,16 +2,20 @@
 
 import json
 import math
+import multiprocessing
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from django.conf import settings as settings_module
 from django.test import Client, RequestFactory
 from prometheus_client import REGISTRY
 
+from apps.core import ratelimit
 from apps.core.middleware import client_ip
 from apps.core.ratelimit import local_limiter
+from apps.core.redis_clients import redis_client
 from apps.payments.sandbox.server import sign
 from tests.conftest import bearer_client
 from tests.users.factories import UserFactory
@@ -228,3 +232,98 @@ def test_registration_shares_the_auth_scope_per_email(settings):
         "/api/v1/auth/register", body, content_type="application/json"
     )
     assert_problem(again, 429, "rate-limited")
+
+
+# --- the approximate default scope and the exact ones, across processes ------------------
+
+
+def _hit_from_process(scope: str, key: str, attempts: int, start, results) -> None:
+    """In a forked process (its own leases): `attempts` checks, the allowed count out."""
+    start.wait(timeout=30)
+    allowed = sum(bool(ratelimit.check(scope, [key]).allowed) for _ in range(attempts))
+    results.put(allowed)
+
+
+def admitted_by_four_processes(scope: str, attempts: int) -> int:
+    context = multiprocessing.get_context("fork")
+    start, results = context.Barrier(4), context.Queue()
+    key = f"{settings_module.RATE_LIMIT_KEY_PREFIX}:{scope}:ip:10.4.4.4"
+    processes = [
+        context.Process(target=_hit_from_process, args=(scope, key, attempts, start, results))
+        for _ in range(4)
+    ]
+    for process in processes:
+        process.start()
+    admitted = sum(results.get(timeout=60) for _ in processes)
+    for process in processes:
+        process.join(timeout=30)
+        assert process.exitcode == 0
+    return admitted
+
+
+def evalsha_calls() -> int:
+    stats = redis_client(settings_module.REDIS_URL).info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def test_the_default_scope_stays_within_its_bound_across_four_processes(settings):
+    """Four processes, 100 checks each, against a limit of 200: each leases 10 units at a
+    time, so at most 4 x (10 - 1) units sit unspent in other processes' leases, and
+    nothing is admitted that Redis did not grant (a 3600 s period: no refill)."""
+    limit(settings, "default", 200, 3600)
+    lease = ratelimit.policy("default").lease
+    assert lease == 10
+    calls_before = evalsha_calls()
+    admitted = admitted_by_four_processes("default", 100)
+    assert 200 - 4 * (lease - 1) <= admitted <= 200
+    # No round trip per request: a lease per 10 admitted, a remembered refusal after.
+    assert evalsha_calls() - calls_before <= 200 // lease + 4 * 2
+
+
+@pytest.mark.parametrize("scope", ["orders", "auth"])
+def test_the_exact_scopes_admit_exactly_their_limit_across_four_processes(settings, scope):
+    limit(settings, scope, 40, 3600)
+    assert ratelimit.policy(scope).lease == 1
+    assert admitted_by_four_processes(scope, 25) == 40
+
+
+def test_a_refused_client_costs_no_redis_round_trip_until_its_retry_after(settings, api_client):
+    limit(settings, "default", 40, 3600)  # leases of 2
+    statuses = [api_client.get(PING).status_code for _ in range(40)]
+    assert statuses == [200] * 40
+    calls_before = evalsha_calls()
+    assert [api_client.get(PING).status_code for _ in range(20)] == [429] * 20
+    assert evalsha_calls() - calls_before == 1  # the refusal, then remembered
+
+
+@pytest.mark.django_db
+def test_provider_webhooks_pass_while_their_address_is_refused(settings, api_client):
+    limit(settings, "default", 1, 3600)
+    settings.PAYMENT_WEBHOOK_SECRET = "webhook-secret"
+    assert api_client.get(PING).status_code == 200
+    assert api_client.get(PING).status_code == 429
+    body = json.dumps({"id": "evt_refused_address", "type": "charge.succeeded",
+                       "created": int(time.time()),
+                       "data": {"id": "ch_unknown", "idempotency_key": "unknown",
+                                "status": "succeeded", "amount": "10.00", "currency": "EUR"}}
+                      ).encode()  # fmt: skip
+    timestamp = int(time.time())
+    response = api_client.post(
+        PAYMENT_WEBHOOK,
+        data=body,
+        content_type="application/json",
+        HTTP_SANDBOX_SIGNATURE=f"t={timestamp},v1={sign('webhook-secret', timestamp, body)}",
+    )
+    assert response.status_code == 200
+
+
+@pytest.mark.django_db
+def test_with_redis_stopped_the_leased_default_scope_fails_open(
+    settings, api_client, throwaway_redis
+):
+    limit(settings, "default", 1000, 3600)  # leases of 50
+    throwaway_redis.kill()
+    throwaway_redis.wait()
+    errors_before = counter("mercato_ratelimit_backend_errors_total", scope="default")
+    assert [api_client.get(PING).status_code for _ in range(3)] == [200] * 3
+    assert counter("mercato_ratelimit_backend_errors_total", scope="default") == errors_before + 3

@@ -6,11 +6,13 @@ import runpy
 import signal
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
+from django.conf import settings
 
 from tests.support.celery_worker import wait_until, worker_database_environment
 from tests.support.metrics import sample_value
@@ -113,10 +115,16 @@ def test_under_gunicorn_with_two_workers_the_request_counter_equals_the_requests
     server = gunicorn_server()
     assert len(server.worker_pids()) == 2
     assert not (server.metrics_dir / "counter_999999.db").exists()  # wiped at start
+    # Each worker adds its request counts to the shared files every METRICS_FLUSH_SECONDS.
+    time.sleep(2 * settings.METRICS_FLUSH_SECONDS)
     ready_checks = healthz_count(server)  # the readiness polls of the start
 
     assert send(f"{server.url}/healthz", REQUESTS) == [200] * REQUESTS
-    assert healthz_count(server) == ready_checks + REQUESTS
+    wait_until(
+        lambda: healthz_count(server) == ready_checks + REQUESTS,
+        timeout=10,
+        what="both workers' counts in the scrape",
+    )
     # Each worker wrote its own samples: the scrape added both up.
     writers = {p.stem.rsplit("_", 1)[1] for p in server.metrics_dir.glob("counter_*.db")}
     assert {str(pid) for pid in server.worker_pids()} <= writers
@@ -130,7 +138,11 @@ def test_under_gunicorn_with_two_workers_the_request_counter_equals_the_requests
         what="gunicorn to replace the killed worker",
     )
     assert send(f"{server.url}/healthz", REQUESTS) == [200] * REQUESTS
-    assert healthz_count(server) == ready_checks + 2 * REQUESTS
+    wait_until(
+        lambda: healthz_count(server) == ready_checks + 2 * REQUESTS,
+        timeout=10,
+        what="the killed worker's counts and the new ones in the scrape",
+    )
 
 
 @pytest.mark.django_db(databases="__all__")

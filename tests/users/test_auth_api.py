@@ -7,6 +7,7 @@ import pytest
 from django.utils import timezone
 from rest_framework_simplejwt.tokens import AccessToken, RefreshToken
 
+from apps.users import services as users_services
 from apps.users.models import User
 from tests.users.factories import DEFAULT_PASSWORD, UserFactory
 
@@ -185,11 +186,38 @@ def test_rotated_refresh_tokens_chain_and_each_is_single_use(api_client):
         refresh = rotated.json()["refresh"]
 
 
-def test_access_token_of_a_deactivated_user_is_refused(api_client):
+def test_deactivating_a_user_revokes_access_within_the_access_token_lifetime(api_client, settings):
+    """Access tokens are verified without reading the account: a deactivated user keeps
+    access only until the access token expires (at most 5 minutes), and cannot refresh."""
+    lifetime = settings.SIMPLE_JWT["ACCESS_TOKEN_LIFETIME"]
+    assert timedelta(0) < lifetime <= timedelta(minutes=5)
+    user = UserFactory()
+    refresh = RefreshToken.for_user(user)
+    access = refresh.access_token
+    assert access["exp"] - access["iat"] == lifetime.total_seconds()
+    users_services.user_set_active(user=user, is_active=False)
+
+    # The last access token issued before the deactivation, once its lifetime is over.
+    access.set_exp(from_time=timezone.now() - lifetime - timedelta(seconds=1))
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {access}")
+    assert_auth_problem(api_client.get(ME), "token_expired")
+    # And no new access token.
+    api_client.credentials()
+    refused = api_client.post(REFRESH, {"refresh": str(refresh)}, format="json")
+    assert refused.status_code == 401
+    assert refused.json()["code"] == "no_active_account"
+
+
+def test_an_access_token_is_verified_without_reading_the_account(
+    api_client, django_assert_num_queries
+):
     user = UserFactory()
     api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {AccessToken.for_user(user)}")
-    User.objects.filter(pk=user.pk).update(is_active=False)
-    assert_problem(api_client.get(ME), 401, "authentication-failed")
+    with django_assert_num_queries(1):  # the addresses, by the token's user id
+        assert api_client.get("/api/v1/users/me/addresses").status_code == 200
+    with django_assert_num_queries(1):  # the profile: the account, once
+        body = api_client.get(ME).json()
+    assert body["email"] == user.email
 
 
 def assert_auth_problem(response, code: str) -> dict:
@@ -232,13 +260,6 @@ def test_an_invalid_access_token_is_token_invalid(api_client, token):
     raw = token(UserFactory()) if callable(token) else token
     api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
     assert_auth_problem(api_client.get(ME), "token_invalid")
-
-
-def test_the_access_token_of_a_deactivated_user_is_user_inactive(api_client):
-    user = UserFactory()
-    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {AccessToken.for_user(user)}")
-    User.objects.filter(pk=user.pk).update(is_active=False)
-    assert_auth_problem(api_client.get(ME), "user_inactive")
 
 
 def test_a_malformed_authorization_header_is_bad_authorization_header(api_client):
