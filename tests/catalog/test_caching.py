@@ -17,8 +17,9 @@ from django.core.cache import cache
 from django.db import connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
 
+from apps.catalog.api.detail import rendered_detail
+from apps.catalog.api.views import ProductDetailView
 from apps.catalog.cache import POPULAR_KEY
-from apps.catalog.selectors import product_detail
 from apps.catalog.services import category_update, reserve_stock
 from tests.catalog.factories import CategoryFactory, ProductFactory
 from tests.support.replica import wait_for_catch_up
@@ -31,9 +32,11 @@ READER_SCRIPT = """
 import json, sys
 import django
 django.setup()
-from apps.catalog.selectors import product_detail
+from apps.catalog.api.detail import rendered_detail
+from apps.catalog.api.views import ProductDetailView
 for line in sys.stdin:
-    print(json.dumps(product_detail(id_or_slug=line.strip())["price"]), flush=True)
+    rendered = rendered_detail(id_or_slug=line.strip(), view=ProductDetailView())
+    print(json.dumps(json.loads(rendered.body)["price"]), flush=True)
 """
 
 
@@ -126,7 +129,8 @@ def test_a_miss_storm_on_a_hot_product_queries_the_database_once():
         try:
             with connection.execute_wrapper(count_product_queries):
                 start.wait()
-                return product_detail(id_or_slug=str(product.pk))["id"]
+                rendered = rendered_detail(id_or_slug=str(product.pk), view=ProductDetailView())
+                return json.loads(rendered.body)["id"]
         finally:
             connections.close_all()
 
