@@ -308,6 +308,10 @@ class TwoLevelCache:
         lock_key = f"{data_key}:lock"
         if self._shared_call("add", lock_key, 1, self.lock_ttl):
             try:
+                # A filler may have stored it and let go of the lock since our miss.
+                value = self._shared_get(data_key)
+                if value is not _MISSING:
+                    return value
                 value = loader()
                 with contextlib.suppress(SharedCacheDown):
                     self._shared_call("set", data_key, value, self.shared_ttl)
