@@ -1,7 +1,8 @@
 """The catalog's caches.
 
-Product details are cached under `id:<id>`; `slug:<slug>` maps a slug to its id. Stock
-changes invalidate the detail (it shows availability); slug changes the mapping too.
+The public product detail is cached rendered (body and headers, `apps.catalog.api.detail`)
+under `id:<id>`; `slug:<slug>` maps a slug to its id. Stock changes invalidate the detail
+(it shows availability); slug changes the mapping too.
 """
 
 import contextlib
@@ -11,13 +12,15 @@ from django.db import transaction
 
 from apps.core.caching import TwoLevelCache
 
-product_cache = TwoLevelCache(namespace="catalog:product", local_maxsize=4096)
+# Data format 2: rendered responses (1 held the product's dict).
+product_cache = TwoLevelCache(namespace="catalog:product", local_maxsize=4096, data_format=2)
 category_cache = TwoLevelCache(namespace="catalog:categories", local_maxsize=8)
 
 CATEGORY_TREE_KEY = "tree"
 # The popular list: a fresh copy with a TTL and a last-known copy without one.
-POPULAR_KEY = "catalog:popular:v1"
-POPULAR_LAST_KNOWN_KEY = "catalog:popular:last-known:v1"
+# (v2: products, where v1 held their rendered dicts.)
+POPULAR_KEY = "catalog:popular:v2"
+POPULAR_LAST_KNOWN_KEY = "catalog:popular:last-known:v2"
 
 
 def product_keys(product_id: int, *slugs: str) -> list[str]:

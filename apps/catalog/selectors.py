@@ -6,7 +6,7 @@ replica's old row would otherwise be cached under the new version.
 """
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 
 import structlog
@@ -153,28 +153,33 @@ def _active_products(
     return products
 
 
-def product_detail(*, id_or_slug: str) -> dict:
-    """The public representation of an active product (cached)."""
+def product_public_id(*, id_or_slug: str) -> int:
+    """The id of the product a public URL names (slugs are resolved through the cache)."""
     if id_or_slug.isdigit():
-        product_id = int(id_or_slug)
-    else:
-        product_id = product_cache.get_or_load(
-            f"slug:{id_or_slug}", lambda: _load_product_id(id_or_slug)
-        )
+        return int(id_or_slug)
+    product_id = product_cache.get_or_load(
+        f"slug:{id_or_slug}", lambda: _load_product_id(id_or_slug)
+    )
     if product_id is None:
         raise ProductNotFound(f"No product {id_or_slug!r}.")
-    payload = product_cache.get_or_load(f"id:{product_id}", lambda: _load_product(product_id))
-    if payload is None or not payload["is_active"]:
-        raise ProductNotFound(f"No product {id_or_slug!r}.")
-    return payload
+    return product_id
 
 
-def product_staff_detail(*, product_id: int) -> dict:
-    """Any product, active or not, from the primary (for its editors)."""
-    payload = _load_product(product_id)
-    if payload is None:
+def product_public_get(*, product_id: int) -> Product | None:
+    """The product if it is for sale (active), with its category and stock; else None.
+
+    Read from the primary: what it returns is cached under the current version.
+    """
+    product = _load_product(product_id)
+    return product if product is not None and product.is_active else None
+
+
+def product_staff_detail(*, product_id: int) -> Product:
+    """Any product, active or not, fresh from the primary (for its editors)."""
+    product = _load_product(product_id)
+    if product is None:
         raise ProductNotFound(f"No product {product_id}.")
-    return payload
+    return product
 
 
 def product_id_for(*, id_or_slug: str) -> int:
@@ -189,52 +194,25 @@ def _load_product_id(slug: str) -> int | None:
     return Product.objects.filter(slug=slug).values_list("pk", flat=True).first()
 
 
-def _load_product(product_id: int) -> dict | None:
-    product = Product.objects.select_related("category", "stock").filter(pk=product_id).first()
-    return None if product is None else product_payload(product, detail=True)
+def _load_product(product_id: int) -> Product | None:
+    return Product.objects.select_related("category", "stock").filter(pk=product_id).first()
 
 
-def product_payload(product: Product, *, detail: bool) -> dict:
-    """Plain data (cacheable, renderable): money as a decimal string with its currency."""
+def product_available(product: Product) -> int:
+    """Units for sale now (0 without a stock row)."""
     try:
-        available = product.stock.available
+        return product.stock.available
     except Stock.DoesNotExist:
-        available = 0
-    category = product.category
-    data = {
-        "id": product.pk,
-        "sku": product.sku,
-        "slug": product.slug,
-        "name": product.name,
-        "price": f"{product.price:.2f}",
-        "currency": product.currency,
-        "is_active": product.is_active,
-        "category": None
-        if category is None
-        else {"id": category.pk, "slug": category.slug, "name": category.name},
-        "available": available,
-        "in_stock": available > 0,
-        "image_urls": list(product.image_urls),
-        "created_at": _timestamp(product.created_at),
-        "updated_at": _timestamp(product.updated_at),
-    }
-    if detail:
-        data["description"] = product.description
-        data["attributes"] = product.attributes
-    return data
-
-
-def _timestamp(value: datetime) -> str:
-    return value.isoformat().replace("+00:00", "Z")
+        return 0
 
 
 # --- Popular --------------------------------------------------------------------------
 
 # This process's last good list: served when both the database and Redis fail.
-_last_known_popular: list[dict] | None = None
+_last_known_popular: list[Product] | None = None
 
 
-def popular_products() -> list[dict]:
+def popular_products() -> list[Product]:
     """Best sellers of the last 30 days, topped up with the newest products.
 
     Fresh for POPULAR_FRESH_SECONDS in the shared cache; when the database cannot
@@ -256,7 +234,7 @@ def popular_products() -> list[dict]:
 
 
 @replica_safe
-def _compute_popular() -> list[dict]:
+def _compute_popular() -> list[Product]:
     alias = router.db_for_read(Product)
     since = timezone.now() - POPULAR_WINDOW
     with transaction.atomic(using=alias):
@@ -292,7 +270,7 @@ def _compute_popular() -> list[dict]:
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute("SELECT set_config('statement_timeout', '0', true)")
-    return [product_payload(product, detail=False) for product in ranked]
+    return ranked
 
 
 def _cache_get(key: str):

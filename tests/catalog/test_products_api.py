@@ -4,7 +4,7 @@ from decimal import Decimal
 
 import pytest
 
-from apps.catalog.selectors import ProductSnapshot, product_detail, product_snapshots
+from apps.catalog.selectors import ProductSnapshot, product_snapshots
 from apps.catalog.services import commit_reservation, reserve_stock
 from tests.catalog.factories import CategoryFactory, ProductFactory
 from tests.users.test_auth_api import assert_problem
@@ -179,8 +179,11 @@ def test_popular_ranks_best_sellers_first_then_newest(api_client):
     assert [item["id"] for item in body][:3] == [top_seller.pk, seller.pk, newest.pk]
 
 
-def test_product_detail_selector_is_cached_per_process(django_assert_num_queries):
+def test_product_detail_is_cached_per_process(api_client, django_assert_max_num_queries):
     product = ProductFactory()
-    product_detail(id_or_slug=str(product.pk))
-    with django_assert_num_queries(0):
-        assert product_detail(id_or_slug=str(product.pk))["id"] == product.pk
+    with django_assert_max_num_queries(2):  # the product (with category and stock), the slug
+        assert api_client.get(f"{PRODUCTS}/{product.pk}").json()["id"] == product.pk
+        assert api_client.get(f"{PRODUCTS}/{product.slug}").json()["id"] == product.pk
+    with django_assert_max_num_queries(0):
+        assert api_client.get(f"{PRODUCTS}/{product.pk}").json()["id"] == product.pk
+        assert api_client.get(f"{PRODUCTS}/{product.slug}").json()["id"] == product.pk

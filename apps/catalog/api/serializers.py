@@ -1,5 +1,8 @@
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from apps.catalog import selectors
 from apps.core.api.serializers import StrictSerializer
 
 ORDERINGS = {
@@ -40,21 +43,31 @@ class CategoryRefSerializer(serializers.Serializer):
 
 
 class ProductSerializer(serializers.Serializer):
-    """The shape of `selectors.product_payload` (documentation of the response)."""
+    """A product as the public list shows it; renders `Product` rows (category and stock
+    selected with them)."""
 
     id = serializers.IntegerField()
     sku = serializers.CharField()
     slug = serializers.CharField()
     name = serializers.CharField()
+    # Money: a decimal string with its currency.
     price = serializers.DecimalField(max_digits=12, decimal_places=2, coerce_to_string=True)
     currency = serializers.CharField()
     is_active = serializers.BooleanField()
     category = CategoryRefSerializer(allow_null=True)
-    available = serializers.IntegerField()
-    in_stock = serializers.BooleanField()
+    available = serializers.SerializerMethodField()
+    in_stock = serializers.SerializerMethodField()
     image_urls = serializers.ListField(child=serializers.URLField())
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
+
+    @extend_schema_field(OpenApiTypes.INT)
+    def get_available(self, product) -> int:
+        return selectors.product_available(product)
+
+    @extend_schema_field(OpenApiTypes.BOOL)
+    def get_in_stock(self, product) -> bool:
+        return selectors.product_available(product) > 0
 
 
 class ProductDetailSerializer(ProductSerializer):
@@ -63,11 +76,17 @@ class ProductDetailSerializer(ProductSerializer):
 
 
 class CategoryNodeSerializer(serializers.Serializer):
+    """A category of the tree with its subcategories (renders `selectors.category_tree`)."""
+
     id = serializers.IntegerField()
     name = serializers.CharField()
     slug = serializers.CharField()
     position = serializers.IntegerField()
-    children = serializers.ListField(child=serializers.DictField())
+    children = serializers.SerializerMethodField()
+
+    @extend_schema_field({"type": "array", "items": {"$ref": "#/components/schemas/CategoryNode"}})
+    def get_children(self, node) -> list:
+        return CategoryNodeSerializer(node["children"], many=True).data
 
 
 class ProductWriteSerializer(StrictSerializer):

@@ -6,6 +6,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.catalog import selectors, services
+from apps.catalog.api.detail import rendered_detail
 from apps.catalog.api.serializers import (
     ORDERINGS,
     CategoryNodeSerializer,
@@ -40,7 +41,7 @@ class CategoryTreeView(StrictQueryParameters, APIView):
 
     @extend_schema(responses=CategoryNodeSerializer(many=True))
     def get(self, request):
-        return Response(selectors.category_tree())
+        return Response(CategoryNodeSerializer(selectors.category_tree(), many=True).data)
 
 
 class ProductListView(StrictQueryParameters, PublicReadStaffWrite, APIView):
@@ -66,9 +67,7 @@ class ProductListView(StrictQueryParameters, PublicReadStaffWrite, APIView):
         elif filters.get("search"):
             paginator.ordering = ("-relevance", "-id")
         page = paginator.paginate_queryset(products, request, view=self)
-        return paginator.get_paginated_response(
-            [selectors.product_payload(product, detail=False) for product in page]
-        )
+        return paginator.get_paginated_response(ProductSerializer(page, many=True).data)
 
     @extend_schema(request=ProductCreateSerializer, responses={201: ProductDetailSerializer})
     def post(self, request):
@@ -76,7 +75,8 @@ class ProductListView(StrictQueryParameters, PublicReadStaffWrite, APIView):
         serializer.is_valid(raise_exception=True)
         product = services.product_create(**serializer.validated_data, actor_id=request.user.pk)
         return Response(
-            selectors.product_staff_detail(product_id=product.pk), status=status.HTTP_201_CREATED
+            ProductDetailSerializer(selectors.product_staff_detail(product_id=product.pk)).data,
+            status=status.HTTP_201_CREATED,
         )
 
 
@@ -85,13 +85,46 @@ class PopularProductsView(StrictQueryParameters, APIView):
 
     @extend_schema(responses=ProductSerializer(many=True))
     def get(self, request):
-        return Response(selectors.popular_products())
+        return Response(ProductSerializer(selectors.popular_products(), many=True).data)
+
+
+# Accept headers for which negotiation picks the first renderer with no parameters.
+FIRST_RENDERER_ACCEPTS = frozenset({"", "*/*", "application/json"})
 
 
 class ProductDetailView(StrictQueryParameters, PublicReadStaffWrite, APIView):
+    def dispatch(self, request, *args, **kwargs):
+        # The common anonymous read is answered with the cached rendering before DRF's
+        # request handling: nothing in it (no query parameters, credentials or
+        # negotiation) could change the answer. Anything else, and a product that is not
+        # for sale, takes DRF's path.
+        meta = request.META
+        if (
+            request.method == "GET"
+            and not meta.get("QUERY_STRING")
+            and "HTTP_AUTHORIZATION" not in meta
+            and meta.get("HTTP_ACCEPT", "") in FIRST_RENDERER_ACCEPTS
+        ):
+            try:
+                rendered = rendered_detail(id_or_slug=kwargs["id_or_slug"], view=self)
+            except services.ProductNotFound:
+                pass
+            else:
+                return rendered.response(request)
+        return super().dispatch(request, *args, **kwargs)
+
     @extend_schema(responses=ProductDetailSerializer)
     def get(self, request, id_or_slug: str):
-        return Response(selectors.product_detail(id_or_slug=id_or_slug))
+        renderer = request.accepted_renderer
+        if type(renderer) is self.renderer_classes[0] and (
+            request.accepted_media_type == renderer.media_type
+        ):
+            return rendered_detail(id_or_slug=id_or_slug, view=self).response(request)
+        product_id = selectors.product_public_id(id_or_slug=id_or_slug)
+        product = selectors.product_public_get(product_id=product_id)
+        if product is None:
+            raise services.ProductNotFound(f"No product {id_or_slug!r}.")
+        return Response(ProductDetailSerializer(product).data)
 
     @extend_schema(request=ProductWriteSerializer, responses=ProductDetailSerializer)
     def patch(self, request, id_or_slug: str):
@@ -101,7 +134,9 @@ class ProductDetailView(StrictQueryParameters, PublicReadStaffWrite, APIView):
             product_id=selectors.product_id_for(id_or_slug=id_or_slug), **serializer.validated_data
         )
         # An inactive product is hidden from the public detail, not from its editor.
-        return Response(selectors.product_staff_detail(product_id=product.pk))
+        return Response(
+            ProductDetailSerializer(selectors.product_staff_detail(product_id=product.pk)).data
+        )
 
     @extend_schema(responses={204: None})
     def delete(self, request, id_or_slug: str):

@@ -60,3 +60,22 @@ class StrictSerializer(StrictSerializerMixin, serializers.Serializer):
 
 class StrictModelSerializer(StrictSerializerMixin, serializers.ModelSerializer):
     pass
+
+
+class SharedFieldsMixin:
+    """Output serializers whose fields are built once per class, not per instance.
+
+    DRF deep-copies (and for a ModelSerializer, derives from the model) every field of
+    every serializer instance; for a response rendered per request that is most of its
+    cost. Only for serializers whose fields read nothing from the context or the request.
+    """
+
+    @property
+    def fields(self):
+        cls = type(self)
+        shared = cls.__dict__.get("_shared_fields")
+        if shared is None:
+            # Bound to a context-free instance of their own, not to a request's.
+            shared = super(SharedFieldsMixin, cls()).fields
+            cls._shared_fields = shared
+        return shared

@@ -1,7 +1,7 @@
 from django.conf import settings
 from rest_framework import serializers
 
-from apps.core.api.serializers import StrictSerializer
+from apps.core.api.serializers import SharedFieldsMixin, StrictSerializer
 from apps.orders.domain import OrderStatus
 from apps.orders.models import OrderSummary, StoredEvent
 
@@ -42,7 +42,7 @@ class OrderCreateSerializer(StrictSerializer):
         return attrs
 
 
-class OrderSerializer(serializers.ModelSerializer):
+class OrderSerializer(SharedFieldsMixin, serializers.ModelSerializer):
     status = serializers.ChoiceField(choices=[s.value for s in OrderStatus])
 
     class Meta:

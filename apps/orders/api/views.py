@@ -10,6 +10,7 @@ from apps.core.api.permissions import staff_role_required
 from apps.core.api.views import StrictQueryParameters
 from apps.core.idempotency import IDEMPOTENCY_HEADER, idempotent_request
 from apps.orders import selectors, services
+from apps.orders.api.order_input import well_formed_order
 from apps.orders.api.serializers import (
     CancelSerializer,
     OrderCreateSerializer,
@@ -48,9 +49,11 @@ class OrderListCreateView(StrictQueryParameters, ListAPIView):
     @extend_schema(request=OrderCreateSerializer, responses={202: OrderSerializer})
     @idempotent_request
     def post(self, request):
-        serializer = OrderCreateSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        data = serializer.validated_data
+        data = well_formed_order(request.data)
+        if data is None:  # the serializer says what is wrong (or accepts an odd form)
+            serializer = OrderCreateSerializer(data=request.data)
+            serializer.is_valid(raise_exception=True)
+            data = serializer.validated_data
         if "shipping_address_id" in data:
             address = user_selectors.address_get(
                 user=request.user, address_id=data["shipping_address_id"]
