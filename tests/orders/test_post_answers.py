@@ -5,6 +5,8 @@ placeholders before comparing.
 
 `post_answers.json` was recorded from the implementation before the lean POST path:
     MERCATO_RECORD_POST_ANSWERS=1 pytest tests/orders/test_post_answers.py
+One deliberate change since: the API has no sessions, so the 401 without credentials no
+longer varies on Cookie.
 """
 
 import json
