@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from decimal import Decimal
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +52,7 @@ def seed(workdir: Path) -> None:
     catalog.products_import(
         rows=[
             catalog.ProductRow(
-                sku="HOTPATH-1", name="Hot path product", price=10, currency="EUR",
+                sku="HOTPATH-1", name="Hot path product", price=Decimal(10), currency="EUR",
                 stock=100_000_000,
             )
         ],

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -86,7 +87,7 @@ def seed_main(sku_prefix: str) -> None:
         for n in range(BUYERS)
     )
     rows = [
-        catalog.ProductRow(sku=f"{sku_prefix}{n}", name=f"Product {n}", price=10,
+        catalog.ProductRow(sku=f"{sku_prefix}{n}", name=f"Product {n}", price=Decimal(10),
                            currency="EUR", stock=INITIAL_STOCK)
         for n in range(PRODUCTS)
     ]  # fmt: skip

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+from decimal import Decimal
 from pathlib import Path
 
 from bench.stack import free_port
@@ -60,7 +61,7 @@ def main(argv: list[str]) -> int:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     call_command("migrate", "--noinput", verbosity=0)
     user = User.objects.create(email="profile@example.com")
-    rows = [catalog.ProductRow(sku=f"P-{n}", name=f"P {n}", price=10, currency="EUR",
+    rows = [catalog.ProductRow(sku=f"P-{n}", name=f"P {n}", price=Decimal(10), currency="EUR",
                                stock=1_000_000) for n in range(20)]  # fmt: skip
     catalog.products_import(rows=rows, reason="profile")
     product_ids = list(product_ids_by_sku(skus=[r.sku for r in rows]).values())

@@ -21,6 +21,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 from kombu import Queue
@@ -166,13 +167,13 @@ def seed(profile: Profile, workdir: Path) -> Seed:
     hot_stock = profile.hot_orders // 2
     rows = [
         catalog.ProductRow(
-            sku=f"BENCH-{n:04d}", name=f"Bench product {n}", price=10, currency="EUR",
+            sku=f"BENCH-{n:04d}", name=f"Bench product {n}", price=Decimal(10), currency="EUR",
             stock=1_000_000,
         )
         for n in range(SPREAD_PRODUCTS)
     ]  # fmt: skip
     rows.append(
-        catalog.ProductRow(sku="BENCH-HOT", name="Hot product", price=10, currency="EUR",
+        catalog.ProductRow(sku="BENCH-HOT", name="Hot product", price=Decimal(10), currency="EUR",
                            stock=hot_stock)
     )  # fmt: skip
     catalog.products_import(rows=rows, reason="bench")
