@@ -327,3 +327,29 @@ class TwoLevelCache:
                 return value
         # The filler is slow or died: load ourselves rather than fail.
         return loader()
+
+
+def send_unless_pending(
+    mark: str, *, timeout: float, send: Callable[[], None], log_as: str
+) -> None:
+    """Send a wake-up message unless one is queued already and has not started (`mark` is
+    set in the default cache until its receiver calls `clear_pending`, or `timeout` runs
+    out in case the message is lost). Best effort: a periodic sweep is the guarantee."""
+    try:
+        if not caches["default"].add(mark, 1, timeout=timeout):
+            return
+    except Exception:  # no cache to coalesce with: send anyway
+        logger.warning(f"{log_as}_mark_failed", exc_info=True)
+    try:
+        send()
+    except Exception:  # the caller committed already; the sweep picks its work up
+        logger.warning(f"{log_as}_failed", exc_info=True)
+        clear_pending(mark, log_as=log_as)  # the next commit tries again
+
+
+def clear_pending(mark: str, *, log_as: str) -> None:
+    """Called by the receiver before it works: a send from now on is not coalesced."""
+    try:
+        caches["default"].delete(mark)
+    except Exception:  # it expires on its own
+        logger.warning(f"{log_as}_mark_failed", exc_info=True)

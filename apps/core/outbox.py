@@ -50,13 +50,13 @@ from typing import Any
 
 import structlog
 from django.conf import settings
-from django.core.cache import cache
 from django.db import connections, router, transaction
 from django.db.models import F
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerUnavailable
 
 from apps.core import tracing
+from apps.core.caching import clear_pending, send_unless_pending
 from apps.core.event_registry import schema_version_of
 from apps.core.inbox import consumers_of, event_log_context
 from apps.core.models import OutboxMessage
@@ -184,23 +184,12 @@ def kick_relay() -> None:
     """Ask a worker to relay now, unless a kick is queued already and has not started (it
     claims after this commit, so it sees these rows). Best effort: the periodic sweep is
     the guarantee."""
-    try:
-        if not cache.add(RELAY_KICK_PENDING_KEY, 1, timeout=settings.OUTBOX_SWEEP_SECONDS):
-            return
-    except Exception:  # no cache to coalesce with: kick anyway
-        logger.warning("outbox_relay_kick_mark_failed", exc_info=True)
-    try:
-        celery_app.send_task(RELAY_TASK, queue=EVENTS_QUEUE, retry=False)
-    except Exception:  # the commit already happened; the sweep will pick the rows up
-        logger.warning("outbox_relay_kick_failed", exc_info=True)
-        _clear_relay_kick_mark()  # the next commit tries again
-
-
-def _clear_relay_kick_mark() -> None:
-    try:
-        cache.delete(RELAY_KICK_PENDING_KEY)
-    except Exception:  # it expires on its own
-        logger.warning("outbox_relay_kick_mark_failed", exc_info=True)
+    send_unless_pending(
+        RELAY_KICK_PENDING_KEY,
+        timeout=settings.OUTBOX_SWEEP_SECONDS,
+        send=lambda: celery_app.send_task(RELAY_TASK, queue=EVENTS_QUEUE, retry=False),
+        log_as="outbox_relay_kick",
+    )
 
 
 # --- The relay ----------------------------------------------------------------------
@@ -317,7 +306,7 @@ def relay_pending_messages(
 ) -> int:
     """Relay batches until none is full or the time budget is spent; return the count."""
     # Before claiming: a commit from now on sends a new kick, one before it is seen here.
-    _clear_relay_kick_mark()
+    clear_pending(RELAY_KICK_PENDING_KEY, log_as="outbox_relay_kick")
     batch_size = batch_size or settings.OUTBOX_RELAY_BATCH_SIZE
     time_budget = settings.OUTBOX_RELAY_TIME_BUDGET_SECONDS if time_budget is None else time_budget
     deadline = time.monotonic() + time_budget

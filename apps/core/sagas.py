@@ -54,12 +54,12 @@ from typing import Any
 
 import structlog
 from django.conf import settings
-from django.core.cache import cache
 from django.db import connection, connections, router, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from apps.core import metrics, tracing
+from apps.core.caching import clear_pending, send_unless_pending
 from apps.core.models import SagaInstance, SagaTransition
 from config.celery import app as celery_app
 
@@ -149,23 +149,12 @@ def kick_sagas() -> None:
     """Ask a worker to drain due sagas now, unless a kick is queued already and has not
     started (it claims after this commit, so it sees this saga). Best effort: the sweep
     is the guarantee."""
-    try:
-        if not cache.add(DRAIN_KICK_PENDING_KEY, 1, timeout=settings.SAGA_SWEEP_SECONDS):
-            return
-    except Exception:  # no cache to coalesce with: kick anyway
-        logger.warning("saga_kick_mark_failed", exc_info=True)
-    try:
-        _send_drain()
-    except Exception:  # committed already; the sweep resumes the saga
-        logger.warning("saga_kick_failed", exc_info=True)
-        _clear_kick_mark()  # the next commit tries again
-
-
-def _clear_kick_mark() -> None:
-    try:
-        cache.delete(DRAIN_KICK_PENDING_KEY)
-    except Exception:  # it expires on its own
-        logger.warning("saga_kick_mark_failed", exc_info=True)
+    send_unless_pending(
+        DRAIN_KICK_PENDING_KEY,
+        timeout=settings.SAGA_SWEEP_SECONDS,
+        send=_send_drain,
+        log_as="saga_kick",
+    )
 
 
 def _send_drain(countdown: float = 0) -> None:
@@ -235,7 +224,7 @@ def sagas_drain(*, batch_size: int | None = None, time_budget: float | None = No
     """Run due sagas, a claimed batch at a time, until none is due or the time budget is
     spent (then the rest is released and a kick sent). Returns how many ran."""
     # Before claiming: a commit from now on sends a new kick, one before it is seen here.
-    _clear_kick_mark()
+    clear_pending(DRAIN_KICK_PENDING_KEY, log_as="saga_kick")
     batch_size = batch_size or settings.SAGA_CLAIM_BATCH_SIZE
     if time_budget is None:
         time_budget = settings.SAGA_DRAIN_BUDGET_SECONDS
