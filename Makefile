@@ -8,7 +8,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 PYTEST_ARGS ?=
 
 .PHONY: run test lint format bench partitions install install-dev clean browser \
-	test-shard-services test-shard-cluster test-shard-embedded
+	test-shard-kernel test-shard-cluster test-shard-orders
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -45,20 +45,26 @@ format: install-dev
 # on workers, servers and faults, not on the CPU); each shard's output appears when it
 # ends. On services you provide they run one after another (they would share databases).
 TEST_JOBS ?= $(if $(DATABASE_URL),1,3)
-TEST_CLUSTER_DIRS := tests/partitions tests/faults tests/integration tests/orders
-PYTEST_SERVICES := DJANGO_ENV=test MERCATO_VAR_DIR=$$(mktemp -d) $(PY) scripts/testenv.py run -- $(PY) -m pytest -m "not embedded"
+TEST_CLUSTER_DIRS := tests/partitions tests/faults tests/integration
+TEST_ORDERS_DIRS := tests/orders
+PYTEST_SERVICES := DJANGO_ENV=test MERCATO_VAR_DIR=$$(mktemp -d) $(PY) scripts/testenv.py run -- \
+	$(PY) -m pytest -m "not embedded"
 
 test: lint browser
-	@$(MAKE) --no-print-directory -j$(TEST_JOBS) --output-sync=target \
-		test-shard-services test-shard-cluster test-shard-embedded
+	@$(MAKE) --no-print-directory --keep-going -j$(TEST_JOBS) --output-sync=target \
+		test-shard-kernel test-shard-cluster test-shard-orders
 
-test-shard-services: install-dev
-	$(PYTEST_SERVICES) $(addprefix --ignore=,$(TEST_CLUSTER_DIRS)) $(PYTEST_ARGS)
+# users, catalog, core, payments and what else is not below
+test-shard-kernel: install-dev
+	$(PYTEST_SERVICES) $(addprefix --ignore=,$(TEST_CLUSTER_DIRS) $(TEST_ORDERS_DIRS)) $(PYTEST_ARGS)
 
+# faults, partitions between hosts, the stack under gunicorn and the browser
 test-shard-cluster: install-dev
 	$(PYTEST_SERVICES) $(TEST_CLUSTER_DIRS) $(PYTEST_ARGS)
 
-test-shard-embedded: install-dev
+# the order context, then the embedded mode
+test-shard-orders: install-dev
+	$(PYTEST_SERVICES) $(TEST_ORDERS_DIRS) $(PYTEST_ARGS)
 	env -u DATABASE_URL -u DATABASE_REPLICA_URLS -u REDIS_URL -u CELERY_BROKER_URL \
 		DJANGO_ENV=test MERCATO_VAR_DIR=$$(mktemp -d) $(PY) -m pytest -m embedded $(PYTEST_ARGS)
 

@@ -332,7 +332,11 @@ def test_a_worker_killed_inside_a_one_transaction_step_leaves_none_of_it_and_the
             return _backends(conn, waiting_on_lock=True) > 0
 
         # Bounds, not speeds: a starved machine takes long to run a fresh worker's first task.
-        wait_until(step_waits_on_the_row, timeout=90, interval=0.2, what=f"{step} on the row")
+        try:
+            wait_until(step_waits_on_the_row, timeout=90, interval=0.2, what=f"{step} on the row")
+        except AssertionError as timed_out:
+            report = saga_report(order_id)
+            raise AssertionError(f"{timed_out}\n{report}\n{worker.log_tail()}") from None
         worker.kill()
     sandbox.chaos(latency_ms=0)
     with stock_row_locked(product) as conn:
