@@ -28,6 +28,11 @@ one insert win, and the others see its row. So the view must not run inside an o
 transaction (ATOMIC_REQUESTS stays off), and the view's own writes commit before the
 response is stored: a crash in between leaves an in-flight claim that is taken over after
 the timeout, the one case where the effect may happen twice.
+
+A view whose writes are a few inserts may close that window:
+`@idempotent_request(answer_in_one_statement=True)` runs it first without a claim, and it
+inserts the completed record with its own rows in one statement (`UnclaimedKey`); see
+`idempotent_request`.
 """
 
 import functools
