@@ -10,15 +10,18 @@ from decimal import Decimal
 
 import pytest
 from django.conf import settings
+from django.core.cache import caches
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 
 from apps.core import idempotency
 from apps.core.models import IdempotencyRecord, OutboxMessage, SagaInstance
+from apps.core.sagas import DRAIN_KICK_PENDING_KEY
 from apps.orders.models import OrderSummary, StoredEvent
 from tests.catalog.factories import ProductFactory
 from tests.conftest import bearer_client
 from tests.orders.conftest import ADDRESS
+from tests.support.celery_worker import queued_messages
 from tests.users.factories import UserFactory
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
@@ -135,3 +138,24 @@ def test_a_retry_that_outlived_its_record_gets_the_same_order():
     assert again.json() == first.json()
     assert StoredEvent.objects.count() == SagaInstance.objects.count() == 1
     assert IdempotencyRecord.objects.get().state == IdempotencyRecord.State.COMPLETED
+
+
+def test_orders_placed_while_a_drain_kick_waits_send_no_more_messages():
+    """The saga engine claims due sagas in batches: a POST sends a drain kick only when
+    none is queued and not started yet, never a message of its own."""
+    client = bearer_client(UserFactory())
+    product = ProductFactory()
+    caches["default"].delete(DRAIN_KICK_PENDING_KEY)  # no kick queued: the first POST sends one
+    before = {queue: queued_messages(queue) for queue in ("sagas", "events", "default")}
+
+    for n in range(5):
+        response = client.post(
+            ORDERS, body([product]), format="json", HTTP_IDEMPOTENCY_KEY=f"k-{n}"
+        )
+        assert response.status_code == 202
+
+    after = {queue: queued_messages(queue) for queue in before}
+    assert after["sagas"] == before["sagas"] + 1
+    assert after["default"] == before["default"]
+    # An event with consumers kicks the relay the same way: at most once.
+    assert after["events"] - before["events"] <= 1
