@@ -9,7 +9,8 @@ On PostgreSQL the inserts become one data-modifying CTE (`WITH a AS (INSERT ...)
 (INSERT ...) INSERT ...`): a single statement is atomic, so in autocommit it commits
 alone, one round trip instead of BEGIN, an INSERT per table and COMMIT. Each INSERT is
 the one the ORM writes for `save()` / `bulk_create()` (Django's own insert compiler,
-defaults and `auto_now_add` filled in when the row is added), so the rows are the ORM's.
+defaults and `auto_now_add` filled in when the row is added; its SQL is kept per model
+and row count, the values prepared as it prepares them), so the rows are the ORM's.
 A statement that fails (an `IntegrityError` on a unique constraint) wrote nothing; inside
 a caller's transaction it runs in a savepoint, so that transaction stays usable.
 """
@@ -19,6 +20,9 @@ from contextlib import nullcontext
 
 from django.db import connections, models, transaction
 from django.db.models.sql import InsertQuery
+
+# The INSERT of (model, fields, number of rows, database), as the compiler wrote it.
+_compiled: dict[tuple, str] = {}
 
 
 def one_statement_inserts(using: str) -> bool:
@@ -39,18 +43,34 @@ class InsertStatement:
         on them now."""
         if not rows:
             return
-        meta = rows[0]._meta
-        fields = [
+        model = type(rows[0])
+        fields = tuple(
             f
-            for f in meta.concrete_fields
+            for f in model._meta.concrete_fields
             if not f.generated and not (f.primary_key and getattr(rows[0], f.attname) is None)
-        ]
-        query = InsertQuery(type(rows[0]))
-        query.insert_values(fields, rows)
+        )
+        connection = connections[self.using]
+        # What the insert compiler does for plain values (no expressions, no field with
+        # its own placeholder), without compiling the same SQL again for each request.
+        values = [field.pre_save(row, add=True) for row in rows for field in fields]
+        sql = _compiled.get((model, fields, len(rows), self.using))
+        if sql is None or any(hasattr(value, "resolve_expression") for value in values):
+            query = InsertQuery(model)
+            query.insert_values(list(fields), rows)
+            [(sql, params)] = query.get_compiler(using=self.using).as_sql()
+            if len(params) == len(values) and not any(
+                hasattr(field, "get_placeholder") for field in fields
+            ):
+                _compiled[(model, fields, len(rows), self.using)] = sql
+        else:
+            params = tuple(
+                field.get_db_prep_save(value, connection=connection)
+                for field, value in zip(fields * len(rows), values, strict=True)
+            )
         for row in rows:
             row._state.adding = False
             row._state.db = self.using
-        self._inserts.extend(query.get_compiler(using=self.using).as_sql())
+        self._inserts.append((sql, params))
 
     def on_commit(self, callback: Callable[[], None]) -> None:
         """Run `callback` after the rows commit (at once in autocommit), as

@@ -77,6 +77,7 @@ def test_the_one_statement_placement_writes_what_the_orm_path_writes(monkeypatch
         ProductFactory(price=Decimal("3.10")),
         ProductFactory(name="Cup «fine»", price=Decimal("5.00")),
     ]
+    place(client, "k-first", products)  # the statement's SQL is compiled once, then reused
     one_statement_order, one_statement_variable = place(client, "k-one-statement", products)
     monkeypatch.setattr(idempotency, "one_statement_inserts", lambda using: False)
     orm_order, orm_variable = place(client, "k-orm", products)
