@@ -1,28 +1,32 @@
-"""New rows of several tables written in one statement: all of them or none.
+"""New rows of several tables written in one statement, all of them or none, unless a
+row that must be unique is there already.
 
     statement = InsertStatement(using="default")   # one_statement_inserts(alias) first
     statement.add(row, ...)                         # unsaved model instances
     statement.on_commit(kick)                       # run once the rows are committed
-    statement.execute()
+    written = statement.execute(unless_taken=record)
 
-On PostgreSQL the inserts become one data-modifying CTE (`WITH a AS (INSERT ...), b AS
-(INSERT ...) INSERT ...`): a single statement is atomic, so in autocommit it commits
-alone, one round trip instead of BEGIN, an INSERT per table and COMMIT. Each INSERT is
-the one the ORM writes for `save()` / `bulk_create()` (Django's own insert compiler,
-defaults and `auto_now_add` filled in when the row is added; its SQL is kept per model
-and row count, the values prepared as it prepares them), so the rows are the ORM's.
-A statement that fails (an `IntegrityError` on a unique constraint) wrote nothing; inside
-a caller's transaction it runs in a savepoint, so that transaction stays usable.
+On PostgreSQL this is one data-modifying CTE: `record` is inserted with `ON CONFLICT DO
+NOTHING`, and every other row only if it was (`INSERT ... SELECT ... WHERE EXISTS`). A
+single statement is atomic, so in autocommit it commits alone: one round trip instead of
+BEGIN, an INSERT per table and COMMIT. When `record`'s unique values are taken (a
+concurrent statement waits for the first to commit, then finds them), nothing is written
+and no error is raised, so PostgreSQL logs no failed statement with the rows' values.
+
+The rows are the ORM's: columns, defaults and `auto_now_add` values as Django's insert
+compiler sets them when the row is added, values prepared by each field's
+`get_db_prep_save`, each cast to its column's type (an `INSERT ... SELECT` types its
+values by the select list, not by the columns). Another unique violation (on one of
+the other rows) fails the statement with `IntegrityError`: nothing written; inside a
+caller's transaction it runs in a savepoint, so that transaction stays usable.
 """
 
 from collections.abc import Callable
 from contextlib import nullcontext
 
 from django.db import connections, models, transaction
+from django.db.models.constants import OnConflict
 from django.db.models.sql import InsertQuery
-
-# The INSERT of (model, fields, number of rows, database), as the compiler wrote it.
-_compiled: dict[tuple, str] = {}
 
 
 def one_statement_inserts(using: str) -> bool:
@@ -35,7 +39,7 @@ class InsertStatement:
         if not one_statement_inserts(using):
             raise NotImplementedError(f"{connections[using].vendor} has no data-modifying CTEs")
         self.using = using
-        self._inserts: list[tuple[str, tuple]] = []
+        self._inserts: list[tuple[str, list]] = []
         self._callbacks: list[Callable[[], None]] = []
 
     def add(self, *rows: models.Model) -> None:
@@ -43,49 +47,68 @@ class InsertStatement:
         on them now."""
         if not rows:
             return
-        model = type(rows[0])
-        fields = tuple(
-            f
-            for f in model._meta.concrete_fields
-            if not f.generated and not (f.primary_key and getattr(rows[0], f.attname) is None)
-        )
+        fields, values = self._values(rows)
         connection = connections[self.using]
-        # What the insert compiler does for plain values (no expressions, no field with
-        # its own placeholder), without compiling the same SQL again for each request.
-        values = [field.pre_save(row, add=True) for row in rows for field in fields]
-        sql = _compiled.get((model, fields, len(rows), self.using))
-        if sql is None or any(hasattr(value, "resolve_expression") for value in values):
-            query = InsertQuery(model)
-            query.insert_values(list(fields), rows)
-            [(sql, params)] = query.get_compiler(using=self.using).as_sql()
-            if len(params) == len(values) and not any(
-                hasattr(field, "get_placeholder") for field in fields
-            ):
-                _compiled[(model, fields, len(rows), self.using)] = sql
-        else:
-            params = tuple(
-                field.get_db_prep_save(value, connection=connection)
-                for field, value in zip(fields * len(rows), values, strict=True)
+        quote = connection.ops.quote_name
+        # Cast to the column's type without its length or precision: assigning to the
+        # column then checks those as an insert of values does (no silent truncation).
+        casts = ", ".join(
+            f"CAST(%s AS {field.db_type(connection).split('(')[0]})" for field in fields
+        )
+        columns = ", ".join(quote(field.column) for field in fields)
+        # Only quoted names and column types are formatted in; every value is a parameter.
+        self._inserts.append(
+            (
+                f"INSERT INTO {quote(rows[0]._meta.db_table)} ({columns}) SELECT * FROM"  # noqa: S608
+                f" (VALUES {', '.join([f'({casts})'] * len(rows))}) AS v"
+                " WHERE EXISTS (SELECT FROM taken_not)",
+                values,
             )
-        for row in rows:
-            row._state.adding = False
-            row._state.db = self.using
-        self._inserts.append((sql, params))
+        )
 
     def on_commit(self, callback: Callable[[], None]) -> None:
         """Run `callback` after the rows commit (at once in autocommit), as
-        `transaction.on_commit(..., robust=True)`."""
+        `transaction.on_commit(..., robust=True)`; not if nothing was written."""
         self._callbacks.append(callback)
 
-    def execute(self) -> None:
-        *first, (last_sql, last_params) = self._inserts
-        sql = "".join(
-            f"{'WITH' if i == 0 else ','} i{i} AS ({s}) " for i, (s, _) in enumerate(first)
-        )
-        params = tuple(p for _, ps in first for p in ps) + tuple(last_params)
+    def execute(self, *, unless_taken: models.Model) -> bool:
+        """Insert `unless_taken` and the added rows, or nothing when a row with one of
+        `unless_taken`'s unique values exists. Returns whether the rows were written."""
+        query = InsertQuery(type(unless_taken), on_conflict=OnConflict.IGNORE)
+        query.insert_values(self._values([unless_taken])[0], [unless_taken])
+        [(guard_sql, guard_params)] = query.get_compiler(using=self.using).as_sql()
+        ctes = [f"taken_not AS ({guard_sql} RETURNING 1)"]
+        ctes += [f"i{n} AS ({sql})" for n, (sql, _) in enumerate(self._inserts)]
+        sql = f"WITH {', '.join(ctes)} SELECT count(*) FROM taken_not"  # noqa: S608
+        params = [*guard_params, *(p for _, values in self._inserts for p in values)]
         connection = connections[self.using]
         savepoint = transaction.atomic(using=self.using) if connection.in_atomic_block else None
         with savepoint or nullcontext(), connection.cursor() as cursor:
-            cursor.execute(sql + last_sql, params)
-        for callback in self._callbacks:
-            transaction.on_commit(callback, using=self.using, robust=True)
+            cursor.execute(sql, params)
+            written = cursor.fetchone()[0] == 1
+        if written:
+            for callback in self._callbacks:
+                transaction.on_commit(callback, using=self.using, robust=True)
+        return written
+
+    def _values(self, rows) -> tuple[list, list]:
+        """The fields an insert of `rows` writes (as `bulk_create`: an unset automatic
+        primary key left to the database) and their values, prepared as the insert
+        compiler prepares plain values; marks the rows saved."""
+        meta = rows[0]._meta
+        fields = [
+            f
+            for f in meta.concrete_fields
+            if not f.generated and not (f.primary_key and getattr(rows[0], f.attname) is None)
+        ]
+        connection = connections[self.using]
+        values = []
+        for row in rows:
+            for field in fields:
+                value = field.pre_save(row, add=True)
+                if hasattr(value, "resolve_expression"):
+                    raise TypeError(f"{field}: an expression, not a value to insert")
+                values.append(field.get_db_prep_save(value, connection=connection))
+            row._state.adding = False
+            row._state.db = self.using
+        return fields, values

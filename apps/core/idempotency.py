@@ -228,8 +228,9 @@ class UnclaimedKey:
     """The request's Idempotency-Key before any claim, for a view that writes all it
     changes in one statement (`apps.core.atomic_inserts`): it adds `completed_record(its
     response)` to that statement, so the answer is stored with the writes or not at all.
-    When the key is taken (a retry, a reuse, a request in flight), the record's unique
-    constraint fails the statement, nothing is written, and the usual way answers."""
+    When the key is taken (a retry, a reuse, a request in flight), the statement writes
+    nothing (`InsertStatement.execute(unless_taken=record)`), the view raises
+    `ClaimFirst`, and the usual way answers."""
 
     user_id: int | None
     key: str

@@ -154,12 +154,12 @@ def order_place_answered(
     payment_token: str,
     idempotency_key: str,
     answer: Callable[[OrderSummary], Model],
-) -> OrderSummary:
+) -> OrderSummary | None:
     """`order_place` in one statement, with the row `answer(summary)` returns (the
     request's completed idempotency record): the order's event, its outbox row, the read
     model, the saga and that row commit together or not at all (PostgreSQL only:
-    `apps.core.atomic_inserts`). A placement of the same order id, or an answer row
-    that is there already, fails the statement with `IntegrityError`: nothing written."""
+    `apps.core.atomic_inserts`). None, with nothing written, when that row's key is taken
+    already; a placement of the same order id fails with `IntegrityError`."""
     order, saga = _placement(
         user_id=user_id,
         items=items,
@@ -173,9 +173,7 @@ def order_place_answered(
     statement.add(summary)
     statement.add(saga_instance(**saga))
     statement.on_commit(kick_sagas)
-    statement.add(answer(summary))
-    statement.execute()
-    return summary
+    return summary if statement.execute(unless_taken=answer(summary)) else None
 
 
 def _placement(

@@ -85,7 +85,8 @@ class OrderListCreateView(StrictQueryParameters, ListAPIView):
             answers.append(_accepted(summary))
             return unclaimed.completed_record(answers[0])
 
-        services.order_place_answered(**placement, answer=answer)
+        if services.order_place_answered(**placement, answer=answer) is None:
+            raise ClaimFirst  # the key is taken: nothing was written
         return answers[0]
 
 
