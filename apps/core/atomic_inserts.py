@@ -21,6 +21,7 @@ the other rows) fails the statement with `IntegrityError`: nothing written; insi
 caller's transaction it runs in a savepoint, so that transaction stays usable.
 """
 
+import functools
 from collections.abc import Callable
 from contextlib import nullcontext
 
@@ -45,26 +46,9 @@ class InsertStatement:
     def add(self, *rows: models.Model) -> None:
         """Add unsaved rows of one model; their defaults and `auto_now_add` values are set
         on them now."""
-        if not rows:
-            return
-        fields, values = self._values(rows)
-        connection = connections[self.using]
-        quote = connection.ops.quote_name
-        # Cast to the column's type without its length or precision: assigning to the
-        # column then checks those as an insert of values does (no silent truncation).
-        casts = ", ".join(
-            f"CAST(%s AS {field.db_type(connection).split('(')[0]})" for field in fields
-        )
-        columns = ", ".join(quote(field.column) for field in fields)
-        # Only quoted names and column types are formatted in; every value is a parameter.
-        self._inserts.append(
-            (
-                f"INSERT INTO {quote(rows[0]._meta.db_table)} ({columns}) SELECT * FROM"  # noqa: S608
-                f" (VALUES {', '.join([f'({casts})'] * len(rows))}) AS v"
-                " WHERE EXISTS (SELECT FROM taken_not)",
-                values,
-            )
-        )
+        if rows:
+            fields, values = self._values(rows)
+            self._inserts.append((_gated_insert(self.using, fields, len(rows)), values))
 
     def on_commit(self, callback: Callable[[], None]) -> None:
         """Run `callback` after the rows commit (at once in autocommit), as
@@ -74,10 +58,8 @@ class InsertStatement:
     def execute(self, *, unless_taken: models.Model) -> bool:
         """Insert `unless_taken` and the added rows, or nothing when a row with one of
         `unless_taken`'s unique values exists. Returns whether the rows were written."""
-        query = InsertQuery(type(unless_taken), on_conflict=OnConflict.IGNORE)
-        query.insert_values(self._values([unless_taken])[0], [unless_taken])
-        [(guard_sql, guard_params)] = query.get_compiler(using=self.using).as_sql()
-        ctes = [f"taken_not AS ({guard_sql} RETURNING 1)"]
+        fields, guard_params = self._values([unless_taken])
+        ctes = [f"taken_not AS ({_guard_insert(self.using, fields)})"]
         ctes += [f"i{n} AS ({sql})" for n, (sql, _) in enumerate(self._inserts)]
         sql = f"WITH {', '.join(ctes)} SELECT count(*) FROM taken_not"  # noqa: S608
         params = [*guard_params, *(p for _, values in self._inserts for p in values)]
@@ -91,16 +73,16 @@ class InsertStatement:
                 transaction.on_commit(callback, using=self.using, robust=True)
         return written
 
-    def _values(self, rows) -> tuple[list, list]:
+    def _values(self, rows) -> tuple[tuple, list]:
         """The fields an insert of `rows` writes (as `bulk_create`: an unset automatic
         primary key left to the database) and their values, prepared as the insert
         compiler prepares plain values; marks the rows saved."""
         meta = rows[0]._meta
-        fields = [
+        fields = tuple(
             f
             for f in meta.concrete_fields
             if not f.generated and not (f.primary_key and getattr(rows[0], f.attname) is None)
-        ]
+        )
         connection = connections[self.using]
         values = []
         for row in rows:
@@ -112,3 +94,30 @@ class InsertStatement:
             row._state.adding = False
             row._state.db = self.using
         return fields, values
+
+
+@functools.cache
+def _gated_insert(using: str, fields: tuple, rows: int) -> str:
+    """INSERT of `rows` rows of `fields`, only if the statement's guard row was inserted."""
+    connection = connections[using]
+    quote = connection.ops.quote_name
+    # Cast to the column's type without its length or precision: assigning to the column
+    # then checks those as an insert of values does (no silent truncation).
+    casts = ", ".join(f"CAST(%s AS {field.db_type(connection).split('(')[0]})" for field in fields)
+    columns = ", ".join(quote(field.column) for field in fields)
+    # Only quoted names and column types are formatted in; every value is a parameter.
+    return (
+        f"INSERT INTO {quote(fields[0].model._meta.db_table)} ({columns})"  # noqa: S608
+        f" SELECT * FROM (VALUES {', '.join([f'({casts})'] * rows)}) AS v"
+        " WHERE EXISTS (SELECT FROM taken_not)"
+    )
+
+
+@functools.cache
+def _guard_insert(using: str, fields: tuple) -> str:
+    """The guard row's INSERT, as the insert compiler writes it with `ignore_conflicts`."""
+    model = fields[0].model
+    query = InsertQuery(model, on_conflict=OnConflict.IGNORE)
+    query.insert_values(fields, [model()])
+    [(sql, _)] = query.get_compiler(using=using).as_sql()
+    return f"{sql} RETURNING 1"
