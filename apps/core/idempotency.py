@@ -50,6 +50,7 @@ from django.db import IntegrityError, connections, router, transaction
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework.exceptions import APIException
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.utils.encoders import JSONEncoder
@@ -288,8 +289,12 @@ def idempotent_request(view: Callable | None = None, *, answer_in_one_statement:
             request._unclaimed_idempotency_key = unclaimed
             try:
                 answered = view(*args, **kwargs)
-            except Exception:
+            except (ClaimFirst, APIException, DomainError, IntegrityError):
                 answered = None  # nothing was written: the usual way answers
+            except Exception:
+                # Still nothing written, but not a way this should end: say so.
+                logger.warning("idempotent_one_statement_failed", exc_info=True)
+                answered = None
             finally:
                 del request._unclaimed_idempotency_key
             if answered is not None:
