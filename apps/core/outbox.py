@@ -4,6 +4,7 @@ Public API (for every context's services):
 
     publish_event(*, event_type, payload, aggregate_type="", aggregate_id="",
                   causation_id=None) -> uuid.UUID
+    outbox_message(...same...) -> OutboxMessage         # the row, unsaved (one-statement writes)
     publish(event, *, aggregate_type="", aggregate_id="", causation_id=None) -> uuid.UUID
     event_message(event) -> (event_type, payload)       # dataclass -> JSON-safe dict
     json_safe(value)                                    # Decimal/UUID/datetime -> str
@@ -127,6 +128,31 @@ def publish_event(
     """Write an event to the outbox, in the caller's transaction; return its id."""
     alias = router.db_for_write(OutboxMessage)
     _require_transaction(alias)
+    message = outbox_message(
+        event_type=event_type,
+        payload=payload,
+        aggregate_type=aggregate_type,
+        aggregate_id=aggregate_id,
+        causation_id=causation_id,
+    )
+    message.save(using=alias, force_insert=True)
+    if message.published_at is None:
+        # Several events of one transaction each ask; kick_relay sends one kick at most.
+        transaction.on_commit(kick_relay, using=alias, robust=True)
+    return message.id
+
+
+def outbox_message(
+    *,
+    event_type: str,
+    payload: dict,
+    aggregate_type: str = "",
+    aggregate_id: str = "",
+    causation_id: str | None = None,
+) -> OutboxMessage:
+    """The unsaved outbox row `publish_event` writes, for a caller that inserts it with its
+    other rows in one statement (`apps.core.atomic_inserts`); after they commit, a row
+    still to relay (`published_at` None) needs `kick_relay`."""
     event_id = uuid.uuid4()
     context = structlog.contextvars.get_contextvars()
     request_id = context.get("request_id")
@@ -146,7 +172,7 @@ def publish_event(
     # An event no consumer wants is kept as a record but costs the relay nothing: it is
     # written as relayed already.
     wanted = bool(consumers_of(event_type))
-    OutboxMessage.objects.using(alias).create(
+    return OutboxMessage(
         id=event_id,
         event_type=event_type,
         aggregate_type=aggregate_type,
@@ -156,10 +182,6 @@ def publish_event(
         created_at=now,
         published_at=None if wanted else now,
     )
-    if wanted:
-        # Several events of one transaction each ask; kick_relay sends one kick at most.
-        transaction.on_commit(kick_relay, using=alias, robust=True)
-    return event_id
 
 
 def publish(
