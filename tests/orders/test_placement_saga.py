@@ -295,6 +295,9 @@ def _backends(conn, states: tuple[str, ...] = (), *, waiting_on_lock: bool = Fal
         sql += " AND wait_event_type = 'Lock'"
     else:
         sql += " AND state = ANY(%s)"
+    # `conn` is in a transaction (it holds the row lock), and PostgreSQL keeps one snapshot
+    # of pg_stat_activity per transaction: without this every call reads the first one.
+    conn.execute("SELECT pg_stat_clear_snapshot()")
     return conn.execute(sql, [] if waiting_on_lock else [list(states)]).fetchone()[0]
 
 
@@ -323,7 +326,7 @@ def test_a_worker_killed_inside_a_one_transaction_step_leaves_none_of_it_and_the
             worker.start()
         else:
             order_id = place(customer_client, [(product, 2)])
-            wait_until(lambda: _active_steps([order_id]) == {1}, timeout=90, what="charging")
+            wait_until(lambda: _active_steps([order_id]) == {1}, timeout=60, what="charging")
             conn = held.enter_context(stock_row_locked(product))
 
         # The step's transaction has begun and waits on the stock row: kill it there.
@@ -333,7 +336,7 @@ def test_a_worker_killed_inside_a_one_transaction_step_leaves_none_of_it_and_the
 
         # Bounds, not speeds: a starved machine takes long to run a fresh worker's first task.
         try:
-            wait_until(step_waits_on_the_row, timeout=90, interval=0.2, what=f"{step} on the row")
+            wait_until(step_waits_on_the_row, timeout=60, interval=0.2, what=f"{step} on the row")
         except AssertionError as timed_out:
             report = saga_report(order_id)
             raise AssertionError(f"{timed_out}\n{report}\n{worker.log_tail()}") from None
