@@ -10,12 +10,12 @@ from typing import Any
 
 import structlog
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 
 from apps.catalog import selectors as catalog_selectors
-from apps.core.errors import ValidationFailed
+from apps.core.errors import DomainError, ValidationFailed
 from apps.core.sagas import saga_start
-from apps.orders import event_store
+from apps.orders import event_store, recent_orders
 from apps.orders.domain import Order, OrderStatus
 from apps.orders.errors import ConcurrencyConflict
 from apps.orders.models import OrderSummary
@@ -41,21 +41,52 @@ ADDRESS_SNAPSHOT_FIELDS = (
 )
 
 
-def _run(order_id: str, command: Callable[[Order], None], *, actor_id: int | None = None) -> Order:
+def _run(
+    order_id: str,
+    command: Callable[[Order], None],
+    *,
+    actor_id: int | None = None,
+    remembered: bool = False,
+) -> Order:
+    """Run `command` on the order and store what it recorded, retrying on a conflict.
+
+    Inside a caller's transaction (a saga's atomic step, a consumer's inbox transaction)
+    there is no savepoint and one attempt: a conflict aborts the caller's transaction,
+    whose own retry reloads. `remembered`: for commands that only record facts, try the
+    copy of the order this process remembers first (see `recent_orders`)."""
+    nested = connection.in_atomic_block
     for attempt in range(1, MAX_COMMAND_ATTEMPTS + 1):
         try:
-            with transaction.atomic():
-                order = event_store.load_order(order_id)
-                command(order)
+            with transaction.atomic(savepoint=not nested):
+                order = _commanded(order_id, command, remembered=remembered and attempt == 1)
                 if order.pending_events:
                     event_store.append(order, actor_id=actor_id)
                     project(order)
+                    recent_orders.remember_on_commit(order)
                 return order
         except ConcurrencyConflict:
+            recent_orders.forget(order_id)
             logger.info("order_command_conflict", order_id=str(order_id), attempt=attempt)
-            if attempt == MAX_COMMAND_ATTEMPTS:
+            if nested or attempt == MAX_COMMAND_ATTEMPTS:
                 raise
     raise AssertionError("unreachable")
+
+
+def _commanded(order_id: str, command: Callable[[Order], None], *, remembered: bool) -> Order:
+    """The order with `command` applied: to the remembered copy when that records
+    something (appending it then fails with a conflict unless the copy is still the
+    latest version), else to the order loaded from its history."""
+    if remembered and (order := recent_orders.get(order_id)) is not None:
+        try:
+            command(order)
+        except DomainError:
+            pass  # perhaps only stale: the history decides
+        else:
+            if order.pending_events:
+                return order
+    order = event_store.load_order(order_id)
+    command(order)
+    return order
 
 
 def _order_lines(items: list[tuple[int, int]]) -> tuple[list[dict[str, Any]], str]:
@@ -163,16 +194,22 @@ def order_place(
 
 def order_record_stock_reserved(*, order_id: str, reservation_reference: str) -> Order:
     return _run(
-        order_id, lambda o: o.record_stock_reserved(reservation_reference=reservation_reference)
+        order_id,
+        lambda o: o.record_stock_reserved(reservation_reference=reservation_reference),
+        remembered=True,
     )
 
 
 def order_record_payment_captured(*, order_id: str, payment_id: str, amount: Decimal) -> Order:
-    return _run(order_id, lambda o: o.record_payment_captured(payment_id=payment_id, amount=amount))
+    return _run(
+        order_id,
+        lambda o: o.record_payment_captured(payment_id=payment_id, amount=amount),
+        remembered=True,
+    )
 
 
 def order_confirm(*, order_id: str) -> Order:
-    return _run(order_id, lambda o: o.confirm())
+    return _run(order_id, lambda o: o.confirm(), remembered=True)
 
 
 def order_ship(
