@@ -1,15 +1,15 @@
-"""Orders this process wrote last, as they stood once committed: the placement saga's
-steps run back to back in one worker, so each step finds the order the previous one
-left instead of reloading and replaying its history.
+"""The order each command of this process committed last, as it stood then: the
+placement saga's steps run back to back in one worker, so each step takes the order the
+previous one left instead of reloading and replaying its history.
 
-Safe because a copy is only ever trusted to record new facts: appending them fails with
-a conflict unless the copy's version is still the latest (versions are gapless and
-unique), and the command then retries on the history (`services._run`). A copy is kept
-only after its transaction commits, so it never holds a fact the store lacks. Bounded;
-per process.
+Safe because a remembered order is only trusted to record new facts: appending them
+fails with a conflict unless its version is still the latest (versions are gapless and
+unique), and the command then runs on the history (`services._run`). An order is kept
+only once its transaction committed, so it never holds a fact the store lacks, and it is
+handed out once (taken, not copied: the command changes it); a command that fails
+leaves nothing behind. Bounded; per process.
 """
 
-import copy
 import threading
 from collections import OrderedDict
 from functools import partial
@@ -24,15 +24,16 @@ _orders: OrderedDict[str, Order] = OrderedDict()
 _lock = threading.Lock()  # web processes run threads
 
 
-def get(order_id: str) -> Order | None:
-    """A copy of the remembered order, or None."""
-    order = _orders.get(str(order_id))
-    return copy.deepcopy(order) if order is not None else None
+def take(order_id: str) -> Order | None:
+    """The remembered order, no longer remembered; or None."""
+    with _lock:
+        return _orders.pop(str(order_id), None)
 
 
 def remember_on_commit(order: Order) -> None:
-    """Keep a copy of `order` (no pending events) once the current transaction commits."""
-    transaction.on_commit(partial(_remember, copy.deepcopy(order)))
+    """Keep `order` (no pending events) once the current transaction commits. The
+    caller must not change it after."""
+    transaction.on_commit(partial(_remember, order))
 
 
 def _remember(order: Order) -> None:

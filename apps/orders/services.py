@@ -19,7 +19,7 @@ from apps.orders import event_store, recent_orders
 from apps.orders.domain import Order, OrderStatus
 from apps.orders.errors import ConcurrencyConflict
 from apps.orders.models import OrderSummary
-from apps.orders.projections import project
+from apps.orders.projections import project, summary_fields
 
 logger = structlog.get_logger(__name__)
 
@@ -53,15 +53,17 @@ def _run(
     Inside a caller's transaction (a saga's atomic step, a consumer's inbox transaction)
     there is no savepoint and one attempt: a conflict aborts the caller's transaction,
     whose own retry reloads. `remembered`: for commands that only record facts, try the
-    copy of the order this process remembers first (see `recent_orders`)."""
+    order this process committed last first (see `recent_orders`)."""
     nested = connection.in_atomic_block
     for attempt in range(1, MAX_COMMAND_ATTEMPTS + 1):
         try:
             with transaction.atomic(savepoint=not nested):
-                order = _commanded(order_id, command, remembered=remembered and attempt == 1)
+                order, before = _commanded(
+                    order_id, command, remembered=remembered and attempt == 1
+                )
                 if order.pending_events:
                     event_store.append(order, actor_id=actor_id)
-                    project(order)
+                    project(order, previous=before)
                     recent_orders.remember_on_commit(order)
                 return order
         except ConcurrencyConflict:
@@ -72,21 +74,26 @@ def _run(
     raise AssertionError("unreachable")
 
 
-def _commanded(order_id: str, command: Callable[[Order], None], *, remembered: bool) -> Order:
-    """The order with `command` applied: to the remembered copy when that records
-    something (appending it then fails with a conflict unless the copy is still the
-    latest version), else to the order loaded from its history."""
-    if remembered and (order := recent_orders.get(order_id)) is not None:
+def _commanded(
+    order_id: str, command: Callable[[Order], None], *, remembered: bool
+) -> tuple[Order, tuple[int, dict]]:
+    """The order with `command` applied, and its version and summary fields before: the
+    remembered order when the command records something on it (appending that fails
+    with a conflict unless it is still the latest version), else the order loaded from
+    its history."""
+    if remembered and (order := recent_orders.take(order_id)) is not None:
+        before = (order.version, summary_fields(order))
         try:
             command(order)
         except DomainError:
             pass  # perhaps only stale: the history decides
         else:
             if order.pending_events:
-                return order
+                return order, before
     order = event_store.load_order(order_id)
+    before = (order.version, summary_fields(order))
     command(order)
-    return order
+    return order, before
 
 
 def _order_lines(items: list[tuple[int, int]]) -> tuple[list[dict[str, Any]], str]:
