@@ -3,6 +3,7 @@ events and projects the read model in one transaction, retrying a bounded number
 times when another writer appended first (optimistic concurrency). A command a person
 runs takes their `actor_id`, recorded with its events; without one, the system acted."""
 
+import contextlib
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
@@ -50,14 +51,15 @@ def _run(
 ) -> Order:
     """Run `command` on the order and store what it recorded, retrying on a conflict.
 
-    Inside a caller's transaction (a saga's atomic step, a consumer's inbox transaction)
-    there is no savepoint and one attempt: a conflict aborts the caller's transaction,
-    whose own retry reloads. `remembered`: for commands that only record facts, try the
-    order this process committed last first (see `recent_orders`)."""
-    nested = connection.in_atomic_block
+    `remembered`: for the commands that record facts for a saga step or a consumer,
+    which start from the order this process committed last (see `recent_orders`). Inside
+    the caller's transaction (an atomic step, an inbox transaction) they open no
+    savepoint of their own and make one attempt: a conflict aborts the caller's
+    transaction, whose own retry reloads."""
+    in_callers_transaction = remembered and connection.in_atomic_block
     for attempt in range(1, MAX_COMMAND_ATTEMPTS + 1):
         try:
-            with transaction.atomic(savepoint=not nested):
+            with contextlib.nullcontext() if in_callers_transaction else transaction.atomic():
                 order, before = _commanded(
                     order_id, command, remembered=remembered and attempt == 1
                 )
@@ -69,7 +71,7 @@ def _run(
         except ConcurrencyConflict:
             recent_orders.forget(order_id)
             logger.info("order_command_conflict", order_id=str(order_id), attempt=attempt)
-            if nested or attempt == MAX_COMMAND_ATTEMPTS:
+            if in_callers_transaction or attempt == MAX_COMMAND_ATTEMPTS:
                 raise
     raise AssertionError("unreachable")
 
