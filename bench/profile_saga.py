@@ -30,6 +30,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--cprofile", action="store_true")
     parser.add_argument("--sort", default="cumulative", help="pstats sort key")
     parser.add_argument("--stats-file", help="also write the cProfile stats there (pstats)")
+    parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help="trace as a worker does with OTEL_EXPORTER_OTLP_ENDPOINT set (spans to a "
+        "closed local port; OTEL_TRACES_SAMPLER applies)",
+    )
     parser.add_argument("--sql", action="store_true", help="print the first order's statements")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="mercato-profile-saga-"))
@@ -41,9 +47,15 @@ def main(argv: list[str]) -> int:
         EMAIL_BACKEND="django.core.mail.backends.filebased.EmailBackend",
         EMAIL_FILE_PATH=str(workdir / "mail"), DJANGO_SETTINGS_MODULE="config.settings",
     )  # fmt: skip
+    if args.tracing:
+        os.environ.setdefault("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{free_port()}")
     import django
 
     django.setup()
+    if args.tracing:
+        from apps.core.tracing import setup_tracing_from_environment
+
+        setup_tracing_from_environment(service_name="mercato-profile")
     from django.core.management import call_command
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
