@@ -4,6 +4,7 @@ Public API (for every context's services):
 
     publish_event(*, event_type, payload, aggregate_type="", aggregate_id="",
                   causation_id=None) -> uuid.UUID
+    outbox_message(...same...) -> OutboxMessage         # the row, unsaved (one-statement writes)
     publish(event, *, aggregate_type="", aggregate_id="", causation_id=None) -> uuid.UUID
     event_message(event) -> (event_type, payload)       # dataclass -> JSON-safe dict
     json_safe(value)                                    # Decimal/UUID/datetime -> str
@@ -130,6 +131,38 @@ def publish_event(
     """Write an event to the outbox, in the caller's transaction; return its id."""
     alias = router.db_for_write(OutboxMessage)
     _require_transaction(alias)
+    message = outbox_message(
+        event_type=event_type,
+        payload=payload,
+        aggregate_type=aggregate_type,
+        aggregate_id=aggregate_id,
+        causation_id=causation_id,
+    )
+    handled, wanted = _consume_inline(message, alias=alias)
+    if handled and len(handled) == len(wanted):
+        # No other consumer wants it: kept as a record, relayed already, with the
+        # consumers that handled it (else the relay sends it to all; those find their
+        # inbox row).
+        message.published_at = message.created_at
+        message.consumers = handled
+    message.save(using=alias, force_insert=True)
+    if message.published_at is None:
+        # Several events of one transaction each ask; kick_relay sends one kick at most.
+        transaction.on_commit(kick_relay, using=alias, robust=True)
+    return message.id
+
+
+def outbox_message(
+    *,
+    event_type: str,
+    payload: dict,
+    aggregate_type: str = "",
+    aggregate_id: str = "",
+    causation_id: str | None = None,
+) -> OutboxMessage:
+    """The unsaved outbox row `publish_event` writes, for a caller that inserts it with its
+    other rows in one statement (`apps.core.atomic_inserts`); after they commit, a row
+    still to relay (`published_at` None) needs `kick_relay`."""
     event_id = uuid.uuid4()
     context = structlog.contextvars.get_contextvars()
     request_id = context.get("request_id")
@@ -146,40 +179,19 @@ def publish_event(
     if schema_version is not None:
         headers["schema_version"] = schema_version
     now = timezone.now()
-    payload = json_safe(payload)
-    wanted = consumers_of(event_type)
-    handled = _consume_inline(
-        EventEnvelope(
-            id=event_id,
-            type=event_type,
-            payload=payload,
-            aggregate_type=aggregate_type,
-            aggregate_id=str(aggregate_id),
-            headers=headers,
-            created_at=now,
-        ),
-        wanted,
-        alias=alias,
-    )
-    # An event no consumer (or none but those that handled it here) still wants is kept
-    # as a record but costs the relay nothing: it is written as relayed already. Else the
-    # relay sends it to every consumer; those that handled it here find their inbox row.
-    pending = len(handled) < len(wanted)
-    OutboxMessage.objects.using(alias).create(
+    # An event no consumer wants is kept as a record but costs the relay nothing: it is
+    # written as relayed already.
+    wanted = bool(consumers_of(event_type))
+    return OutboxMessage(
         id=event_id,
         event_type=event_type,
         aggregate_type=aggregate_type,
         aggregate_id=str(aggregate_id),
-        payload=payload,
+        payload=json_safe(payload),
         headers=headers,
         created_at=now,
-        published_at=None if pending else now,
-        consumers=[] if pending else handled,
+        published_at=None if wanted else now,
     )
-    if pending:
-        # Several events of one transaction each ask; kick_relay sends one kick at most.
-        transaction.on_commit(kick_relay, using=alias, robust=True)
-    return event_id
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,12 +218,22 @@ def consumed_inline(*consumers: str) -> Iterator[list[uuid.UUID]]:
         _inline.reset(token)
 
 
-def _consume_inline(event: EventEnvelope, wanted: list[str], *, alias: str) -> list[str]:
-    """Run the wanted consumers the current `consumed_inline` scope names on `event` now,
-    each in a savepoint; return those that handled it."""
+def _consume_inline(message: OutboxMessage, *, alias: str) -> tuple[list[str], list[str]]:
+    """Run the consumers of `message` that the current `consumed_inline` scope names, now,
+    each in a savepoint; return (those that handled it, all that want it)."""
     scope = _inline.get()
     if scope is None:
-        return []
+        return [], []
+    wanted = consumers_of(message.event_type)
+    event = EventEnvelope(
+        id=message.id,
+        type=message.event_type,
+        payload=message.payload,
+        aggregate_type=message.aggregate_type,
+        aggregate_id=message.aggregate_id,
+        headers=message.headers,
+        created_at=message.created_at,
+    )
     handled = []
     context = event_log_context(event_id=event.id, event_type=event.type, headers=event.headers)
     with structlog.contextvars.bound_contextvars(**context):
@@ -230,7 +252,7 @@ def _consume_inline(event: EventEnvelope, wanted: list[str], *, alias: str) -> l
             )
     if handled:
         scope.handled.append(event.id)
-    return handled
+    return handled, wanted
 
 
 def publish(

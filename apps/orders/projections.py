@@ -37,6 +37,11 @@ def summary_fields(order: Order) -> dict:
     }
 
 
+def new_summary(order: Order) -> OrderSummary:
+    """The unsaved summary of a new order."""
+    return OrderSummary(id=order.id, **summary_fields(order))
+
+
 def project(
     order: Order, *, is_new: bool = False, previous: tuple[int, dict] | None = None
 ) -> OrderSummary | None:
@@ -46,9 +51,11 @@ def project(
     the version and `summary_fields` the order had before this command; if the summary
     still shows that version, only the fields that changed are written.
     """
-    fields = summary_fields(order)
     if is_new:
-        return OrderSummary.objects.create(id=order.id, **fields)
+        summary = new_summary(order)
+        summary.save(force_insert=True)
+        return summary
+    fields = summary_fields(order)
     if previous is not None:
         version, before = previous
         changed = {name: value for name, value in fields.items() if before.get(name) != value}
