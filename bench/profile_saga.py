@@ -29,6 +29,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--orders", type=int, default=100)
     parser.add_argument("--cprofile", action="store_true")
     parser.add_argument("--sort", default="cumulative", help="pstats sort key")
+    parser.add_argument("--stats-file", help="also write the cProfile stats there (pstats)")
+    parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help="trace as a worker does with OTEL_EXPORTER_OTLP_ENDPOINT set (spans to a "
+        "closed local port; OTEL_TRACES_SAMPLER applies)",
+    )
     parser.add_argument("--sql", action="store_true", help="print the first order's statements")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="mercato-profile-saga-"))
@@ -40,9 +47,15 @@ def main(argv: list[str]) -> int:
         EMAIL_BACKEND="django.core.mail.backends.filebased.EmailBackend",
         EMAIL_FILE_PATH=str(workdir / "mail"), DJANGO_SETTINGS_MODULE="config.settings",
     )  # fmt: skip
+    if args.tracing:
+        os.environ.setdefault("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{free_port()}")
     import django
 
     django.setup()
+    if args.tracing:
+        from apps.core.tracing import setup_tracing_from_environment
+
+        setup_tracing_from_environment(service_name="mercato-profile")
     from django.core.management import call_command
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
@@ -60,7 +73,7 @@ def main(argv: list[str]) -> int:
     server, _ = make_server("127.0.0.1", psp_port, SandboxConfig(db_path=str(workdir / "psp.db")))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     call_command("migrate", "--noinput", verbosity=0)
-    user = User.objects.create(email="profile@example.com")
+    user, _ = User.objects.get_or_create(email="profile@example.com")
     rows = [catalog.ProductRow(sku=f"P-{n}", name=f"P {n}", price=Decimal(10), currency="EUR",
                                stock=1_000_000) for n in range(20)]  # fmt: skip
     catalog.products_import(rows=rows, reason="profile")
@@ -134,6 +147,8 @@ def main(argv: list[str]) -> int:
             print("  ", q["sql"][:160])
     if profiler:
         pstats.Stats(profiler).sort_stats(args.sort).print_stats(40)
+        if args.stats_file:
+            profiler.dump_stats(args.stats_file)
     server.shutdown()
     return 0
 

@@ -273,6 +273,7 @@ CELERY_TASK_QUEUES = [Queue(name, routing_key=name) for name in ("default", "eve
 CELERY_TASK_ROUTES = {
     "apps.core.tasks.relay_outbox": {"queue": "events"},
     "apps.core.tasks.deliver_event": {"queue": "events"},
+    "apps.core.tasks.deliver_events": {"queue": "events"},
     "apps.core.tasks.purge_expired_idempotency_records": {"queue": "default"},
     "apps.core.tasks.purge_processed_messages": {"queue": "default"},
     "apps.core.tasks.drain_sagas": {"queue": "sagas"},
@@ -292,6 +293,9 @@ OUTBOX_RELAY_BATCH_SIZE = env.int("OUTBOX_RELAY_BATCH_SIZE", default=100)
 # kick or sweep goes on.
 OUTBOX_RELAY_TIME_BUDGET_SECONDS = env.float("OUTBOX_RELAY_TIME_BUDGET_SECONDS", default=20.0)
 OUTBOX_SWEEP_SECONDS = env.float("OUTBOX_SWEEP_SECONDS", default=5.0)
+# Events one delivery task hands one consumer: fewer Celery messages under load; small
+# enough that a batch still spreads over the events worker's processes.
+OUTBOX_DELIVERY_BATCH_SIZE = env.int("OUTBOX_DELIVERY_BATCH_SIZE", default=20)
 EVENT_HANDLER_MAX_RETRIES = env.int("EVENT_HANDLER_MAX_RETRIES", default=10)
 EVENT_HANDLER_RETRY_BASE_SECONDS = env.float("EVENT_HANDLER_RETRY_BASE_SECONDS", default=1.0)
 # Below the broker's visibility timeout: a waiting retry must not be redelivered early.

@@ -10,12 +10,13 @@ the inbox key, so renaming it makes already handled events look new. Stack decor
 to react to several types. `handlers.py` modules are imported at start-up by
 `CoreConfig.ready()`.
 
-Each (event, consumer) pair is delivered by its own `apps.core.tasks.deliver_event`
-task: `consume_event` runs the handler inside `transaction.atomic` together with the
-insert of an `InboxMessage(consumer, event_id)`. A redelivered event finds the row and
-is skipped; a concurrent duplicate waits on the unique index and is skipped once the
-first commits; a failing handler rolls back its inbox row with its effect, and its task
-retries with backoff without touching the other consumers of that event.
+Each (event, consumer) pair is delivered by an `apps.core.tasks.deliver_event` task (or
+in a batch for that consumer, `deliver_events`): `consume_event` runs the handler inside
+`transaction.atomic` together with the insert of an `InboxMessage(consumer, event_id)`.
+A redelivered event finds the row and is skipped; a concurrent duplicate waits on the
+unique index and is skipped once the first commits; a failing handler rolls back its
+inbox row with its effect, and its task retries with backoff without touching the other
+consumers of that event, nor the other events of its batch.
 
 Handlers receive an `EventEnvelope`: id, type, payload (plain JSON), aggregate type/id,
 headers (correlation_id, causation_id, request_id) and created_at. Whatever a handler
@@ -31,7 +32,7 @@ from uuid import UUID
 import structlog
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db import IntegrityError, router, transaction
+from django.db import connections, router, transaction
 from django.utils import timezone
 
 from apps.core.models import InboxMessage
@@ -137,15 +138,35 @@ def consume_event(event: EventEnvelope, *, consumer: str) -> bool:
         raise UnknownConsumer(f"no consumer {consumer!r} of {event.type}")
     alias = router.db_for_write(InboxMessage)
     with transaction.atomic(using=alias):
-        try:
-            # Insert first: the unique index, not a lookup, decides between duplicates.
-            with transaction.atomic(using=alias):
-                InboxMessage.objects.using(alias).create(consumer=consumer, event_id=event.id)
-        except IntegrityError:
+        if not _inbox_claim(alias, consumer=consumer, event_id=event.id):
             logger.info("event_already_handled")
             return False
         handler(event)
     return True
+
+
+def _inbox_claim(alias: str, *, consumer: str, event_id: UUID) -> bool:
+    """Insert the inbox row; False if it exists. Insert first: the unique index, not a
+    lookup, decides between duplicates (a concurrent one waits for the first to commit).
+    One statement, no savepoint: `ON CONFLICT DO NOTHING` (PostgreSQL, SQLite >= 3.35)."""
+    db = connections[alias]
+    meta = InboxMessage._meta
+    values = [
+        meta.get_field(name).get_db_prep_save(value, db)
+        for name, value in (
+            ("consumer", consumer),
+            ("event_id", event_id),
+            ("processed_at", timezone.now()),
+        )
+    ]
+    # Only the table's name is formatted in; every value is a parameter.
+    sql = (
+        f"INSERT INTO {db.ops.quote_name(meta.db_table)} (consumer, event_id, processed_at)"  # noqa: S608
+        " VALUES (%s, %s, %s) ON CONFLICT (consumer, event_id) DO NOTHING RETURNING id"
+    )
+    with db.cursor() as cursor:
+        cursor.execute(sql, values)
+        return cursor.fetchone() is not None
 
 
 def inbox_purge_processed() -> int:

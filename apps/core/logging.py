@@ -119,6 +119,9 @@ def build_logging_config(*, level: str, fmt: str) -> dict:
             "django.request": {"level": "ERROR"},
             "django.server": {"level": "WARNING"},
             "django.db.backends": {"level": "INFO"},
+            # httpx logs every request at INFO; provider calls are recorded by the
+            # payments context (and their failures logged) already.
+            "httpx": {"level": "WARNING"},
         },
     }
 

@@ -30,7 +30,8 @@ class OutboxMessage(models.Model):
     headers = models.JSONField(default=dict)
     created_at = models.DateTimeField(default=timezone.now)
     published_at = models.DateTimeField(null=True, blank=True)
-    # The consumers the relay sent it to: what their inboxes must show (lag, integrity).
+    # The consumers the relay sent it to, or (not relayed) those that handled it in the
+    # publishing transaction (`consumed_inline`): what their inboxes must show.
     consumers = models.JSONField(default=list, blank=True)
     attempts = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True)

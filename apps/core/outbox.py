@@ -30,9 +30,10 @@ down at commit time, a crash right after commit).
 
 The relay (`relay_pending_messages`, run by the `apps.core.tasks.relay_outbox` task)
 claims pending rows with `SELECT ... FOR UPDATE SKIP LOCKED`, so several relays share
-the work without publishing a message twice per claim, sends one
-`apps.core.tasks.deliver_event` task per consumer that wants the event, and stamps
-`published_at` and those `consumers` in the same transaction. Delivery is at-least-once:
+the work without publishing a message twice per claim, sends each consumer the claimed
+events it wants (`apps.core.tasks.deliver_event` for one, `deliver_events` for up to
+OUTBOX_DELIVERY_BATCH_SIZE), and stamps `published_at` and those `consumers` in the same
+transaction. Delivery is at-least-once:
 a relay that dies after sending but before committing leaves the rows pending, and they
 are sent again; consumers deduplicate through the inbox (`apps.core.inbox`). Consumers
 must not rely on the order of events.
@@ -44,6 +45,7 @@ import enum
 import time
 import uuid
 from collections.abc import Iterator
+from contextvars import ContextVar
 from datetime import date, datetime, timedelta
 from datetime import time as time_of_day
 from decimal import Decimal
@@ -56,10 +58,10 @@ from django.db.models import F
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerUnavailable
 
-from apps.core import tracing
+from apps.core import metrics, tracing
 from apps.core.caching import clear_pending, send_unless_pending
 from apps.core.event_registry import schema_version_of
-from apps.core.inbox import consumers_of, event_log_context
+from apps.core.inbox import EventEnvelope, consume_event, consumers_of, event_log_context
 from apps.core.models import OutboxMessage
 from config.celery import app as celery_app
 
@@ -68,6 +70,7 @@ logger = structlog.get_logger(__name__)
 EVENTS_QUEUE = "events"
 RELAY_TASK = "apps.core.tasks.relay_outbox"
 DELIVER_TASK = "apps.core.tasks.deliver_event"
+DELIVER_BATCH_TASK = "apps.core.tasks.deliver_events"
 LAST_ERROR_MAX_CHARS = 2000
 # Set while a relay kick is queued and has not started; the relay clears it before it
 # claims. Expires on its own, in case the queued kick is lost with the broker.
@@ -135,6 +138,13 @@ def publish_event(
         aggregate_id=aggregate_id,
         causation_id=causation_id,
     )
+    handled, wanted = _consume_inline(message, alias=alias)
+    if handled and len(handled) == len(wanted):
+        # No other consumer wants it: kept as a record, relayed already, with the
+        # consumers that handled it (else the relay sends it to all; those find their
+        # inbox row).
+        message.published_at = message.created_at
+        message.consumers = handled
     message.save(using=alias, force_insert=True)
     if message.published_at is None:
         # Several events of one transaction each ask; kick_relay sends one kick at most.
@@ -182,6 +192,67 @@ def outbox_message(
         created_at=now,
         published_at=None if wanted else now,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class _InlineScope:
+    consumers: frozenset[str]
+    handled: list[uuid.UUID]
+
+
+_inline: ContextVar[_InlineScope | None] = ContextVar("outbox_inline", default=None)
+
+
+@contextlib.contextmanager
+def consumed_inline(*consumers: str) -> Iterator[list[uuid.UUID]]:
+    """Events published inside the block are handled by these consumers at once, in the
+    publishing transaction, instead of through the relay: the consumer's inbox row and
+    effect commit with the event, and it gets no message. For a caller that needs the
+    consumer's effect right after anyway (a saga recording a capture it caused). Yields
+    the ids of the events handled so; a handler that fails is left to the relay."""
+    scope = _InlineScope(consumers=frozenset(consumers), handled=[])
+    token = _inline.set(scope)
+    try:
+        yield scope.handled
+    finally:
+        _inline.reset(token)
+
+
+def _consume_inline(message: OutboxMessage, *, alias: str) -> tuple[list[str], list[str]]:
+    """Run the consumers of `message` that the current `consumed_inline` scope names, now,
+    each in a savepoint; return (those that handled it, all that want it)."""
+    scope = _inline.get()
+    if scope is None:
+        return [], []
+    wanted = consumers_of(message.event_type)
+    event = EventEnvelope(
+        id=message.id,
+        type=message.event_type,
+        payload=message.payload,
+        aggregate_type=message.aggregate_type,
+        aggregate_id=message.aggregate_id,
+        headers=message.headers,
+        created_at=message.created_at,
+    )
+    handled = []
+    context = event_log_context(event_id=event.id, event_type=event.type, headers=event.headers)
+    with structlog.contextvars.bound_contextvars(**context):
+        for consumer in wanted:
+            if consumer not in scope.consumers:
+                continue
+            try:
+                consume_event(event, consumer=consumer)
+            except Exception:
+                logger.warning("event_handler_failed_inline", consumer=consumer, exc_info=True)
+                continue
+            handled.append(consumer)
+            transaction.on_commit(
+                metrics.event_consumer_events.labels(consumer=consumer, outcome="processed").inc,
+                using=alias,
+            )
+    if handled:
+        scope.handled.append(event.id)
+    return handled, wanted
 
 
 def publish(
@@ -258,59 +329,104 @@ def send_message(message: OutboxMessage, *, producer=None) -> list[str]:
     """Send one `deliver_event` task per consumer that wants it; return the consumers."""
     consumers = consumers_of(message.event_type)
     for consumer in consumers:
-        with _log_context_of(message):
-            _send_delivery(message, consumer, producer)
+        _send_delivery([message], consumer, producer)
     return consumers
 
 
-def _send_delivery(message: OutboxMessage, consumer: str, producer) -> None:
+def delivery_fields(message: OutboxMessage) -> dict[str, Any]:
+    """One event as the delivery tasks take it (JSON-safe)."""
+    return {
+        "event_id": str(message.id),
+        "event_type": message.event_type,
+        "aggregate_type": message.aggregate_type,
+        "aggregate_id": message.aggregate_id,
+        "payload": message.payload,
+        "headers": message.headers,
+        "created_at": message.created_at.isoformat(),
+    }
+
+
+def _send_delivery(messages: list[OutboxMessage], consumer: str, producer) -> None:
+    """One task for `consumer`: `deliver_event` for one event (its task's log lines name
+    the event's flow), `deliver_events` for several (each handled in its own inbox
+    transaction, in order; one that fails is retried alone)."""
+    if len(messages) == 1:
+        with _log_context_of(messages[0]):
+            celery_app.send_task(
+                DELIVER_TASK,
+                kwargs={**delivery_fields(messages[0]), "consumer": consumer},
+                queue=EVENTS_QUEUE,
+                producer=producer,
+            )
+        return
     celery_app.send_task(
-        DELIVER_TASK,
-        kwargs={
-            "event_id": str(message.id),
-            "event_type": message.event_type,
-            "aggregate_type": message.aggregate_type,
-            "aggregate_id": message.aggregate_id,
-            "payload": message.payload,
-            "headers": message.headers,
-            "created_at": message.created_at.isoformat(),
-            "consumer": consumer,
-        },
+        DELIVER_BATCH_TASK,
+        kwargs={"consumer": consumer, "events": [delivery_fields(m) for m in messages]},
         queue=EVENTS_QUEUE,
         producer=producer,
     )
 
 
+def _batches(
+    messages: list[OutboxMessage], wanted: dict[uuid.UUID, list[str]]
+) -> Iterator[tuple[str, list[OutboxMessage]]]:
+    """(consumer, up to OUTBOX_DELIVERY_BATCH_SIZE of its messages, oldest first)."""
+    by_consumer: dict[str, list[OutboxMessage]] = {}
+    for message in messages:
+        for consumer in wanted[message.id]:
+            by_consumer.setdefault(consumer, []).append(message)
+    size = settings.OUTBOX_DELIVERY_BATCH_SIZE
+    for consumer, batch in by_consumer.items():
+        for start in range(0, len(batch), size):
+            yield consumer, batch[start : start + size]
+
+
 def relay_batch(*, limit: int) -> list[uuid.UUID]:
-    """Claim, send and stamp one batch in one transaction; return the ids sent."""
+    """Claim, send and stamp one batch in one transaction; return the ids sent.
+
+    Each consumer gets the claimed events it wants in tasks of up to
+    OUTBOX_DELIVERY_BATCH_SIZE (one Celery message per consumer and batch, not per event
+    and consumer). A message one of whose tasks was not sent stays pending and is sent
+    again in full: the consumers that got it skip it through their inbox."""
     alias = router.db_for_write(OutboxMessage)
-    sent: list[uuid.UUID] = []
-    # consumers sent to -> the ids sent to them: one UPDATE per distinct set
-    sent_to: dict[tuple[str, ...], list[uuid.UUID]] = {}
+    failed: dict[uuid.UUID, Exception] = {}  # recorded on the row
+    unsent: set[uuid.UUID] = set()  # left pending (failed, or not tried: broker down)
     with transaction.atomic(using=alias):
         messages = claim_pending_messages(limit=limit)
         if not messages:
-            return sent
+            return []
+        wanted = {m.id: consumers_of(m.event_type) for m in messages}
         with celery_app.producer_or_acquire() as producer:
-            for message in messages:
+            for consumer, batch in _batches(messages, wanted):
                 try:
-                    consumers = send_message(message, producer=producer)
+                    _send_delivery(batch, consumer, producer)
                 except BrokerUnavailable as exc:
-                    # The broker is down: the rest of the batch would fail the same way.
-                    _record_failure(alias, message, exc)
+                    # The broker is down: the rest would fail the same way.
+                    failed.update((m.id, exc) for m in batch)
+                    unsent.update(m.id for m in messages)
                     break
-                except Exception as exc:
-                    # This message alone is unsendable: keep it pending, send the others.
-                    _record_failure(alias, message, exc)
-                else:
-                    sent.append(message.id)
-                    sent_to.setdefault(tuple(consumers), []).append(message.id)
+                except Exception:
+                    # One of them is unsendable: send them one by one to find which.
+                    for message in batch:
+                        try:
+                            _send_delivery([message], consumer, producer)
+                        except Exception as exc:
+                            failed[message.id] = exc
+                            unsent.add(message.id)
+        for message in messages:
+            if message.id in failed:
+                _record_failure(alias, message, failed[message.id])
+        # consumers sent to -> the ids sent to them: one UPDATE per distinct set
+        sent_to: dict[tuple[str, ...], list[uuid.UUID]] = {}
+        for message in messages:
+            if message.id not in unsent:
+                sent_to.setdefault(tuple(wanted[message.id]), []).append(message.id)
         now = timezone.now()
         for consumers, ids in sent_to.items():
             OutboxMessage.objects.using(alias).filter(pk__in=ids).update(
                 published_at=now, attempts=F("attempts") + 1, consumers=list(consumers)
             )
-    return sent
+    return [m.id for m in messages if m.id not in unsent]
 
 
 def _record_failure(alias: str, message: OutboxMessage, exc: Exception) -> None:

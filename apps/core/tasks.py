@@ -5,6 +5,8 @@
 - `deliver_event` (queue `events`): one event to one consumer, through the inbox; binds
   the event's request_id / correlation_id into the task's log context; retries a
   failing handler with jittered exponential backoff.
+- `deliver_events` (queue `events`): several events to one consumer, each as
+  `deliver_event` handles one; a failing one is retried alone by a `deliver_event`.
 - `drain_sagas` (queue `sagas`): run due sagas in claimed batches; kicked after each
   commit that started a saga (kicks coalesce), by a saga's retry, and by `sweep_sagas`.
 - `purge_expired_idempotency_records` (queue `default`): hourly by beat.
@@ -53,23 +55,28 @@ def retry_countdown(
     return random.uniform(ceiling / 2, ceiling)
 
 
-@shared_task(
-    bind=True,
-    name="apps.core.tasks.deliver_event",
-    max_retries=None,  # bounded below by EVENT_HANDLER_MAX_RETRIES, with a log line
-)
-def deliver_event(
-    self,
+class _RetryLater(Exception):
+    """A handler failed and gets another try after `countdown` seconds."""
+
+    def __init__(self, exc: Exception, countdown: float) -> None:
+        super().__init__(str(exc))
+        self.exc, self.countdown = exc, countdown
+
+
+def _deliver(
     *,
+    consumer: str,
+    retries: int,
     event_id: str,
     event_type: str,
     payload: dict,
     headers: dict,
-    consumer: str,
     aggregate_type: str = "",
     aggregate_id: str = "",
     created_at: str | None = None,
 ) -> bool:
+    """Hand one event to one consumer through its inbox, under the event's log context
+    and trace; `_RetryLater` when the handler failed and may be retried."""
     event = EventEnvelope(
         id=UUID(event_id),
         type=event_type,
@@ -93,7 +100,6 @@ def deliver_event(
             logger.warning("event_consumer_unknown")
             return False
         except Exception as exc:
-            retries = self.request.retries
             if retries >= settings.EVENT_HANDLER_MAX_RETRIES:
                 outcomes.labels(consumer=consumer, outcome="gave_up").inc()
                 logger.error("event_handler_gave_up", retries=retries, exc_info=True)
@@ -103,9 +109,40 @@ def deliver_event(
             logger.warning(
                 "event_handler_failed", retries=retries, retry_in=round(countdown, 2), exc_info=True
             )
-            raise self.retry(exc=exc, countdown=countdown) from exc
+            raise _RetryLater(exc, countdown) from exc
         outcomes.labels(consumer=consumer, outcome="processed" if handled else "duplicate").inc()
         return handled
+
+
+@shared_task(
+    bind=True,
+    name="apps.core.tasks.deliver_event",
+    max_retries=None,  # bounded by EVENT_HANDLER_MAX_RETRIES, with a log line
+)
+def deliver_event(self, *, consumer: str, **event) -> bool:
+    """One event to one consumer; a failing handler is retried with backoff."""
+    try:
+        return _deliver(consumer=consumer, retries=self.request.retries, **event)
+    except _RetryLater as later:
+        raise self.retry(exc=later.exc, countdown=later.countdown) from later.exc
+
+
+@shared_task(name="apps.core.tasks.deliver_events")
+def deliver_events(*, consumer: str, events: list[dict]) -> int:
+    """Several events to one consumer, oldest first, each in its own inbox transaction.
+    One whose handler fails goes on alone as a `deliver_event` retry with backoff; the
+    others are not held up. Returns how many were handled now."""
+    handled = 0
+    for event in events:
+        try:
+            handled += _deliver(consumer=consumer, retries=0, **event)
+        except _RetryLater as later:
+            deliver_event.apply_async(
+                kwargs={**event, "consumer": consumer}, countdown=later.countdown, retries=1
+            )
+        except Exception:  # noqa: S112 (given up and logged by _deliver; the others go on)
+            continue
+    return handled
 
 
 @shared_task(name="apps.core.tasks.purge_expired_idempotency_records")

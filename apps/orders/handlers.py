@@ -14,18 +14,18 @@ import structlog
 
 from apps.core.errors import NotFound
 from apps.core.inbox import EventEnvelope, event_handler
-from apps.orders import emails, selectors, services
+from apps.orders import emails, services
 
 logger = structlog.get_logger(__name__)
 
 
-@event_handler("PaymentCaptured", consumer="orders.record_payment_captured")
+# The placement saga runs this one in the transaction that settles its own charge.
+RECORD_PAYMENT_CAPTURED = "orders.record_payment_captured"
+
+
+@event_handler("PaymentCaptured", consumer=RECORD_PAYMENT_CAPTURED)
 def record_payment_captured(event: EventEnvelope) -> None:
     data = event.payload
-    # Usually the placement saga recorded this capture before its event was relayed: one
-    # read of the order's summary says so, instead of loading and replaying its history.
-    if selectors.order_payment_recorded(order_id=data["order_id"], payment_id=data["payment_id"]):
-        return
     try:
         services.order_record_payment_captured(
             order_id=data["order_id"], payment_id=data["payment_id"], amount=Decimal(data["amount"])

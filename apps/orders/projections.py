@@ -42,16 +42,25 @@ def new_summary(order: Order) -> OrderSummary:
     return OrderSummary(id=order.id, **summary_fields(order))
 
 
-def project(order: Order, *, is_new: bool = False) -> OrderSummary | None:
+def project(
+    order: Order, *, is_new: bool = False, previous: tuple[int, dict] | None = None
+) -> OrderSummary | None:
     """Store the order's state as its summary unless a newer version is already there.
 
-    Returns the new summary when `is_new` (no extra query to read it back).
+    Returns the new summary when `is_new` (no extra query to read it back). `previous`:
+    the version and `summary_fields` the order had before this command; if the summary
+    still shows that version, only the fields that changed are written.
     """
     if is_new:
         summary = new_summary(order)
         summary.save(force_insert=True)
         return summary
     fields = summary_fields(order)
+    if previous is not None:
+        version, before = previous
+        changed = {name: value for name, value in fields.items() if before.get(name) != value}
+        if OrderSummary.objects.filter(pk=order.id, version=version).update(**changed):
+            return None
     updated = OrderSummary.objects.filter(pk=order.id, version__lt=order.version).update(**fields)
     if not updated:
         OrderSummary.objects.get_or_create(id=order.id, defaults=fields)

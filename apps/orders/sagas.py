@@ -21,9 +21,11 @@ from django.db import DatabaseError
 
 from apps.catalog import services as catalog
 from apps.core.errors import DomainError, InvalidState
+from apps.core.outbox import consumed_inline
 from apps.core.sagas import SagaDefinition, Step, register_saga
 from apps.orders import services as orders
 from apps.orders.event_store import ConcurrencyConflict
+from apps.orders.handlers import RECORD_PAYMENT_CAPTURED
 from apps.payments import services as payments
 
 
@@ -43,16 +45,22 @@ def release_stock(ctx: dict[str, Any]) -> None:
 
 
 def charge_payment(ctx: dict[str, Any]) -> dict[str, Any]:
-    result = payments.charge_for_order(
-        order_id=ctx["order_id"],
-        user_id=ctx["user_id"],
-        amount=Decimal(ctx["total"]),
-        currency=ctx["currency"],
-        token=ctx["payment_token"],
-    )
-    orders.order_record_payment_captured(
-        order_id=ctx["order_id"], payment_id=str(result.payment_id), amount=result.amount
-    )
+    # The order's PaymentCaptured consumer records the capture in the transaction that
+    # settles it: one commit for both, and no message to that consumer for it.
+    with consumed_inline(RECORD_PAYMENT_CAPTURED) as recorded:
+        result = payments.charge_for_order(
+            order_id=ctx["order_id"],
+            user_id=ctx["user_id"],
+            amount=Decimal(ctx["total"]),
+            currency=ctx["currency"],
+            token=ctx["payment_token"],
+        )
+    if not recorded:
+        # Settled before this call (a webhook came first, a retried step), or the
+        # consumer failed inline: record it here (a no-op if recorded already).
+        orders.order_record_payment_captured(
+            order_id=ctx["order_id"], payment_id=str(result.payment_id), amount=result.amount
+        )
     return {"payment_id": result.payment_id}
 
 

@@ -52,12 +52,6 @@ def order_summary(*, order_id: str, user_id: int | None = None) -> OrderSummary:
     return summary
 
 
-def order_payment_recorded(*, order_id: str, payment_id: str) -> bool:
-    """Whether the order's history holds this capture. The summary is written in the
-    transaction that appends the order's events, so it never shows one the store lacks."""
-    return OrderSummary.objects.filter(pk=order_id, payment_id=payment_id).exists()
-
-
 @replica_safe
 def _summary_from_read_model(*, order_id: str, user_id: int | None) -> OrderSummary | None:
     orders = OrderSummary.objects.filter(pk=order_id)

@@ -3,6 +3,7 @@ events and projects the read model in one transaction, retrying a bounded number
 times when another writer appended first (optimistic concurrency). A command a person
 runs takes their `actor_id`, recorded with its events; without one, the system acted."""
 
+import contextlib
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
@@ -10,18 +11,18 @@ from typing import Any
 
 import structlog
 from django.conf import settings
-from django.db import router, transaction
+from django.db import connection, router, transaction
 from django.db.models import Model
 
 from apps.catalog import selectors as catalog_selectors
 from apps.core.atomic_inserts import InsertStatement
-from apps.core.errors import ValidationFailed
+from apps.core.errors import DomainError, ValidationFailed
 from apps.core.sagas import kick_sagas, saga_instance, saga_start
-from apps.orders import event_store
+from apps.orders import event_store, recent_orders
 from apps.orders.domain import Order, OrderStatus
 from apps.orders.errors import ConcurrencyConflict
 from apps.orders.models import OrderSummary
-from apps.orders.projections import new_summary, project
+from apps.orders.projections import new_summary, project, summary_fields
 
 logger = structlog.get_logger(__name__)
 
@@ -43,21 +44,60 @@ ADDRESS_SNAPSHOT_FIELDS = (
 )
 
 
-def _run(order_id: str, command: Callable[[Order], None], *, actor_id: int | None = None) -> Order:
+def _run(
+    order_id: str,
+    command: Callable[[Order], None],
+    *,
+    actor_id: int | None = None,
+    remembered: bool = False,
+) -> Order:
+    """Run `command` on the order and store what it recorded, retrying on a conflict.
+
+    `remembered`: for the commands that record facts for a saga step or a consumer,
+    which start from the order this process committed last (see `recent_orders`). Inside
+    the caller's transaction (an atomic step, an inbox transaction) they open no
+    savepoint of their own and make one attempt: a conflict aborts the caller's
+    transaction, whose own retry reloads."""
+    in_callers_transaction = remembered and connection.in_atomic_block
     for attempt in range(1, MAX_COMMAND_ATTEMPTS + 1):
         try:
-            with transaction.atomic():
-                order = event_store.load_order(order_id)
-                command(order)
+            with contextlib.nullcontext() if in_callers_transaction else transaction.atomic():
+                order, before = _commanded(
+                    order_id, command, remembered=remembered and attempt == 1
+                )
                 if order.pending_events:
                     event_store.append(order, actor_id=actor_id)
-                    project(order)
+                    project(order, previous=before)
+                    recent_orders.remember_on_commit(order)
                 return order
         except ConcurrencyConflict:
+            recent_orders.forget(order_id)
             logger.info("order_command_conflict", order_id=str(order_id), attempt=attempt)
-            if attempt == MAX_COMMAND_ATTEMPTS:
+            if in_callers_transaction or attempt == MAX_COMMAND_ATTEMPTS:
                 raise
     raise AssertionError("unreachable")
+
+
+def _commanded(
+    order_id: str, command: Callable[[Order], None], *, remembered: bool
+) -> tuple[Order, tuple[int, dict]]:
+    """The order with `command` applied, and its version and summary fields before: the
+    remembered order when the command records something on it (appending that fails
+    with a conflict unless it is still the latest version), else the order loaded from
+    its history."""
+    if remembered and (order := recent_orders.take(order_id)) is not None:
+        before = (order.version, summary_fields(order))
+        try:
+            command(order)
+        except DomainError:
+            pass  # perhaps only stale: the history decides
+        else:
+            if order.pending_events:
+                return order, before
+    order = event_store.load_order(order_id)
+    before = (order.version, summary_fields(order))
+    command(order)
+    return order, before
 
 
 def _order_lines(items: list[tuple[int, int]]) -> tuple[list[dict[str, Any]], str]:
@@ -215,16 +255,22 @@ def _placement(
 
 def order_record_stock_reserved(*, order_id: str, reservation_reference: str) -> Order:
     return _run(
-        order_id, lambda o: o.record_stock_reserved(reservation_reference=reservation_reference)
+        order_id,
+        lambda o: o.record_stock_reserved(reservation_reference=reservation_reference),
+        remembered=True,
     )
 
 
 def order_record_payment_captured(*, order_id: str, payment_id: str, amount: Decimal) -> Order:
-    return _run(order_id, lambda o: o.record_payment_captured(payment_id=payment_id, amount=amount))
+    return _run(
+        order_id,
+        lambda o: o.record_payment_captured(payment_id=payment_id, amount=amount),
+        remembered=True,
+    )
 
 
 def order_confirm(*, order_id: str) -> Order:
-    return _run(order_id, lambda o: o.confirm())
+    return _run(order_id, lambda o: o.confirm(), remembered=True)
 
 
 def order_ship(

@@ -143,6 +143,29 @@ def test_failing_consumer_retries_with_backoff_without_holding_up_the_other(cele
     assert InboxMessage.objects.filter(event_id=event_id).count() == 2
 
 
+def test_events_relayed_together_reach_each_consumer_once_and_a_failing_one_retries_alone(
+    celery_worker,
+):
+    # One commit, one relay claim: each consumer gets the five in one task.
+    with transaction.atomic():
+        ids = [
+            publish_event(event_type=FLAKY, payload={"failures": 2 if n == 0 else 0})
+            for n in range(5)
+        ]
+    for event_id in ids:
+        wait_for_echo(event_id, "tests.steady")
+    flaky = {event_id: wait_for_echo(event_id, "tests.flaky") for event_id in ids}
+
+    assert all(len(echoes_of(event_id)) == 2 for event_id in ids)
+    # The first one failed twice and was retried on its own; the four after it did not
+    # wait for its retries.
+    retried = flaky[ids[0]][0].created_at
+    assert all(flaky[event_id][0].created_at < retried for event_id in ids[1:])
+    assert InboxMessage.objects.filter(event_id__in=ids).count() == 10
+    log = celery_worker.log_path.read_text(errors="replace")
+    assert log.count("event_handler_failed") >= 2
+
+
 @pytest.mark.urls("tests.core.urls")
 def test_request_and_correlation_ids_travel_from_the_request_into_the_consumer_logs(
     celery_worker, user_client

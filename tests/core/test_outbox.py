@@ -20,6 +20,7 @@ from apps.core.models import InboxMessage, OutboxMessage
 from apps.core.outbox import (
     NotInTransaction,
     claim_pending_messages,
+    consumed_inline,
     event_message,
     outbox_messages_resend,
     publish,
@@ -367,7 +368,7 @@ def test_relay_kicks_coalesce_while_one_is_queued_and_not_started():
 
     relay_pending_messages()  # what the queued kick runs: it sees all five
     assert not OutboxMessage.objects.filter(pk__in=first, published_at__isnull=True).exists()
-    delivered = before + 1 + 5  # the kick, and one delivery per event to tests.quiet
+    delivered = before + 1 + 1  # the kick, and one delivery task of all five to tests.quiet
     assert queued_messages("events") == delivered
     with transaction.atomic():
         publish_event(event_type=QUIET, payload={"n": "after the relay started"})
@@ -382,3 +383,55 @@ def test_an_event_nobody_wants_is_stored_as_relayed_and_costs_no_message():
     assert message.published_at is not None  # kept as a record, never claimed
     assert queued_messages("events") == before  # no relay kick
     assert relay_pending_messages() == 0
+
+
+def test_a_consumer_named_inline_handles_the_event_in_the_publishing_transaction():
+    before = queued_messages("events")
+    with consumed_inline("tests.echo") as handled, transaction.atomic():
+        event_id = publish_event(event_type=PROBED, payload={"n": 1})
+        # Its effect is there before the commit, in the same transaction.
+        assert [e.payload["by"] for e in echoes_of(event_id)] == ["tests.echo"]
+    assert handled == [event_id]
+    message = OutboxMessage.objects.get(pk=event_id)
+    # No other consumer wants it: stored as relayed, with the consumer that handled it.
+    assert message.published_at is not None
+    assert message.consumers == ["tests.echo"]
+    assert InboxMessage.objects.filter(event_id=event_id, consumer="tests.echo").exists()
+    assert queued_messages("events") == before  # no relay kick, no delivery
+    # Delivered again all the same (a resend), it has no second effect.
+    assert deliver_event.apply(kwargs=delivery_kwargs(message, "tests.echo")).get() is False
+    assert len(echoes_of(event_id)) == 1
+
+
+def test_an_inline_consumer_rolls_back_with_the_publisher_and_leaves_others_to_the_relay():
+    with pytest.raises(Boom), consumed_inline("tests.echo"), transaction.atomic():
+        rolled_back = publish_event(event_type=PROBED, payload={"n": 1})
+        raise Boom
+    assert not InboxMessage.objects.filter(event_id=rolled_back).exists()
+    assert not echoes_of(rolled_back)
+
+    # tests.flaky is inline and fails: left to the relay; tests.steady never was inline.
+    with consumed_inline("tests.flaky") as handled, transaction.atomic():
+        event_id = publish_event(event_type=FLAKY, payload={"failures": 1})
+    assert handled == []
+    message = OutboxMessage.objects.get(pk=event_id)
+    assert message.published_at is None
+    assert message.consumers == []
+    assert not InboxMessage.objects.filter(event_id=event_id).exists()
+    assert relay_batch(limit=10) == [event_id]
+    message.refresh_from_db()
+    assert message.consumers == ["tests.flaky", "tests.steady"]
+
+
+def test_an_event_handled_inline_that_others_want_is_relayed_to_all_and_handled_once():
+    # tests.steady handles it inline; tests.flaky still wants it through the relay.
+    with consumed_inline("tests.steady"), transaction.atomic():
+        event_id = publish_event(event_type=FLAKY, payload={"failures": 0})
+    message = OutboxMessage.objects.get(pk=event_id)
+    assert message.published_at is None
+    assert relay_batch(limit=10) == [event_id]
+    message.refresh_from_db()
+    assert message.consumers == ["tests.flaky", "tests.steady"]
+    assert deliver_event.apply(kwargs=delivery_kwargs(message, "tests.steady")).get() is False
+    assert deliver_event.apply(kwargs=delivery_kwargs(message, "tests.flaky")).get() is True
+    assert sorted(e.payload["by"] for e in echoes_of(event_id)) == ["tests.flaky", "tests.steady"]

@@ -5,8 +5,10 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from apps.core.models import SagaInstance
+from apps.core.models import InboxMessage, OutboxMessage, SagaInstance
 from apps.core.sagas import saga_advance
+from apps.orders.handlers import RECORD_PAYMENT_CAPTURED
+from apps.orders.models import OrderSummary, StoredEvent
 from tests.catalog.factories import ProductFactory
 from tests.orders.conftest import place_order
 
@@ -16,7 +18,7 @@ pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 # transition, in one statement.
 SAGA_MOVE = 'WITH moved AS (UPDATE "core_sagainstance"'
 # Statements per step, the move included (BEGIN/COMMIT and savepoints count).
-MOST_PER_STEP = {"reserve_stock": 14, "charge_payment": 17, "confirm_order": 16}
+MOST_PER_STEP = {"reserve_stock": 12, "charge_payment": 17, "confirm_order": 13}
 
 
 def statements_per_step(queries: list[dict]) -> list[list[str]]:
@@ -52,3 +54,28 @@ def test_the_placement_saga_claims_once_and_each_step_stays_within_its_statement
     # Nothing after the last move: the saga is not read back.
     assert sum(counts.values()) == len(rest)
     assert SagaInstance.objects.get(pk=summary.pk).transitions.count() == 3
+
+
+def test_the_saga_records_its_own_capture_with_the_payment_and_relays_no_message_for_it(
+    saga_settings, customer, sandbox
+):
+    product = ProductFactory(stock__on_hand=5)
+    summary = place_order(customer, products=[product])
+
+    assert saga_advance(summary.pk) == "succeeded"
+
+    captured = OutboxMessage.objects.get(event_type="PaymentCaptured")
+    # Recorded on the order by its consumer in the transaction that settled the payment:
+    # stored as relayed, with that consumer, and the inbox says it handled it.
+    assert captured.published_at is not None
+    assert captured.consumers == [RECORD_PAYMENT_CAPTURED]
+    assert InboxMessage.objects.filter(
+        event_id=captured.pk, consumer=RECORD_PAYMENT_CAPTURED
+    ).exists()
+    payment_id = captured.payload["payment_id"]
+    assert OrderSummary.objects.get(pk=summary.pk).payment_id == payment_id
+    assert list(
+        StoredEvent.objects.filter(aggregate_id=summary.pk)
+        .order_by("version")
+        .values_list("event_type", flat=True)
+    ) == ["OrderPlaced", "StockReserved", "PaymentCaptured", "OrderConfirmed"]
