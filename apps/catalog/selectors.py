@@ -26,7 +26,7 @@ from apps.catalog.cache import (
 from apps.catalog.errors import CategoryNotFound, ProductNotFound
 from apps.catalog.models import Category, Product, Reservation, Stock, StockAdjustment
 from apps.catalog.search import search_products
-from apps.core.routing import replica_safe
+from apps.core.data.routing import replica_safe
 
 logger = structlog.get_logger(__name__)
 

@@ -48,7 +48,7 @@ from apps.catalog.errors import (
 )
 from apps.catalog.models import Category, Product, Reservation, Stock, StockAdjustment
 from apps.core.errors import InvalidState, ValidationFailed
-from apps.core.outbox import publish
+from apps.core.messaging.outbox import publish
 
 MAX_REFERENCE_LENGTH = 100
 PRODUCT_FIELDS = frozenset(

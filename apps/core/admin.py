@@ -13,6 +13,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import urlencode
 
+from apps.core.messaging.outbox import outbox_messages_resend
 from apps.core.models import (
     IdempotencyRecord,
     InboxMessage,
@@ -20,10 +21,9 @@ from apps.core.models import (
     SagaInstance,
     SagaTransition,
 )
-from apps.core.outbox import outbox_messages_resend
-from apps.core.sagas import saga_retry_now
 from apps.core.selectors import consumer_lag, outbox_backlog, sagas_in_trouble
 from apps.core.staff_admin import Figure, age, index_figures
+from apps.core.workflows.sagas import saga_retry_now
 
 # Events waiting longer than this for the relay or a consumer want a look.
 LAG_ALERT_SECONDS = 60

@@ -15,7 +15,7 @@ import tenacity
 from django.conf import settings
 from django.core.cache import cache
 
-from apps.core.redis_clients import redis_client
+from apps.core.data.redis_clients import redis_client
 
 logger = structlog.get_logger(__name__)
 

@@ -21,7 +21,7 @@ from django.conf import settings
 from django.db.models import Count, Exists, Min, OuterRef, QuerySet
 from django.utils import timezone
 
-from apps.core.inbox import handled_event_types
+from apps.core.messaging.inbox import handled_event_types
 from apps.core.models import InboxMessage, OutboxMessage, SagaInstance
 
 

@@ -20,17 +20,17 @@ import structlog
 from celery import shared_task
 from django.conf import settings
 
-from apps.core import metrics, tracing
-from apps.core.idempotency import idempotency_records_purge_expired
-from apps.core.inbox import (
+from apps.core.http.idempotency import idempotency_records_purge_expired
+from apps.core.messaging.inbox import (
     EventEnvelope,
     UnknownConsumer,
     consume_event,
     event_log_context,
     inbox_purge_processed,
 )
-from apps.core.outbox import outbox_purge_published, relay_pending_messages
-from apps.core.sagas import saga_sweep, sagas_drain
+from apps.core.messaging.outbox import outbox_purge_published, relay_pending_messages
+from apps.core.observability import metrics, tracing
+from apps.core.workflows.sagas import saga_sweep, sagas_drain
 
 logger = structlog.get_logger(__name__)
 

@@ -9,9 +9,9 @@ from decimal import Decimal
 
 from apps.catalog import selectors as catalog_selectors
 from apps.catalog import services as catalog_services
+from apps.core.data.routing import routing_scope
 from apps.core.demo import demo_seeder
-from apps.core.routing import routing_scope
-from apps.core.sagas import saga_advance
+from apps.core.workflows.sagas import saga_advance
 from apps.orders import selectors, services
 from apps.payments import selectors as payment_selectors
 from apps.payments import services as payment_services

@@ -12,8 +12,8 @@ import structlog
 from django.db import IntegrityError, connection, transaction
 
 from apps.core.errors import NotFound
-from apps.core.event_registry import published_event_types
-from apps.core.outbox import publish_event
+from apps.core.messaging.event_registry import published_event_types
+from apps.core.messaging.outbox import publish_event
 from apps.orders import metrics
 from apps.orders.domain import Order
 from apps.orders.errors import ConcurrencyConflict

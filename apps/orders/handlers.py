@@ -13,7 +13,7 @@ from decimal import Decimal
 import structlog
 
 from apps.core.errors import NotFound
-from apps.core.inbox import EventEnvelope, event_handler
+from apps.core.messaging.inbox import EventEnvelope, event_handler
 from apps.orders import emails, selectors, services
 
 logger = structlog.get_logger(__name__)

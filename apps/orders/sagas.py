@@ -21,7 +21,7 @@ from django.db import DatabaseError
 
 from apps.catalog import services as catalog
 from apps.core.errors import DomainError, InvalidState
-from apps.core.sagas import SagaDefinition, Step, register_saga
+from apps.core.workflows.sagas import SagaDefinition, Step, register_saga
 from apps.orders import services as orders
 from apps.orders.event_store import ConcurrencyConflict
 from apps.payments import services as payments

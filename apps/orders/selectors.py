@@ -9,8 +9,8 @@ from operator import itemgetter
 
 from django.db.models import Count, Min, QuerySet, Sum
 
+from apps.core.data.routing import replica_safe
 from apps.core.errors import NotFound
-from apps.core.routing import replica_safe
 from apps.orders import event_store
 from apps.orders.domain import Order
 from apps.orders.events import upcast

@@ -14,7 +14,7 @@ from django.db import transaction
 
 from apps.catalog import selectors as catalog_selectors
 from apps.core.errors import ValidationFailed
-from apps.core.sagas import saga_start
+from apps.core.workflows.sagas import saga_start
 from apps.orders import event_store
 from apps.orders.domain import Order, OrderStatus
 from apps.orders.errors import ConcurrencyConflict

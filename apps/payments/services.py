@@ -20,7 +20,7 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from apps.core.errors import Conflict, InvalidState, NotFound, ValidationFailed
-from apps.core.outbox import publish
+from apps.core.messaging.outbox import publish
 from apps.payments import events
 from apps.payments.errors import (
     InvalidWebhook,

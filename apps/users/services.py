@@ -5,7 +5,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, transaction
 
 from apps.core.errors import NotFound, ValidationFailed
-from apps.core.outbox import publish
+from apps.core.messaging.outbox import publish
 from apps.users import events
 from apps.users.errors import EmailAlreadyRegistered
 from apps.users.models import Address, User, normalize_email

@@ -23,8 +23,8 @@ from django.forms import CheckboxInput, MultiWidget
 from apps.catalog import services as catalog_services
 from apps.catalog.admin import ProductAdmin
 from apps.catalog.models import Product
+from apps.core.messaging.outbox import publish_event
 from apps.core.models import SagaInstance
-from apps.core.outbox import publish_event
 from apps.users import services as user_services
 from tests.core.event_probes import PROBED
 from tests.orders.conftest import confirm, place_order

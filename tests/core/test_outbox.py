@@ -15,9 +15,8 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connections, transaction
 from django.utils import timezone
 
-from apps.core.inbox import EventEnvelope, consume_event, consumers_of, event_handler
-from apps.core.models import InboxMessage, OutboxMessage
-from apps.core.outbox import (
+from apps.core.messaging.inbox import EventEnvelope, consume_event, consumers_of, event_handler
+from apps.core.messaging.outbox import (
     NotInTransaction,
     claim_pending_messages,
     event_message,
@@ -27,6 +26,7 @@ from apps.core.outbox import (
     relay_batch,
     relay_pending_messages,
 )
+from apps.core.models import InboxMessage, OutboxMessage
 from apps.core.selectors import outbox_backlog
 from apps.core.tasks import deliver_event, purge_processed_messages
 from config.celery import app as celery_app

@@ -107,7 +107,7 @@ def test_opened_at_keeps_sub_second_precision_and_only_moves_forward(redis_names
 def redis_commands(names=("get", "mget", "set", "incr", "eval", "evalsha")) -> int:
     from django.conf import settings
 
-    from apps.core.redis_clients import redis_client
+    from apps.core.data.redis_clients import redis_client
 
     stats = redis_client(settings.REDIS_URL).info("commandstats")
     return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in names)

@@ -8,10 +8,8 @@ import pytest
 from django.db import transaction
 from django.utils import timezone
 
-from apps.core.inbox import EventEnvelope, consumers_of
-from apps.core.metrics import render
-from apps.core.models import WebhookDelivery, WebhookSubscription
-from apps.core.webhooks.delivery import (
+from apps.core.messaging.inbox import EventEnvelope, consumers_of
+from apps.core.messaging.webhooks.delivery import (
     FAN_OUT_CONSUMER,
     fan_out,
     subscribed_event_types_forget,
@@ -20,7 +18,12 @@ from apps.core.webhooks.delivery import (
     webhook_deliveries_sweep,
     webhook_delivery_attempt,
 )
-from apps.core.webhooks.services import webhook_subscription_create, webhook_subscription_update
+from apps.core.messaging.webhooks.services import (
+    webhook_subscription_create,
+    webhook_subscription_update,
+)
+from apps.core.models import WebhookDelivery, WebhookSubscription
+from apps.core.observability.metrics import render
 from tests.core.webhook_probes import WebhookProbeHappened  # noqa: F401 (registers the type)
 from tests.support.metrics import sample_value
 from tests.support.webhook_receiver import WebhookReceiver, closed_port_url

@@ -18,8 +18,8 @@ from django_redis import get_redis_connection
 
 from apps.catalog.services import stock_adjust
 from apps.core.models import SagaInstance
-from apps.core.sagas import saga_sweep
 from apps.core.selectors import outbox_backlog
+from apps.core.workflows.sagas import saga_sweep
 from config.celery import app as celery_app
 from tests.catalog.factories import ProductFactory
 from tests.conftest import bearer_client

@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 # The writing process must know the worker's OrderPlaced consumer too: an event nobody
 # consumes is stored as already relayed, and its handling would never be traced.
 import tests.integration.trace_probes  # noqa: F401
-from apps.core import tracing
+from apps.core.observability import tracing
 from apps.orders.models import OrderSummary
 from tests.catalog.factories import ProductFactory
 from tests.conftest import bearer_client

@@ -6,7 +6,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from apps.core.models import SagaInstance
-from apps.core.sagas import saga_advance
+from apps.core.workflows.sagas import saga_advance
 from tests.catalog.factories import ProductFactory
 from tests.orders.conftest import place_order
 

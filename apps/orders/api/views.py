@@ -5,10 +5,10 @@ from rest_framework.generics import ListAPIView
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.core.api.pagination import CursorPagination
-from apps.core.api.permissions import staff_role_required
-from apps.core.api.views import StrictQueryParameters
-from apps.core.idempotency import IDEMPOTENCY_HEADER, idempotent_request
+from apps.core.http.api.pagination import CursorPagination
+from apps.core.http.api.permissions import staff_role_required
+from apps.core.http.api.views import StrictQueryParameters
+from apps.core.http.idempotency import IDEMPOTENCY_HEADER, idempotent_request
 from apps.orders import selectors, services
 from apps.orders.api.order_input import well_formed_order
 from apps.orders.api.serializers import (

@@ -30,7 +30,7 @@ class JWTAuthentication(BaseJWTAuthentication):
     (User.from_token). Deactivating an account therefore revokes access when its last
     access token expires (JWT_ACCESS_MINUTES <= 5): refreshing is refused at once, and
     staff permissions read the account. Says why a token is refused
-    (apps.core.api.problems renders the code)."""
+    (apps.core.http.api.problems renders the code)."""
 
     def get_validated_token(self, raw_token):
         errors: list[TokenError] = []

@@ -1,4 +1,4 @@
-from apps.core.api.serializers import StrictSerializer
+from apps.core.http.api.serializers import StrictSerializer
 
 
 class NoQueryParameters(StrictSerializer):

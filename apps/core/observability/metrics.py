@@ -86,8 +86,8 @@ class PlatformStateCollector(Collector):
     """Outbox backlog, consumer lag and replica lag, measured when Prometheus scrapes."""
 
     def collect(self):
+        from apps.core.data.replicas import replica_health
         from apps.core.selectors import consumer_lag, outbox_backlog
-        from config.db_router import replica_health
 
         pending, oldest_age = outbox_backlog()
         yield GaugeMetricFamily(

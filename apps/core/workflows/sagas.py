@@ -58,9 +58,9 @@ from django.db import connection, connections, router, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from apps.core import metrics, tracing
-from apps.core.caching import clear_pending, send_unless_pending
+from apps.core.data.caching import clear_pending, send_unless_pending
 from apps.core.models import SagaInstance, SagaTransition
+from apps.core.observability import metrics, tracing
 from config.celery import app as celery_app
 
 logger = structlog.get_logger(__name__)

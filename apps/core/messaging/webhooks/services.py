@@ -10,15 +10,15 @@ from django.db import router, transaction
 from django.utils import timezone
 
 from apps.core.errors import InvalidState, ValidationFailed
-from apps.core.event_registry import published_event_types
-from apps.core.models import WebhookDelivery, WebhookSubscription
-from apps.core.webhooks.delivery import (
+from apps.core.messaging.event_registry import published_event_types
+from apps.core.messaging.webhooks.delivery import (
     disable_subscription,
     queue_deliveries,
     subscribed_event_types_forget,
 )
-from apps.core.webhooks.selectors import webhook_delivery_get, webhook_subscription_get
-from apps.core.webhooks.signing import generate_secret
+from apps.core.messaging.webhooks.selectors import webhook_delivery_get, webhook_subscription_get
+from apps.core.messaging.webhooks.signing import generate_secret
+from apps.core.models import WebhookDelivery, WebhookSubscription
 
 TARGET_URL_MAX_CHARS = 2000
 SECRET_MIN_CHARS = 16

@@ -9,12 +9,12 @@ from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.core.api.pagination import CursorPagination
-from apps.core.api.permissions import staff_permission_required
-from apps.core.api.views import StrictQueryParameters
-from apps.core.event_registry import published_event_types
-from apps.core.webhooks import selectors, services
-from apps.core.webhooks.api.serializers import (
+from apps.core.http.api.pagination import CursorPagination
+from apps.core.http.api.permissions import staff_permission_required
+from apps.core.http.api.views import StrictQueryParameters
+from apps.core.messaging.event_registry import published_event_types
+from apps.core.messaging.webhooks import selectors, services
+from apps.core.messaging.webhooks.api.serializers import (
     PublishedEventTypeSerializer,
     WebhookDeliveryListParamsSerializer,
     WebhookDeliverySerializer,

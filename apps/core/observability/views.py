@@ -4,8 +4,8 @@ from django.http import JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from apps.core.api.problems import PROBLEM_CONTENT_TYPE, problem_body
-from apps.core.health import run_readiness_checks
+from apps.core.http.api.problems import PROBLEM_CONTENT_TYPE, problem_body
+from apps.core.observability.health import run_readiness_checks
 
 
 @never_cache

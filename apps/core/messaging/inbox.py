@@ -19,7 +19,7 @@ retries with backoff without touching the other consumers of that event.
 
 Handlers receive an `EventEnvelope`: id, type, payload (plain JSON), aggregate type/id,
 headers (correlation_id, causation_id, request_id) and created_at. Whatever a handler
-publishes through `apps.core.outbox` gets the handled event as its causation id and
+publishes through `apps.core.messaging.outbox` gets the handled event as its causation id and
 keeps its correlation id.
 """
 

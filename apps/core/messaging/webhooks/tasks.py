@@ -10,23 +10,23 @@
 
 from celery import shared_task
 
-from apps.core.webhooks.delivery import (
+from apps.core.messaging.webhooks.delivery import (
     webhook_deliveries_purge_finished,
     webhook_deliveries_sweep,
     webhook_delivery_attempt,
 )
 
 
-@shared_task(name="apps.core.webhooks.tasks.deliver_webhook")
+@shared_task(name="apps.core.messaging.webhooks.tasks.deliver_webhook")
 def deliver_webhook(*, delivery_id: int) -> str | None:
     return webhook_delivery_attempt(delivery_id)
 
 
-@shared_task(name="apps.core.webhooks.tasks.sweep_webhook_deliveries")
+@shared_task(name="apps.core.messaging.webhooks.tasks.sweep_webhook_deliveries")
 def sweep_webhook_deliveries() -> dict[str, int]:
     return webhook_deliveries_sweep()
 
 
-@shared_task(name="apps.core.webhooks.tasks.purge_webhook_deliveries")
+@shared_task(name="apps.core.messaging.webhooks.tasks.purge_webhook_deliveries")
 def purge_webhook_deliveries() -> int:
     return webhook_deliveries_purge_finished()

@@ -2,7 +2,7 @@
 
 The primary serves every read unless the code declares it replica-safe: a selector
 decorated with `replica_safe` (lists, details, search, popular) tolerates a little lag,
-and only its reads may go to a replica. The database router (config.db_router) asks
+and only its reads may go to a replica. The database router (apps.core.data.replicas) asks
 `must_read_primary()`; even a declared read goes to the primary when:
 - the current task did not opt in (Celery tasks read the primary),
 - this request already wrote (its own later reads must see the write),

@@ -11,11 +11,11 @@ from django.http import Http404
 from django.utils.log import log_response
 from django.utils.module_loading import import_string
 
-from apps.core import ratelimit
-from apps.core.clients import client_ip, client_user_id
-from apps.core.logging import write_line
-from apps.core.metrics import request_metrics
-from apps.core.routing import pin_user_to_primary, routing_scope
+from apps.core.data.routing import pin_user_to_primary, routing_scope
+from apps.core.http import ratelimit
+from apps.core.http.clients import client_ip, client_user_id
+from apps.core.observability.logging import write_line
+from apps.core.observability.metrics import request_metrics
 
 REQUEST_LOGGER = "mercato.request"
 logger = structlog.get_logger(REQUEST_LOGGER)
@@ -37,14 +37,14 @@ class EdgeMiddleware:
       the tasks they trigger carry it on).
     - A body larger than DATA_UPLOAD_MAX_MEMORY_SIZE is refused with a 413 problem before
       anything reads it (Django alone would answer 400 once a view reads the body).
-    - Rate limits (apps.core.ratelimit): a 429 problem over the limit, RateLimit-* headers.
+    - Rate limits (apps.core.http.ratelimit): a 429 problem over the limit, RateLimit-* headers.
     - The routing scope of the request (read-your-writes): the client is known from its
       bearer token (signature checked, no database); one that wrote is pinned to the
       primary. Admin requests get theirs from BrowserMiddleware, after the session.
     - One `request_finished` line when it is answered: method, path, status, duration,
       user and address. An exception that becomes a 500 is logged with its traceback by
       Django's `django.request` logger, with the same request id.
-    - django-prometheus's request metrics (apps.core.metrics.request_metrics).
+    - django-prometheus's request metrics (apps.core.observability.metrics.request_metrics).
     - An exception no view handled answers an API path with the 500 problem, under DEBUG
       too: Django would answer its HTML debug page there (handler500 serves only when
       DEBUG is off). The traceback goes to the log, as Django logs it, never into the body.
@@ -105,7 +105,7 @@ class EdgeMiddleware:
         except ValueError:
             length = 0
         if limit is not None and length > limit:
-            from apps.core.api.problems import payload_too_large
+            from apps.core.http.api.problems import payload_too_large
 
             return payload_too_large(request)
         decision = ratelimit.request_decision(request)
@@ -127,7 +127,7 @@ class EdgeMiddleware:
         return response
 
     def process_exception(self, request, exception):
-        from apps.core.api.problems import server_error
+        from apps.core.http.api.problems import server_error
 
         request_metrics.count("exceptions_by_type", type(exception).__name__)
         match = getattr(request, "resolver_match", None)

@@ -9,8 +9,8 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import connections
 
+from apps.core.data.replicas import PRIMARY, replica_health
 from config.celery import app as celery_app
-from config.db_router import PRIMARY, replica_health
 
 BROKER_TIMEOUT_SECONDS = 1.0
 

@@ -38,7 +38,7 @@ def setup_tracing_from_environment(*, service_name: str) -> bool:
 
         processor = BatchSpanProcessor(OTLPSpanExporter())
     else:
-        from apps.core.tracing_export import JsonLinesSpanExporter
+        from apps.core.observability.tracing_export import JsonLinesSpanExporter
 
         processor = SimpleSpanProcessor(JsonLinesSpanExporter(path))
     setup_tracing(processor, service_name=service_name)

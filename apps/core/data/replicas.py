@@ -1,9 +1,9 @@
 """Primary/replica routing.
 
 Writes, migrations, anything inside a transaction and every read not declared
-replica-safe (`apps.core.routing.replica_safe`) go to the primary. Declared reads go to
+replica-safe (`apps.core.data.routing.replica_safe`) go to the primary. Declared reads go to
 a healthy replica, round robin per request (one replica per request keeps its reads
-monotonic), unless `apps.core.routing` says this read must see the primary. A replica
+monotonic), unless `apps.core.data.routing` says this read must see the primary. A replica
 that is unreachable or lags more than REPLICA_MAX_LAG_SECONDS is skipped; each process
 re-checks it every REPLICA_CHECK_INTERVAL_SECONDS. A read that fails on a replica for a
 connection reason (it stopped or restarted under a request) runs again on the primary.
@@ -20,7 +20,7 @@ import structlog
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, connections
 
-from apps.core.routing import REPLICA_SAFE_HINT, current_scope, must_read_primary, record_write
+from apps.core.data.routing import REPLICA_SAFE_HINT, current_scope, must_read_primary, record_write
 
 logger = structlog.get_logger(__name__)
 

@@ -44,10 +44,10 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import JsonResponse
 from redis.exceptions import RedisError
 
-from apps.core import metrics
-from apps.core.api.problems import PROBLEM_CONTENT_TYPE, problem_body
-from apps.core.clients import client_ip, client_user_id
-from apps.core.redis_clients import redis_client
+from apps.core.data.redis_clients import redis_client
+from apps.core.http.api.problems import PROBLEM_CONTENT_TYPE, problem_body
+from apps.core.http.clients import client_ip, client_user_id
+from apps.core.observability import metrics
 
 logger = structlog.get_logger(__name__)
 

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from apps.core.webhooks.api import views
+from apps.core.messaging.webhooks.api import views
 
 urlpatterns = [
     path("webhooks/event-types", views.EventTypeListView.as_view(), name="webhook-event-types"),

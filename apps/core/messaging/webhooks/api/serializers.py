@@ -2,7 +2,7 @@ import json
 
 from rest_framework import serializers
 
-from apps.core.api.serializers import StrictSerializer
+from apps.core.http.api.serializers import StrictSerializer
 from apps.core.models import WebhookDelivery, WebhookSubscription
 
 

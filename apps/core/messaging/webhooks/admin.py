@@ -1,15 +1,14 @@
 """Staff screens for webhooks: subscriptions (state, why disabled, re-enable) and the
 delivery log (status code, latency, attempts, error; send again). Every write goes
-through apps.core.webhooks.services."""
+through apps.core.messaging.webhooks.services."""
 
 from django import forms
 from django.contrib import admin, messages
 
 from apps.core.admin import ReadOnlyAdmin
 from apps.core.errors import DomainError
-from apps.core.event_registry import published_event_types
-from apps.core.models import WebhookDelivery, WebhookSubscription
-from apps.core.webhooks.services import (
+from apps.core.messaging.event_registry import published_event_types
+from apps.core.messaging.webhooks.services import (
     DISABLED_BY_STAFF,
     event_types_errors,
     target_url_errors,
@@ -19,6 +18,7 @@ from apps.core.webhooks.services import (
     webhook_subscription_enable,
     webhook_subscription_update,
 )
+from apps.core.models import WebhookDelivery, WebhookSubscription
 
 
 def _event_type_choices() -> list[tuple[str, str]]:

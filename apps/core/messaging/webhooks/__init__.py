@@ -11,7 +11,7 @@ Public API:
                webhook_deliveries_purge_finished
 
 How an event reaches a subscriber: the consumer `webhooks.fan_out` is registered for
-every published event type (apps.core.event_registry), with a condition: an active
+every published event type (apps.core.messaging.event_registry), with a condition: an active
 subscription wants the type (a per-process cached set, refreshed every
 WEBHOOK_SUBSCRIPTIONS_REFRESH_SECONDS and dropped locally on a change). Through the
 inbox, it writes one `WebhookDelivery` per matching subscription (unique per
@@ -28,7 +28,7 @@ deliveries after WEBHOOK_DELIVERY_RETENTION_DAYS.
 def ready() -> None:
     """Register the fan-out consumer, the tasks and the admin (from CoreConfig.ready,
     after the events modules: the consumer is registered for the types known then)."""
-    from apps.core.webhooks import admin, tasks  # noqa: F401
-    from apps.core.webhooks.delivery import register_fan_out
+    from apps.core.messaging.webhooks import admin, tasks  # noqa: F401
+    from apps.core.messaging.webhooks.delivery import register_fan_out
 
     register_fan_out()

@@ -33,7 +33,7 @@ the work without publishing a message twice per claim, sends one
 `apps.core.tasks.deliver_event` task per consumer that wants the event, and stamps
 `published_at` and those `consumers` in the same transaction. Delivery is at-least-once:
 a relay that dies after sending but before committing leaves the rows pending, and they
-are sent again; consumers deduplicate through the inbox (`apps.core.inbox`). Consumers
+are sent again; consumers deduplicate through the inbox (`apps.core.messaging.inbox`). Consumers
 must not rely on the order of events.
 """
 
@@ -55,11 +55,11 @@ from django.db.models import F
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerUnavailable
 
-from apps.core import tracing
-from apps.core.caching import clear_pending, send_unless_pending
-from apps.core.event_registry import schema_version_of
-from apps.core.inbox import consumers_of, event_log_context
+from apps.core.data.caching import clear_pending, send_unless_pending
+from apps.core.messaging.event_registry import schema_version_of
+from apps.core.messaging.inbox import consumers_of, event_log_context
 from apps.core.models import OutboxMessage
+from apps.core.observability import tracing
 from config.celery import app as celery_app
 
 logger = structlog.get_logger(__name__)

@@ -1,6 +1,6 @@
 """Path converters of the API's URLs."""
 
-from apps.core.api.serializers import BIGINT_MAX
+from apps.core.http.api.serializers import BIGINT_MAX
 
 
 class DatabaseIdConverter:

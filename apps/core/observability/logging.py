@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import structlog
 
-from apps.core.tracing import add_trace_ids
+from apps.core.observability.tracing import add_trace_ids
 
 REDACTED = "[redacted]"
 # Keys whose values are never written to a log, at any depth.

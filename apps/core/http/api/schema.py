@@ -1,7 +1,7 @@
 """OpenAPI post-processing: every operation documents the problem responses it can give.
 
 drf-spectacular documents only the success responses a view declares; errors come from
-one handler (apps.core.api.problems) for every view, so they are added here once, as
+one handler (apps.core.http.api.problems) for every view, so they are added here once, as
 `4XX`/`5XX` ranges of `application/problem+json` (RFC 9457).
 """
 

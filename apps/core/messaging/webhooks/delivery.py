@@ -19,24 +19,24 @@ from django.conf import settings
 from django.db import router, transaction
 from django.utils import timezone
 
-from apps.core.event_registry import published_event_types, schema_version_of
-from apps.core.inbox import EventEnvelope, event_handler
-from apps.core.metrics import webhook_deliveries, webhook_delivery_seconds
-from apps.core.models import WebhookDelivery, WebhookSubscription
-from apps.core.tasks import retry_countdown
-from apps.core.webhooks.selectors import webhook_subscribed_event_types
-from apps.core.webhooks.signing import (
+from apps.core.messaging.event_registry import published_event_types, schema_version_of
+from apps.core.messaging.inbox import EventEnvelope, event_handler
+from apps.core.messaging.webhooks.selectors import webhook_subscribed_event_types
+from apps.core.messaging.webhooks.signing import (
     EVENT_ID_HEADER,
     EVENT_TYPE_HEADER,
     SIGNATURE_HEADER,
     signature_header,
 )
+from apps.core.models import WebhookDelivery, WebhookSubscription
+from apps.core.observability.metrics import webhook_deliveries, webhook_delivery_seconds
+from apps.core.tasks import retry_countdown
 from config.celery import app as celery_app
 
 logger = structlog.get_logger(__name__)
 
 FAN_OUT_CONSUMER = "webhooks.fan_out"
-DELIVER_TASK = "apps.core.webhooks.tasks.deliver_webhook"
+DELIVER_TASK = "apps.core.messaging.webhooks.tasks.deliver_webhook"
 EVENTS_QUEUE = "events"
 USER_AGENT = "Mercato-Webhooks/1"
 LAST_ERROR_MAX_CHARS = 2000
