@@ -271,15 +271,15 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # Queues: request-path work (default), the event pipeline (events), saga steps (sagas).
 CELERY_TASK_QUEUES = [Queue(name, routing_key=name) for name in ("default", "events", "sagas")]
 CELERY_TASK_ROUTES = {
-    "apps.core.tasks.relay_outbox": {"queue": "events"},
-    "apps.core.tasks.deliver_event": {"queue": "events"},
-    "apps.core.tasks.purge_expired_idempotency_records": {"queue": "default"},
-    "apps.core.tasks.purge_processed_messages": {"queue": "default"},
-    "apps.core.tasks.drain_sagas": {"queue": "sagas"},
-    "apps.core.tasks.sweep_sagas": {"queue": "sagas"},
-    "apps.core.messaging.webhooks.tasks.deliver_webhook": {"queue": "events"},
-    "apps.core.messaging.webhooks.tasks.sweep_webhook_deliveries": {"queue": "events"},
-    "apps.core.messaging.webhooks.tasks.purge_webhook_deliveries": {"queue": "default"},
+    "core.relay_outbox": {"queue": "events"},
+    "core.deliver_event": {"queue": "events"},
+    "core.purge_expired_idempotency_records": {"queue": "default"},
+    "core.purge_processed_messages": {"queue": "default"},
+    "core.drain_sagas": {"queue": "sagas"},
+    "core.sweep_sagas": {"queue": "sagas"},
+    "core.deliver_webhook": {"queue": "events"},
+    "core.sweep_webhook_deliveries": {"queue": "events"},
+    "core.purge_webhook_deliveries": {"queue": "default"},
 }
 # With late acks, a task must not keep running after its message went back to the broker.
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
@@ -306,17 +306,17 @@ IDEMPOTENCY_KEY_TTL_SECONDS = env.int("IDEMPOTENCY_KEY_TTL_SECONDS", default=24 
 # Longer than any request may run: an older in-flight claim belongs to a dead process.
 IDEMPOTENCY_IN_FLIGHT_TIMEOUT_SECONDS = env.int("IDEMPOTENCY_IN_FLIGHT_TIMEOUT_SECONDS", default=60)
 CELERY_BEAT_SCHEDULE["outbox-relay-sweep"] = {
-    "task": "apps.core.tasks.relay_outbox",
+    "task": "core.relay_outbox",
     "schedule": OUTBOX_SWEEP_SECONDS,
     # A sweep nobody ran in time is superseded by the next one: don't let them pile up.
     "options": {"expires": OUTBOX_SWEEP_SECONDS},
 }
 CELERY_BEAT_SCHEDULE["purge-expired-idempotency-records"] = {
-    "task": "apps.core.tasks.purge_expired_idempotency_records",
+    "task": "core.purge_expired_idempotency_records",
     "schedule": 3600.0,
 }
 CELERY_BEAT_SCHEDULE["purge-processed-messages"] = {
-    "task": "apps.core.tasks.purge_processed_messages",
+    "task": "core.purge_processed_messages",
     "schedule": 24 * 3600.0,
 }
 
@@ -344,11 +344,11 @@ WEBHOOK_REQUIRE_HTTPS = env.bool("WEBHOOK_REQUIRE_HTTPS", default=PRODUCTION)
 # Finished deliveries (the log staff read) are kept this long.
 WEBHOOK_DELIVERY_RETENTION_DAYS = env.int("WEBHOOK_DELIVERY_RETENTION_DAYS", default=30)
 CELERY_BEAT_SCHEDULE["purge-webhook-deliveries"] = {
-    "task": "apps.core.messaging.webhooks.tasks.purge_webhook_deliveries",
+    "task": "core.purge_webhook_deliveries",
     "schedule": 24 * 3600.0,
 }
 CELERY_BEAT_SCHEDULE["webhook-delivery-sweep"] = {
-    "task": "apps.core.messaging.webhooks.tasks.sweep_webhook_deliveries",
+    "task": "core.sweep_webhook_deliveries",
     "schedule": WEBHOOK_SWEEP_SECONDS,
     "options": {"expires": WEBHOOK_SWEEP_SECONDS},
 }
@@ -376,7 +376,7 @@ SAGA_STALE_SECONDS = env.float("SAGA_STALE_SECONDS", default=10.0)
 SAGA_SWEEP_SECONDS = env.float("SAGA_SWEEP_SECONDS", default=5.0)
 SAGA_EARLY_WAKE_SECONDS = 0.5
 CELERY_BEAT_SCHEDULE["saga-sweep"] = {
-    "task": "apps.core.tasks.sweep_sagas",
+    "task": "core.sweep_sagas",
     "schedule": SAGA_SWEEP_SECONDS,
     "options": {"expires": SAGA_SWEEP_SECONDS},
 }

@@ -1,8 +1,10 @@
-"""Resilience helpers for calls to remote services: a circuit breaker whose state is
-shared between processes (pybreaker; through Redis, or through the cache in embedded
-mode) and bounded retries with full-jitter backoff (tenacity).
+"""Resilience helpers: a circuit breaker whose state is shared between processes
+(pybreaker; through Redis, or through the cache in embedded mode), bounded retries of
+remote calls (tenacity), and the one backoff delay every retry in the system uses
+(remote calls, event handlers, webhook deliveries, saga steps).
 """
 
+import random
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -263,6 +265,13 @@ def shared_circuit_breaker(
         return breaker
 
 
+def backoff_delay(retries: int, *, base_seconds: float, max_seconds: float) -> float:
+    """Seconds to wait before the retry that follows `retries` earlier ones (0 for the
+    first): exponential, capped at `max_seconds`, with full jitter (uniform from 0 to
+    that bound), so that callers failing together do not retry together."""
+    return random.uniform(0, min(max_seconds, base_seconds * 2**retries))
+
+
 def jittered_retry(
     *,
     retry_on: tuple[type[BaseException], ...],
@@ -279,7 +288,9 @@ def jittered_retry(
     """
     return tenacity.Retrying(
         stop=tenacity.stop_after_attempt(attempts) | tenacity.stop_after_delay(total_seconds),
-        wait=tenacity.wait_random_exponential(multiplier=backoff_seconds, max=max_backoff_seconds),
+        wait=lambda state: backoff_delay(
+            state.attempt_number - 1, base_seconds=backoff_seconds, max_seconds=max_backoff_seconds
+        ),
         retry=tenacity.retry_if_exception_type(retry_on),
         before_sleep=before_sleep,
         reraise=True,

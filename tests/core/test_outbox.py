@@ -327,9 +327,9 @@ def test_purge_deletes_only_messages_past_their_retention(settings):
 
 def test_tasks_land_in_their_queues_on_the_broker():
     before = {queue: queued_messages(queue) for queue in ("default", "events", "sagas")}
-    celery_app.send_task("apps.core.tasks.relay_outbox")
-    celery_app.send_task("apps.core.tasks.deliver_event", kwargs={})
-    celery_app.send_task("apps.core.tasks.purge_processed_messages")
+    celery_app.send_task("core.relay_outbox")
+    celery_app.send_task("core.deliver_event", kwargs={})
+    celery_app.send_task("core.purge_processed_messages")
     after = {queue: queued_messages(queue) for queue in ("default", "events", "sagas")}
     assert after == {
         "default": before["default"] + 1,

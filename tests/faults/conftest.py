@@ -89,7 +89,7 @@ class MixedLoad:
         def settled():
             # What beat does every few seconds: resume sagas, relay events.
             saga_sweep()
-            celery_app.send_task("apps.core.tasks.relay_outbox")
+            celery_app.send_task("core.relay_outbox")
             return (
                 not SagaInstance.objects.filter(
                     pk__in=self.order_ids, state__in=["running", "compensating"]

@@ -183,7 +183,7 @@ def test_one_trace_runs_from_the_request_through_outbox_and_celery_to_the_provid
         # is confirmed, so they reach the file a moment after the status does.
         names = {s["name"] for s in read_spans(trace_file) if s["trace_id"] == trace_id}
         return "saga order_placement" in names and any(
-            name.startswith("run/apps.core.tasks.drain_sagas") for name in names
+            name.startswith("run/core.drain_sagas") for name in names
         )
 
     try:

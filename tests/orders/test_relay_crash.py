@@ -80,7 +80,7 @@ def test_relay_killed_mid_batch_delivers_every_order_event(start_celery_worker, 
     )
 
     def all_seen():
-        celery_app.send_task("apps.core.tasks.relay_outbox")  # what beat's sweep does
+        celery_app.send_task("core.relay_outbox")  # what beat's sweep does
         seen = Counter(
             OutboxMessage.objects.filter(event_type=SEEN).values_list(
                 "payload__order_id", flat=True

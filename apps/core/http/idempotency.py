@@ -39,6 +39,7 @@ from contextlib import nullcontext
 from datetime import timedelta
 
 import structlog
+from celery import shared_task
 from django.conf import settings
 from django.db import IntegrityError, connections, router, transaction
 from django.utils import timezone
@@ -247,3 +248,9 @@ def idempotency_records_purge_expired() -> int:
     if deleted:
         logger.info("idempotency_records_purged", count=deleted)
     return deleted
+
+
+@shared_task(name="core.purge_expired_idempotency_records")
+def purge_expired_idempotency_records() -> int:
+    """Queue `default`, hourly by beat."""
+    return idempotency_records_purge_expired()

@@ -10,9 +10,9 @@ the inbox key, so renaming it makes already handled events look new. Stack decor
 to react to several types. `handlers.py` modules are imported at start-up by
 `CoreConfig.ready()`.
 
-Each (event, consumer) pair is delivered by its own `apps.core.tasks.deliver_event`
-task: `consume_event` runs the handler inside `transaction.atomic` together with the
-insert of an `InboxMessage(consumer, event_id)`. A redelivered event finds the row and
+Each (event, consumer) pair is delivered by its own `deliver_event` task (below):
+`consume_event` runs the handler inside `transaction.atomic` together with the insert
+of an `InboxMessage(consumer, event_id)`. A redelivered event finds the row and
 is skipped; a concurrent duplicate waits on the unique index and is skipped once the
 first commits; a failing handler rolls back its inbox row with its effect, and its task
 retries with backoff without touching the other consumers of that event.
@@ -29,12 +29,15 @@ from datetime import datetime, timedelta
 from uuid import UUID
 
 import structlog
+from celery import shared_task
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import IntegrityError, router, transaction
 from django.utils import timezone
 
 from apps.core.models import InboxMessage
+from apps.core.observability import metrics, tracing
+from apps.core.resilience import backoff_delay
 
 logger = structlog.get_logger(__name__)
 
@@ -161,3 +164,68 @@ def inbox_purge_processed() -> int:
         .delete()
     )
     return deleted
+
+
+# --- Task (queue `events`) -------------------------------------------------------------
+
+
+@shared_task(
+    bind=True,
+    name="core.deliver_event",
+    max_retries=None,  # bounded below by EVENT_HANDLER_MAX_RETRIES, with a log line
+)
+def deliver_event(
+    self,
+    *,
+    event_id: str,
+    event_type: str,
+    payload: dict,
+    headers: dict,
+    consumer: str,
+    aggregate_type: str = "",
+    aggregate_id: str = "",
+    created_at: str | None = None,
+) -> bool:
+    """One event to one consumer, through the inbox. Binds the event's request_id /
+    correlation_id into the task's log context; a failing handler is retried with
+    jittered exponential backoff."""
+    event = EventEnvelope(
+        id=UUID(event_id),
+        type=event_type,
+        payload=payload,
+        aggregate_type=aggregate_type,
+        aggregate_id=aggregate_id,
+        headers=headers,
+        created_at=datetime.fromisoformat(created_at) if created_at else None,
+    )
+    context = event_log_context(event_id=event_id, event_type=event_type, headers=headers)
+    with (
+        structlog.contextvars.bound_contextvars(**context, consumer=consumer),
+        tracing.continue_trace(
+            headers.get("traceparent"), f"handle {event_type}", consumer=consumer
+        ),
+    ):
+        outcomes = metrics.event_consumer_events
+        try:
+            handled = consume_event(event, consumer=consumer)
+        except UnknownConsumer:
+            logger.warning("event_consumer_unknown")
+            return False
+        except Exception as exc:
+            retries = self.request.retries
+            if retries >= settings.EVENT_HANDLER_MAX_RETRIES:
+                outcomes.labels(consumer=consumer, outcome="gave_up").inc()
+                logger.error("event_handler_gave_up", retries=retries, exc_info=True)
+                raise
+            outcomes.labels(consumer=consumer, outcome="failed").inc()
+            countdown = backoff_delay(
+                retries,
+                base_seconds=settings.EVENT_HANDLER_RETRY_BASE_SECONDS,
+                max_seconds=settings.EVENT_HANDLER_RETRY_MAX_SECONDS,
+            )
+            logger.warning(
+                "event_handler_failed", retries=retries, retry_in=round(countdown, 2), exc_info=True
+            )
+            raise self.retry(exc=exc, countdown=countdown) from exc
+        outcomes.labels(consumer=consumer, outcome="processed" if handled else "duplicate").inc()
+        return handled

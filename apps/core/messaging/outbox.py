@@ -27,10 +27,10 @@ coalesce (one per relay run instead of one per commit). The periodic sweep
 (`CELERY_BEAT_SCHEDULE["outbox-relay-sweep"]`) catches whatever a kick missed (broker
 down at commit time, a crash right after commit).
 
-The relay (`relay_pending_messages`, run by the `apps.core.tasks.relay_outbox` task)
+The relay (`relay_pending_messages`, run by the `relay_outbox` task)
 claims pending rows with `SELECT ... FOR UPDATE SKIP LOCKED`, so several relays share
 the work without publishing a message twice per claim, sends one
-`apps.core.tasks.deliver_event` task per consumer that wants the event, and stamps
+`deliver_event` task (inbox) per consumer that wants the event, and stamps
 `published_at` and those `consumers` in the same transaction. Delivery is at-least-once:
 a relay that dies after sending but before committing leaves the rows pending, and they
 are sent again; consumers deduplicate through the inbox (`apps.core.messaging.inbox`). Consumers
@@ -49,6 +49,7 @@ from decimal import Decimal
 from typing import Any
 
 import structlog
+from celery import current_app, shared_task
 from django.conf import settings
 from django.db import connections, router, transaction
 from django.db.models import F
@@ -57,16 +58,18 @@ from kombu.exceptions import OperationalError as BrokerUnavailable
 
 from apps.core.data.caching import clear_pending, send_unless_pending
 from apps.core.messaging.event_registry import schema_version_of
-from apps.core.messaging.inbox import consumers_of, event_log_context
+from apps.core.messaging.inbox import (
+    consumers_of,
+    deliver_event,
+    event_log_context,
+    inbox_purge_processed,
+)
 from apps.core.models import OutboxMessage
 from apps.core.observability import tracing
-from config.celery import app as celery_app
 
 logger = structlog.get_logger(__name__)
 
 EVENTS_QUEUE = "events"
-RELAY_TASK = "apps.core.tasks.relay_outbox"
-DELIVER_TASK = "apps.core.tasks.deliver_event"
 LAST_ERROR_MAX_CHARS = 2000
 # Set while a relay kick is queued and has not started; the relay clears it before it
 # claims. Expires on its own, in case the queued kick is lost with the broker.
@@ -187,7 +190,7 @@ def kick_relay() -> None:
     send_unless_pending(
         RELAY_KICK_PENDING_KEY,
         timeout=settings.OUTBOX_SWEEP_SECONDS,
-        send=lambda: celery_app.send_task(RELAY_TASK, queue=EVENTS_QUEUE, retry=False),
+        send=lambda: relay_outbox.apply_async(queue=EVENTS_QUEUE, retry=False),
         log_as="outbox_relay_kick",
     )
 
@@ -242,8 +245,7 @@ def send_message(message: OutboxMessage, *, producer=None) -> list[str]:
 
 
 def _send_delivery(message: OutboxMessage, consumer: str, producer) -> None:
-    celery_app.send_task(
-        DELIVER_TASK,
+    deliver_event.apply_async(
         kwargs={
             "event_id": str(message.id),
             "event_type": message.event_type,
@@ -269,7 +271,7 @@ def relay_batch(*, limit: int) -> list[uuid.UUID]:
         messages = claim_pending_messages(limit=limit)
         if not messages:
             return sent
-        with celery_app.producer_or_acquire() as producer:
+        with current_app.producer_or_acquire() as producer:
             for message in messages:
                 try:
                     consumers = send_message(message, producer=producer)
@@ -347,3 +349,20 @@ def outbox_purge_published() -> int:
         .delete()
     )
     return deleted
+
+
+# --- Tasks -------------------------------------------------------------------------------
+
+
+@shared_task(name="core.relay_outbox")
+def relay_outbox() -> int:
+    """Queue `events`: kicked after each commit that published events, and swept every
+    OUTBOX_SWEEP_SECONDS by beat."""
+    return relay_pending_messages()
+
+
+@shared_task(name="core.purge_processed_messages")
+def purge_processed_messages() -> dict[str, int]:
+    """Queue `default`, daily by beat: published outbox rows and inbox rows past their
+    retention."""
+    return {"outbox": outbox_purge_published(), "inbox": inbox_purge_processed()}

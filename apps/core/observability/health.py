@@ -5,12 +5,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from celery import current_app
 from django.conf import settings
 from django.core.cache import cache
 from django.db import connections
 
 from apps.core.data.replicas import PRIMARY, replica_health
-from config.celery import app as celery_app
 
 BROKER_TIMEOUT_SECONDS = 1.0
 
@@ -76,7 +76,7 @@ def _check_cache() -> str:
 
 
 def _check_broker() -> str:
-    with celery_app.connection_for_write(connect_timeout=BROKER_TIMEOUT_SECONDS) as connection:
+    with current_app.connection_for_write(connect_timeout=BROKER_TIMEOUT_SECONDS) as connection:
         connection.ensure_connection(max_retries=0, timeout=BROKER_TIMEOUT_SECONDS)
     return ""
 

@@ -43,7 +43,6 @@ sends a kick with the backoff as countdown.
 - Context keys named in `sensitive_keys` are removed once the saga is finished.
 """
 
-import random
 import time
 import uuid
 from collections.abc import Callable
@@ -53,6 +52,7 @@ from functools import partial
 from typing import Any
 
 import structlog
+from celery import shared_task
 from django.conf import settings
 from django.db import connection, connections, router, transaction
 from django.db.models import Q
@@ -61,11 +61,10 @@ from django.utils import timezone
 from apps.core.data.caching import clear_pending, send_unless_pending
 from apps.core.models import SagaInstance, SagaTransition
 from apps.core.observability import metrics, tracing
-from config.celery import app as celery_app
+from apps.core.resilience import backoff_delay
 
 logger = structlog.get_logger(__name__)
 
-DRAIN_TASK = "apps.core.tasks.drain_sagas"
 SAGAS_QUEUE = "sagas"
 ACTIVE_STATES = (SagaInstance.State.RUNNING, SagaInstance.State.COMPENSATING)
 ERROR_MAX_CHARS = 2000
@@ -158,12 +157,7 @@ def kick_sagas() -> None:
 
 
 def _send_drain(countdown: float = 0) -> None:
-    celery_app.send_task(DRAIN_TASK, queue=SAGAS_QUEUE, countdown=countdown or None)
-
-
-def _backoff(attempts: int) -> float:
-    ceiling = min(settings.SAGA_RETRY_MAX_SECONDS, settings.SAGA_RETRY_BASE_SECONDS * 2**attempts)
-    return random.uniform(ceiling / 2, ceiling)
+    drain_sagas.apply_async(queue=SAGAS_QUEUE, countdown=countdown or None)
 
 
 def _claim(*, limit: int, saga_id=None) -> list[SagaInstance]:
@@ -369,7 +363,11 @@ def _saved(saga: SagaInstance, kind: str, step: str, detail: str, now) -> None:
 
 
 def _wait_and_retry(saga: SagaInstance, *, step: str, exc: Exception, kind: str) -> None:
-    delay = _backoff(saga.attempts)
+    delay = backoff_delay(
+        saga.attempts,
+        base_seconds=settings.SAGA_RETRY_BASE_SECONDS,
+        max_seconds=settings.SAGA_RETRY_MAX_SECONDS,
+    )
     saga.attempts += 1
     saga.last_error = _describe(exc)
     saga.wake_at = timezone.now() + timedelta(seconds=delay)
@@ -484,3 +482,24 @@ def saga_retry_now(*, saga_id) -> bool:
     if woken:
         _send_drain()
     return bool(woken)
+
+
+# --- Tasks (queue `sagas`) -------------------------------------------------------------
+
+
+# Inside the sagas' lease (settings): a task killed at its limit leaves leases that are
+# still valid, and the sweeper resumes the sagas once they end.
+@shared_task(
+    name="core.drain_sagas",
+    time_limit=settings.SAGA_TASK_TIME_LIMIT_SECONDS,
+    soft_time_limit=settings.SAGA_TASK_SOFT_TIME_LIMIT_SECONDS,
+)
+def drain_sagas() -> int:
+    """Kicked after a commit that started a saga, by a retry, and by `sweep_sagas`."""
+    return sagas_drain()
+
+
+@shared_task(name="core.sweep_sagas")
+def sweep_sagas() -> int:
+    """Beat, every SAGA_SWEEP_SECONDS."""
+    return saga_sweep()

@@ -28,7 +28,7 @@ deliveries after WEBHOOK_DELIVERY_RETENTION_DAYS.
 def ready() -> None:
     """Register the fan-out consumer, the tasks and the admin (from CoreConfig.ready,
     after the events modules: the consumer is registered for the types known then)."""
-    from apps.core.messaging.webhooks import admin, tasks  # noqa: F401
+    from apps.core.messaging.webhooks import admin  # noqa: F401
     from apps.core.messaging.webhooks.delivery import register_fan_out
 
     register_fan_out()

@@ -15,6 +15,7 @@ from datetime import timedelta
 
 import httpx
 import structlog
+from celery import shared_task
 from django.conf import settings
 from django.db import router, transaction
 from django.utils import timezone
@@ -30,13 +31,11 @@ from apps.core.messaging.webhooks.signing import (
 )
 from apps.core.models import WebhookDelivery, WebhookSubscription
 from apps.core.observability.metrics import webhook_deliveries, webhook_delivery_seconds
-from apps.core.tasks import retry_countdown
-from config.celery import app as celery_app
+from apps.core.resilience import backoff_delay
 
 logger = structlog.get_logger(__name__)
 
 FAN_OUT_CONSUMER = "webhooks.fan_out"
-DELIVER_TASK = "apps.core.messaging.webhooks.tasks.deliver_webhook"
 EVENTS_QUEUE = "events"
 USER_AGENT = "Mercato-Webhooks/1"
 LAST_ERROR_MAX_CHARS = 2000
@@ -151,8 +150,7 @@ def queue_deliveries(delivery_ids: list[int], *, countdown: float | None = None)
     delivery whose task never ran."""
     for delivery_id in delivery_ids:
         try:
-            celery_app.send_task(
-                DELIVER_TASK,
+            deliver_webhook.apply_async(
                 kwargs={"delivery_id": delivery_id},
                 queue=EVENTS_QUEUE,
                 countdown=countdown,
@@ -328,7 +326,7 @@ def _record(attempt: Attempt, result: AttemptResult) -> tuple[str, float | None]
                 delivery.status = WebhookDelivery.Status.FAILED
             else:
                 outcome = "retrying"
-                retry_in = retry_countdown(
+                retry_in = backoff_delay(
                     delivery.attempts - 1,
                     base_seconds=settings.WEBHOOK_RETRY_BASE_SECONDS,
                     max_seconds=settings.WEBHOOK_RETRY_MAX_SECONDS,
@@ -448,3 +446,27 @@ def webhook_deliveries_purge_finished() -> int:
         .delete()
     )
     return deleted
+
+
+# --- Tasks (queue `events`, CELERY_TASK_ROUTES) --------------------------------------
+
+
+@shared_task(name="core.deliver_webhook")
+def deliver_webhook(*, delivery_id: int) -> str | None:
+    """One attempt of one delivery, if it is due; a failed attempt queues the next one
+    itself (the row holds the state, the task is only a prompt)."""
+    return webhook_delivery_attempt(delivery_id)
+
+
+@shared_task(name="core.sweep_webhook_deliveries")
+def sweep_webhook_deliveries() -> dict[str, int]:
+    """Beat, every WEBHOOK_SWEEP_SECONDS: re-queue overdue deliveries, disable
+    subscriptions failing for too long."""
+    return webhook_deliveries_sweep()
+
+
+@shared_task(name="core.purge_webhook_deliveries")
+def purge_webhook_deliveries() -> int:
+    """Queue `default`, daily by beat: finished deliveries past
+    WEBHOOK_DELIVERY_RETENTION_DAYS."""
+    return webhook_deliveries_purge_finished()
