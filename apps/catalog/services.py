@@ -17,6 +17,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -259,8 +260,8 @@ def _take_stock(wanted: dict[int, int]) -> None:
     if short:
         available = dict(
             Stock.objects.filter(product_id__in=short)
-            .annotate(available=F("on_hand") - F("reserved"))
-            .values_list("product_id", "available")
+            .annotate(free=F("on_hand") - F("reserved"))
+            .values_list("product_id", "free")
         )
         raise OutOfStock(
             short, {product_id: max(available.get(product_id, 0), 0) for product_id in short}
@@ -414,7 +415,7 @@ def product_create(
     description: str = "",
     category_id: int | None = None,
     is_active: bool = True,
-    attributes: dict | None = None,
+    attributes: dict[str, Any] | None = None,
     image_urls: list[str] | None = None,
     initial_stock: int = 0,
     actor_id: int | None = None,
@@ -457,7 +458,7 @@ def product_create(
     return product
 
 
-def product_update(*, product_id: int, **changes) -> Product:
+def product_update(*, product_id: int, **changes: Any) -> Product:
     unknown = set(changes) - PRODUCT_FIELDS
     if unknown:
         raise ValidationFailed({name: ["Unknown field."] for name in sorted(unknown)})
@@ -514,7 +515,7 @@ def product_validate(
     description: str = "",
     category_id: int | None = None,
     is_active: bool = True,
-    attributes: dict | None = None,
+    attributes: dict[str, Any] | None = None,
     image_urls: list[str] | None = None,
 ) -> None:
     """Raise ValidationFailed with every product rule these values break, in the words
@@ -545,9 +546,9 @@ def _new_product(
     price: Decimal,
     slug: str | None = None,
     currency: str | None = None,
-    attributes: dict | None = None,
+    attributes: dict[str, Any] | None = None,
     image_urls: list[str] | None = None,
-    **fields,
+    **fields: Any,
 ) -> Product:
     return Product(
         sku=sku,
@@ -612,7 +613,7 @@ def category_create(
     return category
 
 
-def category_update(*, category_id: int, **changes) -> Category:
+def category_update(*, category_id: int, **changes: Any) -> Category:
     unknown = set(changes) - CATEGORY_FIELDS
     if unknown:
         raise ValidationFailed({name: ["Unknown field."] for name in sorted(unknown)})
@@ -629,7 +630,8 @@ def category_update(*, category_id: int, **changes) -> Category:
             # Product details embed their category.
             invalidate_products_on_commit(list(category.products.values_list("pk", flat=True)))
     except IntegrityError as exc:
-        raise CategoryExists(f"Slug {category.slug!r} is taken.") from exc
+        taken = category.slug if category is not None else changes.get("slug")
+        raise CategoryExists(f"Slug {taken!r} is taken.") from exc
     return category
 
 

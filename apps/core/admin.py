@@ -103,8 +103,8 @@ class IdempotencyRecordAdmin(ReadOnlyAdmin):
 class SagaTransitionInline(admin.TabularInline):
     model = SagaTransition
     extra = 0
-    fields = ["at", "kind", "step", "state", "detail"]
-    readonly_fields = fields
+    readonly_fields = ("at", "kind", "step", "state", "detail")
+    fields = readonly_fields
     can_delete = False
 
     def has_add_permission(self, request, obj=None) -> bool:
@@ -123,9 +123,9 @@ class SagaInstanceAdmin(ReadOnlyAdmin):
     search_fields = ["=id"]
     date_hierarchy = "created_at"
     # The context as stored, less secrets (the payment token).
-    readonly_fields = [
+    readonly_fields = tuple(
         "context_shown" if f.name == "context" else f.name for f in SagaInstance._meta.fields
-    ]
+    )
     fields = readonly_fields
     inlines = [SagaTransitionInline]
     actions = ["retry_now"]
@@ -173,7 +173,8 @@ def pipeline_figures() -> list[Figure]:
     sagas = reverse("admin:core_sagainstance_changelist")
     pending, oldest = outbox_backlog()
     lag = consumer_lag()
-    slowest = max(lag, key=lag.get) if lag else None
+    failed_recently = urlencode({"state__exact": "compensated", "updated_at__gte": str(day_ago)})
+    slowest = max(lag, key=lambda consumer: lag[consumer]) if lag else None
     return [
         Figure(
             "Sagas compensating now",
@@ -185,7 +186,7 @@ def pipeline_figures() -> list[Figure]:
         Figure(
             "Sagas that failed (compensated) in the last 24 h",
             str(trouble[SagaInstance.State.COMPENSATED]),
-            f"{sagas}?{urlencode({'state__exact': 'compensated', 'updated_at__gte': day_ago})}",
+            f"{sagas}?{failed_recently}",
             permission="core.view_sagainstance",
         ),
         Figure(
@@ -199,7 +200,7 @@ def pipeline_figures() -> list[Figure]:
             "Consumer lag (oldest unhandled event)",
             f"{age(lag[slowest])} ({slowest})" if slowest and lag[slowest] else "none",
             reverse("admin:core_inboxmessage_changelist"),
-            alert=bool(slowest) and lag[slowest] > LAG_ALERT_SECONDS,
+            alert=slowest is not None and lag[slowest] > LAG_ALERT_SECONDS,
             permission="core.view_inboxmessage",
         ),
     ]

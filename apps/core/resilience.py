@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pybreaker
 import redis
@@ -47,7 +48,7 @@ class PreciseRedisStorage(pybreaker.CircuitRedisStorage):
     # before the guarded call that follows it in the same thread.
     SNAPSHOT_SECONDS = 1.0
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._snapshot = threading.local()
 
@@ -64,17 +65,17 @@ class PreciseRedisStorage(pybreaker.CircuitRedisStorage):
         except redis.RedisError:
             logger.warning("circuit_breaker_redis_error", exc_info=True)
             return STATE_CLOSED, None
+        if isinstance(state, bytes):
+            state = state.decode()
         # A missing state is left to pybreaker's read, which re-initialises it.
-        self._snapshot.value = (
-            (time.monotonic(), state.decode(), int(failures or 0)) if state else None
-        )
+        self._snapshot.value = (time.monotonic(), state, int(failures or 0)) if state else None
         return (
-            state.decode() if state else STATE_CLOSED,
+            state or STATE_CLOSED,
             datetime.fromtimestamp(float(opened_at), UTC) if opened_at else None,
         )
 
     def _fresh_snapshot(self) -> tuple[float, str, int] | None:
-        snapshot = getattr(self._snapshot, "value", None)
+        snapshot: tuple[float, str, int] | None = getattr(self._snapshot, "value", None)
         if snapshot is None or time.monotonic() - snapshot[0] > self.SNAPSHOT_SECONDS:
             return None
         return snapshot
@@ -90,7 +91,7 @@ class PreciseRedisStorage(pybreaker.CircuitRedisStorage):
     @state.setter
     def state(self, state: str) -> None:
         self._forget_snapshot()
-        pybreaker.CircuitRedisStorage.state.fset(self, state)
+        pybreaker.CircuitRedisStorage.state.fset(self, state)  # type: ignore[attr-defined]
 
     def increment_counter(self) -> None:
         self._forget_snapshot()  # the call failed: what it read is out of date
@@ -153,7 +154,7 @@ class CircuitCacheStorage(pybreaker.CircuitBreakerStorage):
 
     @property
     def state(self) -> str:
-        return cache.get(self._key("state"), self._default_state)
+        return str(cache.get(self._key("state"), self._default_state))
 
     @state.setter
     def state(self, state: str) -> None:
@@ -173,11 +174,11 @@ class CircuitCacheStorage(pybreaker.CircuitBreakerStorage):
 
     @property
     def counter(self) -> int:
-        return cache.get(self._key("fail_counter"), 0)
+        return int(cache.get(self._key("fail_counter"), 0))
 
     @property
     def success_counter(self) -> int:
-        return cache.get(self._key("success_counter"), 0)
+        return int(cache.get(self._key("success_counter"), 0))
 
     @property
     def opened_at(self) -> datetime | None:
@@ -199,7 +200,7 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
     still take that lock; the state itself lives in the storage (Redis).
     """
 
-    def call(self, func, *args, **kwargs):
+    def call(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return self.state.call(func, *args, **kwargs)
 
     def rejects_calls(self) -> bool:
@@ -216,7 +217,7 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
         )
 
 
-_breakers: dict[tuple, SharedCircuitBreaker] = {}
+_breakers: dict[tuple[Any, ...], SharedCircuitBreaker] = {}
 _breakers_lock = threading.Lock()
 
 

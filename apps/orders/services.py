@@ -151,6 +151,7 @@ def order_place(
                     "payment_token": payment_token,
                 },
             )
+            assert summary is not None  # a new order always gets its summary row
             return summary
     except ConcurrencyConflict:
         # The same order id was placed already (a retried request): the placement is

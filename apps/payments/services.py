@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
+from typing import Any
 
 import structlog
 from django.conf import settings
@@ -29,6 +30,7 @@ from apps.payments.errors import (
     RefundExceedsCaptured,
 )
 from apps.payments.gateway import (
+    PaymentProvider,
     ProviderCharge,
     ProviderRefund,
     ProviderRejected,
@@ -195,12 +197,13 @@ def _valid_amount(amount: object) -> bool:
         isinstance(amount, Decimal)
         and amount.is_finite()
         and Decimal("0") < amount <= MAX_AMOUNT
-        and amount.as_tuple().exponent >= -2
+        and isinstance(exponent := amount.as_tuple().exponent, int)  # finite: always int
+        and exponent >= -2
     )
 
 
 def _payment_create(
-    *, order_id: str, user_id: int, amount: Decimal, currency: str, provider
+    *, order_id: str, user_id: int, amount: Decimal, currency: str, provider: PaymentProvider
 ) -> Payment:
     try:
         with transaction.atomic():
@@ -271,13 +274,14 @@ def _settle_charge(
 
 
 def _publish_charge_outcome(payment: Payment) -> None:
-    common = {
+    common: dict[str, Any] = {
         "payment_id": str(payment.pk),
         "order_id": payment.order_id,
         "user_id": payment.user_id,
         "amount": str(payment.amount),
         "currency": payment.currency,
     }
+    event: events.PaymentCaptured | events.PaymentFailed
     if payment.status == Payment.Status.SUCCEEDED:
         event = events.PaymentCaptured(**common, provider_charge_id=payment.provider_charge_id)
     else:
@@ -464,6 +468,7 @@ def _settle_refund(
 
 
 def _publish_refund_outcome(refund: Refund, payment: Payment) -> None:
+    event: events.PaymentRefunded | events.RefundFailed
     if refund.status == Refund.Status.SUCCEEDED:
         event = events.PaymentRefunded(
             payment_id=str(payment.pk),
@@ -556,7 +561,7 @@ def _webhook_refund(event_id: str, provider_refund: ProviderRefund) -> str:
     return outcome
 
 
-def _record_provider_event(payment: Payment, provider_event_id: str, obj) -> bool:
+def _record_provider_event(payment: Payment, provider_event_id: str, obj: object) -> bool:
     """Store the provider event id once; False if it was stored before."""
     try:
         with transaction.atomic():
@@ -632,5 +637,5 @@ def payments_reconcile_pending(
     return dict(counts)
 
 
-def _log(payment: Payment, kind: str, source: str, data: dict) -> None:
+def _log(payment: Payment, kind: str, source: str, data: dict[str, Any]) -> None:
     PaymentEvent.objects.create(payment=payment, kind=kind, source=source, data=data)

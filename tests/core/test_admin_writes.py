@@ -37,7 +37,12 @@ pytestmark = pytest.mark.django_db
 APPS = Path(__file__).resolve().parents[2] / "apps"
 WRITE = re.compile(r'^\s*(?:INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+"?(\w+)"?', re.IGNORECASE)
 ADMIN_BOOKKEEPING = {"django_admin_log", "django_session"}
-CORE_WRITERS = ("outbox.py", "sagas.py", "inbox.py", "idempotency.py")
+CORE_WRITERS = (
+    "messaging/outbox.py",
+    "workflows/sagas.py",
+    "messaging/inbox.py",
+    "http/idempotency.py",
+)
 
 
 def owning_modules(app_label: str) -> set[str]:

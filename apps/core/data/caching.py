@@ -54,7 +54,7 @@ class VersionTracker:
     connection was lost or re-established: pushes may have been missed).
     """
 
-    def __init__(self, url: str, prefix: str, on_invalidate: Callable[[list | None], None]):
+    def __init__(self, url: str, prefix: str, on_invalidate: Callable[[list[Any] | None], None]):
         self.url = url
         self.prefix = prefix
         self.on_invalidate = on_invalidate
@@ -91,7 +91,7 @@ class VersionTracker:
                 pool.disconnect()
             self._stopped.wait(TRACKING_RECONNECT_DELAY)
 
-    def _track(self, connection) -> None:
+    def _track(self, connection: Any) -> None:  # redis-py's Connection (private parser API)
         connection._parser.set_invalidation_push_handler(self._pushed)
         # Named, so operators (and tests) can find it in CLIENT LIST.
         connection.send_command("CLIENT", "SETNAME", TRACKING_CLIENT_NAME)
@@ -113,7 +113,7 @@ class VersionTracker:
             connection.read_response()
             self._answered_ping_sent_at = sent_at
 
-    def _pushed(self, message: list) -> list:
+    def _pushed(self, message: list[Any]) -> list[Any]:
         keys = message[1]
         self.on_invalidate(None if keys is None else [key.decode() for key in keys])
         return message
@@ -149,15 +149,15 @@ class TwoLevelCache:
         self._local_maxsize = local_maxsize
         self._local_ttl = local_ttl
         self._lock = threading.Lock()
-        self._local: TTLCache = TTLCache(maxsize=local_maxsize, ttl=local_ttl)
+        self._local: TTLCache[Hashable, Any] = TTLCache(maxsize=local_maxsize, ttl=local_ttl)
         self._down_until = 0.0
         # Version tokens read from Redis, trusted while the tracker vouches for them.
-        self._known: TTLCache = TTLCache(maxsize=local_maxsize, ttl=local_ttl)
+        self._known: TTLCache[str, Any] = TTLCache(maxsize=local_maxsize, ttl=local_ttl)
         # Bumped on every invalidation: a token read from Redis is remembered only if no
         # invalidation arrived while it was being read.
         self._sequence = 0
         self._tracker: VersionTracker | None = None
-        self._tracked_config: dict | None = None
+        self._tracked_config: dict[str, Any] | None = None
         self._tracked_prefix = ""
         os.register_at_fork(after_in_child=self._forget_tracker)
 
@@ -221,7 +221,7 @@ class TwoLevelCache:
             self._retrack(config)
         return self._tracker
 
-    def _retrack(self, config: dict | None) -> None:
+    def _retrack(self, config: dict[str, Any] | None) -> None:
         with self._lock:
             if self._tracker is not None:
                 self._tracker.stop()
@@ -284,12 +284,12 @@ class TwoLevelCache:
             version = self._known.get(name)
             sequence = self._sequence
         if version is not None:
-            return version
+            return str(version)
         version = self._read_version(key)
         with self._lock:
             if self._sequence == sequence and tracker.trusted():
                 self._known[name] = version
-        return version
+        return str(version)
 
     def _read_version(self, key: Hashable) -> str:
         version_key = self._version_key(key)
@@ -301,7 +301,7 @@ class TwoLevelCache:
             version = self._shared_get(version_key)
             if version is _MISSING:
                 raise SharedCacheDown
-        return version
+        return str(version)
 
     def _fill_once(self, key: Hashable, version: str, loader: Callable[[], Any]) -> Any:
         data_key = self._data_key(key, version)

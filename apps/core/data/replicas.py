@@ -13,12 +13,15 @@ import contextlib
 import itertools
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
+from typing import Any
 
 import structlog
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, connections
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import Model
 
 from apps.core.data.routing import REPLICA_SAFE_HINT, current_scope, must_read_primary, record_write
 
@@ -189,7 +192,9 @@ def _lost_connection(exc: Exception) -> bool:
     return sqlstate is None or sqlstate.startswith(("08", "57P"))
 
 
-def replica_read_fallback(execute, sql, params, many, context):
+def replica_read_fallback(
+    execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]
+) -> Any:
     """Execute wrapper of every replica connection: a read that fails because the replica
     went away marks it down (for REPLICA_CHECK_INTERVAL_SECONDS), closes the broken
     connection (the next request reconnects) and runs once more on the primary. The
@@ -215,7 +220,9 @@ def replica_read_fallback(execute, sql, params, many, context):
         return result
 
 
-def install_replica_read_fallback(sender, connection, **kwargs) -> None:
+def install_replica_read_fallback(
+    sender: object, connection: BaseDatabaseWrapper, **kwargs: Any
+) -> None:
     """`connection_created` receiver: wraps each replica connection's queries once."""
     if (
         connection.alias in settings.DATABASE_REPLICAS
@@ -225,16 +232,18 @@ def install_replica_read_fallback(sender, connection, **kwargs) -> None:
 
 
 class ReplicaRouter:
-    def db_for_read(self, model, **hints) -> str:
+    def db_for_read(self, model: type[Model], **hints: Any) -> str:
         return choose_read_database(declared=hints.get(REPLICA_SAFE_HINT, False))
 
-    def db_for_write(self, model, **hints) -> str:
+    def db_for_write(self, model: type[Model], **hints: Any) -> str:
         record_write()
         return PRIMARY
 
-    def allow_relation(self, obj1, obj2, **hints) -> bool:
+    def allow_relation(self, obj1: Model, obj2: Model, **hints: Any) -> bool:
         # Every alias holds the same data (replicas are physical copies).
         return True
 
-    def allow_migrate(self, db, app_label, model_name=None, **hints) -> bool:
+    def allow_migrate(
+        self, db: str, app_label: str, model_name: str | None = None, **hints: Any
+    ) -> bool:
         return db == PRIMARY

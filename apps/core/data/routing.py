@@ -82,7 +82,7 @@ def replica_safe(selector: Callable[P, R]) -> Callable[P, R]:
             _replica_safe.reset(token)
         if isinstance(result, QuerySet):
             # Hints travel with every clone of the QuerySet (filtered, ordered, sliced).
-            result._add_hints(**{REPLICA_SAFE_HINT: True})
+            result._add_hints(**{REPLICA_SAFE_HINT: True})  # type: ignore[attr-defined]
         return result
 
     return declared

@@ -2,26 +2,27 @@
 
 from django.conf import settings
 from django.contrib.auth import SESSION_KEY
+from django.http import HttpRequest
 from rest_framework_simplejwt.exceptions import TokenError
 from rest_framework_simplejwt.settings import api_settings as jwt_settings
 from rest_framework_simplejwt.tokens import AccessToken
 
 
-def client_ip(request) -> str:
+def client_ip(request: HttpRequest) -> str:
     """REMOTE_ADDR, or the address the outermost trusted proxy saw (X-Forwarded-For)."""
     trusted = settings.TRUSTED_PROXY_COUNT
     forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
     if trusted and forwarded:
         hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
         if len(hops) >= trusted:
-            return hops[-trusted]
+            return str(hops[-trusted])
     return request.META.get("REMOTE_ADDR", "") or "unknown"
 
 
 _UNKNOWN = object()
 
 
-def client_user_id(request, *, session_loaded: bool = False) -> int | str | None:
+def client_user_id(request: HttpRequest, *, session_loaded: bool = False) -> int | str | None:
     """The client's user id before authentication runs, without a database query: from a
     valid bearer token (signature checked) or the session (after SessionMiddleware).
     Computed once per request (read routing, rate limiting and the log line all ask);
@@ -29,22 +30,25 @@ def client_user_id(request, *, session_loaded: bool = False) -> int | str | None
     # The instance's own dict: getattr() would build an AttributeError the first time.
     known = request.__dict__.get("_client_user_id", _UNKNOWN)
     if known is _UNKNOWN or (known is None and session_loaded):
-        known = request._client_user_id = _client_user_id(request)
-    return known
+        known = request.__dict__["_client_user_id"] = _client_user_id(request)
+    user_id: int | str | None = known
+    return user_id
 
 
-def _client_user_id(request) -> int | str | None:
+def _client_user_id(request: HttpRequest) -> int | str | None:
     # META, not request.headers: that view copies every header of the request first.
     header = request.META.get("HTTP_AUTHORIZATION", "")
     scheme, _, raw = header.partition(" ")
     if scheme in jwt_settings.AUTH_HEADER_TYPES and raw:
         try:
-            return AccessToken(raw.strip())[jwt_settings.USER_ID_CLAIM]
+            claimed: int | str = AccessToken(raw.strip())[jwt_settings.USER_ID_CLAIM]
+            return claimed
         except (TokenError, KeyError):
             return None
     session = request.__dict__.get("session")
     if session is not None and request.COOKIES.get(settings.SESSION_COOKIE_NAME):
         # Loaded once and reused by AuthenticationMiddleware; sessions are read from
         # the primary (no replica-safe declaration covers them).
-        return session.get(SESSION_KEY)
+        in_session: int | str | None = session.get(SESSION_KEY)
+        return in_session
     return None

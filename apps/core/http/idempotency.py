@@ -37,11 +37,13 @@ import re
 from collections.abc import Callable
 from contextlib import nullcontext
 from datetime import timedelta
+from typing import Any
 
 import structlog
 from celery import shared_task
 from django.conf import settings
 from django.db import IntegrityError, connections, router, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -96,7 +98,7 @@ class IdempotencyKeyInFlight(Conflict):
     title = "A request with this idempotency key is in progress"
 
 
-def request_fingerprint(*, method: str, path: str, data) -> str:
+def request_fingerprint(*, method: str, path: str, data: Any) -> str:
     """sha256 of method, path (with query) and the parsed body in canonical form."""
     if hasattr(data, "lists"):  # QueryDict: form bodies
         data = dict(data.lists())
@@ -172,7 +174,7 @@ def _claim(*, user_id: int | None, key: str, fingerprint: str) -> tuple[Idempote
     raise IdempotencyKeyInFlight("This idempotency key is contended; retry shortly.")
 
 
-def _owned(record: IdempotencyRecord):
+def _owned(record: IdempotencyRecord) -> QuerySet[IdempotencyRecord]:
     """Our claim, unless an abandoned-claim takeover replaced it meanwhile."""
     return IdempotencyRecord.objects.using(router.db_for_write(IdempotencyRecord)).filter(
         pk=record.pk, state=IdempotencyRecord.State.IN_FLIGHT, locked_at=record.locked_at
@@ -206,17 +208,17 @@ def _replay(record: IdempotencyRecord) -> Response:
     )
 
 
-def idempotent_request(view: Callable) -> Callable:
+def idempotent_request(view: Callable[..., Any]) -> Callable[..., Any]:
     """Make a DRF view method (or `@api_view` function) honour the Idempotency-Key header."""
 
     @functools.wraps(view)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
         request = next(arg for arg in args[:2] if isinstance(arg, Request))
         key = _key_from(request)
         user = request.user
         user_id = user.pk if user is not None and user.is_authenticated else None
         fingerprint = request_fingerprint(
-            method=request.method, path=request.get_full_path(), data=request.data
+            method=request.method or "", path=request.get_full_path(), data=request.data
         )
         record, owned = _claim(user_id=user_id, key=key, fingerprint=fingerprint)
         if not owned:

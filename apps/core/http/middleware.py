@@ -2,6 +2,8 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 import structlog
 from django.conf import settings
@@ -164,7 +166,7 @@ class BrowserMiddleware:
     def __init__(self, get_response):
         self.get_response = get_response
         chain = get_response
-        self._view_hooks = []
+        self._view_hooks: list[Callable[..., Any]] = []
         for path in reversed(settings.BROWSER_MIDDLEWARE):
             instance = import_string(path)(chain)
             if hasattr(instance, "process_view"):

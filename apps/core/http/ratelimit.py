@@ -37,11 +37,13 @@ import math
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.http import JsonResponse
+from django.http import HttpRequest, JsonResponse
+from django.http.response import HttpResponseBase
 from redis.exceptions import RedisError
 
 from apps.core.data.redis_clients import redis_client
@@ -116,7 +118,7 @@ def policy(scope: str) -> Policy:
     return Policy(scope=scope, limit=limit, period=float(config["period"]), lease=lease)
 
 
-def _decision(policy: Policy, raw: list) -> Decision:
+def _decision(policy: Policy, raw: list[Any]) -> Decision:
     allowed, remaining, retry_after_us, reset_us = (int(v) for v in raw)
     allowed = min(allowed, 1)
     return Decision(
@@ -190,7 +192,7 @@ class LeasedLimiter:
     MAX_KEYS = 100_000
 
     def __init__(self) -> None:
-        self._leases: dict[tuple, _Lease] = {}
+        self._leases: dict[tuple[Any, ...], _Lease] = {}
         self._lock = threading.Lock()
 
     def hit(self, key: str, policy: Policy) -> Decision:
@@ -212,7 +214,8 @@ class LeasedLimiter:
             earlier = self._leases.get(slot)
             units = earlier.units if earlier is not None else 0
             if not granted:
-                if units:  # refused by Redis, but units came back meanwhile: spend one
+                if earlier is not None and earlier.units:
+                    # Refused by Redis, but units came back meanwhile: spend one.
                     earlier.units -= 1
                     return self._allowed(policy, earlier, now)
                 retry_after = retry_after_us / 1_000_000
@@ -259,7 +262,7 @@ def hit(key: str, policy: Policy) -> Decision:
     return redis_hit(key, policy)
 
 
-def _email_in_body(request) -> str | None:
+def _email_in_body(request: HttpRequest) -> str | None:
     if request.content_type != "application/json":
         return None
     try:
@@ -275,7 +278,7 @@ def _digest(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()[:32]
 
 
-def request_buckets(request) -> tuple[str, list[str]] | None:
+def request_buckets(request: HttpRequest) -> tuple[str, list[str]] | None:
     """(scope, bucket keys) of a request, or None when it is exempt."""
     path = request.path_info.rstrip("/") or "/"
     if path in EXEMPT_PATHS or path.startswith(SIGNED_WEBHOOK_PATH_PREFIX):
@@ -322,7 +325,7 @@ def _headers(decision: Decision) -> dict[str, str]:
     }
 
 
-def request_decision(request) -> Decision | None:
+def request_decision(request: HttpRequest) -> Decision | None:
     """The limiter's decision on a request; None when it is not limited (disabled,
     exempt, or Redis failed open). Counts a refusal."""
     if not settings.RATE_LIMIT_ENABLED:
@@ -337,12 +340,12 @@ def request_decision(request) -> Decision | None:
     return decision
 
 
-def add_headers(response, decision: Decision) -> None:
+def add_headers(response: HttpResponseBase, decision: Decision) -> None:
     for header, value in _headers(decision).items():
         response[header] = value
 
 
-def refusal(request, decision: Decision) -> JsonResponse:
+def refusal(request: HttpRequest, decision: Decision) -> JsonResponse:
     """The 429 problem of a refused request, with Retry-After and the RateLimit headers."""
     retry_after = max(1, math.ceil(decision.retry_after))
     body = problem_body(

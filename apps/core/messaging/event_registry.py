@@ -9,6 +9,7 @@ documents every registered type, and a test keeps the two in step.
 """
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -24,7 +25,7 @@ class PublishedEvent:
 _published: dict[str, PublishedEvent] = {}
 
 
-def published_event(*, context: str, version: int | None = None):
+def published_event(*, context: str, version: int | None = None) -> Callable[[type], type]:
     """Class decorator: register a dataclass event as part of `context`'s contract.
 
     The version defaults to the class's own `SCHEMA_VERSION` (or 1).
@@ -34,7 +35,7 @@ def published_event(*, context: str, version: int | None = None):
         if not dataclasses.is_dataclass(cls):
             raise TypeError(f"{cls.__name__} must be a dataclass to be published")
         name = cls.__name__
-        schema_version = version or getattr(cls, "SCHEMA_VERSION", 1)
+        schema_version: int = getattr(cls, "SCHEMA_VERSION", 1) if version is None else version
         existing = _published.get(name)
         if existing is not None and existing.context != context:
             raise ValueError(f"event type {name} is published by {existing.context} already")

@@ -26,10 +26,11 @@ keeps its correlation id.
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 from uuid import UUID
 
 import structlog
-from celery import shared_task
+from celery import Task, shared_task
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import IntegrityError, router, transaction
@@ -46,10 +47,10 @@ logger = structlog.get_logger(__name__)
 class EventEnvelope:
     id: UUID
     type: str
-    payload: dict
+    payload: dict[str, Any]
     aggregate_type: str = ""
     aggregate_id: str = ""
-    headers: dict = field(default_factory=dict)
+    headers: dict[str, Any] = field(default_factory=dict[str, Any])
     created_at: datetime | None = None
 
     @property
@@ -65,7 +66,9 @@ class EventEnvelope:
         return self.headers.get("request_id")
 
 
-def event_log_context(*, event_id, event_type: str, headers: dict) -> dict:
+def event_log_context(
+    *, event_id: UUID | str, event_type: str, headers: dict[str, Any]
+) -> dict[str, Any]:
     """What every log line about handling this event carries (None values left out)."""
     context = {
         "request_id": headers.get("request_id"),
@@ -86,7 +89,7 @@ _handlers: dict[str, dict[str, Handler]] = {}
 _conditions: dict[tuple[str, str], Condition] = {}
 
 
-def _qualified_name(func: Callable) -> str:
+def _qualified_name(func: Callable[..., Any]) -> str:
     return f"{func.__module__}.{func.__qualname__}"
 
 
@@ -175,12 +178,12 @@ def inbox_purge_processed() -> int:
     max_retries=None,  # bounded below by EVENT_HANDLER_MAX_RETRIES, with a log line
 )
 def deliver_event(
-    self,
+    self: Task[..., bool],
     *,
     event_id: str,
     event_type: str,
-    payload: dict,
-    headers: dict,
+    payload: dict[str, Any],
+    headers: dict[str, Any],
     consumer: str,
     aggregate_type: str = "",
     aggregate_id: str = "",

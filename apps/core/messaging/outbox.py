@@ -54,6 +54,7 @@ from django.conf import settings
 from django.db import connections, router, transaction
 from django.db.models import F
 from django.utils import timezone
+from kombu import Producer
 from kombu.exceptions import OperationalError as BrokerUnavailable
 
 from apps.core.data.caching import clear_pending, send_unless_pending
@@ -104,7 +105,7 @@ def json_safe(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} cannot be part of an event payload")
 
 
-def event_message(event: Any) -> tuple[str, dict]:
+def event_message(event: Any) -> tuple[str, dict[str, Any]]:
     """A dataclass event as (event type = class name, JSON-safe payload)."""
     if not dataclasses.is_dataclass(event) or isinstance(event, type):
         raise TypeError(f"expected a dataclass instance, got {type(event).__name__}")
@@ -122,7 +123,7 @@ def _require_transaction(alias: str) -> None:
 def publish_event(
     *,
     event_type: str,
-    payload: dict,
+    payload: dict[str, Any],
     aggregate_type: str = "",
     aggregate_id: str = "",
     causation_id: str | None = None,
@@ -190,9 +191,13 @@ def kick_relay() -> None:
     send_unless_pending(
         RELAY_KICK_PENDING_KEY,
         timeout=settings.OUTBOX_SWEEP_SECONDS,
-        send=lambda: relay_outbox.apply_async(queue=EVENTS_QUEUE, retry=False),
+        send=_send_relay,
         log_as="outbox_relay_kick",
     )
+
+
+def _send_relay() -> None:
+    relay_outbox.apply_async(queue=EVENTS_QUEUE, retry=False)
 
 
 # --- The relay ----------------------------------------------------------------------
@@ -235,7 +240,7 @@ def _log_context_of(message: OutboxMessage) -> Iterator[None]:
         structlog.contextvars.bind_contextvars(**saved)
 
 
-def send_message(message: OutboxMessage, *, producer=None) -> list[str]:
+def send_message(message: OutboxMessage, *, producer: Producer | None = None) -> list[str]:
     """Send one `deliver_event` task per consumer that wants it; return the consumers."""
     consumers = consumers_of(message.event_type)
     for consumer in consumers:
@@ -244,7 +249,7 @@ def send_message(message: OutboxMessage, *, producer=None) -> list[str]:
     return consumers
 
 
-def _send_delivery(message: OutboxMessage, consumer: str, producer) -> None:
+def _send_delivery(message: OutboxMessage, consumer: str, producer: Producer | None) -> None:
     deliver_event.apply_async(
         kwargs={
             "event_id": str(message.id),
@@ -286,9 +291,9 @@ def relay_batch(*, limit: int) -> list[uuid.UUID]:
                     sent.append(message.id)
                     sent_to.setdefault(tuple(consumers), []).append(message.id)
         now = timezone.now()
-        for consumers, ids in sent_to.items():
+        for sent_consumers, ids in sent_to.items():
             OutboxMessage.objects.using(alias).filter(pk__in=ids).update(
-                published_at=now, attempts=F("attempts") + 1, consumers=list(consumers)
+                published_at=now, attempts=F("attempts") + 1, consumers=list(sent_consumers)
             )
     return sent
 
@@ -323,7 +328,7 @@ def relay_pending_messages(
     return total
 
 
-def outbox_messages_resend(*, ids: list) -> int:
+def outbox_messages_resend(*, ids: list[Any]) -> int:
     """Make messages pending again: the relay re-sends them to every consumer.
 
     For an event a consumer gave up on (EVENT_HANDLER_MAX_RETRIES): the consumers that

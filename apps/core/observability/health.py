@@ -4,6 +4,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from celery import current_app
 from django.conf import settings
@@ -32,8 +33,11 @@ class CheckResult:
     critical: bool
     detail: str = ""
 
-    def as_dict(self) -> dict:
-        body = {"status": "ok" if self.ok else "down", "latency_ms": round(self.latency_ms, 2)}
+    def as_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "status": "ok" if self.ok else "down",
+            "latency_ms": round(self.latency_ms, 2),
+        }
         if self.detail:
             body["detail"] = self.detail
         return body
@@ -77,7 +81,7 @@ def _check_cache() -> str:
 
 def _check_broker() -> str:
     with current_app.connection_for_write(connect_timeout=BROKER_TIMEOUT_SECONDS) as connection:
-        connection.ensure_connection(max_retries=0, timeout=BROKER_TIMEOUT_SECONDS)
+        connection.ensure_connection(max_retries=0, timeout=int(BROKER_TIMEOUT_SECONDS))
     return ""
 
 

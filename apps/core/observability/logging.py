@@ -56,8 +56,8 @@ _CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def escape_control_characters(
-    _logger: Any, _method: str, event_dict: MutableMapping
-) -> MutableMapping:
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     """A NUL, newline or terminal escape a client put in a path or header is written as
     `\\x00`, `\\n`...: a line of the log stays one line, and a terminal shows it as text."""
     for key, value in event_dict.items():
@@ -69,7 +69,9 @@ def escape_control_characters(
     return event_dict
 
 
-def redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping) -> MutableMapping:
+def redact_secrets(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     for key in list(event_dict):
         if _is_secret_key(key):
             event_dict[key] = REDACTED
@@ -78,7 +80,7 @@ def redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping) -> Mu
     return event_dict
 
 
-_SHARED_PROCESSORS: list = [
+_SHARED_PROCESSORS: list[Any] = [
     structlog.contextvars.merge_contextvars,
     structlog.stdlib.add_log_level,
     structlog.stdlib.add_logger_name,
@@ -90,7 +92,7 @@ _SHARED_PROCESSORS: list = [
 ]
 
 
-def build_logging_config(*, level: str, fmt: str) -> dict:
+def build_logging_config(*, level: str, fmt: str) -> dict[str, Any]:
     """stdlib logging dictConfig whose formatter renders through structlog."""
     renderer = (
         structlog.processors.JSONRenderer()
@@ -141,7 +143,7 @@ _timestamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
 _LEVEL_NAMES = {logging.INFO: "info", logging.WARNING: "warning", logging.ERROR: "error"}
 
 
-def render_line(logger_name: str, level: int, event: str, fields: dict) -> bytes:
+def render_line(logger_name: str, level: int, event: str, fields: dict[str, Any]) -> bytes:
     """The JSON line the structlog -> stdlib -> JSONRenderer chain writes for
     `structlog.get_logger(logger_name).log(level, event, **fields)`, field for field (the
     same context, level, logger, timestamp, trace ids, redaction and escaping), rendered
@@ -157,7 +159,7 @@ def render_line(logger_name: str, level: int, event: str, fields: dict) -> bytes
     return orjson.dumps(event_dict, default=repr, option=orjson.OPT_APPEND_NEWLINE)
 
 
-def write_line(logger_name: str, level: int, event: str, fields: dict) -> None:
+def write_line(logger_name: str, level: int, event: str, fields: dict[str, Any]) -> None:
     """Log one event as `render_line` renders it, straight to standard error (where the
     configured console handler writes), when its level is enabled."""
     if logging.getLogger(logger_name).isEnabledFor(level):

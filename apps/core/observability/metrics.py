@@ -19,6 +19,8 @@ import os
 import secrets
 import threading
 from bisect import bisect_left
+from collections.abc import Hashable
+from typing import Any
 
 import structlog
 from django.conf import settings
@@ -123,9 +125,9 @@ class PlatformStateCollector(Collector):
                 logger.warning("replica_lag_measure_failed", alias=alias, exc_info=True)
                 healthy = False
             up.add_metric([alias], 1.0 if healthy else 0.0)
-            seconds = replica_health.lag_seconds.get(alias)
-            if seconds is not None:
-                lag.add_metric([alias], seconds)
+            lag_seconds = replica_health.lag_seconds.get(alias)
+            if lag_seconds is not None:
+                lag.add_metric([alias], lag_seconds)
         yield lag
         yield up
 
@@ -153,11 +155,11 @@ class RequestMetrics:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._flusher: threading.Thread | None = None
-        self._requests: dict[tuple, int] = {}  # (method, transport, view, status, ...)
-        self._counts: dict[tuple, int] = {}  # (family name, labels): rarer counters
+        self._requests: dict[tuple[Any, ...], int] = {}  # (method, transport, view, status, ...)
+        self._counts: dict[tuple[Any, ...], int] = {}  # (family name, labels): rarer counters
         # Histogram name -> [sum, count per bucket]; per (view, method) for latency.
-        self._latency_by_view: dict[tuple, list] = {}
-        self._sizes: dict[str, list] = {}
+        self._latency_by_view: dict[tuple[Any, ...], list[Any]] = {}
+        self._sizes: dict[str, list[Any]] = {}
         self._families = None
 
     def families(self):
@@ -212,7 +214,9 @@ class RequestMetrics:
             self._counts[key] = self._counts.get(key, 0) + 1
 
     @staticmethod
-    def _observe(pending: dict, key, histogram, value: float) -> None:
+    def _observe(
+        pending: dict[Any, list[Any]], key: Hashable, histogram: Any, value: float
+    ) -> None:
         entry = pending.get(key)
         if entry is None:
             entry = pending[key] = [0.0, [0] * len(histogram._upper_bounds)]
@@ -222,7 +226,7 @@ class RequestMetrics:
     def forked(self) -> None:
         """In a forked child: nothing counted yet, and no flusher thread (threads do not
         survive a fork); the first request starts one."""
-        self.__init__()
+        RequestMetrics.__init__(self)
 
     def _start_flusher(self) -> None:
         self._flusher = threading.Thread(target=self._flush_forever, daemon=True)
@@ -251,9 +255,9 @@ class RequestMetrics:
         total = sum(requests.values())
         f.requests_total.inc(total)
         f.responses_total.inc(total)
-        by: dict[tuple, int] = {}
+        by: dict[tuple[Any, ...], int] = {}
 
-        def add(family, labels: tuple, n: int) -> None:
+        def add(family, labels: tuple[Any, ...], n: int) -> None:
             by[family, labels] = by.get((family, labels), 0) + n
 
         for (method, transport, view, status, charset, streaming, ajax), n in requests.items():

@@ -13,10 +13,13 @@ saga context) and `continue_trace` opens the consumer's span under it.
 import contextlib
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # OpenTelemetry is imported only when tracing is on
+    from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
 _enabled = False
-_provider = None
+_provider: "TracerProvider | None" = None
 
 
 def tracing_enabled() -> bool:
@@ -33,6 +36,7 @@ def setup_tracing_from_environment(*, service_name: str) -> bool:
         return False
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 
+    processor: SpanProcessor
     if endpoint:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
@@ -40,12 +44,12 @@ def setup_tracing_from_environment(*, service_name: str) -> bool:
     else:
         from apps.core.observability.tracing_export import JsonLinesSpanExporter
 
-        processor = SimpleSpanProcessor(JsonLinesSpanExporter(path))
+        processor = SimpleSpanProcessor(JsonLinesSpanExporter(str(path)))
     setup_tracing(processor, service_name=service_name)
     return True
 
 
-def setup_tracing(span_processor, *, service_name: str) -> None:
+def setup_tracing(span_processor: "SpanProcessor", *, service_name: str) -> None:
     """Install the tracer provider (once per process) with `span_processor`, and
     instrument the libraries."""
     global _enabled, _provider
@@ -65,7 +69,7 @@ def setup_tracing(span_processor, *, service_name: str) -> None:
     _enabled = True
 
 
-def _instrumentors() -> list:
+def _instrumentors() -> list[Any]:
     from opentelemetry.instrumentation.celery import CeleryInstrumentor
     from opentelemetry.instrumentation.django import DjangoInstrumentor
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
@@ -74,7 +78,7 @@ def _instrumentors() -> list:
     return [
         DjangoInstrumentor(),
         PsycopgInstrumentor(),
-        CeleryInstrumentor(),
+        CeleryInstrumentor(),  # type: ignore[no-untyped-call]  # untyped upstream
         HTTPXClientInstrumentor(),
     ]
 
@@ -122,7 +126,7 @@ def continue_trace(traceparent: str | None, name: str, **attributes: Any) -> Ite
         yield
 
 
-def add_trace_ids(_logger: Any, _method: str, event_dict: dict) -> dict:
+def add_trace_ids(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     """structlog processor: the current trace and span ids on every log line."""
     if _enabled:
         from opentelemetry import trace

@@ -5,13 +5,15 @@ import json
 import os
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 
-def span_record(span: ReadableSpan) -> dict:
+def span_record(span: ReadableSpan) -> dict[str, Any]:
     context = span.get_span_context()
+    assert context is not None  # a finished span always has one
     return {
         "name": span.name,
         "trace_id": format(context.trace_id, "032x"),

@@ -1,6 +1,6 @@
 """Operations endpoints, outside the API: liveness and readiness."""
 
-from django.http import JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
@@ -10,14 +10,14 @@ from apps.core.observability.health import run_readiness_checks
 
 @never_cache
 @require_GET
-def healthz(request):
+def healthz(request: HttpRequest) -> HttpResponse:
     """Liveness: the process answers. No I/O, so a slow dependency never restarts us."""
     return JsonResponse({"status": "ok"})
 
 
 @never_cache
 @require_GET
-def readyz(request):
+def readyz(request: HttpRequest) -> HttpResponse:
     """Readiness: 503 without the primary; 'degraded' when only optional parts are down."""
     results = run_readiness_checks()
     if any(not r.ok and r.critical for r in results):
@@ -32,7 +32,7 @@ def readyz(request):
 
 
 @never_cache
-def ping(request):
+def ping(request: HttpRequest) -> HttpResponse:
     """A constant JSON answer through the whole middleware stack: the benchmarks compare
     it with the same view served bare (bench/baseline_wsgi.py)."""
     if request.method not in ("GET", "HEAD"):

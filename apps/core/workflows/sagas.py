@@ -55,7 +55,7 @@ import structlog
 from celery import shared_task
 from django.conf import settings
 from django.db import connection, connections, router, transaction
-from django.db.models import Q
+from django.db.models import Field, Model, Q
 from django.utils import timezone
 
 from apps.core.data.caching import clear_pending, send_unless_pending
@@ -157,7 +157,16 @@ def kick_sagas() -> None:
 
 
 def _send_drain(countdown: float = 0) -> None:
-    drain_sagas.apply_async(queue=SAGAS_QUEUE, countdown=countdown or None)
+    if countdown:
+        drain_sagas.apply_async(queue=SAGAS_QUEUE, countdown=countdown)
+    else:
+        drain_sagas.apply_async(queue=SAGAS_QUEUE)
+
+
+def _concrete_field(model: type[Model], name: str) -> "Field[Any, Any]":
+    field = model._meta.get_field(name)
+    assert isinstance(field, Field)  # a column, not a relation's reverse side
+    return field
 
 
 def _claim(*, limit: int, saga_id=None) -> list[SagaInstance]:
@@ -169,7 +178,7 @@ def _claim(*, limit: int, saga_id=None) -> list[SagaInstance]:
     now = timezone.now()
 
     def param(name: str, value: Any) -> Any:
-        return SagaInstance._meta.get_field(name).get_db_prep_value(value, db)
+        return _concrete_field(SagaInstance, name).get_db_prep_value(value, db)
 
     where = (
         "state IN (%s, %s) AND (lease_until IS NULL OR lease_until < %s)"
@@ -317,8 +326,11 @@ def _save(
     else:
         # In an atomic step's transaction already: no savepoint of its own.
         with transaction.atomic(using=db.alias, savepoint=False):
-            moved = SagaInstance.objects.filter(pk=saga.pk, lease_token=fence).update(
-                **{name: getattr(saga, name) for name in SAVED_FIELDS}
+            moved = (
+                SagaInstance.objects.filter(pk=saga.pk, lease_token=fence).update(
+                    **{name: getattr(saga, name) for name in SAVED_FIELDS}
+                )
+                > 0
             )
             if moved:
                 SagaTransition.objects.create(saga=saga, **transition)
@@ -334,11 +346,13 @@ def _move_and_log(db, saga: SagaInstance, fence, transition: dict[str, Any]) -> 
     quote = db.ops.quote_name
     assignments = ", ".join(f"{quote(name)} = %s" for name in SAVED_FIELDS)
     values = [
-        meta.get_field(name).get_db_prep_save(getattr(saga, name), db) for name in SAVED_FIELDS
+        _concrete_field(SagaInstance, name).get_db_prep_save(getattr(saga, name), db)
+        for name in SAVED_FIELDS
     ]
     columns = list(transition)
     log_values = [
-        log_meta.get_field(name).get_db_prep_save(transition[name], db) for name in columns
+        _concrete_field(SagaTransition, name).get_db_prep_save(transition[name], db)
+        for name in columns
     ]
     # Only names from the models are formatted in; every value is a parameter.
     sql = (

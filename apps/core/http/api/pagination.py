@@ -1,6 +1,11 @@
+from typing import Any
+
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db.models import QuerySet
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.pagination import CursorPagination as DRFCursorPagination
+from rest_framework.request import Request
+from rest_framework.views import APIView
 
 
 class CursorPagination(DRFCursorPagination):
@@ -10,7 +15,7 @@ class CursorPagination(DRFCursorPagination):
     page_size_query_param = "page_size"
     max_page_size = 100
 
-    def get_page_size(self, request):
+    def get_page_size(self, request: Request) -> int | None:
         # DRF silently falls back to the default on a bad value; a client that sent one
         # has a bug it should hear about (a larger page than allowed is still capped).
         raw = request.query_params.get(self.page_size_query_param)
@@ -24,7 +29,9 @@ class CursorPagination(DRFCursorPagination):
             raise ValidationError({self.page_size_query_param: ["Must be a positive integer."]})
         return min(size, self.max_page_size)
 
-    def paginate_queryset(self, queryset, request, view=None):
+    def paginate_queryset(
+        self, queryset: QuerySet[Any], request: Request, view: APIView | None = None
+    ) -> list[Any] | None:
         if request.query_params.get(self.cursor_query_param) is None:
             return super().paginate_queryset(queryset, request, view)
         try:

@@ -1,5 +1,8 @@
 """The JSON parser of every API view (REST_FRAMEWORK's DEFAULT_PARSER_CLASSES)."""
 
+from collections.abc import Iterable, Mapping
+from typing import IO, Any
+
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 
@@ -11,10 +14,10 @@ TOO_DEEP = f"JSON nested deeper than {MAX_JSON_DEPTH} levels."
 NUL_IN_STRING = "JSON strings must not contain NUL (\\u0000)."
 
 
-def unacceptable_json(data) -> str | None:
+def unacceptable_json(data: Any) -> str | None:
     """Why a parsed body cannot be taken (nesting, NUL in a key or string), or None.
     Iterative: a deep document cannot exhaust the stack here."""
-    pending = [(data, 1)]
+    pending: list[tuple[Any, int]] = [(data, 1)]
     while pending:
         value, depth = pending.pop()
         if isinstance(value, str):
@@ -24,7 +27,7 @@ def unacceptable_json(data) -> str | None:
         if isinstance(value, dict):
             if any("\x00" in key for key in value):
                 return NUL_IN_STRING
-            children = value.values()
+            children: Iterable[Any] = value.values()
         elif isinstance(value, list):
             children = value
         else:
@@ -39,7 +42,12 @@ class DepthLimitedJSONParser(JSONParser):
     """DRF's JSON parser, with a nesting limit and no NUL in strings: such a body is a 400
     `malformed-request`, never a RecursionError or a database error (500)."""
 
-    def parse(self, stream, media_type=None, parser_context=None):
+    def parse(
+        self,
+        stream: IO[Any],
+        media_type: str | None = None,
+        parser_context: Mapping[str, Any] | None = None,
+    ) -> Any:
         try:
             data = super().parse(stream, media_type, parser_context)
         except RecursionError:

@@ -1,4 +1,6 @@
 from rest_framework.permissions import BasePermission
+from rest_framework.request import Request
+from rest_framework.views import APIView
 
 
 def staff_role_required(*roles: str) -> type[BasePermission]:
@@ -10,11 +12,11 @@ def staff_role_required(*roles: str) -> type[BasePermission]:
     class HasStaffRole(BasePermission):
         message = f"Requires the staff role: {' or '.join(roles)}."
 
-        def has_permission(self, request, view) -> bool:
+        def has_permission(self, request: Request, view: APIView | None) -> bool:
             user = request.user
             if not (user and user.is_authenticated and user.is_active and user.is_staff):
                 return False
-            return user.is_superuser or user.groups.filter(name__in=roles).exists()
+            return bool(user.is_superuser or user.groups.filter(name__in=roles).exists())
 
     HasStaffRole.__name__ = f"HasStaffRole[{','.join(roles)}]"
     return HasStaffRole
@@ -28,11 +30,11 @@ def staff_permission_required(permission: str) -> type[BasePermission]:
     class HasStaffPermission(BasePermission):
         message = f"Requires a staff member with the permission {permission}."
 
-        def has_permission(self, request, view) -> bool:
+        def has_permission(self, request: Request, view: APIView | None) -> bool:
             user = request.user
             if not (user and user.is_authenticated and user.is_active and user.is_staff):
                 return False
-            return user.has_perm(permission)
+            return bool(user.has_perm(permission))
 
     HasStaffPermission.__name__ = f"HasStaffPermission[{permission}]"
     return HasStaffPermission

@@ -111,7 +111,7 @@ def _drf_problem(exc: exceptions.APIException, request) -> dict[str, Any]:
     )
 
 
-def problem_exception_handler(exc: Exception, context: dict) -> Response | None:
+def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     request = context.get("request")
     if isinstance(exc, DomainError):
         body = problem_body(
@@ -130,10 +130,13 @@ def problem_exception_handler(exc: Exception, context: dict) -> Response | None:
     if not isinstance(exc, exceptions.APIException):
         return None  # unexpected: Django's 500 handler answers (and logs it)
     headers = {}
-    if getattr(exc, "auth_header", None):
-        headers["WWW-Authenticate"] = exc.auth_header
-    if getattr(exc, "wait", None):
-        headers["Retry-After"] = str(int(exc.wait))
+    # NotAuthenticated's challenge and Throttled's wait, when the exception has them.
+    auth_header = getattr(exc, "auth_header", None)
+    if auth_header:
+        headers["WWW-Authenticate"] = auth_header
+    wait = getattr(exc, "wait", None)
+    if wait:
+        headers["Retry-After"] = str(int(wait))
     return Response(
         _drf_problem(exc, request),
         status=exc.status_code,

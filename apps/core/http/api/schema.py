@@ -5,6 +5,8 @@ one handler (apps.core.http.api.problems) for every view, so they are added here
 `4XX`/`5XX` ranges of `application/problem+json` (RFC 9457).
 """
 
+from typing import Any
+
 PROBLEM_COMPONENT = "Problem"
 PROBLEM_SCHEMA = {
     "type": "object",
@@ -36,7 +38,9 @@ PROBLEM_RESPONSES = {
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
 
-def add_problem_responses(result, generator, request, public):
+def add_problem_responses(
+    result: dict[str, Any], generator: object, request: object, public: bool
+) -> dict[str, Any]:
     result.setdefault("components", {}).setdefault("schemas", {})[PROBLEM_COMPONENT] = (
         PROBLEM_SCHEMA
     )

@@ -17,7 +17,7 @@ def _bound_to_bigint(field: serializers.IntegerField) -> None:
         field.validators.append(MinValueValidator(BIGINT_MIN, message=message))
 
 
-class StrictSerializerMixin:
+class StrictSerializerMixin(serializers.Serializer):
     """Input as it was meant: fields the serializer does not know are refused instead of
     silently ignored, a string field takes only a JSON string (not `42` as "42"), and
     an integer field only what fits a bigint."""
@@ -62,7 +62,7 @@ class StrictModelSerializer(StrictSerializerMixin, serializers.ModelSerializer):
     pass
 
 
-class SharedFieldsMixin:
+class SharedFieldsMixin(serializers.Serializer):
     """Output serializers whose fields are built once per class, not per instance.
 
     DRF deep-copies (and for a ModelSerializer, derives from the model) every field of
@@ -77,5 +77,5 @@ class SharedFieldsMixin:
         if shared is None:
             # Bound to a context-free instance of their own, not to a request's.
             shared = super(SharedFieldsMixin, cls()).fields
-            cls._shared_fields = shared
+            cls._shared_fields = shared  # type: ignore[attr-defined]  # set per subclass
         return shared

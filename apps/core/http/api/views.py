@@ -1,3 +1,8 @@
+from typing import Any
+
+from rest_framework.request import Request
+from rest_framework.views import APIView
+
 from apps.core.http.api.serializers import StrictSerializer
 
 
@@ -5,7 +10,7 @@ class NoQueryParameters(StrictSerializer):
     """The query of a view that takes no parameters: any parameter is unknown."""
 
 
-class StrictQueryParameters:
+class StrictQueryParameters(APIView):
     """Mixin of every API view: the query string is validated before the handler runs.
 
     `query_serializer_class` names the parameters a view takes (none by default), and
@@ -16,7 +21,7 @@ class StrictQueryParameters:
 
     query_serializer_class: type[StrictSerializer] = NoQueryParameters
 
-    def initial(self, request, *args, **kwargs):
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)  # authentication and permissions first
         # A plain dict: an empty value is validated as given, not taken for an omitted
         # parameter as DRF does for form input (`search=` is refused as blank).

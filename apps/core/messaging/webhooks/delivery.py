@@ -11,7 +11,8 @@ import functools
 import json
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 import httpx
 import structlog
@@ -150,10 +151,9 @@ def queue_deliveries(delivery_ids: list[int], *, countdown: float | None = None)
     delivery whose task never ran."""
     for delivery_id in delivery_ids:
         try:
+            options: dict[str, Any] = {} if countdown is None else {"countdown": countdown}
             deliver_webhook.apply_async(
-                kwargs={"delivery_id": delivery_id},
-                queue=EVENTS_QUEUE,
-                countdown=countdown,
+                kwargs={"delivery_id": delivery_id}, queue=EVENTS_QUEUE, **options
             )
         except Exception:
             logger.warning("webhook_delivery_queue_failed", delivery_id=delivery_id, exc_info=True)
@@ -348,7 +348,7 @@ def _record(attempt: Attempt, result: AttemptResult) -> tuple[str, float | None]
 # --- Disabling -----------------------------------------------------------------------
 
 
-def failing_too_long(subscription: WebhookSubscription, *, now) -> bool:
+def failing_too_long(subscription: WebhookSubscription, *, now: datetime) -> bool:
     limit = timedelta(seconds=settings.WEBHOOK_DISABLE_AFTER_SECONDS)
     return subscription.failing_since is not None and now - subscription.failing_since >= limit
 
@@ -428,7 +428,9 @@ def webhook_deliveries_sweep() -> dict[str, int]:
                 .values_list("last_error", flat=True)
                 .first()
             )
-            disable_subscription(subscription, reason=failing_reason(subscription, last_error))
+            disable_subscription(
+                subscription, reason=failing_reason(subscription, last_error or "")
+            )
             disabled += 1
     if overdue or disabled:
         logger.info("webhook_sweep", requeued=len(overdue), disabled=disabled)
