@@ -7,13 +7,14 @@ with `ConcurrencyConflict` instead of silently interleaving.
 
 from datetime import datetime
 from functools import partial
+from typing import Any
 
-import structlog
 from django.db import IntegrityError, connection, transaction
 
 from apps.core.errors import NotFound
 from apps.core.messaging.event_registry import published_event_types
 from apps.core.messaging.outbox import publish_event
+from apps.core.messaging.provenance import SYSTEM, Provenance
 from apps.orders import metrics
 from apps.orders.domain import Order
 from apps.orders.errors import ConcurrencyConflict
@@ -41,17 +42,15 @@ def load_order(order_id: str, **as_of) -> Order:
     return order
 
 
-def append(order: Order, *, actor_id: int | None = None) -> list[StoredEvent]:
+def append(
+    order: Order, *, actor_id: int | None = None, provenance: Provenance = SYSTEM
+) -> list[StoredEvent]:
     """Store the order's pending events after `order.version`; raise on a concurrent append.
 
     `actor_id`: the user whose action this is (None: the system), recorded as the events'
-    `user_id`."""
-    context = structlog.contextvars.get_contextvars()
-    metadata = {
-        key: context[key]
-        for key in ("request_id", "correlation_id", "causation_id")
-        if key in context
-    }
+    `user_id`; `provenance`: the request, correlation and causation ids of the write,
+    recorded with the events and given to the ones published."""
+    metadata: dict[str, Any] = provenance.as_dict()
     if actor_id is not None:
         metadata["user_id"] = actor_id
     rows = [
@@ -91,6 +90,7 @@ def append(order: Order, *, actor_id: int | None = None) -> list[StoredEvent]:
                 payload={**row.data, "version": row.version, "user_id": order.user_id},
                 aggregate_type="order",
                 aggregate_id=str(order.id),
+                provenance=provenance,
             )
     # Counted once committed: a rolled-back or conflicting append changed nothing.
     transaction.on_commit(

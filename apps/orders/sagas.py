@@ -21,6 +21,7 @@ from django.db import DatabaseError
 
 from apps.catalog import services as catalog
 from apps.core.errors import DomainError, InvalidState
+from apps.core.messaging.provenance import Provenance
 from apps.core.workflows.sagas import SagaDefinition, Step, register_saga
 from apps.orders import services as orders
 from apps.orders.event_store import ConcurrencyConflict
@@ -34,7 +35,9 @@ def reserve_stock(ctx: dict[str, Any]) -> None:
         ttl_seconds=settings.ORDER_RESERVATION_TTL_SECONDS,
     )
     orders.order_record_stock_reserved(
-        order_id=ctx["order_id"], reservation_reference=ctx["order_id"]
+        order_id=ctx["order_id"],
+        reservation_reference=ctx["order_id"],
+        provenance=Provenance.from_dict(ctx.get("provenance")),
     )
 
 
@@ -51,7 +54,10 @@ def charge_payment(ctx: dict[str, Any]) -> dict[str, Any]:
         token=ctx["payment_token"],
     )
     orders.order_record_payment_captured(
-        order_id=ctx["order_id"], payment_id=str(result.payment_id), amount=result.amount
+        order_id=ctx["order_id"],
+        payment_id=str(result.payment_id),
+        amount=result.amount,
+        provenance=Provenance.from_dict(ctx.get("provenance")),
     )
     return {"payment_id": result.payment_id}
 
@@ -65,7 +71,9 @@ def refund_payment(ctx: dict[str, Any]) -> None:
 def confirm_order(ctx: dict[str, Any]) -> None:
     # One transaction (an atomic step): the order is confirmed if and only if its stock
     # is sold. A reservation that expired rolls the confirmation back, then compensation.
-    orders.order_confirm(order_id=ctx["order_id"])
+    orders.order_confirm(
+        order_id=ctx["order_id"], provenance=Provenance.from_dict(ctx.get("provenance"))
+    )
     catalog.commit_reservation(reference=ctx["order_id"])
 
 
@@ -73,7 +81,10 @@ def cancel_order(ctx: dict[str, Any], reason: str) -> None:
     # InvalidState: cancelled already (by its owner, or by an earlier run of this step).
     with contextlib.suppress(InvalidState):
         orders.order_cancel(
-            order_id=ctx["order_id"], reason=reason, details=ctx.get("failure_details")
+            order_id=ctx["order_id"],
+            reason=reason,
+            details=ctx.get("failure_details"),
+            provenance=Provenance.from_dict(ctx.get("provenance")),
         )
 
 

@@ -1,7 +1,10 @@
 """Orders context commands. Each loads the aggregate, runs one command, appends its
 events and projects the read model in one transaction, retrying a bounded number of
 times when another writer appended first (optimistic concurrency). A command a person
-runs takes their `actor_id`, recorded with its events; without one, the system acted."""
+runs takes their `actor_id`, recorded with its events; without one, the system acted.
+Each takes the write's `provenance` (request, correlation and causation ids), recorded
+with its events too: views pass their request's, handlers the handled event's, saga
+steps the one the placement started with."""
 
 import uuid
 from collections.abc import Callable
@@ -14,6 +17,7 @@ from django.db import transaction
 
 from apps.catalog import selectors as catalog_selectors
 from apps.core.errors import ValidationFailed
+from apps.core.messaging.provenance import SYSTEM, Provenance
 from apps.core.workflows.sagas import saga_start
 from apps.orders import event_store
 from apps.orders.domain import Order, OrderStatus
@@ -41,14 +45,20 @@ ADDRESS_SNAPSHOT_FIELDS = (
 )
 
 
-def _run(order_id: str, command: Callable[[Order], None], *, actor_id: int | None = None) -> Order:
+def _run(
+    order_id: str,
+    command: Callable[[Order], None],
+    *,
+    provenance: Provenance,
+    actor_id: int | None = None,
+) -> Order:
     for attempt in range(1, MAX_COMMAND_ATTEMPTS + 1):
         try:
             with transaction.atomic():
                 order = event_store.load_order(order_id)
                 command(order)
                 if order.pending_events:
-                    event_store.append(order, actor_id=actor_id)
+                    event_store.append(order, actor_id=actor_id, provenance=provenance)
                     project(order)
                 return order
         except ConcurrencyConflict:
@@ -118,6 +128,7 @@ def order_place(
     shipping_address: dict[str, Any],
     payment_token: str,
     idempotency_key: str | None = None,
+    provenance: Provenance = SYSTEM,
 ) -> OrderSummary:
     """Record a new pending order and start its placement saga, in one transaction.
 
@@ -136,7 +147,7 @@ def order_place(
     )
     try:
         with transaction.atomic():
-            event_store.append(order, actor_id=user_id)
+            event_store.append(order, actor_id=user_id, provenance=provenance)
             summary = project(order, is_new=True)
             saga_start(
                 saga_type=ORDER_PLACEMENT_SAGA,
@@ -149,6 +160,7 @@ def order_place(
                     "total": str(order.total),
                     "currency": currency,
                     "payment_token": payment_token,
+                    "provenance": provenance.as_dict(),
                 },
             )
             assert summary is not None  # a new order always gets its summary row
@@ -162,18 +174,28 @@ def order_place(
         return existing
 
 
-def order_record_stock_reserved(*, order_id: str, reservation_reference: str) -> Order:
+def order_record_stock_reserved(
+    *, order_id: str, reservation_reference: str, provenance: Provenance = SYSTEM
+) -> Order:
     return _run(
-        order_id, lambda o: o.record_stock_reserved(reservation_reference=reservation_reference)
+        order_id,
+        lambda o: o.record_stock_reserved(reservation_reference=reservation_reference),
+        provenance=provenance,
     )
 
 
-def order_record_payment_captured(*, order_id: str, payment_id: str, amount: Decimal) -> Order:
-    return _run(order_id, lambda o: o.record_payment_captured(payment_id=payment_id, amount=amount))
+def order_record_payment_captured(
+    *, order_id: str, payment_id: str, amount: Decimal, provenance: Provenance = SYSTEM
+) -> Order:
+    return _run(
+        order_id,
+        lambda o: o.record_payment_captured(payment_id=payment_id, amount=amount),
+        provenance=provenance,
+    )
 
 
-def order_confirm(*, order_id: str) -> Order:
-    return _run(order_id, lambda o: o.confirm())
+def order_confirm(*, order_id: str, provenance: Provenance = SYSTEM) -> Order:
+    return _run(order_id, lambda o: o.confirm(), provenance=provenance)
 
 
 def order_ship(
@@ -182,16 +204,20 @@ def order_ship(
     tracking_number: str,
     carrier: str = "unknown",
     actor_id: int | None = None,
+    provenance: Provenance = SYSTEM,
 ) -> Order:
     return _run(
         order_id,
         lambda o: o.ship(tracking_number=tracking_number, carrier=carrier),
         actor_id=actor_id,
+        provenance=provenance,
     )
 
 
-def order_deliver(*, order_id: str, actor_id: int | None = None) -> Order:
-    return _run(order_id, lambda o: o.deliver(), actor_id=actor_id)
+def order_deliver(
+    *, order_id: str, actor_id: int | None = None, provenance: Provenance = SYSTEM
+) -> Order:
+    return _run(order_id, lambda o: o.deliver(), actor_id=actor_id, provenance=provenance)
 
 
 def order_cancel(
@@ -201,6 +227,7 @@ def order_cancel(
     reason: str | None = None,
     note: str = "",
     details: dict[str, Any] | None = None,
+    provenance: Provenance = SYSTEM,
 ) -> Order:
     """Cancel until shipped. A pending order's placement saga undoes its own steps when it
     next runs; a confirmed order gets a refund-and-restock saga, started with the cancel.
@@ -219,14 +246,20 @@ def order_cancel(
             saga_start(
                 saga_type=ORDER_CANCELLATION_SAGA,
                 timeout_seconds=settings.ORDER_CANCELLATION_SAGA_TIMEOUT_SECONDS,
-                context={"order_id": order.id},
+                context={"order_id": order.id, "provenance": provenance.as_dict()},
             )
 
-    return _run(order_id, cancel, actor_id=actor_id)
+    return _run(order_id, cancel, actor_id=actor_id, provenance=provenance)
 
 
 def order_record_refund(
-    *, order_id: str, payment_id: str, refund_id: str, amount: Decimal, captured: Decimal
+    *,
+    order_id: str,
+    payment_id: str,
+    refund_id: str,
+    amount: Decimal,
+    captured: Decimal,
+    provenance: Provenance = SYSTEM,
 ) -> Order:
     """Record a refund of the order's payment, once per refund id. A capture the order
     has not heard of yet (it was settled late, or its event is still on the way) is
@@ -237,4 +270,4 @@ def order_record_refund(
             order.record_payment_captured(payment_id=payment_id, amount=captured)
         order.record_refund(amount=amount, payment_id=payment_id, refund_ids=[refund_id])
 
-    return _run(order_id, record)
+    return _run(order_id, record, provenance=provenance)

@@ -50,7 +50,7 @@ class EventEnvelope:
     payload: dict[str, Any]
     aggregate_type: str = ""
     aggregate_id: str = ""
-    headers: dict[str, Any] = field(default_factory=dict[str, Any])
+    headers: dict[str, Any] = field(default_factory=dict)
     created_at: datetime | None = None
 
     @property

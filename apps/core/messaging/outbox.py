@@ -3,8 +3,9 @@
 Public API (for every context's services):
 
     publish_event(*, event_type, payload, aggregate_type="", aggregate_id="",
-                  causation_id=None) -> uuid.UUID
-    publish(event, *, aggregate_type="", aggregate_id="", causation_id=None) -> uuid.UUID
+                  causation_id=None, provenance=None) -> uuid.UUID
+    publish(event, *, aggregate_type="", aggregate_id="", causation_id=None,
+            provenance=None) -> uuid.UUID
     event_message(event) -> (event_type, payload)       # dataclass -> JSON-safe dict
     json_safe(value)                                    # Decimal/UUID/datetime -> str
 
@@ -15,11 +16,11 @@ consumer wants (`consumers_of` is empty) is written as relayed already: a record
 costs the relay nothing. The returned id is
 the event id (`OutboxMessage.id`) that consumers deduplicate on.
 
-Headers: `request_id` and `correlation_id` come from the structlog context (bound per
-request by `RequestIdMiddleware`, per delivered event by `deliver_event`); the
-correlation id falls back to the request id, then to the event id itself (a flow that
-starts outside a request). `causation_id` defaults to the event being handled, when
-called from an event handler.
+Headers: `request_id`, `correlation_id` and `causation_id` come from the `provenance`
+argument when the caller passes one (`apps.core.messaging.provenance`), else from the
+structlog context (bound per request by the edge middleware, per delivered event by
+`deliver_event`); the correlation id falls back to the request id, then to the event id
+itself (a flow that starts outside a request).
 
 After commit, the relay is kicked (a `relay_outbox` task) for low latency, unless a kick
 is already queued and not started: that one will see this commit's rows, so kicks
@@ -65,6 +66,7 @@ from apps.core.messaging.inbox import (
     event_log_context,
     inbox_purge_processed,
 )
+from apps.core.messaging.provenance import Provenance
 from apps.core.models import OutboxMessage
 from apps.core.observability import tracing
 
@@ -127,16 +129,23 @@ def publish_event(
     aggregate_type: str = "",
     aggregate_id: str = "",
     causation_id: str | None = None,
+    provenance: Provenance | None = None,
 ) -> uuid.UUID:
     """Write an event to the outbox, in the caller's transaction; return its id."""
     alias = router.db_for_write(OutboxMessage)
     _require_transaction(alias)
     event_id = uuid.uuid4()
-    context = structlog.contextvars.get_contextvars()
-    request_id = context.get("request_id")
-    cause = causation_id or context.get("event_id")
-    headers = {
-        "correlation_id": str(context.get("correlation_id") or request_id or event_id),
+    if provenance is None:
+        log_context = structlog.contextvars.get_contextvars()
+        provenance = Provenance(
+            request_id=log_context.get("request_id"),
+            correlation_id=log_context.get("correlation_id"),
+            causation_id=log_context.get("event_id"),
+        )
+    request_id = provenance.request_id
+    cause = causation_id or provenance.causation_id
+    headers: dict[str, Any] = {
+        "correlation_id": str(provenance.correlation_id or request_id or event_id),
         "causation_id": str(cause) if cause else None,
         "request_id": request_id,
     }
@@ -172,6 +181,7 @@ def publish(
     aggregate_type: str = "",
     aggregate_id: str = "",
     causation_id: str | None = None,
+    provenance: Provenance | None = None,
 ) -> uuid.UUID:
     """`publish_event` for a dataclass event: its class name is the event type."""
     event_type, payload = event_message(event)
@@ -181,6 +191,7 @@ def publish(
         aggregate_type=aggregate_type,
         aggregate_id=aggregate_id,
         causation_id=causation_id,
+        provenance=provenance,
     )
 
 
