@@ -81,7 +81,7 @@ class ReservationLine:
 # --- Reservations -------------------------------------------------------------------
 
 
-def reserve_stock(
+def stock_reserve(
     *, reference: str, items: list[tuple[int, int]], ttl_seconds: int = 900
 ) -> list[ReservationLine]:
     """Hold `quantity` units of each product for `reference`, all or nothing.
@@ -123,7 +123,7 @@ def reserve_stock(
 
 
 @transaction.atomic
-def commit_reservation(*, reference: str) -> None:
+def reservation_commit(*, reference: str) -> None:
     """Turn the reserved units into sold ones (they leave `on_hand`)."""
     rows = _locked_reservations(reference)
     if not rows:
@@ -142,7 +142,7 @@ def commit_reservation(*, reference: str) -> None:
 
 
 @transaction.atomic
-def release_reservation(*, reference: str) -> None:
+def reservation_release(*, reference: str) -> None:
     """Return the reserved units to stock. Unknown or already released: nothing to do."""
     rows = _locked_reservations(reference)
     statuses = {row.status for row in rows}
@@ -155,7 +155,7 @@ def release_reservation(*, reference: str) -> None:
 
 
 @transaction.atomic
-def return_reservation(*, reference: str) -> None:
+def reservation_return(*, reference: str) -> None:
     """Put sold units back on hand (a cancelled, refunded order). Idempotent."""
     rows = _locked_reservations(reference)
     statuses = {row.status for row in rows}
@@ -169,7 +169,7 @@ def return_reservation(*, reference: str) -> None:
     _publish_stock_changed([row.product_id for row in rows], cause="return", reference=reference)
 
 
-def release_expired_reservations(*, now: datetime | None = None, limit: int = 500) -> int:
+def reservations_release_expired(*, now: datetime | None = None, limit: int = 500) -> int:
     """Release active reservations whose `expires_at` has passed; returns how many
     references were released. One short transaction per reference."""
     now = now or timezone.now()

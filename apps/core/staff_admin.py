@@ -57,7 +57,7 @@ class ServiceFormAdmin(admin.ModelAdmin):
     def get_form(
         self, request: HttpRequest, obj: Any | None = None, change: bool = False, **kwargs: Any
     ) -> "type[forms.ModelForm[Any]]":
-        form_class = super().get_form(request, obj, change, **kwargs)
+        form_class = super().get_form(request, obj, change=change, **kwargs)
         service_error: DomainError | None = getattr(request, "service_error", None)
         if service_error is None:
             return form_class

@@ -249,7 +249,7 @@ class OrderSummaryAdmin(ActionsOnlyAdmin):
             payment = payment_selectors.payment_list(user_id=None, order_id=str(summary.pk)).first()
             if payment is None:
                 raise InvalidState("The order has no payment to refund.")
-            return payment_services.refund_payment(
+            return payment_services.payment_refund(
                 payment_id=payment.pk,
                 amount=data["amount"],
                 reason=data["reason"],

@@ -29,7 +29,7 @@ from apps.payments import services as payments
 
 
 def reserve_stock(ctx: dict[str, Any]) -> None:
-    catalog.reserve_stock(
+    catalog.stock_reserve(
         reference=ctx["order_id"],
         items=[(product_id, quantity) for product_id, quantity in ctx["items"]],
         ttl_seconds=settings.ORDER_RESERVATION_TTL_SECONDS,
@@ -42,11 +42,11 @@ def reserve_stock(ctx: dict[str, Any]) -> None:
 
 
 def release_stock(ctx: dict[str, Any]) -> None:
-    catalog.release_reservation(reference=ctx["order_id"])
+    catalog.reservation_release(reference=ctx["order_id"])
 
 
 def charge_payment(ctx: dict[str, Any]) -> dict[str, Any]:
-    result = payments.charge_for_order(
+    result = payments.payment_charge_for_order(
         order_id=ctx["order_id"],
         user_id=ctx["user_id"],
         amount=Decimal(ctx["total"]),
@@ -74,7 +74,7 @@ def confirm_order(ctx: dict[str, Any]) -> None:
     orders.order_confirm(
         order_id=ctx["order_id"], provenance=Provenance.from_dict(ctx.get("provenance"))
     )
-    catalog.commit_reservation(reference=ctx["order_id"])
+    catalog.reservation_commit(reference=ctx["order_id"])
 
 
 def cancel_order(ctx: dict[str, Any], reason: str) -> None:
@@ -152,7 +152,7 @@ def refund_cancelled_order(ctx: dict[str, Any]) -> None:
 
 
 def restock(ctx: dict[str, Any]) -> None:
-    catalog.return_reservation(reference=ctx["order_id"])
+    catalog.reservation_return(reference=ctx["order_id"])
 
 
 register_saga(

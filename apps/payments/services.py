@@ -72,7 +72,7 @@ class RefundResult:
 # -- charges -----------------------------------------------------------------------------
 
 
-def charge_for_order(
+def payment_charge_for_order(
     *, order_id: str, user_id: int, amount: Decimal, currency: str, token: str
 ) -> PaymentResult:
     """Charge the order once. A second call returns the first payment's outcome (a decline
@@ -143,7 +143,7 @@ def payment_void_for_order(*, order_id: str, reason: str) -> RefundResult | None
         )
     if payment.status in (Payment.Status.FAILED, Payment.Status.REFUNDED):
         return None
-    return refund_payment(payment_id=payment.pk, reason=reason)
+    return payment_refund(payment_id=payment.pk, reason=reason)
 
 
 def _request_void(payment: Payment, *, reason: str) -> None:
@@ -171,7 +171,7 @@ def _void_if_requested(payment: Payment) -> bool:
     ):
         return False
     try:
-        refund_payment(payment_id=payment.pk, reason="order not placed (late capture)")
+        payment_refund(payment_id=payment.pk, reason="order not placed (late capture)")
     except PaymentProviderUnavailable:
         logger.warning("late_capture_refund_deferred", payment_id=payment.pk)
         return False
@@ -313,7 +313,7 @@ def _payment_result(payment: Payment) -> PaymentResult:
 # -- refunds -----------------------------------------------------------------------------
 
 
-def refund_payment(
+def payment_refund(
     *,
     payment_id: int,
     amount: Decimal | None = None,

@@ -122,7 +122,7 @@ def shop(sandbox, settings):
         sku="AUDIT-1", name="Audit lamp", price=Decimal("5.00"), currency="EUR", initial_stock=9
     )
     catalog_services.stock_adjust(product_id=product.pk, delta=1, reason="count", actor_id=None)
-    catalog_services.reserve_stock(reference="audit-1", items=[(product.pk, 1)])
+    catalog_services.stock_reserve(reference="audit-1", items=[(product.pk, 1)])
     catalog_services.category_create(name="Audit lights")
     confirm(str(place_order(customer).pk))
     place_order(customer)

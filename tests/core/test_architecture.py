@@ -66,3 +66,41 @@ def test_tasks_are_sent_as_objects_not_by_name():
                 name_strings.append(f"{path}:{node.lineno} {node.value!r}")
     assert send_task_calls == []
     assert name_strings == []
+
+
+def _public_functions(tree: ast.Module) -> list[str]:
+    return [
+        node.name
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name[0] != "_"
+    ]
+
+
+def test_no_public_function_name_means_two_things():
+    defined_in: dict[str, list[str]] = {}
+    for path, tree in _modules(APPS_DIR).items():
+        if "/migrations/" not in path:
+            for name in _public_functions(tree):
+                defined_in.setdefault(name, []).append(path)
+    assert {name: paths for name, paths in defined_in.items() if len(paths) > 1} == {}
+
+
+# The entities each context's services act on: a service is `<entity>_<action>`.
+SERVICE_ENTITIES = {
+    "users": ("user", "address"),
+    "catalog": ("stock", "reservation", "reservations", "product", "products", "category"),
+    "orders": ("order",),
+    "payments": ("payment", "payments", "webhook"),
+}
+
+
+def test_services_are_named_entity_then_action():
+    misnamed = {}
+    for context, entities in SERVICE_ENTITIES.items():
+        services = _modules(APPS_DIR / context)[f"apps/{context}/services.py"]
+        misnamed[context] = [
+            name
+            for name in _public_functions(services)
+            if "_" not in name or name.split("_")[0] not in entities
+        ]
+    assert {context: names for context, names in misnamed.items() if names} == {}

@@ -23,7 +23,7 @@ from apps.core.messaging.webhooks.services import (
     webhook_subscription_update,
 )
 from apps.core.models import WebhookDelivery, WebhookSubscription
-from apps.core.observability.metrics import render
+from apps.core.observability.metrics import render_metrics
 from tests.core.webhook_probes import WebhookProbeHappened  # noqa: F401 (registers the type)
 from tests.support.metrics import sample_value
 from tests.support.webhook_receiver import WebhookReceiver, closed_port_url
@@ -58,7 +58,7 @@ def fan_out_committed(event: EventEnvelope) -> list[WebhookDelivery]:
 
 
 def metric(name: str, **labels: str) -> float:
-    return sample_value(render(with_platform_state=False).decode(), name, **labels) or 0.0
+    return sample_value(render_metrics(with_platform_state=False).decode(), name, **labels) or 0.0
 
 
 def test_fan_out_writes_one_delivery_per_active_matching_subscription_even_when_run_twice():

@@ -317,7 +317,7 @@ def exposition_registry() -> CollectorRegistry:
     return REGISTRY
 
 
-def render(*, with_platform_state: bool) -> bytes:
+def render_metrics(*, with_platform_state: bool) -> bytes:
     request_metrics.flush()
     output = generate_latest(exposition_registry())
     if with_platform_state:
@@ -347,7 +347,7 @@ def metrics_view(request):
     """Prometheus text exposition; restricted by network or bearer token when configured."""
     if not _client_allowed(request):
         return HttpResponse("Forbidden\n", status=403, content_type="text/plain")
-    return HttpResponse(render(with_platform_state=True), content_type=CONTENT_TYPE_LATEST)
+    return HttpResponse(render_metrics(with_platform_state=True), content_type=CONTENT_TYPE_LATEST)
 
 
 def start_worker_metrics_server(port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104

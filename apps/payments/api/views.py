@@ -61,7 +61,7 @@ class RefundCreateView(StrictQueryParameters, APIView):
         serializer.is_valid(raise_exception=True)
         # The generic Idempotency-Key layer replays responses; the same key given to the
         # service makes the refund itself once-only.
-        result = services.refund_payment(
+        result = services.payment_refund(
             payment_id=payment_id,
             idempotency_key=request.headers[IDEMPOTENCY_HEADER],
             **serializer.validated_data,
