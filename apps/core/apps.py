@@ -1,3 +1,7 @@
+"""The kernel's Django app: at start-up it imports every context's events, handlers and
+sagas (they register themselves), registers the URL converters and wraps replica
+connections with the read fallback."""
+
 from django.apps import AppConfig
 from django.contrib.admin import apps as admin_apps
 from django.db.backends.signals import connection_created

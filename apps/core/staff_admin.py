@@ -14,7 +14,8 @@ import structlog
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
 
 from apps.core.errors import DomainError, ValidationFailed
 
@@ -47,11 +48,17 @@ class ServiceFormAdmin(admin.ModelAdmin):
     them (the same page a field error gives) instead of a server error.
     """
 
-    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+    def changeform_view(
+        self,
+        request: HttpRequest,
+        object_id: str | None = None,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
         try:
             return super().changeform_view(request, object_id, form_url, extra_context)
         except DomainError as error:
-            request.service_error = error
+            request.service_error = error  # type: ignore[attr-defined]  # read by get_form
             return super().changeform_view(request, object_id, form_url, extra_context)
 
     def get_form(
@@ -78,7 +85,13 @@ class ActionsOnlyAdmin(admin.ModelAdmin):
     """Rows that change only through actions (services): the change page is for reading,
     and a POST to it is refused rather than saving the row as it stands."""
 
-    def change_view(self, request, object_id, form_url="", extra_context=None):
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
         if request.method == "POST":
             raise PermissionDenied
         return super().change_view(request, object_id, form_url, extra_context)
@@ -86,7 +99,7 @@ class ActionsOnlyAdmin(admin.ModelAdmin):
 
 def report_outcome(
     model_admin: admin.ModelAdmin,
-    request,
+    request: HttpRequest,
     call: Callable[[], Any],
     success: Callable[[Any], str],
     *,
@@ -155,7 +168,9 @@ class StaffAdminSite(admin.AdminSite):
 
     index_template = "admin/staff_index.html"
 
-    def index(self, request, extra_context=None):
+    def index(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> TemplateResponse:
         figures = [
             figure
             for figure in collect_figures()

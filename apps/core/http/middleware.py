@@ -1,3 +1,7 @@
+"""The request middleware: `EdgeMiddleware` does in one pass what every request needs
+(ids, body limit, rate limit, read routing, the log line, metrics, the API's 500);
+`BrowserMiddleware` runs the session stack for the admin only, where it is needed."""
+
 import logging
 import re
 import time

@@ -19,12 +19,13 @@ import os
 import secrets
 import threading
 from bisect import bisect_left
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from typing import Any
 
 import structlog
 from django.conf import settings
-from django.http import HttpResponse
+from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -34,7 +35,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 logger = structlog.get_logger(__name__)
@@ -87,7 +88,7 @@ event_consumer_events = Counter(
 class PlatformStateCollector(Collector):
     """Outbox backlog, consumer lag and replica lag, measured when Prometheus scrapes."""
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         from apps.core.data.replicas import replica_health
         from apps.core.selectors import consumer_lag, outbox_backlog
 
@@ -162,14 +163,21 @@ class RequestMetrics:
         self._sizes: dict[str, list[Any]] = {}
         self._families = None
 
-    def families(self):
+    def families(self) -> Any:  # django-prometheus's Metrics (untyped)
         if self._families is None:
             from django_prometheus.middleware import Metrics
 
             self._families = Metrics.get_instance()
         return self._families
 
-    def record(self, request, response, *, total: float, view_seconds: float) -> None:
+    def record(
+        self,
+        request: HttpRequest,
+        response: HttpResponseBase,
+        *,
+        total: float,
+        view_seconds: float,
+    ) -> None:
         """One request answered: `total` seconds since it arrived, `view_seconds` since
         the middleware handed it on."""
         families = self.families()
@@ -188,7 +196,7 @@ class RequestMetrics:
             request.META.get("HTTP_X_REQUESTED_WITH") == "XMLHttpRequest",
         )
         request_bytes = int(request.META.get("CONTENT_LENGTH") or 0)
-        response_bytes = None if streaming else len(response.content)
+        response_bytes = None if streaming else len(getattr(response, "content", b""))
         latency_key = (view or "<unnamed view>", request.method)
         with self._lock:
             if self._flusher is None:
@@ -257,7 +265,7 @@ class RequestMetrics:
         f.responses_total.inc(total)
         by: dict[tuple[Any, ...], int] = {}
 
-        def add(family, labels: tuple[Any, ...], n: int) -> None:
+        def add(family: Any, labels: tuple[Any, ...], n: int) -> None:
             by[family, labels] = by.get((family, labels), 0) + n
 
         for (method, transport, view, status, charset, streaming, ajax), n in requests.items():
@@ -289,7 +297,7 @@ class RequestMetrics:
             self._add(f.requests_latency_by_view_method.labels(*labels), *entry)
 
     @staticmethod
-    def _add(histogram, total: float, buckets: list[int]) -> None:
+    def _add(histogram: Any, total: float, buckets: list[int]) -> None:
         # What observe() does per value, once per bucket (prometheus_client's own
         # per-bucket values; the cumulative counts are computed when it is collected).
         histogram._sum.inc(total)
@@ -312,7 +320,7 @@ def exposition_registry() -> CollectorRegistry:
     this process's own otherwise."""
     if multiprocess_dir():
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return registry
     return REGISTRY
 
@@ -327,7 +335,7 @@ def render_metrics(*, with_platform_state: bool) -> bytes:
     return output
 
 
-def _client_allowed(request) -> bool:
+def _client_allowed(request: HttpRequest) -> bool:
     token = settings.METRICS_TOKEN
     if token:
         offered = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
@@ -343,7 +351,7 @@ def _client_allowed(request) -> bool:
     return any(address in ipaddress.ip_network(network) for network in networks)
 
 
-def metrics_view(request):
+def metrics_view(request: HttpRequest) -> HttpResponse:
     """Prometheus text exposition; restricted by network or bearer token when configured."""
     if not _client_allowed(request):
         return HttpResponse("Forbidden\n", status=403, content_type="text/plain")

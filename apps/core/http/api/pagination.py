@@ -1,3 +1,6 @@
+"""Cursor pagination for every list endpoint: stable pages under concurrent inserts, and a
+400 (not a silent default) for a bad page size or a forged cursor."""
+
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError

@@ -1,3 +1,6 @@
+"""Permission classes of the staff endpoints: a staff role (a group), or one Django
+permission."""
+
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.views import APIView

@@ -11,7 +11,7 @@ from typing import Any
 import structlog
 from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.http import Http404, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
 from rest_framework import exceptions
 from rest_framework.response import Response
@@ -41,7 +41,13 @@ _DRF_PROBLEMS: list[tuple[type[exceptions.APIException], str, str]] = [
 
 
 def problem_body(
-    *, status: int, problem_type: str, title: str, detail: str, request=None, **extra: Any
+    *,
+    status: int,
+    problem_type: str,
+    title: str,
+    detail: str,
+    request: HttpRequest | None = None,
+    **extra: Any,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE_PREFIX + problem_type,
@@ -80,7 +86,7 @@ def flatten_errors(detail: Any, prefix: str = "") -> dict[str, list[str]]:
     return {prefix or "non_field_errors": [str(detail)]}
 
 
-def _drf_problem(exc: exceptions.APIException, request) -> dict[str, Any]:
+def _drf_problem(exc: exceptions.APIException, request: HttpRequest | None) -> dict[str, Any]:
     problem_type, title = "error", "Error"
     for cls, p_type, p_title in _DRF_PROBLEMS:
         if isinstance(exc, cls):
@@ -145,7 +151,9 @@ def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Respon
     )
 
 
-def _problem_response(request, *, status: int, problem_type: str, title: str, detail: str):
+def _problem_response(
+    request: HttpRequest, *, status: int, problem_type: str, title: str, detail: str
+) -> HttpResponse | None:
     if request.path.startswith(ADMIN_PATH_PREFIX):
         return None
     body = problem_body(
@@ -156,13 +164,13 @@ def _problem_response(request, *, status: int, problem_type: str, title: str, de
 
 # Django-level handlers (config.urls): errors raised outside DRF views. The admin
 # keeps Django's HTML pages; everything else answers with a problem.
-def not_found(request, exception=None):
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     return _problem_response(
         request, status=404, problem_type="not-found", title="Not found", detail="No such resource."
     ) or defaults.page_not_found(request, exception)
 
 
-def payload_too_large(request):
+def payload_too_large(request: HttpRequest) -> HttpResponse:
     limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
     return _problem_response(
         request,
@@ -173,7 +181,7 @@ def payload_too_large(request):
     ) or HttpResponse("Payload too large", status=413, content_type="text/plain")
 
 
-def bad_request(request, exception=None):
+def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
     return _problem_response(
         request,
         status=400,
@@ -183,7 +191,7 @@ def bad_request(request, exception=None):
     ) or defaults.bad_request(request, exception)
 
 
-def permission_denied(request, exception=None):
+def permission_denied(request: HttpRequest, exception: Exception) -> HttpResponse:
     return _problem_response(
         request,
         status=403,
@@ -193,7 +201,7 @@ def permission_denied(request, exception=None):
     ) or defaults.permission_denied(request, exception)
 
 
-def server_error(request):
+def server_error(request: HttpRequest) -> HttpResponse:
     return _problem_response(
         request,
         status=500,

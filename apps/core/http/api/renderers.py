@@ -1,3 +1,5 @@
+"""The renderer of problem details (`application/problem+json`)."""
+
 from rest_framework.renderers import JSONRenderer
 
 

@@ -1,5 +1,11 @@
+"""Base serializers of the API: strict input (unknown fields, non-string strings and
+out-of-range integers refused) and output fields built once per class."""
+
+from typing import Any
+
 from django.core.validators import MaxValueValidator, MinValueValidator
 from rest_framework import serializers
+from rest_framework.utils.serializer_helpers import BindingDict
 
 # Every integer a client sends ends up in a bigint column or lookup at most: larger
 # values are refused as invalid input, never passed on to the database to overflow.
@@ -22,7 +28,7 @@ class StrictSerializerMixin(serializers.Serializer):
     silently ignored, a string field takes only a JSON string (not `42` as "42"), and
     an integer field only what fits a bigint."""
 
-    def get_fields(self):
+    def get_fields(self) -> dict[str, serializers.Field]:
         fields = super().get_fields()
         for field in fields.values():
             integer = getattr(field, "child", field)  # a list of integers too
@@ -30,7 +36,7 @@ class StrictSerializerMixin(serializers.Serializer):
                 _bound_to_bigint(integer)
         return fields
 
-    def to_internal_value(self, data):
+    def to_internal_value(self, data: Any) -> Any:
         refused: dict[str, list[str]] = {}
         if isinstance(data, dict):
             writable = {name: field for name, field in self.fields.items() if not field.read_only}
@@ -71,7 +77,7 @@ class SharedFieldsMixin(serializers.Serializer):
     """
 
     @property
-    def fields(self):
+    def fields(self) -> BindingDict:
         cls = type(self)
         shared = cls.__dict__.get("_shared_fields")
         if shared is None:

@@ -1,3 +1,6 @@
+"""The base of every API view: the query string is validated like a body, so an unknown
+or misspelt parameter is a 400, never silently ignored."""
+
 from typing import Any
 
 from rest_framework.request import Request

@@ -1,3 +1,5 @@
+"""Serializers of the staff webhook endpoints (subscriptions, deliveries, event types)."""
+
 import json
 from typing import Any
 
@@ -65,7 +67,8 @@ class WebhookDeliverySerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
     def get_body(self, delivery: WebhookDelivery) -> dict[str, Any]:
-        return json.loads(delivery.body)
+        body: dict[str, Any] = json.loads(delivery.body)
+        return body
 
 
 class WebhookDeliveryListParamsSerializer(StrictSerializer):

@@ -1,3 +1,5 @@
+"""URLs of the staff webhook endpoints, under /api/v1/webhooks/."""
+
 from django.urls import path
 
 from apps.core.messaging.webhooks.api import views
