@@ -13,7 +13,9 @@ import structlog
 from django.conf import settings
 from django.core import signals
 from django.core.exceptions import BadRequest, PermissionDenied, SuspiciousOperation
-from django.http import Http404
+from django.http import Http404, HttpRequest
+from django.http.response import HttpResponseBase
+from django.template.response import TemplateResponse
 from django.utils.log import log_response
 from django.utils.module_loading import import_string
 
@@ -22,6 +24,8 @@ from apps.core.http import ratelimit
 from apps.core.http.clients import client_ip, client_user_id
 from apps.core.observability.logging import write_line
 from apps.core.observability.metrics import request_metrics
+
+GetResponse = Callable[[HttpRequest], HttpResponseBase]
 
 REQUEST_LOGGER = "mercato.request"
 logger = structlog.get_logger(REQUEST_LOGGER)
@@ -59,16 +63,16 @@ class EdgeMiddleware:
     request and its own metrics writes were most of a request's cost (docs/performance.md).
     """
 
-    def __init__(self, get_response):
+    def __init__(self, get_response: GetResponse) -> None:
         self.get_response = get_response
 
-    def __call__(self, request):
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
         started = time.perf_counter()
         meta = request.META
         # META, not request.headers: that cached view would hide the id we set below.
         offered = meta.get("HTTP_X_REQUEST_ID", "")
         request_id = offered if _WELL_FORMED_ID.match(offered) else uuid.uuid4().hex
-        meta["HTTP_X_REQUEST_ID"] = request.request_id = request_id
+        meta["HTTP_X_REQUEST_ID"] = request.request_id = request_id  # type: ignore[attr-defined]
         offered_correlation = meta.get("HTTP_X_CORRELATION_ID", "")
         correlation_id = (
             offered_correlation if _WELL_FORMED_ID.match(offered_correlation) else request_id
@@ -104,7 +108,7 @@ class EdgeMiddleware:
         response[CORRELATION_ID_HEADER] = correlation_id
         return response
 
-    def _respond(self, request):
+    def _respond(self, request: HttpRequest) -> HttpResponseBase:
         limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
         try:
             length = int(request.META.get("CONTENT_LENGTH") or 0)
@@ -128,11 +132,15 @@ class EdgeMiddleware:
             ratelimit.add_headers(response, decision)
         return response
 
-    def process_template_response(self, request, response):
+    def process_template_response(
+        self, request: HttpRequest, response: TemplateResponse
+    ) -> TemplateResponse:
         request_metrics.count("responses_by_templatename", str(response.template_name))
         return response
 
-    def process_exception(self, request, exception):
+    def process_exception(
+        self, request: HttpRequest, exception: Exception
+    ) -> HttpResponseBase | None:
         from apps.core.http.api.problems import server_error
 
         request_metrics.count("exceptions_by_type", type(exception).__name__)
@@ -167,10 +175,10 @@ class BrowserMiddleware:
     lot with one prefix test. Last in MIDDLEWARE, so its chain runs just before the view
     as it would in MIDDLEWARE itself; CSRF's view check is called from process_view."""
 
-    def __init__(self, get_response):
+    def __init__(self, get_response: GetResponse) -> None:
         self.get_response = get_response
         chain = get_response
-        self._view_hooks: list[Callable[..., Any]] = []
+        self._view_hooks: list[Callable[..., HttpResponseBase | None]] = []
         for path in reversed(settings.BROWSER_MIDDLEWARE):
             instance = import_string(path)(chain)
             if hasattr(instance, "process_view"):
@@ -178,12 +186,18 @@ class BrowserMiddleware:
             chain = instance
         self._chain = chain
 
-    def __call__(self, request):
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
         if is_browser_path(request.path):
             return self._chain(request)
         return self.get_response(request)
 
-    def process_view(self, request, view_func, view_args, view_kwargs):
+    def process_view(
+        self,
+        request: HttpRequest,
+        view_func: Callable[..., Any],
+        view_args: tuple[Any, ...],
+        view_kwargs: dict[str, Any],
+    ) -> HttpResponseBase | None:
         if not is_browser_path(request.path):
             return None
         for hook in self._view_hooks:
@@ -210,10 +224,10 @@ class ReadYourWritesMiddleware:
     request wrote (a login names a user the session did not).
     """
 
-    def __init__(self, get_response):
+    def __init__(self, get_response: GetResponse) -> None:
         self.get_response = get_response
 
-    def __call__(self, request):
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
         if not settings.DATABASE_REPLICAS:
             return self.get_response(request)
         with routing_scope(user_id=client_user_id(request, session_loaded=True)) as scope:

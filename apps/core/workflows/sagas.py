@@ -47,7 +47,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -55,6 +55,7 @@ import structlog
 from celery import shared_task
 from django.conf import settings
 from django.db import connection, connections, router, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Field, Model, Q
 from django.utils import timezone
 
@@ -169,7 +170,7 @@ def _concrete_field(model: type[Model], name: str) -> "Field[Any, Any]":
     return field
 
 
-def _claim(*, limit: int, saga_id=None) -> list[SagaInstance]:
+def _claim(*, limit: int, saga_id: str | uuid.UUID | None = None) -> list[SagaInstance]:
     """Lease up to `limit` active, due, unleased sagas (or the one `saga_id`) in one
     statement; they share a fresh lease token. Rows another claim holds are skipped."""
     alias = router.db_for_write(SagaInstance)
@@ -216,7 +217,7 @@ def _release(sagas: list[SagaInstance]) -> None:
         )
 
 
-def saga_advance(saga_id) -> str | None:
+def saga_advance(saga_id: str | uuid.UUID) -> str | None:
     """Run one saga's steps (or compensations) while they succeed; return its state, or
     None when it was not due, not active, or leased by another worker."""
     claimed = _claim(limit=1, saga_id=saga_id)
@@ -339,7 +340,9 @@ def _save(
     transaction.on_commit(partial(_saved, saga, kind, step, detail, now), using=db.alias)
 
 
-def _move_and_log(db, saga: SagaInstance, fence, transition: dict[str, Any]) -> bool:
+def _move_and_log(
+    db: BaseDatabaseWrapper, saga: SagaInstance, fence: uuid.UUID | None, transition: dict[str, Any]
+) -> bool:
     """The fenced update of the row and the transition's insert in one statement (atomic
     on its own, no transaction block to open): the row moves only with its log line."""
     meta, log_meta = SagaInstance._meta, SagaTransition._meta
@@ -366,7 +369,7 @@ def _move_and_log(db, saga: SagaInstance, fence, transition: dict[str, Any]) -> 
         return cursor.fetchone() is not None
 
 
-def _saved(saga: SagaInstance, kind: str, step: str, detail: str, now) -> None:
+def _saved(saga: SagaInstance, kind: str, step: str, detail: str, now: datetime) -> None:
     logger.info("saga_" + kind, step=step, state=saga.state, detail=detail[:200])
     if kind in ("step_retry", "compensation_retry", "compensating"):
         metrics.saga_step_failures.labels(saga_type=saga.saga_type, step=step, kind=kind).inc()
@@ -484,7 +487,7 @@ def saga_sweep(*, limit: int = 200) -> int:
     return len(stuck)
 
 
-def saga_retry_now(*, saga_id) -> bool:
+def saga_retry_now(*, saga_id: str | uuid.UUID) -> bool:
     """Wake a waiting active saga at once (staff action); False if it is not active."""
     now = timezone.now()
     woken = (

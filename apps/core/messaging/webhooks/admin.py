@@ -2,8 +2,12 @@
 delivery log (status code, latency, attempts, error; send again). Every write goes
 through apps.core.messaging.webhooks.services."""
 
+from typing import Any
+
 from django import forms
 from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
 
 from apps.core.admin import ReadOnlyAdmin
 from apps.core.errors import DomainError
@@ -38,13 +42,13 @@ class WebhookSubscriptionForm(forms.ModelForm):
         model = WebhookSubscription
         fields = ["target_url", "event_types", "description"]
 
-    def clean_target_url(self):
+    def clean_target_url(self) -> Any:
         url = self.cleaned_data["target_url"]
         if errors := target_url_errors(url):
             raise forms.ValidationError(errors)
         return url
 
-    def clean_event_types(self):
+    def clean_event_types(self) -> Any:
         event_types = list(self.cleaned_data["event_types"])
         if errors := event_types_errors(event_types):
             raise forms.ValidationError(errors)
@@ -60,17 +64,17 @@ class WebhookSubscriptionAdmin(admin.ModelAdmin):
     ]  # fmt: skip
     list_filter = ["is_active"]
     search_fields = ["target_url", "description"]
-    readonly_fields = ["is_active", "failing_since", "disabled_at", "disabled_reason", "created_at"]
+    readonly_fields = ("is_active", "failing_since", "disabled_at", "disabled_reason", "created_at")
     actions = ["enable", "disable"]
 
-    def get_readonly_fields(self, request, obj=None):
-        return self.readonly_fields if obj is not None else []
+    def get_readonly_fields(self, request: HttpRequest, obj: Any | None = None) -> tuple[str, ...]:
+        return self.readonly_fields if obj is not None else ()
 
-    def get_fields(self, request, obj=None):
-        fields = ["target_url", "event_types", "description"]
+    def get_fields(self, request: HttpRequest, obj: Any | None = None) -> tuple[str, ...]:
+        fields = ("target_url", "event_types", "description")
         return fields + self.readonly_fields if obj is not None else fields
 
-    def save_model(self, request, obj, form, change):
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
         data = form.cleaned_data
         if change:
             saved = webhook_subscription_update(
@@ -94,21 +98,21 @@ class WebhookSubscriptionAdmin(admin.ModelAdmin):
         obj.pk = saved.pk
         obj.refresh_from_db()
 
-    def delete_model(self, request, obj):
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
         webhook_subscription_delete(subscription_id=obj.pk)
 
-    def delete_queryset(self, request, queryset):
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         for subscription_id in queryset.values_list("pk", flat=True):
             webhook_subscription_delete(subscription_id=subscription_id)
 
     @admin.action(description="Enable (clears the failure record)", permissions=["change"])
-    def enable(self, request, queryset):
+    def enable(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         for subscription_id in queryset.values_list("pk", flat=True):
             webhook_subscription_enable(subscription_id=subscription_id)
         self.message_user(request, f"{queryset.count()} subscription(s) enabled.")
 
     @admin.action(description="Disable (stops pending deliveries)", permissions=["change"])
-    def disable(self, request, queryset):
+    def disable(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         for subscription_id in queryset.values_list("pk", flat=True):
             webhook_subscription_update(subscription_id=subscription_id, is_active=False)
         self.message_user(request, f"{queryset.count()} subscription(s) {DISABLED_BY_STAFF}.")
@@ -126,11 +130,11 @@ class WebhookDeliveryAdmin(ReadOnlyAdmin):
     list_select_related = ["subscription"]
     actions = ["send_again"]
 
-    def has_send_again_permission(self, request) -> bool:
-        return request.user.has_perm("core.change_webhooksubscription")
+    def has_send_again_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.has_perm("core.change_webhooksubscription"))
 
     @admin.action(description="Send again", permissions=["send_again"])
-    def send_again(self, request, queryset):
+    def send_again(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         sent, refused = 0, []
         for delivery_id, subscription_id in queryset.values_list("pk", "subscription_id"):
             try:

@@ -6,6 +6,7 @@ import dataclasses
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
+from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -35,7 +36,7 @@ class EventTypeListView(StrictQueryParameters, APIView):
     permission_classes = [ManagesWebhooks]
 
     @extend_schema(responses=PublishedEventTypeSerializer(many=True))
-    def get(self, request):
+    def get(self, request: Request) -> Response:
         """The event types a subscription may name."""
         types = sorted(published_event_types().values(), key=lambda event: event.name)
         return Response([dataclasses.asdict(event) for event in types])
@@ -46,7 +47,7 @@ class SubscriptionListView(StrictQueryParameters, APIView):
     pagination_class = CursorPagination
 
     @extend_schema(parameters=PAGE_PARAMETERS, responses=WebhookSubscriptionSerializer(many=True))
-    def get(self, request):
+    def get(self, request: Request) -> Response:
         paginator = self.pagination_class()
         page = paginator.paginate_queryset(selectors.webhook_subscription_list(), request, self)
         return paginator.get_paginated_response(WebhookSubscriptionSerializer(page, many=True).data)
@@ -55,7 +56,7 @@ class SubscriptionListView(StrictQueryParameters, APIView):
         request=WebhookSubscriptionCreateSerializer,
         responses={201: WebhookSubscriptionCreatedSerializer},
     )
-    def post(self, request):
+    def post(self, request: Request) -> Response:
         serializer = WebhookSubscriptionCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         subscription = services.webhook_subscription_create(**serializer.validated_data)
@@ -68,14 +69,14 @@ class SubscriptionDetailView(StrictQueryParameters, APIView):
     permission_classes = [ManagesWebhooks]
 
     @extend_schema(responses=WebhookSubscriptionSerializer)
-    def get(self, request, subscription_id: int):
+    def get(self, request: Request, subscription_id: int) -> Response:
         subscription = selectors.webhook_subscription_get(subscription_id=subscription_id)
         return Response(WebhookSubscriptionSerializer(subscription).data)
 
     @extend_schema(
         request=WebhookSubscriptionUpdateSerializer, responses=WebhookSubscriptionSerializer
     )
-    def patch(self, request, subscription_id: int):
+    def patch(self, request: Request, subscription_id: int) -> Response:
         serializer = WebhookSubscriptionUpdateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         subscription = services.webhook_subscription_update(
@@ -84,7 +85,7 @@ class SubscriptionDetailView(StrictQueryParameters, APIView):
         return Response(WebhookSubscriptionSerializer(subscription).data)
 
     @extend_schema(responses={204: None})
-    def delete(self, request, subscription_id: int):
+    def delete(self, request: Request, subscription_id: int) -> Response:
         """Delete the subscription and its delivery log."""
         services.webhook_subscription_delete(subscription_id=subscription_id)
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -99,7 +100,7 @@ class DeliveryListView(StrictQueryParameters, APIView):
         parameters=[WebhookDeliveryListParamsSerializer, *PAGE_PARAMETERS],
         responses=WebhookDeliverySerializer(many=True),
     )
-    def get(self, request, subscription_id: int):
+    def get(self, request: Request, subscription_id: int) -> Response:
         """The delivery log of a subscription, newest first."""
         deliveries = selectors.webhook_delivery_list(subscription_id=subscription_id, **self.query)
         paginator = self.pagination_class()
@@ -111,7 +112,7 @@ class RedeliverView(StrictQueryParameters, APIView):
     permission_classes = [ManagesWebhooks]
 
     @extend_schema(request=None, responses={202: WebhookDeliverySerializer})
-    def post(self, request, subscription_id: int, delivery_id: int):
+    def post(self, request: Request, subscription_id: int, delivery_id: int) -> Response:
         """Send a finished (succeeded or failed) delivery again: same event id and body."""
         delivery = services.webhook_delivery_redeliver(
             subscription_id=subscription_id, delivery_id=delivery_id
