@@ -1,33 +1,14 @@
-"""Idempotency-Key support for unsafe API requests, with Stripe's semantics.
+"""Idempotency-Key support for unsafe API requests (`@idempotent_request` on a DRF view
+method or `@api_view` function), with Stripe's semantics: the first answer below 500 is
+stored and replayed for a retry with the same key, method, path and body; another body
+is a 422, a retry while the first still runs a 409; a 5xx or an exception frees the key.
+Keys are per user and expire after IDEMPOTENCY_KEY_TTL_SECONDS.
 
-Public API:
-
-    class OrderListView(APIView):
-        @idempotent_request
-        def post(self, request): ...
-
-(also works on `@api_view` functions). For a decorated method:
-- the `Idempotency-Key` header is required (1-255 printable ASCII characters), else a
-  400 problem `idempotency-key-missing` / `idempotency-key-invalid`;
-- keys are scoped per authenticated user (anonymous callers share one scope);
-- the first response with a status below 500 is stored (status, JSON body, content type,
-  and the `Location`, `Content-Location` and `ETag` headers) and replayed for a retry with
-  the same key, method, path and body, marked `Idempotent-Replayed: true`;
-- the same key with another method, path or body: 422 problem `idempotency-key-reused`;
-- the same key while the first request is still running: 409 problem
-  `idempotency-key-in-flight` (retry later);
-- a 5xx answer or an exception (including validation errors raised by the view) is not
-  stored: the key is released and the client may retry with it;
-- keys expire IDEMPOTENCY_KEY_TTL_SECONDS (24 h) after their first use; the
-  `purge_expired_idempotency_records` task deletes them hourly. A claim whose process died
-  is taken over after IDEMPOTENCY_IN_FLIGHT_TIMEOUT_SECONDS.
-
-The claim is an INSERT on the unique (user, key) constraint, committed in its own
-transaction before the view runs: among concurrent duplicates the database lets exactly
-one insert win, and the others see its row. So the view must not run inside an outer
-transaction (ATOMIC_REQUESTS stays off), and the view's own writes commit before the
-response is stored: a crash in between leaves an in-flight claim that is taken over after
-the timeout, the one case where the effect may happen twice.
+The claim is an INSERT on the unique (user, key) constraint committed before the view
+runs, so among concurrent duplicates exactly one runs the view (ATOMIC_REQUESTS stays
+off). A claim whose process died is taken over after IDEMPOTENCY_IN_FLIGHT_TIMEOUT_SECONDS:
+if that process had committed its effect, the effect happens twice, the one window.
+The table of answers is in docs/architecture.md ("Idempotency-Key").
 """
 
 import functools

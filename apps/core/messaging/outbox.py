@@ -1,41 +1,12 @@
-"""The transactional outbox: publish events in the transaction of the state change.
+"""The transactional outbox: an event is written in the transaction of the state change
+that caused it, so it is published if and only if that change commits.
 
-Public API (for every context's services):
-
-    publish_event(*, event_type, payload, aggregate_type="", aggregate_id="",
-                  causation_id=None, provenance=None) -> uuid.UUID
-    publish(event, *, aggregate_type="", aggregate_id="", causation_id=None,
-            provenance=None) -> uuid.UUID
-    event_message(event) -> (event_type, payload)       # dataclass -> JSON-safe dict
-    json_safe(value)                                    # Decimal/UUID/datetime -> str
-
-Both publish functions must run inside `transaction.atomic` (they raise
-`NotInTransaction` otherwise): the outbox row commits or rolls back with the state
-change, so an event is published if and only if its change happened. An event that no
-consumer wants (`consumers_of` is empty) is written as relayed already: a record that
-costs the relay nothing. The returned id is
-the event id (`OutboxMessage.id`) that consumers deduplicate on.
-
-Headers: `request_id`, `correlation_id` and `causation_id` come from the `provenance`
-argument when the caller passes one (`apps.core.messaging.provenance`), else from the
-structlog context (bound per request by the edge middleware, per delivered event by
-`deliver_event`); the correlation id falls back to the request id, then to the event id
-itself (a flow that starts outside a request).
-
-After commit, the relay is kicked (a `relay_outbox` task) for low latency, unless a kick
-is already queued and not started: that one will see this commit's rows, so kicks
-coalesce (one per relay run instead of one per commit). The periodic sweep
-(`CELERY_BEAT_SCHEDULE["outbox-relay-sweep"]`) catches whatever a kick missed (broker
-down at commit time, a crash right after commit).
-
-The relay (`relay_pending_messages`, run by the `relay_outbox` task)
-claims pending rows with `SELECT ... FOR UPDATE SKIP LOCKED`, so several relays share
-the work without publishing a message twice per claim, sends one
-`deliver_event` task (inbox) per consumer that wants the event, and stamps
-`published_at` and those `consumers` in the same transaction. Delivery is at-least-once:
-a relay that dies after sending but before committing leaves the rows pending, and they
-are sent again; consumers deduplicate through the inbox (`apps.core.messaging.inbox`). Consumers
-must not rely on the order of events.
+`publish_event` / `publish(dataclass)` (inside `transaction.atomic`) write the row, with
+the flow's ids as headers (`provenance`, else the logging context); after commit the
+relay is kicked (kicks coalesce; beat sweeps too). The relay (`relay_outbox`) claims
+pending rows with SKIP LOCKED and sends one `deliver_event` task per consumer, at least
+once; consumers deduplicate through the inbox and must not rely on the order of events.
+docs/architecture.md ("Outbox → relay → consumers") has the whole picture.
 """
 
 import contextlib
