@@ -4,13 +4,13 @@ from django.urls import include, path, re_path
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from apps.core.http import probes
 from apps.core.http.api.problems import not_found
-from apps.core.observability import views as ops_views
 from apps.core.observability.metrics import metrics_view
 
 urlpatterns = [
-    path("healthz", ops_views.healthz, name="healthz"),
-    path("readyz", ops_views.readyz, name="readyz"),
+    path("healthz", probes.healthz, name="healthz"),
+    path("readyz", probes.readyz, name="readyz"),
     path("metrics", metrics_view, name="metrics"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
@@ -19,7 +19,7 @@ urlpatterns = [
     path("api/v1/", include("apps.orders.api.urls")),
     path("api/v1/", include("apps.payments.api.urls")),
     path("api/v1/", include("apps.core.messaging.webhooks.api.urls")),
-    path("api/v1/ping", ops_views.ping, name="ping"),
+    path("api/v1/ping", probes.ping, name="ping"),
     # Unknown API paths answer with a problem, in DEBUG too (and for unsafe methods: no
     # CSRF check first, which would answer an HTML 403).
     re_path(r"^api/", csrf_exempt(not_found)),

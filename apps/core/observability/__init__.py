@@ -1,2 +1,2 @@
-"""What operators see: structured logs, Prometheus metrics, traces, and the liveness and
-readiness endpoints with their dependency checks."""
+"""What operators see: structured logs, Prometheus metrics, traces, and the dependency
+checks behind the readiness probe."""

@@ -1,4 +1,5 @@
-"""Operations endpoints, outside the API: liveness and readiness."""
+"""Operations endpoints, outside the API: liveness, readiness (the checks of
+apps.core.observability.health) and a constant ping for the benchmarks."""
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
