@@ -37,7 +37,7 @@ def reserve_stock(ctx: dict[str, Any]) -> None:
     orders.order_record_stock_reserved(
         order_id=ctx["order_id"],
         reservation_reference=ctx["order_id"],
-        provenance=Provenance.from_dict(ctx.get("provenance")),
+        provenance=Provenance.from_dict(ctx),
     )
 
 
@@ -57,7 +57,7 @@ def charge_payment(ctx: dict[str, Any]) -> dict[str, Any]:
         order_id=ctx["order_id"],
         payment_id=str(result.payment_id),
         amount=result.amount,
-        provenance=Provenance.from_dict(ctx.get("provenance")),
+        provenance=Provenance.from_dict(ctx),
     )
     return {"payment_id": result.payment_id}
 
@@ -71,9 +71,7 @@ def refund_payment(ctx: dict[str, Any]) -> None:
 def confirm_order(ctx: dict[str, Any]) -> None:
     # One transaction (an atomic step): the order is confirmed if and only if its stock
     # is sold. A reservation that expired rolls the confirmation back, then compensation.
-    orders.order_confirm(
-        order_id=ctx["order_id"], provenance=Provenance.from_dict(ctx.get("provenance"))
-    )
+    orders.order_confirm(order_id=ctx["order_id"], provenance=Provenance.from_dict(ctx))
     catalog.reservation_commit(reference=ctx["order_id"])
 
 
@@ -84,7 +82,7 @@ def cancel_order(ctx: dict[str, Any], reason: str) -> None:
             order_id=ctx["order_id"],
             reason=reason,
             details=ctx.get("failure_details"),
-            provenance=Provenance.from_dict(ctx.get("provenance")),
+            provenance=Provenance.from_dict(ctx),
         )
 
 

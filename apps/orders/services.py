@@ -160,7 +160,7 @@ def order_place(
                     "total": str(order.total),
                     "currency": currency,
                     "payment_token": payment_token,
-                    "provenance": provenance.as_dict(),
+                    **provenance.as_dict(),
                 },
             )
             assert summary is not None  # a new order always gets its summary row
@@ -246,7 +246,7 @@ def order_cancel(
             saga_start(
                 saga_type=ORDER_CANCELLATION_SAGA,
                 timeout_seconds=settings.ORDER_CANCELLATION_SAGA_TIMEOUT_SECONDS,
-                context={"order_id": order.id, "provenance": provenance.as_dict()},
+                context={"order_id": order.id, **provenance.as_dict()},
             )
 
     return _run(order_id, cancel, actor_id=actor_id, provenance=provenance)

@@ -2,10 +2,10 @@
 flow, the flow it belongs to, and the event whose handling caused it.
 
 A view builds it from its request (`of_request`), an event handler from the event it
-handles (`of_event`), a saga keeps it in its context (`as_dict` / `from_dict`), and the
-services hand it to whatever records the write (an event store, the outbox). Nothing is
-read from the logging context: a worker running many flows one after another cannot
-stamp one flow's ids on another's events.
+handles (`of_event`), a saga keeps its ids in its context (`as_dict` / `from_dict`),
+and the services hand it to whatever records the write (an event store, the outbox).
+Nothing is read from the logging context: a worker running many flows one after
+another cannot stamp one flow's ids on another's events.
 """
 
 from dataclasses import asdict, dataclass

@@ -129,9 +129,11 @@ def saga_start(
         id=saga_id or uuid.uuid4(),
         saga_type=saga_type,
         context={
-            **context,
+            # The flow's ids: the caller's when it gives them (its provenance), else the
+            # logging context's.
             "correlation_id": log_context.get("correlation_id"),
             "request_id": log_context.get("request_id"),
+            **context,
             # Each step's span joins the trace of the request that started the saga.
             "traceparent": tracing.current_traceparent(),
         },
