@@ -7,7 +7,8 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format bench partitions install install-dev clean browser
+.PHONY: run test lint format bench partitions install install-dev clean browser \
+	test-shard-kernel test-shard-cluster test-shard-orders
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,9 +42,30 @@ format: install-dev
 # The suite against real PostgreSQL (primary + streaming replica), Redis and RabbitMQ,
 # provided by scripts/testenv.py unless DATABASE_URL / REDIS_URL / CELERY_BROKER_URL are
 # given; then the tests of the embedded mode (SQLite, file cache, filesystem broker) that
-# `make run` uses.
+# `make run` uses. Three shards run at once, each on services of its own (most tests wait
+# on workers, servers and faults, not on the CPU); each shard's output appears when it
+# ends. On services you provide they run one after another (they would share databases).
+TEST_JOBS ?= $(if $(DATABASE_URL),1,3)
+TEST_CLUSTER_DIRS := tests/partitions tests/faults tests/integration
+TEST_ORDERS_DIRS := tests/orders
+PYTEST_SERVICES := DJANGO_ENV=test MERCATO_VAR_DIR=$$(mktemp -d) $(PY) scripts/testenv.py run -- \
+	$(PY) -m pytest -m "not embedded"
+
 test: lint browser
-	DJANGO_ENV=test $(PY) scripts/testenv.py run -- $(PY) -m pytest -m "not embedded" $(PYTEST_ARGS)
+	@$(MAKE) --no-print-directory --keep-going -j$(TEST_JOBS) --output-sync=target \
+		test-shard-kernel test-shard-cluster test-shard-orders
+
+# users, catalog, core, payments and what else is not below
+test-shard-kernel: install-dev
+	$(PYTEST_SERVICES) $(addprefix --ignore=,$(TEST_CLUSTER_DIRS) $(TEST_ORDERS_DIRS)) $(PYTEST_ARGS)
+
+# faults, partitions between hosts, the stack under gunicorn and the browser
+test-shard-cluster: install-dev
+	$(PYTEST_SERVICES) $(TEST_CLUSTER_DIRS) $(PYTEST_ARGS)
+
+# the order context, then the embedded mode
+test-shard-orders: install-dev
+	$(PYTEST_SERVICES) $(TEST_ORDERS_DIRS) $(PYTEST_ARGS)
 	env -u DATABASE_URL -u DATABASE_REPLICA_URLS -u REDIS_URL -u CELERY_BROKER_URL \
 		DJANGO_ENV=test MERCATO_VAR_DIR=$$(mktemp -d) $(PY) -m pytest -m embedded $(PYTEST_ARGS)
 

@@ -11,9 +11,10 @@ from typing import Any
 
 from django.db import IntegrityError, connection, transaction
 
+from apps.core.data.atomic_inserts import InsertStatement
 from apps.core.errors import NotFound
 from apps.core.messaging.event_registry import published_event_types
-from apps.core.messaging.outbox import publish_event
+from apps.core.messaging.outbox import kick_relay, outbox_message, publish_event
 from apps.core.messaging.provenance import SYSTEM, Provenance
 from apps.orders import metrics
 from apps.orders.domain import Order
@@ -50,21 +51,7 @@ def append(
     `actor_id`: the user whose action this is (None: the system), recorded as the events'
     `user_id`; `provenance`: the request, correlation and causation ids of the write,
     recorded with the events and given to the ones published."""
-    metadata: dict[str, Any] = provenance.as_dict()
-    if actor_id is not None:
-        metadata["user_id"] = actor_id
-    rows = [
-        StoredEvent(
-            aggregate_type="order",
-            aggregate_id=order.id,
-            version=order.version + offset,
-            event_type=event.event_type,
-            schema_version=event.SCHEMA_VERSION,
-            data=event.as_data(),
-            metadata=metadata,
-        )
-        for offset, event in enumerate(order.pending_events, start=1)
-    ]
+    rows = _event_rows(order, actor_id=actor_id, provenance=provenance)
     if not connection.in_atomic_block:
         raise RuntimeError(
             "append inside transaction.atomic: events, outbox and read model commit together"
@@ -79,26 +66,80 @@ def append(
         ) from exc
     # The public ones are published for other contexts in the same transaction
     # (transactional outbox), with the order's version and owner.
-    public = published_event_types()
-    for row in rows:
-        # The order's own PaymentCaptured is bookkeeping; the payments context publishes its
-        # namesake.
-        published = public.get(row.event_type)
-        if published is not None and published.context == CONTEXT:
-            publish_event(
-                event_type=row.event_type,
-                payload={**row.data, "version": row.version, "user_id": order.user_id},
-                aggregate_type="order",
-                aggregate_id=str(order.id),
-                provenance=provenance,
-            )
+    for published in _published(order, rows, provenance):
+        publish_event(**published)
     # Counted once committed: a rolled-back or conflicting append changed nothing.
-    transaction.on_commit(
-        partial(metrics.count_committed_events, [(r.event_type, r.data) for r in rows])
-    )
+    transaction.on_commit(partial(metrics.count_committed_events, _counted(rows)))
+    _applied(order, rows)
+    return rows
+
+
+def append_to(
+    statement: InsertStatement,
+    order: Order,
+    *,
+    actor_id: int | None = None,
+    provenance: Provenance = SYSTEM,
+) -> None:
+    """`append` as part of one insert statement (`apps.core.data.atomic_inserts`): the
+    order's pending events and their outbox rows join `statement`, the order takes their
+    versions and times at once. A concurrent append fails the whole statement
+    (`IntegrityError`)."""
+    rows = _event_rows(order, actor_id=actor_id, provenance=provenance)
+    statement.add(*rows)  # sets recorded_at
+    messages = [outbox_message(**published) for published in _published(order, rows, provenance)]
+    statement.add(*messages)
+    if any(message.published_at is None for message in messages):
+        statement.on_commit(kick_relay)
+    statement.on_commit(partial(metrics.count_committed_events, _counted(rows)))
+    _applied(order, rows)
+
+
+def _event_rows(order: Order, *, actor_id: int | None, provenance: Provenance) -> list[StoredEvent]:
+    metadata: dict[str, Any] = provenance.as_dict()
+    if actor_id is not None:
+        metadata["user_id"] = actor_id
+    return [
+        StoredEvent(
+            aggregate_type="order",
+            aggregate_id=order.id,
+            version=order.version + offset,
+            event_type=event.event_type,
+            schema_version=event.SCHEMA_VERSION,
+            data=event.as_data(),
+            metadata=metadata,
+        )
+        for offset, event in enumerate(order.pending_events, start=1)
+    ]
+
+
+def _published(
+    order: Order, rows: list[StoredEvent], provenance: Provenance
+) -> list[dict[str, Any]]:
+    """`publish_event` arguments for the rows other contexts hear of."""
+    public = published_event_types()
+    return [
+        {
+            "event_type": row.event_type,
+            "payload": {**row.data, "version": row.version, "user_id": order.user_id},
+            "aggregate_type": "order",
+            "aggregate_id": str(order.id),
+            "provenance": provenance,
+        }
+        for row in rows
+        # The order's own PaymentCaptured is bookkeeping; the payments context publishes
+        # its namesake.
+        if (published := public.get(row.event_type)) is not None and published.context == CONTEXT
+    ]
+
+
+def _counted(rows: list[StoredEvent]) -> list[tuple[str, dict]]:
+    return [(r.event_type, r.data) for r in rows]
+
+
+def _applied(order: Order, rows: list[StoredEvent]) -> None:
     order.version += len(rows)
     order.pending_events.clear()
     if rows:
         order.updated_at = rows[-1].recorded_at
         order.placed_at = order.placed_at or rows[0].recorded_at
-    return rows

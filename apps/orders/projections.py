@@ -37,14 +37,21 @@ def summary_fields(order: Order) -> dict:
     }
 
 
+def new_summary(order: Order) -> OrderSummary:
+    """The unsaved summary of a new order."""
+    return OrderSummary(id=order.id, **summary_fields(order))
+
+
 def project(order: Order, *, is_new: bool = False) -> OrderSummary | None:
     """Store the order's state as its summary unless a newer version is already there.
 
     Returns the new summary when `is_new` (no extra query to read it back).
     """
-    fields = summary_fields(order)
     if is_new:
-        return OrderSummary.objects.create(id=order.id, **fields)
+        summary = new_summary(order)
+        summary.save(force_insert=True)
+        return summary
+    fields = summary_fields(order)
     updated = OrderSummary.objects.filter(pk=order.id, version__lt=order.version).update(**fields)
     if not updated:
         OrderSummary.objects.get_or_create(id=order.id, defaults=fields)

@@ -13,17 +13,19 @@ from typing import Any
 
 import structlog
 from django.conf import settings
-from django.db import transaction
+from django.db import router, transaction
+from django.db.models import Model
 
 from apps.catalog import selectors as catalog_selectors
+from apps.core.data.atomic_inserts import InsertStatement
 from apps.core.errors import ValidationFailed
 from apps.core.messaging.provenance import SYSTEM, Provenance
-from apps.core.workflows.sagas import saga_start
+from apps.core.workflows.sagas import kick_sagas, saga_instance, saga_start
 from apps.orders import event_store
 from apps.orders.domain import Order, OrderStatus
 from apps.orders.errors import ConcurrencyConflict
 from apps.orders.models import OrderSummary
-from apps.orders.projections import project
+from apps.orders.projections import new_summary, project
 
 logger = structlog.get_logger(__name__)
 
@@ -133,6 +135,72 @@ def order_place(
     """Record a new pending order and start its placement saga, in one transaction.
 
     With an idempotency key, placing again with the same key returns the same order."""
+    order, saga = _placement(
+        user_id=user_id,
+        items=items,
+        shipping_address=shipping_address,
+        payment_token=payment_token,
+        idempotency_key=idempotency_key,
+        provenance=provenance,
+    )
+    try:
+        with transaction.atomic():
+            event_store.append(order, actor_id=user_id, provenance=provenance)
+            summary = project(order, is_new=True)
+            saga_start(**saga)
+            assert summary is not None  # a new order always gets its summary row
+            return summary
+    except ConcurrencyConflict:
+        # The same order id was placed already (a retried request): the placement is
+        # idempotent for its owner.
+        existing = OrderSummary.objects.filter(pk=order.id, user_id=user_id).first()
+        if existing is None:
+            raise
+        return existing
+
+
+def order_place_answered(
+    *,
+    user_id: int,
+    items: list[tuple[int, int]],
+    shipping_address: dict[str, Any],
+    payment_token: str,
+    idempotency_key: str,
+    answer: Callable[[OrderSummary], Model],
+    provenance: Provenance = SYSTEM,
+) -> OrderSummary | None:
+    """`order_place` in one statement, with the row `answer(summary)` returns (the
+    request's completed idempotency record): the order's event, its outbox row, the read
+    model, the saga and that row commit together or not at all (PostgreSQL only:
+    `apps.core.data.atomic_inserts`). None, with nothing written, when that row's key is taken
+    already; a placement of the same order id fails with `IntegrityError`."""
+    order, saga = _placement(
+        user_id=user_id,
+        items=items,
+        shipping_address=shipping_address,
+        payment_token=payment_token,
+        idempotency_key=idempotency_key,
+        provenance=provenance,
+    )
+    statement = InsertStatement(using=router.db_for_write(OrderSummary))
+    event_store.append_to(statement, order, actor_id=user_id, provenance=provenance)
+    summary = new_summary(order)
+    statement.add(summary)
+    statement.add(saga_instance(**saga))
+    statement.on_commit(kick_sagas)
+    return summary if statement.execute(unless_taken=answer(summary)) else None
+
+
+def _placement(
+    *,
+    user_id: int,
+    items: list[tuple[int, int]],
+    shipping_address: dict[str, Any],
+    payment_token: str,
+    idempotency_key: str | None,
+    provenance: Provenance,
+) -> tuple[Order, dict[str, Any]]:
+    """The placed order, its event pending, and the `saga_start` arguments of its saga."""
     lines, currency = _order_lines(items)
     order = Order(
         id=str(uuid.uuid4())
@@ -145,33 +213,21 @@ def order_place(
         currency=currency,
         shipping_address={k: shipping_address.get(k, "") for k in ADDRESS_SNAPSHOT_FIELDS},
     )
-    try:
-        with transaction.atomic():
-            event_store.append(order, actor_id=user_id, provenance=provenance)
-            summary = project(order, is_new=True)
-            saga_start(
-                saga_type=ORDER_PLACEMENT_SAGA,
-                saga_id=order.id,
-                timeout_seconds=settings.ORDER_SAGA_TIMEOUT_SECONDS,
-                context={
-                    "order_id": order.id,
-                    "user_id": user_id,
-                    "items": [[line["product_id"], line["quantity"]] for line in lines],
-                    "total": str(order.total),
-                    "currency": currency,
-                    "payment_token": payment_token,
-                    **provenance.as_dict(),
-                },
-            )
-            assert summary is not None  # a new order always gets its summary row
-            return summary
-    except ConcurrencyConflict:
-        # The same order id was placed already (a retried request): the placement is
-        # idempotent for its owner.
-        existing = OrderSummary.objects.filter(pk=order.id, user_id=user_id).first()
-        if existing is None:
-            raise
-        return existing
+    saga = {
+        "saga_type": ORDER_PLACEMENT_SAGA,
+        "saga_id": order.id,
+        "timeout_seconds": settings.ORDER_SAGA_TIMEOUT_SECONDS,
+        "context": {
+            "order_id": order.id,
+            "user_id": user_id,
+            "items": [[line["product_id"], line["quantity"]] for line in lines],
+            "total": str(order.total),
+            "currency": currency,
+            "payment_token": payment_token,
+            **provenance.as_dict(),
+        },
+    }
+    return order, saga
 
 
 def order_record_stock_reserved(

@@ -323,7 +323,7 @@ def test_a_worker_killed_inside_a_one_transaction_step_leaves_none_of_it_and_the
             worker.start()
         else:
             order_id = place(customer_client, [(product, 2)])
-            wait_until(lambda: _active_steps([order_id]) == {1}, timeout=30, what="charging")
+            wait_until(lambda: _active_steps([order_id]) == {1}, timeout=90, what="charging")
             conn = held.enter_context(stock_row_locked(product))
 
         # The step's transaction has begun and waits on the stock row: kill it there.
@@ -331,7 +331,12 @@ def test_a_worker_killed_inside_a_one_transaction_step_leaves_none_of_it_and_the
             saga_sweep()  # what beat does, should the task have been lost
             return _backends(conn, waiting_on_lock=True) > 0
 
-        wait_until(step_waits_on_the_row, timeout=30, interval=0.2, what=f"{step} on the row")
+        # Bounds, not speeds: a starved machine takes long to run a fresh worker's first task.
+        try:
+            wait_until(step_waits_on_the_row, timeout=90, interval=0.2, what=f"{step} on the row")
+        except AssertionError as timed_out:
+            report = saga_report(order_id)
+            raise AssertionError(f"{timed_out}\n{report}\n{worker.log_tail()}") from None
         worker.kill()
     sandbox.chaos(latency_ms=0)
     with stock_row_locked(product) as conn:

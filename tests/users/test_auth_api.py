@@ -5,6 +5,7 @@ from datetime import timedelta
 import jwt
 import pytest
 from django.utils import timezone
+from rest_framework_simplejwt.backends import TokenBackend
 from rest_framework_simplejwt.tokens import AccessToken, RefreshToken
 
 from apps.users import services as users_services
@@ -318,3 +319,20 @@ def test_token_endpoints_refuse_unknown_fields_and_non_strings(api_client, path)
     )
     body = assert_problem(response, 400, "validation-error")
     assert body["errors"]["x"] == ["Unknown field."]
+
+
+def test_an_access_token_signature_is_checked_once_per_request(api_client, monkeypatch):
+    """The edge checks the token (rate limits, read routing, the log line); authentication
+    takes the token it checked instead of decoding it again."""
+    user = UserFactory()
+    decoded = []
+    decode = TokenBackend.decode
+    monkeypatch.setattr(
+        TokenBackend, "decode", lambda self, *a, **kw: decoded.append(1) or decode(self, *a, **kw)
+    )
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {AccessToken.for_user(user)}")
+    assert api_client.get(ME).status_code == 200
+    assert len(decoded) == 1
+    # A token the edge refused is still told apart by authentication itself.
+    api_client.credentials(HTTP_AUTHORIZATION="Bearer not-a-token")
+    assert_auth_problem(api_client.get(ME), "token_invalid")

@@ -196,6 +196,11 @@ class TwoLevelCache:
         except SharedCacheDown:
             # Bounded staleness: stored data expires after `shared_ttl` anyway.
             logger.warning("cache_invalidation_failed", namespace=self.namespace, keys=keys)
+        # This process knows now; Redis's push may arrive later (after the next request).
+        with self._lock:
+            self._sequence += 1
+            for key in keys:
+                self._known.pop(str(key), None)
 
     def invalidate_on_commit(self, *keys: Hashable) -> None:
         # Before the commit a concurrent reader could reload and cache the old row.

@@ -9,6 +9,10 @@ runs, so among concurrent duplicates exactly one runs the view (ATOMIC_REQUESTS 
 off). A claim whose process died is taken over after IDEMPOTENCY_IN_FLIGHT_TIMEOUT_SECONDS:
 if that process had committed its effect, the effect happens twice, the one window.
 The table of answers is in docs/architecture.md ("Idempotency-Key").
+
+A view whose writes are a few inserts closes that window with
+`@idempotent_request(answer_in_one_statement=True)`: it runs first without a claim and
+inserts the completed record with its own rows in one statement (`UnclaimedKey`).
 """
 
 import functools
@@ -17,6 +21,7 @@ import json
 import re
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -28,10 +33,12 @@ from django.db.models import QuerySet
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework.exceptions import APIException
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.utils.encoders import JSONEncoder
 
+from apps.core.data.atomic_inserts import one_statement_inserts
 from apps.core.errors import Conflict, DomainError
 from apps.core.models import IdempotencyRecord
 
@@ -166,14 +173,19 @@ def _release(record: IdempotencyRecord) -> None:
     _owned(record).delete()
 
 
-def _complete(record: IdempotencyRecord, response: Response) -> None:
+def _stored_answer(response: Response) -> dict[str, Any]:
     data = response.data
+    return {
+        "response_status": response.status_code,
+        "response_headers": {h: response[h] for h in REPLAYED_RESPONSE_HEADERS if h in response},
+        "response_content_type": getattr(response, "content_type", None) or "",
+        "response_body": "" if data is None else json.dumps(data, cls=JSONEncoder),
+    }
+
+
+def _complete(record: IdempotencyRecord, response: Response) -> None:
     stored = _owned(record).update(
-        state=IdempotencyRecord.State.COMPLETED,
-        response_status=response.status_code,
-        response_headers={h: response[h] for h in REPLAYED_RESPONSE_HEADERS if h in response},
-        response_content_type=getattr(response, "content_type", None) or "",
-        response_body="" if data is None else json.dumps(data, cls=JSONEncoder),
+        state=IdempotencyRecord.State.COMPLETED, **_stored_answer(response)
     )
     if not stored:
         logger.warning("idempotency_response_not_stored", idempotency_key=record.key)
@@ -189,8 +201,62 @@ def _replay(record: IdempotencyRecord) -> Response:
     )
 
 
-def idempotent_request(view: Callable[..., Any]) -> Callable[..., Any]:
-    """Make a DRF view method (or `@api_view` function) honour the Idempotency-Key header."""
+class ClaimFirst(Exception):
+    """Raised by a view given an `UnclaimedKey` that cannot store its answer in one
+    statement with its writes (before it wrote anything): the request then takes the
+    usual way (claim the key, run the view, store its answer)."""
+
+
+@dataclass
+class UnclaimedKey:
+    """The request's Idempotency-Key before any claim, for a view that writes all it
+    changes in one statement (`apps.core.data.atomic_inserts`): it adds `completed_record(its
+    response)` to that statement, so the answer is stored with the writes or not at all.
+    When the key is taken (a retry, a reuse, a request in flight), the statement writes
+    nothing (`InsertStatement.execute(unless_taken=record)`), the view raises
+    `ClaimFirst`, and the usual way answers."""
+
+    user_id: int | None
+    key: str
+    fingerprint: str
+    used: bool = False
+
+    def completed_record(self, response: Response) -> IdempotencyRecord:
+        self.used = True
+        now = timezone.now()
+        return IdempotencyRecord(
+            user_id=self.user_id,
+            key=self.key,
+            fingerprint=self.fingerprint,
+            state=IdempotencyRecord.State.COMPLETED,
+            locked_at=now,
+            created_at=now,
+            expires_at=now + timedelta(seconds=settings.IDEMPOTENCY_KEY_TTL_SECONDS),
+            **_stored_answer(response),
+        )
+
+
+def unclaimed_key(request: Request) -> UnclaimedKey | None:
+    """The key a view decorated with `idempotent_request(answer_in_one_statement=True)`
+    may store its answer with (None: the key is claimed already, answer as usual)."""
+    return request.__dict__.get("_unclaimed_idempotency_key")
+
+
+def idempotent_request(
+    view: Callable[..., Any] | None = None, *, answer_in_one_statement: bool = False
+) -> Any:  # the decorated view, or a decorator when given only the option
+    """Make a DRF view method (or `@api_view` function) honour the Idempotency-Key header.
+
+    `answer_in_one_statement`: where the database supports it, the view runs first without
+    a claim, given an `UnclaimedKey` (`unclaimed_key(request)`). It either writes all it
+    changes together with `completed_record(response)` in one statement and returns that
+    response, or raises before writing anything: then the usual way runs (claim, the view
+    again, store), which decides every answer but that first one: replays, key reuse,
+    validation errors. So the view must write nothing but its one statement."""
+    if view is None:
+        return functools.partial(
+            idempotent_request, answer_in_one_statement=answer_in_one_statement
+        )
 
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -201,6 +267,25 @@ def idempotent_request(view: Callable[..., Any]) -> Callable[..., Any]:
         fingerprint = request_fingerprint(
             method=request.method or "", path=request.get_full_path(), data=request.data
         )
+        if answer_in_one_statement and one_statement_inserts(
+            router.db_for_write(IdempotencyRecord)
+        ):
+            unclaimed = UnclaimedKey(user_id=user_id, key=key, fingerprint=fingerprint)
+            request.__dict__["_unclaimed_idempotency_key"] = unclaimed
+            try:
+                answered = view(*args, **kwargs)
+            except (ClaimFirst, APIException, DomainError, IntegrityError):
+                answered = None  # nothing was written: the usual way answers
+            except Exception:
+                # Still nothing written, but not a way this should end: say so.
+                logger.warning("idempotent_one_statement_failed", exc_info=True)
+                answered = None
+            finally:
+                del request.__dict__["_unclaimed_idempotency_key"]
+            if answered is not None:
+                if not unclaimed.used:
+                    raise RuntimeError("a view given an unclaimed key must store its answer")
+                return answered
         record, owned = _claim(user_id=user_id, key=key, fingerprint=fingerprint)
         if not owned:
             return _replay(record)

@@ -6,7 +6,9 @@ the flow's ids as headers (`provenance`, else the logging context); after commit
 relay is kicked (kicks coalesce; beat sweeps too). The relay (`relay_outbox`) claims
 pending rows with SKIP LOCKED and sends one `deliver_event` task per consumer, at least
 once; consumers deduplicate through the inbox and must not rely on the order of events.
-docs/architecture.md ("Outbox → relay → consumers") has the whole picture.
+`outbox_message` builds the row unsaved, for a caller that inserts it with its other rows
+in one statement (`apps.core.data.atomic_inserts`). docs/architecture.md ("Outbox → relay →
+consumers") has the whole picture.
 """
 
 import contextlib
@@ -105,6 +107,33 @@ def publish_event(
     """Write an event to the outbox, in the caller's transaction; return its id."""
     alias = router.db_for_write(OutboxMessage)
     _require_transaction(alias)
+    message = outbox_message(
+        event_type=event_type,
+        payload=payload,
+        aggregate_type=aggregate_type,
+        aggregate_id=aggregate_id,
+        causation_id=causation_id,
+        provenance=provenance,
+    )
+    message.save(using=alias, force_insert=True)
+    if message.published_at is None:
+        # Several events of one transaction each ask; kick_relay sends one kick at most.
+        transaction.on_commit(kick_relay, using=alias, robust=True)
+    return message.id
+
+
+def outbox_message(
+    *,
+    event_type: str,
+    payload: dict[str, Any],
+    aggregate_type: str = "",
+    aggregate_id: str = "",
+    causation_id: str | None = None,
+    provenance: Provenance | None = None,
+) -> OutboxMessage:
+    """The unsaved outbox row `publish_event` writes, for a caller that inserts it with its
+    other rows in one statement (`apps.core.data.atomic_inserts`); after they commit, a row
+    still to relay (`published_at` None) needs `kick_relay`."""
     event_id = uuid.uuid4()
     if provenance is None:
         log_context = structlog.contextvars.get_contextvars()
@@ -130,7 +159,7 @@ def publish_event(
     # An event no consumer wants is kept as a record but costs the relay nothing: it is
     # written as relayed already.
     wanted = bool(consumers_of(event_type))
-    OutboxMessage.objects.using(alias).create(
+    return OutboxMessage(
         id=event_id,
         event_type=event_type,
         aggregate_type=aggregate_type,
@@ -140,10 +169,6 @@ def publish_event(
         created_at=now,
         published_at=None if wanted else now,
     )
-    if wanted:
-        # Several events of one transaction each ask; kick_relay sends one kick at most.
-        transaction.on_commit(kick_relay, using=alias, robust=True)
-    return event_id
 
 
 def publish(

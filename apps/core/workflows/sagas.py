@@ -7,6 +7,7 @@ and a transition log. Public API:
     register_saga(SagaDefinition(name, steps=(Step(...), ...), failure_reason=...,
                                  timeout_reason=..., on_compensated=...))
     saga_start(saga_type=..., context={...}, timeout_seconds=..., saga_id=None)
+    saga_instance(...same...)    # the row, unsaved (one-statement writes); then kick_sagas()
     sagas_drain()                # run by the `drain_sagas` task: every due saga, in batches
     saga_advance(saga_id)        # one saga (tests, the demo)
     saga_sweep()                 # run by beat: resume sagas a dead worker left behind
@@ -119,13 +120,31 @@ def saga_start(
     saga_id: uuid.UUID | str | None = None,
 ) -> SagaInstance:
     """Create the saga in the caller's transaction; it starts once that commits."""
-    if saga_type not in _definitions:
-        raise LookupError(f"no saga registered as {saga_type!r}")
+    saga = saga_instance(
+        saga_type=saga_type, context=context, timeout_seconds=timeout_seconds, saga_id=saga_id
+    )
     if not connection.in_atomic_block:
         raise RuntimeError("saga_start belongs in the transaction of the change it follows")
+    saga.save(force_insert=True)
+    # No "started" transition row: the saga's created_at says it, one insert fewer.
+    transaction.on_commit(kick_sagas, robust=True)
+    return saga
+
+
+def saga_instance(
+    *,
+    saga_type: str,
+    context: dict[str, Any],
+    timeout_seconds: float,
+    saga_id: uuid.UUID | str | None = None,
+) -> SagaInstance:
+    """The unsaved row `saga_start` writes, for a caller that inserts it with its other
+    rows in one statement (`apps.core.data.atomic_inserts`); after they commit, `kick_sagas`."""
+    if saga_type not in _definitions:
+        raise LookupError(f"no saga registered as {saga_type!r}")
     now = timezone.now()
     log_context = structlog.contextvars.get_contextvars()
-    saga = SagaInstance.objects.create(
+    return SagaInstance(
         id=saga_id or uuid.uuid4(),
         saga_type=saga_type,
         context={
@@ -142,9 +161,6 @@ def saga_start(
         created_at=now,
         updated_at=now,
     )
-    # No "started" transition row: the saga's created_at says it, one insert fewer.
-    transaction.on_commit(kick_sagas, robust=True)
-    return saga
 
 
 def kick_sagas() -> None:

@@ -8,7 +8,12 @@ from rest_framework.views import APIView
 from apps.core.http.api.pagination import CursorPagination
 from apps.core.http.api.permissions import staff_role_required
 from apps.core.http.api.views import StrictQueryParameters
-from apps.core.http.idempotency import IDEMPOTENCY_HEADER, idempotent_request
+from apps.core.http.idempotency import (
+    IDEMPOTENCY_HEADER,
+    ClaimFirst,
+    idempotent_request,
+    unclaimed_key,
+)
 from apps.core.messaging.provenance import Provenance
 from apps.orders import selectors, services
 from apps.orders.api.order_input import well_formed_order
@@ -48,10 +53,13 @@ class OrderListCreateView(StrictQueryParameters, ListAPIView):
         return selectors.order_list(user_id=self.request.user.pk, status=self.query.get("status"))
 
     @extend_schema(request=OrderCreateSerializer, responses={202: OrderSerializer})
-    @idempotent_request
+    @idempotent_request(answer_in_one_statement=True)
     def post(self, request):
+        unclaimed = unclaimed_key(request)
         data = well_formed_order(request.data)
         if data is None:  # the serializer says what is wrong (or accepts an odd form)
+            if unclaimed is not None:
+                raise ClaimFirst
             serializer = OrderCreateSerializer(data=request.data)
             serializer.is_valid(raise_exception=True)
             data = serializer.validated_data
@@ -62,20 +70,34 @@ class OrderListCreateView(StrictQueryParameters, ListAPIView):
             shipping_address = {f: getattr(address, f) for f in services.ADDRESS_SNAPSHOT_FIELDS}
         else:
             shipping_address = data["shipping_address"]
-        summary = services.order_place(
-            user_id=request.user.pk,
-            items=[(item["product_id"], item["quantity"]) for item in data["items"]],
-            shipping_address=shipping_address,
-            payment_token=data["payment"]["token"],
-            idempotency_key=request.headers[IDEMPOTENCY_HEADER],
-            provenance=Provenance.of_request(request),
-        )
-        location = reverse("order-detail", kwargs={"order_id": summary.pk})
-        return Response(
-            OrderSerializer(summary).data,
-            status=status.HTTP_202_ACCEPTED,
-            headers={"Location": location},
-        )
+        placement = {
+            "user_id": request.user.pk,
+            "items": [(item["product_id"], item["quantity"]) for item in data["items"]],
+            "shipping_address": shipping_address,
+            "payment_token": data["payment"]["token"],
+            "idempotency_key": request.headers[IDEMPOTENCY_HEADER],
+            "provenance": Provenance.of_request(request),
+        }
+        if unclaimed is None:
+            return _accepted(services.order_place(**placement))
+        # The order and this answer are stored by one statement.
+        answers = []
+
+        def answer(summary):
+            answers.append(_accepted(summary))
+            return unclaimed.completed_record(answers[0])
+
+        if services.order_place_answered(**placement, answer=answer) is None:
+            raise ClaimFirst  # the key is taken: nothing was written
+        return answers[0]
+
+
+def _accepted(summary) -> Response:
+    return Response(
+        OrderSerializer(summary).data,
+        status=status.HTTP_202_ACCEPTED,
+        headers={"Location": reverse("order-detail", kwargs={"order_id": summary.pk})},
+    )
 
 
 class OrderDetailView(StrictQueryParameters, APIView):

@@ -1,0 +1,70 @@
+"""Several inserts in one statement (`apps.core.data.atomic_inserts`), on PostgreSQL: all rows
+or none, nothing when the guard row's unique values are taken, values as the ORM writes
+them."""
+
+from datetime import timedelta
+
+import pytest
+from django.db import DataError, IntegrityError
+from django.utils import timezone
+
+from apps.core.data.atomic_inserts import InsertStatement
+from apps.core.models import IdempotencyRecord, OutboxMessage
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def guard(key: str) -> IdempotencyRecord:
+    now = timezone.now()
+    return IdempotencyRecord(
+        user_id=1, key=key, fingerprint="f" * 64, expires_at=now + timedelta(hours=1)
+    )
+
+
+def message(**fields) -> OutboxMessage:
+    return OutboxMessage(event_type="Probe", payload={"n": 1, "text": "«»"}, **fields)
+
+
+def statement_of(*rows, calls: list) -> InsertStatement:
+    statement = InsertStatement(using="default")
+    statement.add(*rows)
+    statement.on_commit(lambda: calls.append("committed"))
+    return statement
+
+
+def test_the_rows_and_the_guard_are_written_as_the_orm_writes_them():
+    calls = []
+    rows = [message(aggregate_id="a"), message(aggregate_id="b")]
+    assert statement_of(*rows, calls=calls).execute(unless_taken=guard("k")) is True
+    assert calls == ["committed"]
+    saved = OutboxMessage.objects.create(event_type="Probe", payload={"n": 1, "text": "«»"})
+    for row in OutboxMessage.objects.filter(aggregate_id__in=["a", "b"]):
+        assert row.payload == saved.payload
+        assert (row.headers, row.consumers, row.attempts) == ({}, [], 0)
+        assert row.created_at is not None and row.published_at is None
+    assert IdempotencyRecord.objects.get(key="k").state == IdempotencyRecord.State.IN_FLIGHT
+
+
+def test_a_taken_guard_writes_nothing_and_raises_nothing():
+    IdempotencyRecord.objects.create(
+        user_id=1, key="k", fingerprint="x", expires_at=timezone.now() + timedelta(hours=1)
+    )
+    calls = []
+    assert statement_of(message(), calls=calls).execute(unless_taken=guard("k")) is False
+    assert calls == []
+    assert not OutboxMessage.objects.exists()
+    assert IdempotencyRecord.objects.get(key="k").fingerprint == "x"
+
+
+def test_another_unique_violation_writes_nothing():
+    taken = OutboxMessage.objects.create(event_type="Probe", payload={})
+    with pytest.raises(IntegrityError):
+        statement_of(message(id=taken.pk), calls=[]).execute(unless_taken=guard("k"))
+    assert not IdempotencyRecord.objects.exists()
+    assert OutboxMessage.objects.count() == 1
+
+
+def test_a_value_too_long_for_its_column_is_refused_not_cut():
+    with pytest.raises(DataError):
+        statement_of(message(aggregate_id="x" * 101), calls=[]).execute(unless_taken=guard("k"))
+    assert not IdempotencyRecord.objects.exists()
