@@ -14,7 +14,7 @@ from django.core.handlers.wsgi import WSGIRequest
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 django.setup()
 
-from apps.core.views import ping  # noqa: E402
+from apps.core.http.probes import ping  # noqa: E402
 
 
 def application(environ, start_response):

@@ -53,7 +53,7 @@ def main(argv: list[str]) -> int:
 
     django.setup()
     if args.tracing:
-        from apps.core.tracing import setup_tracing_from_environment
+        from apps.core.observability.tracing import setup_tracing_from_environment
 
         setup_tracing_from_environment(service_name="mercato-profile")
     from django.core.management import call_command
@@ -62,10 +62,10 @@ def main(argv: list[str]) -> int:
 
     from apps.catalog import services as catalog
     from apps.catalog.selectors import product_ids_by_sku
-    from apps.core.inbox import EventEnvelope, consume_event, consumers_of
+    from apps.core.messaging.inbox import EventEnvelope, consume_event, consumers_of
+    from apps.core.messaging.outbox import claim_pending_messages, relay_pending_messages
     from apps.core.models import OutboxMessage
-    from apps.core.outbox import claim_pending_messages, relay_pending_messages
-    from apps.core.sagas import saga_advance
+    from apps.core.workflows.sagas import saga_advance
     from apps.orders import services as orders
     from apps.payments.sandbox.server import SandboxConfig, make_server
     from apps.users.models import User

@@ -353,8 +353,8 @@ def drain_outbox(timeout: float) -> int:
     """Relay the rows scenario 5 left in the outbox (its POSTs and pgbench's copies of
     their SQL) before the saga is measured, so
     the worker is not busy with that backlog during 6-7; returns the rows relayed."""
+    from apps.core.messaging.outbox import kick_relay
     from apps.core.models import OutboxMessage
-    from apps.core.outbox import kick_relay
 
     pending = OutboxMessage.objects.filter(published_at__isnull=True)
     backlog = pending.count()

@@ -34,7 +34,7 @@ def open_task_routing_scope(task_id=None, task=None, **_):
     # A task usually acts on what a request just wrote: a lagging replica would miss it.
     from django.db import close_old_connections
 
-    from apps.core.routing import routing_scope
+    from apps.core.data.routing import routing_scope
 
     # Connections outlive tasks (CELERY_DB_REUSE_MAX): drop one that is broken or older
     # than CONN_MAX_AGE, as Django does at the start of a request. Not for a task run
@@ -60,7 +60,7 @@ def serve_worker_metrics(**_):
     its pool processes (PROMETHEUS_MULTIPROC_DIR, emptied here: a fresh start)."""
     from django.conf import settings
 
-    from apps.core.metrics import multiprocess_dir, start_worker_metrics_server
+    from apps.core.observability.metrics import multiprocess_dir, start_worker_metrics_server
 
     if not settings.CELERY_METRICS_PORT:
         return
@@ -77,7 +77,7 @@ def serve_worker_metrics(**_):
 
 @worker_process_shutdown.connect
 def mark_pool_process_dead(pid=None, **_):
-    from apps.core.metrics import multiprocess_dir
+    from apps.core.observability.metrics import multiprocess_dir
 
     if multiprocess_dir():
         from prometheus_client import multiprocess
@@ -88,6 +88,6 @@ def mark_pool_process_dead(pid=None, **_):
 @worker_process_init.connect
 def start_tracing_in_pool_process(**_):
     # After the fork: the exporter's thread must belong to the process that uses it.
-    from apps.core.tracing import setup_tracing_from_environment
+    from apps.core.observability.tracing import setup_tracing_from_environment
 
     setup_tracing_from_environment(service_name="mercato-worker")

@@ -28,7 +28,7 @@ max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "0"))
 max_requests_jitter = max_requests // 10
 # Each worker imports the app after fork: no connection or thread crosses a fork.
 preload_app = False
-# django_structlog logs every request already.
+# EdgeMiddleware writes one line per request (apps/core/http/middleware.py).
 accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")

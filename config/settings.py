@@ -61,20 +61,20 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     # Ids, body size limit, rate limits, read routing, the request's log line and metrics,
-    # the API's 500 problem: one pass (apps.core.middleware). First, so its
+    # the API's 500 problem: one pass (apps.core.http.middleware). First, so its
     # process_exception runs after the others'.
-    "apps.core.middleware.EdgeMiddleware",
+    "apps.core.http.middleware.EdgeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Static files (admin, offline API docs) from the app itself: no proxy needed.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "corsheaders.middleware.CorsMiddleware",
     "django.middleware.common.CommonMiddleware",
     # BROWSER_MIDDLEWARE, for the admin only: the API authenticates by token.
-    "apps.core.middleware.BrowserMiddleware",
+    "apps.core.http.middleware.BrowserMiddleware",
 ]
 BROWSER_MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
-    "apps.core.middleware.ReadYourWritesMiddleware",
+    "apps.core.http.middleware.ReadYourWritesMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -166,7 +166,7 @@ for _index, _url in enumerate(env.list("DATABASE_REPLICA_URLS", default=[]), sta
     DATABASES[_alias]["TEST"] = {"MIRROR": "default"}
     DATABASE_REPLICAS.append(_alias)
 
-DATABASE_ROUTERS = ["config.db_router.ReplicaRouter"]
+DATABASE_ROUTERS = ["apps.core.data.replicas.ReplicaRouter"]
 # A client that wrote reads from the primary for this long (read-your-writes).
 READ_YOUR_WRITES_SECONDS = env.float("READ_YOUR_WRITES_SECONDS", default=5.0)
 # A replica lagging more than this is skipped until it catches up.
@@ -271,16 +271,16 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # Queues: request-path work (default), the event pipeline (events), saga steps (sagas).
 CELERY_TASK_QUEUES = [Queue(name, routing_key=name) for name in ("default", "events", "sagas")]
 CELERY_TASK_ROUTES = {
-    "apps.core.tasks.relay_outbox": {"queue": "events"},
-    "apps.core.tasks.deliver_event": {"queue": "events"},
-    "apps.core.tasks.deliver_events": {"queue": "events"},
-    "apps.core.tasks.purge_expired_idempotency_records": {"queue": "default"},
-    "apps.core.tasks.purge_processed_messages": {"queue": "default"},
-    "apps.core.tasks.drain_sagas": {"queue": "sagas"},
-    "apps.core.tasks.sweep_sagas": {"queue": "sagas"},
-    "apps.core.webhooks.tasks.deliver_webhook": {"queue": "events"},
-    "apps.core.webhooks.tasks.sweep_webhook_deliveries": {"queue": "events"},
-    "apps.core.webhooks.tasks.purge_webhook_deliveries": {"queue": "default"},
+    "core.relay_outbox": {"queue": "events"},
+    "core.deliver_event": {"queue": "events"},
+    "core.deliver_events": {"queue": "events"},
+    "core.purge_expired_idempotency_records": {"queue": "default"},
+    "core.purge_processed_messages": {"queue": "default"},
+    "core.drain_sagas": {"queue": "sagas"},
+    "core.sweep_sagas": {"queue": "sagas"},
+    "core.deliver_webhook": {"queue": "events"},
+    "core.sweep_webhook_deliveries": {"queue": "events"},
+    "core.purge_webhook_deliveries": {"queue": "default"},
 }
 # With late acks, a task must not keep running after its message went back to the broker.
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
@@ -310,21 +310,21 @@ IDEMPOTENCY_KEY_TTL_SECONDS = env.int("IDEMPOTENCY_KEY_TTL_SECONDS", default=24 
 # Longer than any request may run: an older in-flight claim belongs to a dead process.
 IDEMPOTENCY_IN_FLIGHT_TIMEOUT_SECONDS = env.int("IDEMPOTENCY_IN_FLIGHT_TIMEOUT_SECONDS", default=60)
 CELERY_BEAT_SCHEDULE["outbox-relay-sweep"] = {
-    "task": "apps.core.tasks.relay_outbox",
+    "task": "core.relay_outbox",
     "schedule": OUTBOX_SWEEP_SECONDS,
     # A sweep nobody ran in time is superseded by the next one: don't let them pile up.
     "options": {"expires": OUTBOX_SWEEP_SECONDS},
 }
 CELERY_BEAT_SCHEDULE["purge-expired-idempotency-records"] = {
-    "task": "apps.core.tasks.purge_expired_idempotency_records",
+    "task": "core.purge_expired_idempotency_records",
     "schedule": 3600.0,
 }
 CELERY_BEAT_SCHEDULE["purge-processed-messages"] = {
-    "task": "apps.core.tasks.purge_processed_messages",
+    "task": "core.purge_processed_messages",
     "schedule": 24 * 3600.0,
 }
 
-# --- Webhooks (apps.core.webhooks) ------------------------------------------------
+# --- Webhooks (apps.core.messaging.webhooks) ------------------------------------------------
 
 # A subscription change is seen by every process within this long (each caches the set
 # of subscribed event types): an event published sooner may not reach a new subscriber.
@@ -348,11 +348,11 @@ WEBHOOK_REQUIRE_HTTPS = env.bool("WEBHOOK_REQUIRE_HTTPS", default=PRODUCTION)
 # Finished deliveries (the log staff read) are kept this long.
 WEBHOOK_DELIVERY_RETENTION_DAYS = env.int("WEBHOOK_DELIVERY_RETENTION_DAYS", default=30)
 CELERY_BEAT_SCHEDULE["purge-webhook-deliveries"] = {
-    "task": "apps.core.webhooks.tasks.purge_webhook_deliveries",
+    "task": "core.purge_webhook_deliveries",
     "schedule": 24 * 3600.0,
 }
 CELERY_BEAT_SCHEDULE["webhook-delivery-sweep"] = {
-    "task": "apps.core.webhooks.tasks.sweep_webhook_deliveries",
+    "task": "core.sweep_webhook_deliveries",
     "schedule": WEBHOOK_SWEEP_SECONDS,
     "options": {"expires": WEBHOOK_SWEEP_SECONDS},
 }
@@ -363,7 +363,7 @@ CELERY_BEAT_SCHEDULE["webhook-delivery-sweep"] = {
 # died mid-step leaves the saga to the sweeper after this.
 SAGA_LEASE_SECONDS = env.float("SAGA_LEASE_SECONDS", default=60.0)
 # The saga tasks' hard time limit stays inside the lease, so a live task never runs a
-# saga past it (writes are fenced anyway: apps/core/sagas.py); the soft one leaves the
+# saga past it (writes are fenced anyway: apps/core/workflows/sagas.py); the soft one leaves the
 # step time to fail cleanly.
 SAGA_TASK_TIME_LIMIT_SECONDS = SAGA_LEASE_SECONDS * 0.8
 SAGA_TASK_SOFT_TIME_LIMIT_SECONDS = SAGA_LEASE_SECONDS * 0.7
@@ -380,7 +380,7 @@ SAGA_STALE_SECONDS = env.float("SAGA_STALE_SECONDS", default=10.0)
 SAGA_SWEEP_SECONDS = env.float("SAGA_SWEEP_SECONDS", default=5.0)
 SAGA_EARLY_WAKE_SECONDS = 0.5
 CELERY_BEAT_SCHEDULE["saga-sweep"] = {
-    "task": "apps.core.tasks.sweep_sagas",
+    "task": "core.sweep_sagas",
     "schedule": SAGA_SWEEP_SECONDS,
     "options": {"expires": SAGA_SWEEP_SECONDS},
 }
@@ -420,15 +420,15 @@ REST_FRAMEWORK = {
     # Bearer tokens only: the API runs without sessions (BrowserMiddleware).
     "DEFAULT_AUTHENTICATION_CLASSES": ["apps.users.api.authentication.JWTAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PARSER_CLASSES": ["apps.core.api.parsers.DepthLimitedJSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["apps.core.http.api.parsers.DepthLimitedJSONParser"],
     "DEFAULT_RENDERER_CLASSES": [
         "rest_framework.renderers.JSONRenderer",
-        "apps.core.api.renderers.ProblemJSONRenderer",
+        "apps.core.http.api.renderers.ProblemJSONRenderer",
         *(["rest_framework.renderers.BrowsableAPIRenderer"] if DEBUG else []),
     ],
-    "DEFAULT_PAGINATION_CLASS": "apps.core.api.pagination.CursorPagination",
+    "DEFAULT_PAGINATION_CLASS": "apps.core.http.api.pagination.CursorPagination",
     "PAGE_SIZE": 20,
-    "EXCEPTION_HANDLER": "apps.core.api.problems.problem_exception_handler",
+    "EXCEPTION_HANDLER": "apps.core.http.api.problems.problem_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
@@ -445,14 +445,14 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "WebhookDeliveryStatusEnum": "apps.core.models.WebhookDelivery.Status",
     },
-    # apps.core.api.converters.DatabaseIdConverter
+    # apps.core.http.api.converters.DatabaseIdConverter
     "PATH_CONVERTER_OVERRIDES": {
         "id": {"type": "integer", "format": "int64", "minimum": 0, "maximum": 2**63 - 1},
         "id_or_slug": {"type": "string", "pattern": "^[-a-zA-Z0-9_]+$"},
     },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "apps.core.api.schema.add_problem_responses",
+        "apps.core.http.api.schema.add_problem_responses",
     ],
 }
 
@@ -495,10 +495,10 @@ if PRODUCTION:
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 LOG_FORMAT = env.str("LOG_FORMAT", default="json" if PRODUCTION else "console")
 # django_structlog for Celery only: a task's log lines carry the context of the request
-# or event that sent it. Requests are logged by apps.core.middleware.EdgeMiddleware.
+# or event that sent it. Requests are logged by apps.core.http.middleware.EdgeMiddleware.
 DJANGO_STRUCTLOG_CELERY_ENABLED = True
 
-from apps.core.logging import build_logging_config, configure_structlog  # noqa: E402
+from apps.core.observability.logging import build_logging_config, configure_structlog  # noqa: E402
 
 LOGGING = build_logging_config(level=LOG_LEVEL, fmt=LOG_FORMAT)
 configure_structlog()
@@ -534,7 +534,7 @@ CELERY_BEAT_SCHEDULE["payments-reconcile-pending"] = {
 # --- Edge: rate limiting, metrics, tracing, security ----------------------------------
 
 RATE_LIMIT_ENABLED = env.bool("RATE_LIMIT_ENABLED", default=True)
-# Per scope (apps.core.ratelimit): `limit` requests per `period` seconds (GCRA).
+# Per scope (apps.core.http.ratelimit): `limit` requests per `period` seconds (GCRA).
 RATE_LIMITS = {
     "default": {
         "limit": env.int("RATE_LIMIT_DEFAULT", default=100_000 if DJANGO_ENV == "test" else 300),
@@ -550,7 +550,7 @@ RATE_LIMITS = {
     },
 }
 # The default scope leases this fraction of its limit from Redis at once and counts it
-# in process (apps.core.ratelimit: the bound this allows); auth and orders stay exact.
+# in process (apps.core.http.ratelimit: the bound this allows); auth and orders stay exact.
 RATE_LIMIT_DEFAULT_LEASE_FRACTION = env.float("RATE_LIMIT_DEFAULT_LEASE_FRACTION", default=0.05)
 RATE_LIMIT_KEY_PREFIX = env.str("RATE_LIMIT_KEY_PREFIX", default="mercato:rl")
 # Proxies in front of us that append to X-Forwarded-For (0: use REMOTE_ADDR).
@@ -566,9 +566,9 @@ METRICS_ALLOWED_NETWORKS = env.list(
 )
 PROMETHEUS_EXPORT_MIGRATIONS = False
 # A process adds the request metrics it counted to the shared ones this often
-# (apps.core.metrics.RequestMetrics), and before it renders /metrics.
+# (apps.core.observability.metrics.RequestMetrics), and before it renders /metrics.
 METRICS_FLUSH_SECONDS = env.float("METRICS_FLUSH_SECONDS", default=1.0)
-# A Celery worker serves its metrics here when set (apps.core.metrics).
+# A Celery worker serves its metrics here when set (apps.core.observability.metrics).
 CELERY_METRICS_PORT = env.int("CELERY_METRICS_PORT", default=0)
 
 # Request bodies above this are refused with a 413 problem (EdgeMiddleware).

@@ -2,7 +2,7 @@ import os
 
 from django.core.wsgi import get_wsgi_application
 
-from apps.core.tracing import setup_tracing_from_environment
+from apps.core.observability.tracing import setup_tracing_from_environment
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 

@@ -3,8 +3,8 @@ from django.core.cache import cache
 from rest_framework.test import APIClient
 from rest_framework_simplejwt.tokens import RefreshToken
 
-from apps.core.ratelimit import leased_limiter
-from apps.core.webhooks.delivery import subscribed_event_types_forget
+from apps.core.http.ratelimit import leased_limiter
+from apps.core.messaging.webhooks.delivery import subscribed_event_types_forget
 from tests.users.factories import UserFactory
 
 # Fixtures for real worker processes: celery_worker, start_celery_worker.

@@ -10,7 +10,7 @@ import contextlib
 from django.core.cache import cache
 from django.db import transaction
 
-from apps.core.caching import TwoLevelCache
+from apps.core.data.caching import TwoLevelCache
 
 # Data format 2: rendered responses (1 held the product's dict).
 product_cache = TwoLevelCache(namespace="catalog:product", local_maxsize=4096, data_format=2)

@@ -101,8 +101,8 @@ def _seed_sales(rng: random.Random, skus: list[str]) -> int:
         product_id = snapshots[rng.choice(skus)]
         reference = f"demo-sale-{number}"
         try:
-            services.reserve_stock(reference=reference, items=[(product_id, 1)])
-            services.commit_reservation(reference=reference)
+            services.stock_reserve(reference=reference, items=[(product_id, 1)])
+            services.reservation_commit(reference=reference)
         except errors.OutOfStock:
             continue
         sold += 1

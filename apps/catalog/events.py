@@ -9,7 +9,7 @@ announced.
 from dataclasses import dataclass
 from typing import Any
 
-from apps.core.event_registry import published_event
+from apps.core.messaging.event_registry import published_event
 
 CONTEXT = "catalog"
 

@@ -8,6 +8,7 @@ replica's old row would otherwise be cached under the new version.
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
+from typing import Any
 
 import structlog
 from django.conf import settings
@@ -26,7 +27,7 @@ from apps.catalog.cache import (
 from apps.catalog.errors import CategoryNotFound, ProductNotFound
 from apps.catalog.models import Category, Product, Reservation, Stock, StockAdjustment
 from apps.catalog.search import search_products
-from apps.core.routing import replica_safe
+from apps.core.data.routing import replica_safe
 
 logger = structlog.get_logger(__name__)
 
@@ -64,18 +65,19 @@ def product_ids_by_sku(*, skus: list[str]) -> dict[str, int]:
 # --- Categories -----------------------------------------------------------------------
 
 
-def category_tree() -> list[dict]:
+def category_tree() -> list[dict[str, Any]]:
     """Root categories with nested `children`, siblings by position."""
-    return category_cache.get_or_load(CATEGORY_TREE_KEY, _load_category_tree)
+    tree: list[dict[str, Any]] = category_cache.get_or_load(CATEGORY_TREE_KEY, _load_category_tree)
+    return tree
 
 
-def _load_category_tree() -> list[dict]:
+def _load_category_tree() -> list[dict[str, Any]]:
     rows = list(Category.objects.order_by("position", "name", "id"))
-    nodes = {
+    nodes: dict[int, dict[str, Any]] = {
         c.pk: {"id": c.pk, "name": c.name, "slug": c.slug, "position": c.position, "children": []}
         for c in rows
     }
-    roots = []
+    roots: list[dict[str, Any]] = []
     for c in rows:
         (nodes[c.parent_id]["children"] if c.parent_id in nodes else roots).append(nodes[c.pk])
     return roots
@@ -162,7 +164,7 @@ def product_public_id(*, id_or_slug: str) -> int:
     )
     if product_id is None:
         raise ProductNotFound(f"No product {id_or_slug!r}.")
-    return product_id
+    return int(product_id)
 
 
 def product_public_get(*, product_id: int) -> Product | None:
@@ -221,7 +223,7 @@ def popular_products() -> list[Product]:
     global _last_known_popular
     fresh = _cache_get(POPULAR_KEY)
     if fresh is not None:
-        return fresh
+        return list(fresh)
     try:
         products = _compute_popular()
     except DatabaseError as exc:
@@ -273,7 +275,7 @@ def _compute_popular() -> list[Product]:
     return ranked
 
 
-def _cache_get(key: str):
+def _cache_get(key: str) -> Any:
     try:
         return cache.get(key)
     except Exception as exc:
@@ -281,7 +283,7 @@ def _cache_get(key: str):
         return None
 
 
-def _cache_set_many(values: dict, timeout: int | None) -> None:
+def _cache_set_many(values: dict[str, Any], timeout: int | None) -> None:
     try:
         cache.set_many(values, timeout)
     except Exception as exc:
@@ -322,7 +324,7 @@ def stock_conservation_report() -> list[str]:
     problems = []
     for product_id in sorted(set(stocks) | set(adjusted)):
         sku, on_hand, reserved = stocks.get(product_id, ("?", None, None))
-        if on_hand is None:
+        if on_hand is None or reserved is None:
             problems.append(f"product {product_id} ({sku}): no stock row")
             continue
         active = held.get((product_id, Reservation.Status.ACTIVE), 0)

@@ -17,6 +17,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -48,7 +49,7 @@ from apps.catalog.errors import (
 )
 from apps.catalog.models import Category, Product, Reservation, Stock, StockAdjustment
 from apps.core.errors import InvalidState, ValidationFailed
-from apps.core.outbox import publish
+from apps.core.messaging.outbox import publish
 
 MAX_REFERENCE_LENGTH = 100
 PRODUCT_FIELDS = frozenset(
@@ -80,7 +81,7 @@ class ReservationLine:
 # --- Reservations -------------------------------------------------------------------
 
 
-def reserve_stock(
+def stock_reserve(
     *, reference: str, items: list[tuple[int, int]], ttl_seconds: int = 900
 ) -> list[ReservationLine]:
     """Hold `quantity` units of each product for `reference`, all or nothing.
@@ -122,7 +123,7 @@ def reserve_stock(
 
 
 @transaction.atomic
-def commit_reservation(*, reference: str) -> None:
+def reservation_commit(*, reference: str) -> None:
     """Turn the reserved units into sold ones (they leave `on_hand`)."""
     rows = _locked_reservations(reference)
     if not rows:
@@ -141,7 +142,7 @@ def commit_reservation(*, reference: str) -> None:
 
 
 @transaction.atomic
-def release_reservation(*, reference: str) -> None:
+def reservation_release(*, reference: str) -> None:
     """Return the reserved units to stock. Unknown or already released: nothing to do."""
     rows = _locked_reservations(reference)
     statuses = {row.status for row in rows}
@@ -154,7 +155,7 @@ def release_reservation(*, reference: str) -> None:
 
 
 @transaction.atomic
-def return_reservation(*, reference: str) -> None:
+def reservation_return(*, reference: str) -> None:
     """Put sold units back on hand (a cancelled, refunded order). Idempotent."""
     rows = _locked_reservations(reference)
     statuses = {row.status for row in rows}
@@ -168,7 +169,7 @@ def return_reservation(*, reference: str) -> None:
     _publish_stock_changed([row.product_id for row in rows], cause="return", reference=reference)
 
 
-def release_expired_reservations(*, now: datetime | None = None, limit: int = 500) -> int:
+def reservations_release_expired(*, now: datetime | None = None, limit: int = 500) -> int:
     """Release active reservations whose `expires_at` has passed; returns how many
     references were released. One short transaction per reference."""
     now = now or timezone.now()
@@ -259,8 +260,8 @@ def _take_stock(wanted: dict[int, int]) -> None:
     if short:
         available = dict(
             Stock.objects.filter(product_id__in=short)
-            .annotate(available=F("on_hand") - F("reserved"))
-            .values_list("product_id", "available")
+            .annotate(free=F("on_hand") - F("reserved"))
+            .values_list("product_id", "free")
         )
         raise OutOfStock(
             short, {product_id: max(available.get(product_id, 0), 0) for product_id in short}
@@ -414,7 +415,7 @@ def product_create(
     description: str = "",
     category_id: int | None = None,
     is_active: bool = True,
-    attributes: dict | None = None,
+    attributes: dict[str, Any] | None = None,
     image_urls: list[str] | None = None,
     initial_stock: int = 0,
     actor_id: int | None = None,
@@ -457,7 +458,7 @@ def product_create(
     return product
 
 
-def product_update(*, product_id: int, **changes) -> Product:
+def product_update(*, product_id: int, **changes: Any) -> Product:
     unknown = set(changes) - PRODUCT_FIELDS
     if unknown:
         raise ValidationFailed({name: ["Unknown field."] for name in sorted(unknown)})
@@ -514,7 +515,7 @@ def product_validate(
     description: str = "",
     category_id: int | None = None,
     is_active: bool = True,
-    attributes: dict | None = None,
+    attributes: dict[str, Any] | None = None,
     image_urls: list[str] | None = None,
 ) -> None:
     """Raise ValidationFailed with every product rule these values break, in the words
@@ -545,9 +546,9 @@ def _new_product(
     price: Decimal,
     slug: str | None = None,
     currency: str | None = None,
-    attributes: dict | None = None,
+    attributes: dict[str, Any] | None = None,
     image_urls: list[str] | None = None,
-    **fields,
+    **fields: Any,
 ) -> Product:
     return Product(
         sku=sku,
@@ -612,7 +613,7 @@ def category_create(
     return category
 
 
-def category_update(*, category_id: int, **changes) -> Category:
+def category_update(*, category_id: int, **changes: Any) -> Category:
     unknown = set(changes) - CATEGORY_FIELDS
     if unknown:
         raise ValidationFailed({name: ["Unknown field."] for name in sorted(unknown)})
@@ -629,7 +630,8 @@ def category_update(*, category_id: int, **changes) -> Category:
             # Product details embed their category.
             invalidate_products_on_commit(list(category.products.values_list("pk", flat=True)))
     except IntegrityError as exc:
-        raise CategoryExists(f"Slug {category.slug!r} is taken.") from exc
+        taken = category.slug if category is not None else changes.get("slug")
+        raise CategoryExists(f"Slug {taken!r} is taken.") from exc
     return category
 
 

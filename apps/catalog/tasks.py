@@ -5,4 +5,4 @@ from apps.catalog import services
 
 @shared_task(name="catalog.sweep_expired_reservations")
 def sweep_expired_reservations() -> int:
-    return services.release_expired_reservations()
+    return services.reservations_release_expired()

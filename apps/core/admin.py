@@ -7,12 +7,16 @@ outbox change permission: send messages again (e.g. after a consumer gave up).
 
 import json
 from datetime import timedelta
+from typing import Any
 
 from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import urlencode
 
+from apps.core.messaging.outbox import outbox_messages_resend
 from apps.core.models import (
     IdempotencyRecord,
     InboxMessage,
@@ -20,10 +24,9 @@ from apps.core.models import (
     SagaInstance,
     SagaTransition,
 )
-from apps.core.outbox import outbox_messages_resend
-from apps.core.sagas import saga_retry_now
 from apps.core.selectors import consumer_lag, outbox_backlog, sagas_in_trouble
 from apps.core.staff_admin import Figure, age, index_figures
+from apps.core.workflows.sagas import saga_retry_now
 
 # Events waiting longer than this for the relay or a consumer want a look.
 LAG_ALERT_SECONDS = 60
@@ -32,13 +35,13 @@ FINISHED = {SagaInstance.State.SUCCEEDED, SagaInstance.State.COMPENSATED}
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request) -> bool:
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    def has_change_permission(self, request, obj=None) -> bool:
+    def has_change_permission(self, request: HttpRequest, obj: Any | None = None) -> bool:
         return False
 
-    def has_delete_permission(self, request, obj=None) -> bool:
+    def has_delete_permission(self, request: HttpRequest, obj: Any | None = None) -> bool:
         return False
 
 
@@ -46,10 +49,10 @@ class PendingFilter(admin.SimpleListFilter):
     title = "relay state"
     parameter_name = "pending"
 
-    def lookups(self, request, model_admin):
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
         return [("yes", "Pending"), ("no", "Published")]
 
-    def queryset(self, request, queryset):
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         if self.value() in ("yes", "no"):
             return queryset.filter(published_at__isnull=self.value() == "yes")
         return queryset
@@ -66,11 +69,11 @@ class OutboxMessageAdmin(ReadOnlyAdmin):
     date_hierarchy = "created_at"
     actions = ["resend"]
 
-    def has_resend_permission(self, request) -> bool:
-        return request.user.has_perm("core.change_outboxmessage")
+    def has_resend_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.has_perm("core.change_outboxmessage"))
 
     @admin.action(description="Send again to every consumer", permissions=["resend"])
-    def resend(self, request, queryset):
+    def resend(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         count = outbox_messages_resend(ids=list(queryset.values_list("pk", flat=True)))
         self.message_user(request, f"{count} message(s) will be sent again.")
 
@@ -81,7 +84,9 @@ class InboxMessageAdmin(ReadOnlyAdmin):
     list_filter = ["consumer"]
     search_fields = ["=event_id"]
 
-    def changelist_view(self, request, extra_context=None):
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
         # How far behind each consumer is, above the list of what it handled.
         lag = consumer_lag()
         behind = {consumer: seconds for consumer, seconds in lag.items() if seconds}
@@ -103,11 +108,11 @@ class IdempotencyRecordAdmin(ReadOnlyAdmin):
 class SagaTransitionInline(admin.TabularInline):
     model = SagaTransition
     extra = 0
-    fields = ["at", "kind", "step", "state", "detail"]
-    readonly_fields = fields
+    readonly_fields = ("at", "kind", "step", "state", "detail")
+    fields = readonly_fields
     can_delete = False
 
-    def has_add_permission(self, request, obj=None) -> bool:
+    def has_add_permission(self, request: HttpRequest, obj: Any | None = None) -> bool:
         return False
 
 
@@ -123,15 +128,15 @@ class SagaInstanceAdmin(ReadOnlyAdmin):
     search_fields = ["=id"]
     date_hierarchy = "created_at"
     # The context as stored, less secrets (the payment token).
-    readonly_fields = [
+    readonly_fields = tuple(
         "context_shown" if f.name == "context" else f.name for f in SagaInstance._meta.fields
-    ]
+    )
     fields = readonly_fields
     inlines = [SagaTransitionInline]
     actions = ["retry_now"]
 
-    def has_retry_permission(self, request) -> bool:
-        return request.user.has_perm("core.change_sagainstance")
+    def has_retry_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.has_perm("core.change_sagainstance"))
 
     @admin.display(description="context")
     def context_shown(self, saga: SagaInstance) -> str:
@@ -145,7 +150,7 @@ class SagaInstanceAdmin(ReadOnlyAdmin):
         )
 
     @admin.action(description="Retry now (wake the saga)", permissions=["retry"])
-    def retry_now(self, request, queryset):
+    def retry_now(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         sagas = list(queryset.values_list("pk", "state"))
         woken = [pk for pk, _ in sagas if saga_retry_now(saga_id=pk)]
         left = [(pk, state) for pk, state in sagas if pk not in woken]
@@ -173,7 +178,8 @@ def pipeline_figures() -> list[Figure]:
     sagas = reverse("admin:core_sagainstance_changelist")
     pending, oldest = outbox_backlog()
     lag = consumer_lag()
-    slowest = max(lag, key=lag.get) if lag else None
+    failed_recently = urlencode({"state__exact": "compensated", "updated_at__gte": str(day_ago)})
+    slowest = max(lag, key=lambda consumer: lag[consumer]) if lag else None
     return [
         Figure(
             "Sagas compensating now",
@@ -185,7 +191,7 @@ def pipeline_figures() -> list[Figure]:
         Figure(
             "Sagas that failed (compensated) in the last 24 h",
             str(trouble[SagaInstance.State.COMPENSATED]),
-            f"{sagas}?{urlencode({'state__exact': 'compensated', 'updated_at__gte': day_ago})}",
+            f"{sagas}?{failed_recently}",
             permission="core.view_sagainstance",
         ),
         Figure(
@@ -199,7 +205,7 @@ def pipeline_figures() -> list[Figure]:
             "Consumer lag (oldest unhandled event)",
             f"{age(lag[slowest])} ({slowest})" if slowest and lag[slowest] else "none",
             reverse("admin:core_inboxmessage_changelist"),
-            alert=bool(slowest) and lag[slowest] > LAG_ALERT_SECONDS,
+            alert=slowest is not None and lag[slowest] > LAG_ALERT_SECONDS,
             permission="core.view_inboxmessage",
         ),
     ]

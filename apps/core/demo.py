@@ -5,11 +5,12 @@ and prints what each returns (credentials, counts).
 """
 
 from collections.abc import Callable
+from typing import Any
 
 _seeders: list[tuple[int, str, Callable[[], list[str]]]] = []
 
 
-def demo_seeder(*, order: int) -> Callable:
+def demo_seeder(*, order: int) -> Callable[..., Any]:
     def register(func: Callable[[], list[str]]) -> Callable[[], list[str]]:
         _seeders.append((order, f"{func.__module__}.{func.__name__}", func))
         return func

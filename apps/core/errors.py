@@ -1,5 +1,7 @@
 """Typed business errors. Services raise them; the API maps them once to problems."""
 
+from typing import Any
+
 
 class DomainError(Exception):
     """Base of every business error; `problem_type` becomes the problem's `type`."""
@@ -8,7 +10,7 @@ class DomainError(Exception):
     problem_type = "bad-request"
     title = "Bad request"
 
-    def __init__(self, detail: str | None = None, *, extra: dict | None = None) -> None:
+    def __init__(self, detail: str | None = None, *, extra: dict[str, Any] | None = None) -> None:
         self.detail = detail or self.title
         self.extra = extra or {}
         super().__init__(self.detail)

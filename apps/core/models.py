@@ -1,14 +1,14 @@
 """Shared-kernel tables: the transactional outbox, the consumer inbox, idempotency keys.
 
 - `OutboxMessage`: one row per event, written in the transaction of the state change
-  (`apps.core.outbox.publish_event`); the relay publishes pending rows to Celery and
+  (`apps.core.messaging.outbox.publish_event`); the relay publishes pending rows to Celery and
   stamps `published_at`. Its id is the event id.
 - `InboxMessage`: (consumer, event id) pairs already handled, inserted in the same
   transaction as the consumer's effect, so a redelivered event has no second effect.
 - `WebhookSubscription`, `WebhookDelivery`: outside subscribers and what was sent to
-  them (`apps.core.webhooks`).
+  them (`apps.core.messaging.webhooks`).
 - `IdempotencyRecord`: one row per (user, Idempotency-Key): the request fingerprint and,
-  once completed, the response replayed to retries (`apps.core.idempotency`).
+  once completed, the response replayed to retries (`apps.core.http.idempotency`).
 
 No foreign key leaves the shared kernel: users are plain integer ids.
 """
@@ -113,7 +113,7 @@ class IdempotencyRecord(models.Model):
 class SagaInstance(models.Model):
     """A running (or finished) orchestrated saga: which step, its context, its errors.
 
-    `apps.core.sagas` moves it one step at a time. A worker claims it with a lease
+    `apps.core.workflows.sagas` moves it one step at a time. A worker claims it with a lease
     (`lease_until`, `lease_token`) and every write it makes to the row is conditional on
     its token, so a worker whose lease ran out cannot overwrite another's. `wake_at` is
     when it should next run (the sweeper resumes sagas whose worker died past it).
@@ -175,7 +175,7 @@ class SagaTransition(models.Model):
 
 
 class WebhookSubscription(models.Model):
-    """An outside receiver of some published event types (`apps.core.webhooks`).
+    """An outside receiver of some published event types (`apps.core.messaging.webhooks`).
 
     `secret` signs every delivery; it is shown once, when the subscription is created.
     `failing_since` is the first failed attempt with no success since; a subscription

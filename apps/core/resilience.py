@@ -1,12 +1,15 @@
-"""Resilience helpers for calls to remote services: a circuit breaker whose state is
-shared between processes (pybreaker; through Redis, or through the cache in embedded
-mode) and bounded retries with full-jitter backoff (tenacity).
+"""Resilience helpers: a circuit breaker whose state is shared between processes
+(pybreaker; through Redis, or through the cache in embedded mode), bounded retries of
+remote calls (tenacity), and the one backoff delay every retry in the system uses
+(remote calls, event handlers, webhook deliveries, saga steps).
 """
 
+import random
 import threading
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pybreaker
 import redis
@@ -15,7 +18,7 @@ import tenacity
 from django.conf import settings
 from django.core.cache import cache
 
-from apps.core.redis_clients import redis_client
+from apps.core.data.redis_clients import redis_client
 
 logger = structlog.get_logger(__name__)
 
@@ -45,7 +48,7 @@ class PreciseRedisStorage(pybreaker.CircuitRedisStorage):
     # before the guarded call that follows it in the same thread.
     SNAPSHOT_SECONDS = 1.0
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._snapshot = threading.local()
 
@@ -62,17 +65,17 @@ class PreciseRedisStorage(pybreaker.CircuitRedisStorage):
         except redis.RedisError:
             logger.warning("circuit_breaker_redis_error", exc_info=True)
             return STATE_CLOSED, None
+        if isinstance(state, bytes):
+            state = state.decode()
         # A missing state is left to pybreaker's read, which re-initialises it.
-        self._snapshot.value = (
-            (time.monotonic(), state.decode(), int(failures or 0)) if state else None
-        )
+        self._snapshot.value = (time.monotonic(), state, int(failures or 0)) if state else None
         return (
-            state.decode() if state else STATE_CLOSED,
+            state or STATE_CLOSED,
             datetime.fromtimestamp(float(opened_at), UTC) if opened_at else None,
         )
 
     def _fresh_snapshot(self) -> tuple[float, str, int] | None:
-        snapshot = getattr(self._snapshot, "value", None)
+        snapshot: tuple[float, str, int] | None = getattr(self._snapshot, "value", None)
         if snapshot is None or time.monotonic() - snapshot[0] > self.SNAPSHOT_SECONDS:
             return None
         return snapshot
@@ -88,7 +91,7 @@ class PreciseRedisStorage(pybreaker.CircuitRedisStorage):
     @state.setter
     def state(self, state: str) -> None:
         self._forget_snapshot()
-        pybreaker.CircuitRedisStorage.state.fset(self, state)
+        pybreaker.CircuitRedisStorage.state.fset(self, state)  # type: ignore[attr-defined]
 
     def increment_counter(self) -> None:
         self._forget_snapshot()  # the call failed: what it read is out of date
@@ -151,7 +154,7 @@ class CircuitCacheStorage(pybreaker.CircuitBreakerStorage):
 
     @property
     def state(self) -> str:
-        return cache.get(self._key("state"), self._default_state)
+        return str(cache.get(self._key("state"), self._default_state))
 
     @state.setter
     def state(self, state: str) -> None:
@@ -171,11 +174,11 @@ class CircuitCacheStorage(pybreaker.CircuitBreakerStorage):
 
     @property
     def counter(self) -> int:
-        return cache.get(self._key("fail_counter"), 0)
+        return int(cache.get(self._key("fail_counter"), 0))
 
     @property
     def success_counter(self) -> int:
-        return cache.get(self._key("success_counter"), 0)
+        return int(cache.get(self._key("success_counter"), 0))
 
     @property
     def opened_at(self) -> datetime | None:
@@ -197,7 +200,7 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
     still take that lock; the state itself lives in the storage (Redis).
     """
 
-    def call(self, func, *args, **kwargs):
+    def call(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return self.state.call(func, *args, **kwargs)
 
     def rejects_calls(self) -> bool:
@@ -214,7 +217,7 @@ class SharedCircuitBreaker(pybreaker.CircuitBreaker):
         )
 
 
-_breakers: dict[tuple, SharedCircuitBreaker] = {}
+_breakers: dict[tuple[Any, ...], SharedCircuitBreaker] = {}
 _breakers_lock = threading.Lock()
 
 
@@ -263,6 +266,13 @@ def shared_circuit_breaker(
         return breaker
 
 
+def backoff_delay(retries: int, *, base_seconds: float, max_seconds: float) -> float:
+    """Seconds to wait before the retry that follows `retries` earlier ones (0 for the
+    first): exponential, capped at `max_seconds`, with full jitter (uniform from 0 to
+    that bound), so that callers failing together do not retry together."""
+    return random.uniform(0, min(max_seconds, base_seconds * 2**retries))
+
+
 def jittered_retry(
     *,
     retry_on: tuple[type[BaseException], ...],
@@ -279,7 +289,9 @@ def jittered_retry(
     """
     return tenacity.Retrying(
         stop=tenacity.stop_after_attempt(attempts) | tenacity.stop_after_delay(total_seconds),
-        wait=tenacity.wait_random_exponential(multiplier=backoff_seconds, max=max_backoff_seconds),
+        wait=lambda state: backoff_delay(
+            state.attempt_number - 1, base_seconds=backoff_seconds, max_seconds=max_backoff_seconds
+        ),
         retry=tenacity.retry_if_exception_type(retry_on),
         before_sleep=before_sleep,
         reraise=True,

@@ -15,13 +15,15 @@ relay, and for how long the oldest has waited (0.0 when none). Read from the pri
 a replica's lag would show a backlog the relay has already cleared.
 """
 
-from datetime import timedelta
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db.models import Count, Exists, Min, OuterRef, QuerySet
 from django.utils import timezone
 
-from apps.core.inbox import handled_event_types
+from apps.core.messaging.inbox import handled_event_types
 from apps.core.models import InboxMessage, OutboxMessage, SagaInstance
 
 
@@ -50,7 +52,9 @@ def overdue_sagas(*, grace_seconds: float) -> list[str]:
     ]
 
 
-def _unhandled(consumer: str, event_types: list[str], *, older_than: float, window: float):
+def _unhandled(
+    consumer: str, event_types: list[str], *, older_than: float, window: float
+) -> Iterator[tuple[uuid.UUID, str, datetime]]:
     """Relayed events of these types sent to `consumer` that it has no inbox row for,
     published between `window` and `older_than` seconds ago, oldest first."""
     now = timezone.now()
@@ -102,7 +106,7 @@ def consumer_lag() -> dict[str, float]:
     """Per consumer: how long its oldest relayed, unhandled event of the last
     EVENT_CONSUMER_LAG_WINDOW_SECONDS has waited (0 if none)."""
     now = timezone.now()
-    lag = {}
+    lag: dict[str, float] = {}
     for consumer, event_types in _types_by_consumer().items():
         oldest = next(
             _unhandled(
@@ -122,7 +126,7 @@ def sagas_about(*, key: str, value: str) -> QuerySet[SagaInstance]:
     return SagaInstance.objects.filter(**{f"context__{key}": value}).order_by("created_at")
 
 
-def sagas_in_trouble(*, since) -> dict[str, int]:
+def sagas_in_trouble(*, since: datetime) -> dict[str, int]:
     """Sagas compensating now, and those that gave up (compensated) since `since`."""
     return {
         SagaInstance.State.COMPENSATING: SagaInstance.objects.filter(

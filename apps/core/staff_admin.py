@@ -6,13 +6,16 @@ form it came from (a field's error when the service named the field), and nothin
 that save is kept; an action's outcome is one message, an error or a success.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
 
 from apps.core.errors import DomainError, ValidationFailed
 
@@ -22,11 +25,11 @@ logger = structlog.get_logger(__name__)
 FORM_FIELD_FOR_ARGUMENT = {"category_id": "category", "parent_id": "parent"}
 
 
-def form_errors(error: DomainError, *, fields) -> list[tuple[str | None, str]]:
+def form_errors(error: DomainError, *, fields: Container[str]) -> list[tuple[str | None, str]]:
     """(form field or None for the whole form, message) pairs for a service's error."""
     if not isinstance(error, ValidationFailed):
         return [(None, error.detail)]
-    found = []
+    found: list[tuple[str | None, str]] = []
     for argument, messages_ in error.errors.items():
         name = FORM_FIELD_FOR_ARGUMENT.get(argument, argument)
         for message in messages_:
@@ -45,22 +48,32 @@ class ServiceFormAdmin(admin.ModelAdmin):
     them (the same page a field error gives) instead of a server error.
     """
 
-    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+    def changeform_view(
+        self,
+        request: HttpRequest,
+        object_id: str | None = None,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
         try:
             return super().changeform_view(request, object_id, form_url, extra_context)
         except DomainError as error:
-            request.service_error = error
+            request.service_error = error  # type: ignore[attr-defined]  # read by get_form
             return super().changeform_view(request, object_id, form_url, extra_context)
 
-    def get_form(self, request, obj=None, **kwargs):
-        form_class = super().get_form(request, obj, **kwargs)
-        error = getattr(request, "service_error", None)
-        if error is None:
+    def get_form(
+        self, request: HttpRequest, obj: Any | None = None, change: bool = False, **kwargs: Any
+    ) -> "type[forms.ModelForm[Any]]":
+        form_class = super().get_form(request, obj, change=change, **kwargs)
+        service_error: DomainError | None = getattr(request, "service_error", None)
+        if service_error is None:
             return form_class
+        error = service_error
 
-        class FormWithServiceError(form_class):
-            def clean(self):
-                cleaned_data = super().clean()
+        # A subclass of whichever form the admin built (mypy cannot follow a dynamic base).
+        class FormWithServiceError(form_class):  # type: ignore[valid-type,misc]
+            def clean(self) -> dict[str, Any]:
+                cleaned_data: dict[str, Any] = super().clean()
                 for field, message in form_errors(error, fields=self.fields):
                     self.add_error(field, message)
                 return cleaned_data
@@ -72,7 +85,13 @@ class ActionsOnlyAdmin(admin.ModelAdmin):
     """Rows that change only through actions (services): the change page is for reading,
     and a POST to it is refused rather than saving the row as it stands."""
 
-    def change_view(self, request, object_id, form_url="", extra_context=None):
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
         if request.method == "POST":
             raise PermissionDenied
         return super().change_view(request, object_id, form_url, extra_context)
@@ -80,7 +99,7 @@ class ActionsOnlyAdmin(admin.ModelAdmin):
 
 def report_outcome(
     model_admin: admin.ModelAdmin,
-    request,
+    request: HttpRequest,
     call: Callable[[], Any],
     success: Callable[[Any], str],
     *,
@@ -115,7 +134,7 @@ class Figure:
 _figures: list[tuple[int, Callable[[], list[Figure]]]] = []
 
 
-def index_figures(*, order: int) -> Callable:
+def index_figures(*, order: int) -> Callable[..., Any]:
     """Register a function giving figures for the admin index (each context's admin)."""
 
     def register(func: Callable[[], list[Figure]]) -> Callable[[], list[Figure]]:
@@ -149,7 +168,9 @@ class StaffAdminSite(admin.AdminSite):
 
     index_template = "admin/staff_index.html"
 
-    def index(self, request, extra_context=None):
+    def index(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> TemplateResponse:
         figures = [
             figure
             for figure in collect_figures()

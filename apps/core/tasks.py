@@ -1,171 +1,29 @@
-"""Celery entry points of the shared kernel (all routed by CELERY_TASK_ROUTES).
+"""The shared kernel's Celery tasks, for Celery's autodiscovery (`<app>.tasks`).
 
-- `relay_outbox` (queue `events`): relay pending outbox messages; kicked after each
-  commit that published events, and swept every OUTBOX_SWEEP_SECONDS by beat.
-- `deliver_event` (queue `events`): one event to one consumer, through the inbox; binds
-  the event's request_id / correlation_id into the task's log context; retries a
-  failing handler with jittered exponential backoff.
-- `deliver_events` (queue `events`): several events to one consumer, each as
-  `deliver_event` handles one; a failing one is retried alone by a `deliver_event`.
-- `drain_sagas` (queue `sagas`): run due sagas in claimed batches; kicked after each
-  commit that started a saga (kicks coalesce), by a saga's retry, and by `sweep_sagas`.
-- `purge_expired_idempotency_records` (queue `default`): hourly by beat.
-- `purge_processed_messages` (queue `default`): daily by beat; published outbox rows
-  and inbox rows past their retention.
+Each task is defined next to the work it runs, and code sends it as an object
+(`task.apply_async(...)`); queues are in CELERY_TASK_ROUTES, schedules in
+CELERY_BEAT_SCHEDULE.
 """
 
-import random
-from datetime import datetime
-from uuid import UUID
-
-import structlog
-from celery import shared_task
-from django.conf import settings
-
-from apps.core import metrics, tracing
-from apps.core.idempotency import idempotency_records_purge_expired
-from apps.core.inbox import (
-    EventEnvelope,
-    UnknownConsumer,
-    consume_event,
-    event_log_context,
-    inbox_purge_processed,
+from apps.core.http.idempotency import purge_expired_idempotency_records
+from apps.core.messaging.inbox import deliver_event, deliver_events
+from apps.core.messaging.outbox import purge_processed_messages, relay_outbox
+from apps.core.messaging.webhooks.delivery import (
+    deliver_webhook,
+    purge_webhook_deliveries,
+    sweep_webhook_deliveries,
 )
-from apps.core.outbox import outbox_purge_published, relay_pending_messages
-from apps.core.sagas import saga_sweep, sagas_drain
+from apps.core.workflows.sagas import drain_sagas, sweep_sagas
 
-logger = structlog.get_logger(__name__)
-
-
-@shared_task(name="apps.core.tasks.relay_outbox")
-def relay_outbox() -> int:
-    return relay_pending_messages()
-
-
-def retry_countdown(
-    retries: int, *, base_seconds: float | None = None, max_seconds: float | None = None
-) -> float:
-    """Jittered exponential backoff, capped below the broker's visibility timeout.
-
-    Base and cap default to the event handlers' (EVENT_HANDLER_RETRY_*_SECONDS).
-    """
-    base = settings.EVENT_HANDLER_RETRY_BASE_SECONDS if base_seconds is None else base_seconds
-    cap = settings.EVENT_HANDLER_RETRY_MAX_SECONDS if max_seconds is None else max_seconds
-    ceiling = min(cap, base * 2**retries)
-    return random.uniform(ceiling / 2, ceiling)
-
-
-class _RetryLater(Exception):
-    """A handler failed and gets another try after `countdown` seconds."""
-
-    def __init__(self, exc: Exception, countdown: float) -> None:
-        super().__init__(str(exc))
-        self.exc, self.countdown = exc, countdown
-
-
-def _deliver(
-    *,
-    consumer: str,
-    retries: int,
-    event_id: str,
-    event_type: str,
-    payload: dict,
-    headers: dict,
-    aggregate_type: str = "",
-    aggregate_id: str = "",
-    created_at: str | None = None,
-) -> bool:
-    """Hand one event to one consumer through its inbox, under the event's log context
-    and trace; `_RetryLater` when the handler failed and may be retried."""
-    event = EventEnvelope(
-        id=UUID(event_id),
-        type=event_type,
-        payload=payload,
-        aggregate_type=aggregate_type,
-        aggregate_id=aggregate_id,
-        headers=headers,
-        created_at=datetime.fromisoformat(created_at) if created_at else None,
-    )
-    context = event_log_context(event_id=event_id, event_type=event_type, headers=headers)
-    with (
-        structlog.contextvars.bound_contextvars(**context, consumer=consumer),
-        tracing.continue_trace(
-            headers.get("traceparent"), f"handle {event_type}", consumer=consumer
-        ),
-    ):
-        outcomes = metrics.event_consumer_events
-        try:
-            handled = consume_event(event, consumer=consumer)
-        except UnknownConsumer:
-            logger.warning("event_consumer_unknown")
-            return False
-        except Exception as exc:
-            if retries >= settings.EVENT_HANDLER_MAX_RETRIES:
-                outcomes.labels(consumer=consumer, outcome="gave_up").inc()
-                logger.error("event_handler_gave_up", retries=retries, exc_info=True)
-                raise
-            outcomes.labels(consumer=consumer, outcome="failed").inc()
-            countdown = retry_countdown(retries)
-            logger.warning(
-                "event_handler_failed", retries=retries, retry_in=round(countdown, 2), exc_info=True
-            )
-            raise _RetryLater(exc, countdown) from exc
-        outcomes.labels(consumer=consumer, outcome="processed" if handled else "duplicate").inc()
-        return handled
-
-
-@shared_task(
-    bind=True,
-    name="apps.core.tasks.deliver_event",
-    max_retries=None,  # bounded by EVENT_HANDLER_MAX_RETRIES, with a log line
-)
-def deliver_event(self, *, consumer: str, **event) -> bool:
-    """One event to one consumer; a failing handler is retried with backoff."""
-    try:
-        return _deliver(consumer=consumer, retries=self.request.retries, **event)
-    except _RetryLater as later:
-        raise self.retry(exc=later.exc, countdown=later.countdown) from later.exc
-
-
-@shared_task(name="apps.core.tasks.deliver_events")
-def deliver_events(*, consumer: str, events: list[dict]) -> int:
-    """Several events to one consumer, oldest first, each in its own inbox transaction.
-    One whose handler fails goes on alone as a `deliver_event` retry with backoff; the
-    others are not held up. Returns how many were handled now."""
-    handled = 0
-    for event in events:
-        try:
-            handled += _deliver(consumer=consumer, retries=0, **event)
-        except _RetryLater as later:
-            deliver_event.apply_async(
-                kwargs={**event, "consumer": consumer}, countdown=later.countdown, retries=1
-            )
-        except Exception:  # noqa: S112 (given up and logged by _deliver; the others go on)
-            continue
-    return handled
-
-
-@shared_task(name="apps.core.tasks.purge_expired_idempotency_records")
-def purge_expired_idempotency_records() -> int:
-    return idempotency_records_purge_expired()
-
-
-@shared_task(name="apps.core.tasks.purge_processed_messages")
-def purge_processed_messages() -> dict[str, int]:
-    return {"outbox": outbox_purge_published(), "inbox": inbox_purge_processed()}
-
-
-# Inside the sagas' lease (settings): a task killed at its limit leaves leases that are
-# still valid, and the sweeper resumes the sagas once they end.
-@shared_task(
-    name="apps.core.tasks.drain_sagas",
-    time_limit=settings.SAGA_TASK_TIME_LIMIT_SECONDS,
-    soft_time_limit=settings.SAGA_TASK_SOFT_TIME_LIMIT_SECONDS,
-)
-def drain_sagas() -> int:
-    return sagas_drain()
-
-
-@shared_task(name="apps.core.tasks.sweep_sagas")
-def sweep_sagas() -> int:
-    return saga_sweep()
+__all__ = [
+    "deliver_event",
+    "deliver_events",
+    "deliver_webhook",
+    "drain_sagas",
+    "purge_expired_idempotency_records",
+    "purge_processed_messages",
+    "purge_webhook_deliveries",
+    "relay_outbox",
+    "sweep_sagas",
+    "sweep_webhook_deliveries",
+]

@@ -19,6 +19,7 @@ from django.utils.http import urlencode
 
 from apps.core import selectors as core_selectors
 from apps.core.errors import DomainError, InvalidState
+from apps.core.messaging.provenance import Provenance
 from apps.core.staff_admin import (
     ActionsOnlyAdmin,
     Figure,
@@ -220,6 +221,7 @@ class OrderSummaryAdmin(ActionsOnlyAdmin):
                 tracking_number=data["tracking_number"],
                 carrier=data["carrier"] or "unknown",
                 actor_id=request.user.pk,
+                provenance=Provenance.of_request(request),
             )
 
         return self._page_action(
@@ -233,7 +235,10 @@ class OrderSummaryAdmin(ActionsOnlyAdmin):
     def cancel_view(self, request, object_id):
         def cancel(summary, data):
             return services.order_cancel(
-                order_id=str(summary.pk), actor_id=request.user.pk, note=data["note"]
+                order_id=str(summary.pk),
+                actor_id=request.user.pk,
+                note=data["note"],
+                provenance=Provenance.of_request(request),
             )
 
         return self._page_action(request, object_id, CancelForm, cancel, lambda _: "Cancelled.")
@@ -244,7 +249,7 @@ class OrderSummaryAdmin(ActionsOnlyAdmin):
             payment = payment_selectors.payment_list(user_id=None, order_id=str(summary.pk)).first()
             if payment is None:
                 raise InvalidState("The order has no payment to refund.")
-            return payment_services.refund_payment(
+            return payment_services.payment_refund(
                 payment_id=payment.pk,
                 amount=data["amount"],
                 reason=data["reason"],
@@ -287,6 +292,7 @@ class OrderSummaryAdmin(ActionsOnlyAdmin):
                 tracking_number=tracking_number,
                 carrier=carrier,
                 actor_id=request.user.pk,
+                provenance=Provenance.of_request(request),
             ),
             lambda _: f"shipped ({carrier} {tracking_number})",
             subject=str(summary.pk),
@@ -298,7 +304,11 @@ class OrderSummaryAdmin(ActionsOnlyAdmin):
         cancelled, refused = [], []
         for summary in queryset:
             try:
-                services.order_cancel(order_id=str(summary.pk), actor_id=request.user.pk)
+                services.order_cancel(
+                    order_id=str(summary.pk),
+                    actor_id=request.user.pk,
+                    provenance=Provenance.of_request(request),
+                )
             except DomainError as error:
                 detail = "; ".join(message for _, message in form_errors(error, fields=()))
                 refused.append(f"{summary.pk} ({detail})")

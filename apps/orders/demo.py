@@ -9,9 +9,9 @@ from decimal import Decimal
 
 from apps.catalog import selectors as catalog_selectors
 from apps.catalog import services as catalog_services
+from apps.core.data.routing import routing_scope
 from apps.core.demo import demo_seeder
-from apps.core.routing import routing_scope
-from apps.core.sagas import saga_advance
+from apps.core.workflows.sagas import saga_advance
 from apps.orders import selectors, services
 from apps.payments import selectors as payment_selectors
 from apps.payments import services as payment_services
@@ -43,7 +43,7 @@ def seed_orders() -> list[str]:
         # Just written by the saga: a lagging replica may not have it yet.
         with routing_scope(force_primary=True):  # the payment was written a moment ago
             payment = payment_selectors.payment_list(user_id=None, order_id=refunded).get()
-        payment_services.refund_payment(payment_id=payment.pk, reason="demo: arrived broken")
+        payment_services.payment_refund(payment_id=payment.pk, reason="demo: arrived broken")
         declined = _place(customer_id, lamp, "tok_declined")
         out_of_stock = _place(customer_id, sold_out, "tok_visa")
     states = {

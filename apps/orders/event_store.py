@@ -7,14 +7,15 @@ with `ConcurrencyConflict` instead of silently interleaving.
 
 from datetime import datetime
 from functools import partial
+from typing import Any
 
-import structlog
 from django.db import IntegrityError, connection, transaction
 
-from apps.core.atomic_inserts import InsertStatement
+from apps.core.data.atomic_inserts import InsertStatement
 from apps.core.errors import NotFound
-from apps.core.event_registry import published_event_types
-from apps.core.outbox import kick_relay, outbox_message, publish_event
+from apps.core.messaging.event_registry import published_event_types
+from apps.core.messaging.outbox import kick_relay, outbox_message, publish_event
+from apps.core.messaging.provenance import SYSTEM, Provenance
 from apps.orders import metrics
 from apps.orders.domain import Order
 from apps.orders.errors import ConcurrencyConflict
@@ -42,12 +43,15 @@ def load_order(order_id: str, **as_of) -> Order:
     return order
 
 
-def append(order: Order, *, actor_id: int | None = None) -> list[StoredEvent]:
+def append(
+    order: Order, *, actor_id: int | None = None, provenance: Provenance = SYSTEM
+) -> list[StoredEvent]:
     """Store the order's pending events after `order.version`; raise on a concurrent append.
 
     `actor_id`: the user whose action this is (None: the system), recorded as the events'
-    `user_id`."""
-    rows = _event_rows(order, actor_id=actor_id)
+    `user_id`; `provenance`: the request, correlation and causation ids of the write,
+    recorded with the events and given to the ones published."""
+    rows = _event_rows(order, actor_id=actor_id, provenance=provenance)
     if not connection.in_atomic_block:
         raise RuntimeError(
             "append inside transaction.atomic: events, outbox and read model commit together"
@@ -62,7 +66,7 @@ def append(order: Order, *, actor_id: int | None = None) -> list[StoredEvent]:
         ) from exc
     # The public ones are published for other contexts in the same transaction
     # (transactional outbox), with the order's version and owner.
-    for published in _published(order, rows):
+    for published in _published(order, rows, provenance):
         publish_event(**published)
     # Counted once committed: a rolled-back or conflicting append changed nothing.
     transaction.on_commit(partial(metrics.count_committed_events, _counted(rows)))
@@ -70,13 +74,20 @@ def append(order: Order, *, actor_id: int | None = None) -> list[StoredEvent]:
     return rows
 
 
-def append_to(statement: InsertStatement, order: Order, *, actor_id: int | None = None) -> None:
-    """`append` as part of one insert statement (`apps.core.atomic_inserts`): the order's
-    pending events and their outbox rows join `statement`, the order takes their versions
-    and times at once. A concurrent append fails the whole statement (`IntegrityError`)."""
-    rows = _event_rows(order, actor_id=actor_id)
+def append_to(
+    statement: InsertStatement,
+    order: Order,
+    *,
+    actor_id: int | None = None,
+    provenance: Provenance = SYSTEM,
+) -> None:
+    """`append` as part of one insert statement (`apps.core.data.atomic_inserts`): the
+    order's pending events and their outbox rows join `statement`, the order takes their
+    versions and times at once. A concurrent append fails the whole statement
+    (`IntegrityError`)."""
+    rows = _event_rows(order, actor_id=actor_id, provenance=provenance)
     statement.add(*rows)  # sets recorded_at
-    messages = [outbox_message(**published) for published in _published(order, rows)]
+    messages = [outbox_message(**published) for published in _published(order, rows, provenance)]
     statement.add(*messages)
     if any(message.published_at is None for message in messages):
         statement.on_commit(kick_relay)
@@ -84,13 +95,8 @@ def append_to(statement: InsertStatement, order: Order, *, actor_id: int | None 
     _applied(order, rows)
 
 
-def _event_rows(order: Order, *, actor_id: int | None) -> list[StoredEvent]:
-    context = structlog.contextvars.get_contextvars()
-    metadata = {
-        key: context[key]
-        for key in ("request_id", "correlation_id", "causation_id")
-        if key in context
-    }
+def _event_rows(order: Order, *, actor_id: int | None, provenance: Provenance) -> list[StoredEvent]:
+    metadata: dict[str, Any] = provenance.as_dict()
     if actor_id is not None:
         metadata["user_id"] = actor_id
     return [
@@ -107,7 +113,9 @@ def _event_rows(order: Order, *, actor_id: int | None) -> list[StoredEvent]:
     ]
 
 
-def _published(order: Order, rows: list[StoredEvent]) -> list[dict]:
+def _published(
+    order: Order, rows: list[StoredEvent], provenance: Provenance
+) -> list[dict[str, Any]]:
     """`publish_event` arguments for the rows other contexts hear of."""
     public = published_event_types()
     return [
@@ -116,6 +124,7 @@ def _published(order: Order, rows: list[StoredEvent]) -> list[dict]:
             "payload": {**row.data, "version": row.version, "user_id": order.user_id},
             "aggregate_type": "order",
             "aggregate_id": str(order.id),
+            "provenance": provenance,
         }
         for row in rows
         # The order's own PaymentCaptured is bookkeeping; the payments context publishes

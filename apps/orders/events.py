@@ -13,7 +13,7 @@ payments context publishes the money facts).
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
-from apps.core.event_registry import published_event
+from apps.core.messaging.event_registry import published_event
 
 CONTEXT = "orders"
 

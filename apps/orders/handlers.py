@@ -13,7 +13,8 @@ from decimal import Decimal
 import structlog
 
 from apps.core.errors import NotFound
-from apps.core.inbox import EventEnvelope, event_handler
+from apps.core.messaging.inbox import EventEnvelope, event_handler
+from apps.core.messaging.provenance import Provenance
 from apps.orders import emails, services
 
 logger = structlog.get_logger(__name__)
@@ -28,7 +29,10 @@ def record_payment_captured(event: EventEnvelope) -> None:
     data = event.payload
     try:
         services.order_record_payment_captured(
-            order_id=data["order_id"], payment_id=data["payment_id"], amount=Decimal(data["amount"])
+            order_id=data["order_id"],
+            payment_id=data["payment_id"],
+            amount=Decimal(data["amount"]),
+            provenance=Provenance.of_event(event),
         )
     except NotFound:
         logger.warning("payment_of_unknown_order", order_id=data["order_id"])
@@ -44,6 +48,7 @@ def record_refund(event: EventEnvelope) -> None:
             refund_id=data["refund_id"],
             amount=Decimal(data["amount"]),
             captured=Decimal(data["payment_amount"]),
+            provenance=Provenance.of_event(event),
         )
     except NotFound:
         logger.warning("refund_of_unknown_order", order_id=data["order_id"])

@@ -21,8 +21,9 @@ from django.db import DatabaseError
 
 from apps.catalog import services as catalog
 from apps.core.errors import DomainError, InvalidState
-from apps.core.outbox import consumed_inline
-from apps.core.sagas import SagaDefinition, Step, register_saga
+from apps.core.messaging.outbox import consumed_inline
+from apps.core.messaging.provenance import Provenance
+from apps.core.workflows.sagas import SagaDefinition, Step, register_saga
 from apps.orders import services as orders
 from apps.orders.event_store import ConcurrencyConflict
 from apps.orders.handlers import RECORD_PAYMENT_CAPTURED
@@ -30,25 +31,27 @@ from apps.payments import services as payments
 
 
 def reserve_stock(ctx: dict[str, Any]) -> None:
-    catalog.reserve_stock(
+    catalog.stock_reserve(
         reference=ctx["order_id"],
         items=[(product_id, quantity) for product_id, quantity in ctx["items"]],
         ttl_seconds=settings.ORDER_RESERVATION_TTL_SECONDS,
     )
     orders.order_record_stock_reserved(
-        order_id=ctx["order_id"], reservation_reference=ctx["order_id"]
+        order_id=ctx["order_id"],
+        reservation_reference=ctx["order_id"],
+        provenance=Provenance.from_dict(ctx),
     )
 
 
 def release_stock(ctx: dict[str, Any]) -> None:
-    catalog.release_reservation(reference=ctx["order_id"])
+    catalog.reservation_release(reference=ctx["order_id"])
 
 
 def charge_payment(ctx: dict[str, Any]) -> dict[str, Any]:
     # The order's PaymentCaptured consumer records the capture in the transaction that
     # settles it: one commit for both, and no message to that consumer for it.
     with consumed_inline(RECORD_PAYMENT_CAPTURED) as recorded:
-        result = payments.charge_for_order(
+        result = payments.payment_charge_for_order(
             order_id=ctx["order_id"],
             user_id=ctx["user_id"],
             amount=Decimal(ctx["total"]),
@@ -59,7 +62,10 @@ def charge_payment(ctx: dict[str, Any]) -> dict[str, Any]:
         # Settled before this call (a webhook came first, a retried step), or the
         # consumer failed inline: record it here (a no-op if recorded already).
         orders.order_record_payment_captured(
-            order_id=ctx["order_id"], payment_id=str(result.payment_id), amount=result.amount
+            order_id=ctx["order_id"],
+            payment_id=str(result.payment_id),
+            amount=result.amount,
+            provenance=Provenance.from_dict(ctx),
         )
     return {"payment_id": result.payment_id}
 
@@ -73,15 +79,18 @@ def refund_payment(ctx: dict[str, Any]) -> None:
 def confirm_order(ctx: dict[str, Any]) -> None:
     # One transaction (an atomic step): the order is confirmed if and only if its stock
     # is sold. A reservation that expired rolls the confirmation back, then compensation.
-    orders.order_confirm(order_id=ctx["order_id"])
-    catalog.commit_reservation(reference=ctx["order_id"])
+    orders.order_confirm(order_id=ctx["order_id"], provenance=Provenance.from_dict(ctx))
+    catalog.reservation_commit(reference=ctx["order_id"])
 
 
 def cancel_order(ctx: dict[str, Any], reason: str) -> None:
     # InvalidState: cancelled already (by its owner, or by an earlier run of this step).
     with contextlib.suppress(InvalidState):
         orders.order_cancel(
-            order_id=ctx["order_id"], reason=reason, details=ctx.get("failure_details")
+            order_id=ctx["order_id"],
+            reason=reason,
+            details=ctx.get("failure_details"),
+            provenance=Provenance.from_dict(ctx),
         )
 
 
@@ -149,7 +158,7 @@ def refund_cancelled_order(ctx: dict[str, Any]) -> None:
 
 
 def restock(ctx: dict[str, Any]) -> None:
-    catalog.return_reservation(reference=ctx["order_id"])
+    catalog.reservation_return(reference=ctx["order_id"])
 
 
 register_saga(

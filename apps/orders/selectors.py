@@ -6,11 +6,12 @@ from datetime import datetime
 from decimal import Decimal
 from itertools import groupby
 from operator import itemgetter
+from typing import Any
 
 from django.db.models import Count, Min, QuerySet, Sum
 
+from apps.core.data.routing import replica_safe
 from apps.core.errors import NotFound
-from apps.core.routing import replica_safe
 from apps.orders import event_store
 from apps.orders.domain import Order
 from apps.orders.events import upcast
@@ -128,7 +129,9 @@ class TimelineEntry:
     actor_id: int | None  # the user whose request recorded it; None: the system
 
 
-def cancellation_words(*, reason: str, note: str, details: dict, items: list[dict]) -> str:
+def cancellation_words(
+    *, reason: str, note: str, details: dict[str, Any], items: list[dict[str, Any]]
+) -> str:
     """A cancellation in words, with what made it fail (short products, decline code)."""
     words = CANCELLATION_WORDS.get(reason, f"Cancelled: {reason.replace('_', ' ')}")
     names = {line["product_id"]: line["name"] for line in items}
@@ -145,7 +148,7 @@ def cancellation_words(*, reason: str, note: str, details: dict, items: list[dic
     return f"{words}: {note}" if note else words
 
 
-def _event_words(event_type: str, data: dict, items: list[dict]) -> str:
+def _event_words(event_type: str, data: dict[str, Any], items: list[dict[str, Any]]) -> str:
     if event_type == "OrderPlaced":
         return f"Placed: {len(data['items'])} line(s), {data['total']} {data['currency']}"
     if event_type == "StockReserved":

@@ -1,7 +1,10 @@
 """Orders context commands. Each loads the aggregate, runs one command, appends its
 events and projects the read model in one transaction, retrying a bounded number of
 times when another writer appended first (optimistic concurrency). A command a person
-runs takes their `actor_id`, recorded with its events; without one, the system acted."""
+runs takes their `actor_id`, recorded with its events; without one, the system acted.
+Each takes the write's `provenance` (request, correlation and causation ids), recorded
+with its events too: views pass their request's, handlers the handled event's, saga
+steps the one the placement started with."""
 
 import contextlib
 import uuid
@@ -15,9 +18,10 @@ from django.db import connection, router, transaction
 from django.db.models import Model
 
 from apps.catalog import selectors as catalog_selectors
-from apps.core.atomic_inserts import InsertStatement
+from apps.core.data.atomic_inserts import InsertStatement
 from apps.core.errors import DomainError, ValidationFailed
-from apps.core.sagas import kick_sagas, saga_instance, saga_start
+from apps.core.messaging.provenance import SYSTEM, Provenance
+from apps.core.workflows.sagas import kick_sagas, saga_instance, saga_start
 from apps.orders import event_store, recent_orders
 from apps.orders.domain import Order, OrderStatus
 from apps.orders.errors import ConcurrencyConflict
@@ -48,6 +52,7 @@ def _run(
     order_id: str,
     command: Callable[[Order], None],
     *,
+    provenance: Provenance,
     actor_id: int | None = None,
     remembered: bool = False,
 ) -> Order:
@@ -66,7 +71,7 @@ def _run(
                     order_id, command, remembered=remembered and attempt == 1
                 )
                 if order.pending_events:
-                    event_store.append(order, actor_id=actor_id)
+                    event_store.append(order, actor_id=actor_id, provenance=provenance)
                     project(order, previous=before)
                     recent_orders.remember_on_commit(order)
                 return order
@@ -80,7 +85,7 @@ def _run(
 
 def _commanded(
     order_id: str, command: Callable[[Order], None], *, remembered: bool
-) -> tuple[Order, tuple[int, dict]]:
+) -> tuple[Order, tuple[int, dict[str, Any]]]:
     """The order with `command` applied, and its version and summary fields before: the
     remembered order when the command records something on it (appending that fails
     with a conflict unless it is still the latest version), else the order loaded from
@@ -160,6 +165,7 @@ def order_place(
     shipping_address: dict[str, Any],
     payment_token: str,
     idempotency_key: str | None = None,
+    provenance: Provenance = SYSTEM,
 ) -> OrderSummary:
     """Record a new pending order and start its placement saga, in one transaction.
 
@@ -170,12 +176,14 @@ def order_place(
         shipping_address=shipping_address,
         payment_token=payment_token,
         idempotency_key=idempotency_key,
+        provenance=provenance,
     )
     try:
         with transaction.atomic():
-            event_store.append(order, actor_id=user_id)
+            event_store.append(order, actor_id=user_id, provenance=provenance)
             summary = project(order, is_new=True)
             saga_start(**saga)
+            assert summary is not None  # a new order always gets its summary row
             return summary
     except ConcurrencyConflict:
         # The same order id was placed already (a retried request): the placement is
@@ -194,11 +202,12 @@ def order_place_answered(
     payment_token: str,
     idempotency_key: str,
     answer: Callable[[OrderSummary], Model],
+    provenance: Provenance = SYSTEM,
 ) -> OrderSummary | None:
     """`order_place` in one statement, with the row `answer(summary)` returns (the
     request's completed idempotency record): the order's event, its outbox row, the read
     model, the saga and that row commit together or not at all (PostgreSQL only:
-    `apps.core.atomic_inserts`). None, with nothing written, when that row's key is taken
+    `apps.core.data.atomic_inserts`). None, with nothing written, when that row's key is taken
     already; a placement of the same order id fails with `IntegrityError`."""
     order, saga = _placement(
         user_id=user_id,
@@ -206,9 +215,10 @@ def order_place_answered(
         shipping_address=shipping_address,
         payment_token=payment_token,
         idempotency_key=idempotency_key,
+        provenance=provenance,
     )
     statement = InsertStatement(using=router.db_for_write(OrderSummary))
-    event_store.append_to(statement, order, actor_id=user_id)
+    event_store.append_to(statement, order, actor_id=user_id, provenance=provenance)
     summary = new_summary(order)
     statement.add(summary)
     statement.add(saga_instance(**saga))
@@ -223,6 +233,7 @@ def _placement(
     shipping_address: dict[str, Any],
     payment_token: str,
     idempotency_key: str | None,
+    provenance: Provenance,
 ) -> tuple[Order, dict[str, Any]]:
     """The placed order, its event pending, and the `saga_start` arguments of its saga."""
     lines, currency = _order_lines(items)
@@ -248,29 +259,36 @@ def _placement(
             "total": str(order.total),
             "currency": currency,
             "payment_token": payment_token,
+            **provenance.as_dict(),
         },
     }
     return order, saga
 
 
-def order_record_stock_reserved(*, order_id: str, reservation_reference: str) -> Order:
+def order_record_stock_reserved(
+    *, order_id: str, reservation_reference: str, provenance: Provenance = SYSTEM
+) -> Order:
     return _run(
         order_id,
         lambda o: o.record_stock_reserved(reservation_reference=reservation_reference),
+        provenance=provenance,
         remembered=True,
     )
 
 
-def order_record_payment_captured(*, order_id: str, payment_id: str, amount: Decimal) -> Order:
+def order_record_payment_captured(
+    *, order_id: str, payment_id: str, amount: Decimal, provenance: Provenance = SYSTEM
+) -> Order:
     return _run(
         order_id,
         lambda o: o.record_payment_captured(payment_id=payment_id, amount=amount),
+        provenance=provenance,
         remembered=True,
     )
 
 
-def order_confirm(*, order_id: str) -> Order:
-    return _run(order_id, lambda o: o.confirm(), remembered=True)
+def order_confirm(*, order_id: str, provenance: Provenance = SYSTEM) -> Order:
+    return _run(order_id, lambda o: o.confirm(), provenance=provenance, remembered=True)
 
 
 def order_ship(
@@ -279,16 +297,20 @@ def order_ship(
     tracking_number: str,
     carrier: str = "unknown",
     actor_id: int | None = None,
+    provenance: Provenance = SYSTEM,
 ) -> Order:
     return _run(
         order_id,
         lambda o: o.ship(tracking_number=tracking_number, carrier=carrier),
         actor_id=actor_id,
+        provenance=provenance,
     )
 
 
-def order_deliver(*, order_id: str, actor_id: int | None = None) -> Order:
-    return _run(order_id, lambda o: o.deliver(), actor_id=actor_id)
+def order_deliver(
+    *, order_id: str, actor_id: int | None = None, provenance: Provenance = SYSTEM
+) -> Order:
+    return _run(order_id, lambda o: o.deliver(), actor_id=actor_id, provenance=provenance)
 
 
 def order_cancel(
@@ -298,6 +320,7 @@ def order_cancel(
     reason: str | None = None,
     note: str = "",
     details: dict[str, Any] | None = None,
+    provenance: Provenance = SYSTEM,
 ) -> Order:
     """Cancel until shipped. A pending order's placement saga undoes its own steps when it
     next runs; a confirmed order gets a refund-and-restock saga, started with the cancel.
@@ -316,14 +339,20 @@ def order_cancel(
             saga_start(
                 saga_type=ORDER_CANCELLATION_SAGA,
                 timeout_seconds=settings.ORDER_CANCELLATION_SAGA_TIMEOUT_SECONDS,
-                context={"order_id": order.id},
+                context={"order_id": order.id, **provenance.as_dict()},
             )
 
-    return _run(order_id, cancel, actor_id=actor_id)
+    return _run(order_id, cancel, actor_id=actor_id, provenance=provenance)
 
 
 def order_record_refund(
-    *, order_id: str, payment_id: str, refund_id: str, amount: Decimal, captured: Decimal
+    *,
+    order_id: str,
+    payment_id: str,
+    refund_id: str,
+    amount: Decimal,
+    captured: Decimal,
+    provenance: Provenance = SYSTEM,
 ) -> Order:
     """Record a refund of the order's payment, once per refund id. A capture the order
     has not heard of yet (it was settled late, or its event is still on the way) is
@@ -334,4 +363,4 @@ def order_record_refund(
             order.record_payment_captured(payment_id=payment_id, amount=captured)
         order.record_refund(amount=amount, payment_id=payment_id, refund_ids=[refund_id])
 
-    return _run(order_id, record)
+    return _run(order_id, record, provenance=provenance)

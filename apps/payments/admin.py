@@ -72,7 +72,7 @@ class PaymentAdmin(ActionsOnlyAdmin):
         for payment in queryset:
             try:
                 # Keyed per payment by the service: selecting it twice refunds once.
-                result = services.refund_payment(
+                result = services.payment_refund(
                     payment_id=payment.pk, reason=f"admin refund by {request.user}"
                 )
             except DomainError as exc:

@@ -7,7 +7,7 @@ class PaymentsConfig(AppConfig):
     verbose_name = "Payments"
 
     def ready(self) -> None:
-        from apps.core.health import register_readiness_check
+        from apps.core.observability.health import register_readiness_check
         from apps.payments.selectors import provider_readiness
 
         # Order confirmation needs the provider; orders are still accepted without it.

@@ -7,7 +7,7 @@ reconciliation). Amounts are decimal strings with their currency; ids are string
 
 from dataclasses import dataclass
 
-from apps.core.event_registry import published_event
+from apps.core.messaging.event_registry import published_event
 
 CONTEXT = "payments"
 

@@ -6,8 +6,8 @@ from decimal import Decimal
 
 from django.db.models import Prefetch, Q, QuerySet, Sum
 
+from apps.core.data.routing import replica_safe
 from apps.core.errors import NotFound
-from apps.core.routing import replica_safe
 from apps.payments.gateway import get_provider
 from apps.payments.models import Payment, Refund
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
+from typing import Any
 
 import structlog
 from django.conf import settings
@@ -20,7 +21,7 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from apps.core.errors import Conflict, InvalidState, NotFound, ValidationFailed
-from apps.core.outbox import publish
+from apps.core.messaging.outbox import publish
 from apps.payments import events
 from apps.payments.errors import (
     InvalidWebhook,
@@ -29,6 +30,7 @@ from apps.payments.errors import (
     RefundExceedsCaptured,
 )
 from apps.payments.gateway import (
+    PaymentProvider,
     ProviderCharge,
     ProviderRefund,
     ProviderRejected,
@@ -70,7 +72,7 @@ class RefundResult:
 # -- charges -----------------------------------------------------------------------------
 
 
-def charge_for_order(
+def payment_charge_for_order(
     *, order_id: str, user_id: int, amount: Decimal, currency: str, token: str
 ) -> PaymentResult:
     """Charge the order once. A second call returns the first payment's outcome (a decline
@@ -141,7 +143,7 @@ def payment_void_for_order(*, order_id: str, reason: str) -> RefundResult | None
         )
     if payment.status in (Payment.Status.FAILED, Payment.Status.REFUNDED):
         return None
-    return refund_payment(payment_id=payment.pk, reason=reason)
+    return payment_refund(payment_id=payment.pk, reason=reason)
 
 
 def _request_void(payment: Payment, *, reason: str) -> None:
@@ -169,7 +171,7 @@ def _void_if_requested(payment: Payment) -> bool:
     ):
         return False
     try:
-        refund_payment(payment_id=payment.pk, reason="order not placed (late capture)")
+        payment_refund(payment_id=payment.pk, reason="order not placed (late capture)")
     except PaymentProviderUnavailable:
         logger.warning("late_capture_refund_deferred", payment_id=payment.pk)
         return False
@@ -195,12 +197,13 @@ def _valid_amount(amount: object) -> bool:
         isinstance(amount, Decimal)
         and amount.is_finite()
         and Decimal("0") < amount <= MAX_AMOUNT
-        and amount.as_tuple().exponent >= -2
+        and isinstance(exponent := amount.as_tuple().exponent, int)  # finite: always int
+        and exponent >= -2
     )
 
 
 def _payment_create(
-    *, order_id: str, user_id: int, amount: Decimal, currency: str, provider
+    *, order_id: str, user_id: int, amount: Decimal, currency: str, provider: PaymentProvider
 ) -> Payment:
     try:
         with transaction.atomic():
@@ -271,13 +274,14 @@ def _settle_charge(
 
 
 def _publish_charge_outcome(payment: Payment) -> None:
-    common = {
+    common: dict[str, Any] = {
         "payment_id": str(payment.pk),
         "order_id": payment.order_id,
         "user_id": payment.user_id,
         "amount": str(payment.amount),
         "currency": payment.currency,
     }
+    event: events.PaymentCaptured | events.PaymentFailed
     if payment.status == Payment.Status.SUCCEEDED:
         event = events.PaymentCaptured(**common, provider_charge_id=payment.provider_charge_id)
     else:
@@ -309,7 +313,7 @@ def _payment_result(payment: Payment) -> PaymentResult:
 # -- refunds -----------------------------------------------------------------------------
 
 
-def refund_payment(
+def payment_refund(
     *,
     payment_id: int,
     amount: Decimal | None = None,
@@ -464,6 +468,7 @@ def _settle_refund(
 
 
 def _publish_refund_outcome(refund: Refund, payment: Payment) -> None:
+    event: events.PaymentRefunded | events.RefundFailed
     if refund.status == Refund.Status.SUCCEEDED:
         event = events.PaymentRefunded(
             payment_id=str(payment.pk),
@@ -556,7 +561,7 @@ def _webhook_refund(event_id: str, provider_refund: ProviderRefund) -> str:
     return outcome
 
 
-def _record_provider_event(payment: Payment, provider_event_id: str, obj) -> bool:
+def _record_provider_event(payment: Payment, provider_event_id: str, obj: object) -> bool:
     """Store the provider event id once; False if it was stored before."""
     try:
         with transaction.atomic():
@@ -632,5 +637,5 @@ def payments_reconcile_pending(
     return dict(counts)
 
 
-def _log(payment: Payment, kind: str, source: str, data: dict) -> None:
+def _log(payment: Payment, kind: str, source: str, data: dict[str, Any]) -> None:
     PaymentEvent.objects.create(payment=payment, kind=kind, source=source, data=data)

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from apps.core.event_registry import published_event
+from apps.core.messaging.event_registry import published_event
 
 CONTEXT = "users"
 

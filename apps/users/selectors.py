@@ -8,7 +8,8 @@ from apps.users.models import Address, User
 
 def user_get(*, user_id: int) -> User:
     try:
-        return User.objects.get(pk=user_id, is_active=True)
+        user: User = User.objects.get(pk=user_id, is_active=True)
+        return user
     except User.DoesNotExist as exc:
         raise NotFound("No such user.") from exc
 

@@ -1,11 +1,13 @@
 """Users context commands: every write and business rule about accounts."""
 
+from typing import Any
+
 from django.contrib.auth import password_validation
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, transaction
 
 from apps.core.errors import NotFound, ValidationFailed
-from apps.core.outbox import publish
+from apps.core.messaging.outbox import publish
 from apps.users import events
 from apps.users.errors import EmailAlreadyRegistered
 from apps.users.models import Address, User, normalize_email
@@ -59,7 +61,7 @@ def user_set_active(*, user: User, is_active: bool) -> User:
     return user
 
 
-def user_update_profile(*, user: User, **changes) -> User:
+def user_update_profile(*, user: User, **changes: Any) -> User:
     allowed = {"full_name"} | PREFERENCE_FIELDS
     unknown = set(changes) - allowed
     if unknown:
@@ -78,7 +80,7 @@ STAFF_EDITABLE_FIELDS = frozenset({"email", "full_name", "is_staff", "is_superus
 def user_update_by_staff(
     *,
     user: User,
-    changes: dict,
+    changes: dict[str, Any],
     group_ids: list[int] | None = None,
     permission_ids: list[int] | None = None,
 ) -> User:
@@ -116,7 +118,7 @@ def user_change_password(*, user: User, current_password: str, new_password: str
 
 
 @transaction.atomic
-def address_create(*, user: User, is_default_shipping: bool = False, **fields) -> Address:
+def address_create(*, user: User, is_default_shipping: bool = False, **fields: Any) -> Address:
     _lock_user(user)
     has_default = Address.objects.filter(user=user, is_default_shipping=True).exists()
     # The first address becomes the default, so a user with addresses always has one.
@@ -129,7 +131,7 @@ def address_create(*, user: User, is_default_shipping: bool = False, **fields) -
 
 
 @transaction.atomic
-def address_update(*, user: User, address_id: int, **changes) -> Address:
+def address_update(*, user: User, address_id: int, **changes: Any) -> Address:
     _lock_user(user)
     address = _own_address(user, address_id)
     make_default = changes.pop("is_default_shipping", None)
@@ -169,7 +171,7 @@ def _own_address(user: User, address_id: int) -> Address:
         raise NotFound("No such address.") from exc
 
 
-def _only(fields: dict) -> dict:
+def _only(fields: dict[str, Any]) -> dict[str, Any]:
     unknown = set(fields) - ADDRESS_FIELDS
     if unknown:
         raise ValidationFailed({name: ["Unknown field."] for name in sorted(unknown)})

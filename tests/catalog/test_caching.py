@@ -16,7 +16,7 @@ from django.test.utils import CaptureQueriesContext
 from apps.catalog.api.detail import rendered_detail
 from apps.catalog.api.views import ProductDetailView
 from apps.catalog.cache import POPULAR_KEY
-from apps.catalog.services import category_update, reserve_stock
+from apps.catalog.services import category_update, stock_reserve
 from tests.catalog.factories import CategoryFactory, ProductFactory
 from tests.support.replica import wait_for_catch_up
 
@@ -30,7 +30,7 @@ def test_stock_changes_show_in_the_cached_detail(api_client):
 
     product = ProductFactory(stock__on_hand=3)
     assert api_client.get(f"{PRODUCTS}/{product.pk}").json()["available"] == 3
-    reserve_stock(reference="order-1", items=[(product.pk, 2)])
+    stock_reserve(reference="order-1", items=[(product.pk, 2)])
     assert api_client.get(f"{PRODUCTS}/{product.pk}").json()["available"] == 1
 
 

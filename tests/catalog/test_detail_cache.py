@@ -14,7 +14,7 @@ from rest_framework.renderers import JSONRenderer
 from apps.catalog.api.serializers import ProductDetailSerializer
 from apps.catalog.cache import product_cache
 from apps.catalog.models import Product
-from apps.core import caching
+from apps.core.data import caching
 from tests.catalog.conftest import ReaderProcess
 from tests.catalog.factories import ProductFactory
 from tests.conftest import bearer_client

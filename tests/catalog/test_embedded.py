@@ -5,7 +5,7 @@ from decimal import Decimal
 
 import pytest
 
-from apps.catalog.services import commit_reservation, reserve_stock
+from apps.catalog.services import reservation_commit, stock_reserve
 from tests.catalog.factories import CategoryFactory, ProductFactory
 
 pytestmark = [pytest.mark.embedded, pytest.mark.django_db]
@@ -34,8 +34,8 @@ def test_list_filters_search_and_detail_work(api_client):
 
 def test_reserve_and_commit_work(api_client):
     product = ProductFactory(stock__on_hand=2)
-    reserve_stock(reference="order-1", items=[(product.pk, 2)])
-    commit_reservation(reference="order-1")
+    stock_reserve(reference="order-1", items=[(product.pk, 2)])
+    reservation_commit(reference="order-1")
     assert api_client.get(f"{PRODUCTS}/{product.pk}").json()["in_stock"] is False
     assert api_client.get("/api/v1/products/popular").json()[0]["id"] == product.pk
 

@@ -20,11 +20,11 @@ def stock_figures(event) -> dict:
 def test_stock_changes_are_published_with_the_figures_after_them():
     product = services.product_create(sku="EV-1", name="Kettle", price=Decimal("20.00"))
     services.stock_adjust(product_id=product.pk, delta=5, reason="delivery")
-    services.reserve_stock(reference="order-a", items=[(product.pk, 2)])
-    services.reserve_stock(reference="order-b", items=[(product.pk, 1)])
-    services.commit_reservation(reference="order-a")
-    services.release_reservation(reference="order-b")
-    services.return_reservation(reference="order-a")
+    services.stock_reserve(reference="order-a", items=[(product.pk, 2)])
+    services.stock_reserve(reference="order-b", items=[(product.pk, 1)])
+    services.reservation_commit(reference="order-a")
+    services.reservation_release(reference="order-b")
+    services.reservation_return(reference="order-a")
 
     events = published("StockChanged")
     assert [(e.payload["cause"], e.payload["reference"]) for e in events] == [

@@ -5,7 +5,7 @@ from decimal import Decimal
 import pytest
 
 from apps.catalog.selectors import ProductSnapshot, product_snapshots
-from apps.catalog.services import commit_reservation, reserve_stock
+from apps.catalog.services import reservation_commit, stock_reserve
 from tests.catalog.factories import CategoryFactory, ProductFactory
 from tests.users.test_auth_api import assert_problem
 
@@ -171,9 +171,9 @@ def test_snapshot_selector_is_one_query(django_assert_num_queries):
 def test_popular_ranks_best_sellers_first_then_newest(api_client):
 
     seller, top_seller, newest = ProductFactory(), ProductFactory(), ProductFactory()
-    reserve_stock(reference="o1", items=[(seller.pk, 1), (top_seller.pk, 3)])
-    commit_reservation(reference="o1")
-    reserve_stock(reference="o2", items=[(newest.pk, 1)])  # reserved, not sold
+    stock_reserve(reference="o1", items=[(seller.pk, 1), (top_seller.pk, 3)])
+    reservation_commit(reference="o1")
+    stock_reserve(reference="o2", items=[(newest.pk, 1)])  # reserved, not sold
 
     body = api_client.get("/api/v1/products/popular").json()
     assert [item["id"] for item in body][:3] == [top_seller.pk, seller.pk, newest.pk]

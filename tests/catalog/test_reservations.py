@@ -14,10 +14,10 @@ from apps.catalog.services import (
     ReservationMismatch,
     ReservationNotFound,
     ReservationReleased,
-    commit_reservation,
-    release_expired_reservations,
-    release_reservation,
-    reserve_stock,
+    reservation_commit,
+    reservation_release,
+    reservations_release_expired,
+    stock_reserve,
 )
 from apps.core.errors import ValidationFailed
 from config.celery import app as celery_app
@@ -33,7 +33,7 @@ def stock_of(product) -> tuple[int, int]:
 
 def test_reserve_holds_units_of_every_item():
     a, b = ProductFactory(stock__on_hand=5), ProductFactory(stock__on_hand=3)
-    lines = reserve_stock(reference="order-1", items=[(a.pk, 2), (b.pk, 3)], ttl_seconds=60)
+    lines = stock_reserve(reference="order-1", items=[(a.pk, 2), (b.pk, 3)], ttl_seconds=60)
     assert {(line.product_id, line.quantity, line.status) for line in lines} == {
         (a.pk, 2, "active"),
         (b.pk, 3, "active"),
@@ -45,7 +45,7 @@ def test_reserve_holds_units_of_every_item():
 def test_reserve_is_all_or_nothing_and_names_every_short_product():
     a, b, c = (ProductFactory(stock__on_hand=n) for n in (5, 1, 0))
     with pytest.raises(OutOfStock) as raised:
-        reserve_stock(reference="order-1", items=[(a.pk, 2), (b.pk, 2), (c.pk, 1)])
+        stock_reserve(reference="order-1", items=[(a.pk, 2), (b.pk, 2), (c.pk, 1)])
     assert raised.value.product_ids == [b.pk, c.pk]
     assert raised.value.extra == {"product_ids": [b.pk, c.pk]}
     assert raised.value.problem_type == "out-of-stock"
@@ -57,7 +57,7 @@ def test_reserve_rejects_unknown_and_inactive_products_without_holding_anything(
     a = ProductFactory(stock__on_hand=5)
     inactive = ProductFactory(stock__on_hand=5, is_active=False)
     with pytest.raises(ProductUnavailable) as raised:
-        reserve_stock(reference="order-1", items=[(a.pk, 1), (inactive.pk, 1), (999_999, 1)])
+        stock_reserve(reference="order-1", items=[(a.pk, 1), (inactive.pk, 1), (999_999, 1)])
     assert raised.value.product_ids == [inactive.pk, 999_999]
     assert stock_of(a) == (5, 0)
 
@@ -69,20 +69,20 @@ def test_reserve_rejects_unknown_and_inactive_products_without_holding_anything(
 )
 def test_reserve_rejects_malformed_items(items):
     with pytest.raises(ValidationFailed):
-        reserve_stock(reference="order-1", items=items)
+        stock_reserve(reference="order-1", items=items)
 
 
 def test_duplicate_items_are_summed():
     a = ProductFactory(stock__on_hand=5)
-    lines = reserve_stock(reference="order-1", items=[(a.pk, 1), (a.pk, 2)])
+    lines = stock_reserve(reference="order-1", items=[(a.pk, 1), (a.pk, 2)])
     assert [(line.product_id, line.quantity) for line in lines] == [(a.pk, 3)]
     assert stock_of(a) == (5, 3)
 
 
 def test_reserve_again_with_same_reference_changes_nothing_and_returns_same_lines():
     a = ProductFactory(stock__on_hand=5)
-    first = reserve_stock(reference="order-1", items=[(a.pk, 2)])
-    second = reserve_stock(reference="order-1", items=[(a.pk, 2)])
+    first = stock_reserve(reference="order-1", items=[(a.pk, 2)])
+    second = stock_reserve(reference="order-1", items=[(a.pk, 2)])
     assert first == second
     assert stock_of(a) == (5, 2)
     assert Reservation.objects.count() == 1
@@ -90,83 +90,83 @@ def test_reserve_again_with_same_reference_changes_nothing_and_returns_same_line
 
 def test_reserve_same_reference_with_other_items_is_a_conflict():
     a = ProductFactory(stock__on_hand=5)
-    reserve_stock(reference="order-1", items=[(a.pk, 2)])
+    stock_reserve(reference="order-1", items=[(a.pk, 2)])
     with pytest.raises(ReservationMismatch):
-        reserve_stock(reference="order-1", items=[(a.pk, 3)])
+        stock_reserve(reference="order-1", items=[(a.pk, 3)])
     assert stock_of(a) == (5, 2)
 
 
 def test_commit_sells_the_units_and_is_idempotent():
     a = ProductFactory(stock__on_hand=5)
-    reserve_stock(reference="order-1", items=[(a.pk, 2)])
-    commit_reservation(reference="order-1")
-    commit_reservation(reference="order-1")
+    stock_reserve(reference="order-1", items=[(a.pk, 2)])
+    reservation_commit(reference="order-1")
+    reservation_commit(reference="order-1")
     assert stock_of(a) == (3, 0)
     assert Reservation.objects.get().status == "committed"
     # The idempotent reserve still answers with the (now committed) lines.
-    assert reserve_stock(reference="order-1", items=[(a.pk, 2)])[0].status == "committed"
+    assert stock_reserve(reference="order-1", items=[(a.pk, 2)])[0].status == "committed"
     assert stock_of(a) == (3, 0)
 
 
 def test_release_returns_the_units_and_is_idempotent():
     a = ProductFactory(stock__on_hand=5)
-    reserve_stock(reference="order-1", items=[(a.pk, 2)])
-    release_reservation(reference="order-1")
-    release_reservation(reference="order-1")
+    stock_reserve(reference="order-1", items=[(a.pk, 2)])
+    reservation_release(reference="order-1")
+    reservation_release(reference="order-1")
     assert stock_of(a) == (5, 0)
     assert Reservation.objects.get().status == "released"
 
 
 def test_release_of_an_unknown_reference_is_a_no_op():
-    release_reservation(reference="never-reserved")
+    reservation_release(reference="never-reserved")
     assert not Reservation.objects.exists()
 
 
 def test_commit_after_release_does_not_resurrect_the_reservation():
     a = ProductFactory(stock__on_hand=5)
-    reserve_stock(reference="order-1", items=[(a.pk, 2)])
-    release_reservation(reference="order-1")
+    stock_reserve(reference="order-1", items=[(a.pk, 2)])
+    reservation_release(reference="order-1")
     with pytest.raises(ReservationReleased):
-        commit_reservation(reference="order-1")
+        reservation_commit(reference="order-1")
     assert stock_of(a) == (5, 0)
     assert Reservation.objects.get().status == "released"
 
 
 def test_release_after_commit_does_not_unsell():
     a = ProductFactory(stock__on_hand=5)
-    reserve_stock(reference="order-1", items=[(a.pk, 2)])
-    commit_reservation(reference="order-1")
+    stock_reserve(reference="order-1", items=[(a.pk, 2)])
+    reservation_commit(reference="order-1")
     with pytest.raises(ReservationCommitted):
-        release_reservation(reference="order-1")
+        reservation_release(reference="order-1")
     assert stock_of(a) == (3, 0)
 
 
 def test_commit_of_an_unknown_reference_is_not_found():
     with pytest.raises(ReservationNotFound):
-        commit_reservation(reference="never-reserved")
+        reservation_commit(reference="never-reserved")
 
 
 def test_sweeper_releases_only_expired_active_reservations():
     a = ProductFactory(stock__on_hand=10)
-    reserve_stock(reference="expired", items=[(a.pk, 3)], ttl_seconds=60)
-    reserve_stock(reference="live", items=[(a.pk, 2)], ttl_seconds=3600)
-    reserve_stock(reference="sold", items=[(a.pk, 1)], ttl_seconds=60)
-    commit_reservation(reference="sold")
+    stock_reserve(reference="expired", items=[(a.pk, 3)], ttl_seconds=60)
+    stock_reserve(reference="live", items=[(a.pk, 2)], ttl_seconds=3600)
+    stock_reserve(reference="sold", items=[(a.pk, 1)], ttl_seconds=60)
+    reservation_commit(reference="sold")
     later = timezone.now() + timedelta(minutes=5)
 
-    assert release_expired_reservations(now=later) == 1
-    assert release_expired_reservations(now=later) == 0  # idempotent
+    assert reservations_release_expired(now=later) == 1
+    assert reservations_release_expired(now=later) == 0  # idempotent
 
     statuses = dict(Reservation.objects.values_list("reference", "status"))
     assert statuses == {"expired": "released", "live": "active", "sold": "committed"}
     assert stock_of(a) == (9, 2)
     with pytest.raises(ReservationReleased):
-        commit_reservation(reference="expired")
+        reservation_commit(reference="expired")
 
 
 def test_sweeper_task_is_scheduled_and_runs_the_service(settings):
     a = ProductFactory(stock__on_hand=4)
-    reserve_stock(reference="short-lived", items=[(a.pk, 4)], ttl_seconds=1)
+    stock_reserve(reference="short-lived", items=[(a.pk, 4)], ttl_seconds=1)
     Reservation.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
     entry = settings.CELERY_BEAT_SCHEDULE["catalog-release-expired-reservations"]
     celery_app.loader.import_default_modules()  # autodiscovery, as a worker does at start

@@ -5,7 +5,7 @@ from decimal import Decimal
 import pytest
 
 from apps.catalog.models import Product, StockAdjustment
-from apps.catalog.services import reserve_stock
+from apps.catalog.services import stock_reserve
 from tests.catalog.factories import CategoryFactory, ProductFactory
 from tests.conftest import bearer_client
 from tests.users.factories import UserFactory
@@ -89,7 +89,7 @@ def test_stock_adjustment_records_who_when_delta_and_reason(manager_client, mana
 
 def test_stock_cannot_drop_below_reserved_units(manager_client):
     product = ProductFactory(stock__on_hand=5)
-    reserve_stock(reference="order-1", items=[(product.pk, 4)])
+    stock_reserve(reference="order-1", items=[(product.pk, 4)])
     response = manager_client.post(
         f"{PRODUCTS}/{product.pk}/stock-adjustments",
         {"delta": -2, "reason": "count correction"},

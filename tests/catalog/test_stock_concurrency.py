@@ -9,7 +9,7 @@ from django.db import DatabaseError, connections
 
 from apps.catalog.errors import OutOfStock
 from apps.catalog.models import Reservation, Stock
-from apps.catalog.services import commit_reservation, reserve_stock
+from apps.catalog.services import reservation_commit, stock_reserve
 from tests.catalog.factories import ProductFactory
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
@@ -47,7 +47,7 @@ def read_the_primary():
 def test_fifty_buyers_for_ten_units_reserve_exactly_ten():
     product = ProductFactory(stock__on_hand=10)
     calls = [
-        lambda i=i: reserve_stock(reference=f"buyer-{i}", items=[(product.pk, 1)])
+        lambda i=i: stock_reserve(reference=f"buyer-{i}", items=[(product.pk, 1)])
         for i in range(50)
     ]
 
@@ -67,8 +67,8 @@ def test_multi_item_reservations_in_opposite_orders_do_not_deadlock():
         # Several round trips per thread keep the row locks contended.
         for round_ in range(3):
             reference = f"buyer-{i}-{round_}"
-            reserve_stock(reference=reference, items=orders[i % 2])
-            commit_reservation(reference=reference)
+            stock_reserve(reference=reference, items=orders[i % 2])
+            reservation_commit(reference=reference)
 
     outcomes = Counter(run_concurrently([lambda i=i: buy(i) for i in range(20)]))
 
@@ -81,7 +81,7 @@ def test_multi_item_reservations_in_opposite_orders_do_not_deadlock():
 def test_concurrent_repeats_of_one_reference_reserve_once():
     # Two reservations of 6 would not fit in 10: the repeats must see the first one.
     product = ProductFactory(stock__on_hand=10)
-    calls = [lambda: reserve_stock(reference="order-7", items=[(product.pk, 6)])] * 8
+    calls = [lambda: stock_reserve(reference="order-7", items=[(product.pk, 6)])] * 8
 
     outcomes = Counter(run_concurrently(calls))
 

@@ -3,7 +3,7 @@ import contextlib
 import pytest
 from django.db import connections
 
-from config.db_router import replica_health
+from apps.core.data.replicas import replica_health
 from tests.support import replica
 
 

@@ -9,8 +9,8 @@ import time
 import structlog
 from django.core.cache import cache
 
-from apps.core.inbox import EventEnvelope, event_handler
-from apps.core.outbox import publish_event
+from apps.core.messaging.inbox import EventEnvelope, event_handler
+from apps.core.messaging.outbox import publish_event
 
 PROBED = "ProbeHappened"
 FLAKY = "FlakyProbeHappened"

@@ -12,8 +12,8 @@ from django.utils import timezone
 from pytest_django.asserts import assertInHTML
 
 from apps.core import staff_admin
+from apps.core.messaging.outbox import publish_event
 from apps.core.models import OutboxMessage, SagaInstance
-from apps.core.outbox import publish_event
 from apps.core.staff_admin import Figure
 from apps.users.roles import ORDER_MANAGERS
 from tests.catalog.factories import ProductFactory

@@ -23,8 +23,8 @@ from django.forms import CheckboxInput, MultiWidget
 from apps.catalog import services as catalog_services
 from apps.catalog.admin import ProductAdmin
 from apps.catalog.models import Product
+from apps.core.messaging.outbox import publish_event
 from apps.core.models import SagaInstance
-from apps.core.outbox import publish_event
 from apps.users import services as user_services
 from tests.core.event_probes import PROBED
 from tests.orders.conftest import confirm, place_order
@@ -37,7 +37,12 @@ pytestmark = pytest.mark.django_db
 APPS = Path(__file__).resolve().parents[2] / "apps"
 WRITE = re.compile(r'^\s*(?:INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+"?(\w+)"?', re.IGNORECASE)
 ADMIN_BOOKKEEPING = {"django_admin_log", "django_session"}
-CORE_WRITERS = ("outbox.py", "sagas.py", "inbox.py", "idempotency.py")
+CORE_WRITERS = (
+    "messaging/outbox.py",
+    "workflows/sagas.py",
+    "messaging/inbox.py",
+    "http/idempotency.py",
+)
 
 
 def owning_modules(app_label: str) -> set[str]:
@@ -117,7 +122,7 @@ def shop(sandbox, settings):
         sku="AUDIT-1", name="Audit lamp", price=Decimal("5.00"), currency="EUR", initial_stock=9
     )
     catalog_services.stock_adjust(product_id=product.pk, delta=1, reason="count", actor_id=None)
-    catalog_services.reserve_stock(reference="audit-1", items=[(product.pk, 1)])
+    catalog_services.stock_reserve(reference="audit-1", items=[(product.pk, 1)])
     catalog_services.category_create(name="Audit lights")
     confirm(str(place_order(customer).pk))
     place_order(customer)

@@ -1,4 +1,4 @@
-"""Several inserts in one statement (`apps.core.atomic_inserts`), on PostgreSQL: all rows
+"""Several inserts in one statement (`apps.core.data.atomic_inserts`), on PostgreSQL: all rows
 or none, nothing when the guard row's unique values are taken, values as the ORM writes
 them."""
 
@@ -8,7 +8,7 @@ import pytest
 from django.db import DataError, IntegrityError
 from django.utils import timezone
 
-from apps.core.atomic_inserts import InsertStatement
+from apps.core.data.atomic_inserts import InsertStatement
 from apps.core.models import IdempotencyRecord, OutboxMessage
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from apps.core.caching import TwoLevelCache
+from apps.core.data.caching import TwoLevelCache
 
 
 @pytest.fixture

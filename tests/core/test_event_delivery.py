@@ -7,13 +7,13 @@ import pytest
 from django.db import transaction
 from django.utils import timezone
 
-from apps.core.models import InboxMessage, OutboxMessage
-from apps.core.outbox import (
+from apps.core.messaging.outbox import (
     claim_pending_messages,
     kick_relay,
     publish_event,
     send_message,
 )
+from apps.core.models import InboxMessage, OutboxMessage
 from apps.core.selectors import outbox_backlog
 from tests.core.event_probes import ECHOED, FLAKY, PROBED
 from tests.core.urls import PROBES

@@ -5,8 +5,8 @@ every type with its version, fields and consumers."""
 import re
 from pathlib import Path
 
-from apps.core.event_registry import published_event_types
-from apps.core.inbox import handled_event_types
+from apps.core.messaging.event_registry import published_event_types
+from apps.core.messaging.inbox import handled_event_types
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "events.md"
 

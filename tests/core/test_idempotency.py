@@ -12,7 +12,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 from rest_framework_simplejwt.tokens import RefreshToken
 
-from apps.core.idempotency import idempotency_records_purge_expired
+from apps.core.http.idempotency import idempotency_records_purge_expired
 from apps.core.models import IdempotencyRecord, OutboxMessage
 from apps.core.tasks import purge_expired_idempotency_records
 from tests.conftest import bearer_client

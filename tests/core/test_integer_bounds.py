@@ -143,7 +143,7 @@ def test_an_integer_beyond_64_bits_is_a_4xx_problem_naming_it_on_sqlite(db, valu
 
 def test_no_api_path_takes_an_unbounded_integer():
     unbounded = [r.route for r in api_routes() if "<int:" in r.route or "<slug:" in r.route]
-    assert not unbounded, "use <id:...> or <id_or_slug:...> (apps.core.api.converters)"
+    assert not unbounded, "use <id:...> or <id_or_slug:...> (apps.core.http.api.converters)"
 
 
 @pytest.mark.embedded

@@ -8,8 +8,8 @@ import structlog
 from rest_framework_simplejwt.tokens import AccessToken
 
 from apps.catalog import services as catalog_services
-from apps.core.logging import REDACTED, build_logging_config
-from apps.core.sagas import saga_advance
+from apps.core.observability.logging import REDACTED, build_logging_config
+from apps.core.workflows.sagas import saga_advance
 from tests.support.sandbox import fast_payment_settings
 from tests.users.factories import DEFAULT_PASSWORD, UserFactory
 

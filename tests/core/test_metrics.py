@@ -3,10 +3,10 @@
 import pytest
 from django.db import transaction
 
+from apps.core.data.replicas import replica_health
+from apps.core.messaging.outbox import publish_event, relay_pending_messages
 from apps.core.models import OutboxMessage
-from apps.core.outbox import publish_event, relay_pending_messages
 from apps.core.tasks import deliver_event
-from config.db_router import replica_health
 from tests.core.event_probes import PROBED
 from tests.support.metrics import sample_value
 

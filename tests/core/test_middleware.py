@@ -12,7 +12,9 @@ from django.http import HttpResponse
 from django.test import Client, RequestFactory
 from django.utils.functional import SimpleLazyObject
 
-from apps.core.logging import (
+from apps.core.data.routing import record_write
+from apps.core.http.middleware import ReadYourWritesMiddleware
+from apps.core.observability.logging import (
     _SECRET_TEXT,
     REDACTED,
     _scrub_text,
@@ -20,8 +22,6 @@ from apps.core.logging import (
     escape_control_characters,
     render_line,
 )
-from apps.core.middleware import ReadYourWritesMiddleware
-from apps.core.routing import record_write
 from tests.conftest import bearer_client
 from tests.users.factories import UserFactory
 
@@ -143,7 +143,7 @@ def test_read_your_writes_does_not_resolve_the_user_of_a_request_that_wrote_noth
 def test_read_your_writes_pins_the_user_of_a_request_that_wrote(settings):
     from django.core.cache import cache
 
-    from apps.core.routing import PIN_KEY
+    from apps.core.data.routing import PIN_KEY
 
     settings.DATABASE_REPLICAS = ["replica_1"]
     user = SimpleLazyObject(lambda: type("U", (), {"pk": 99, "is_authenticated": True})())
@@ -192,8 +192,8 @@ def test_an_admin_request_is_routed_as_its_session_user_though_the_edge_asked_be
     read a lagging replica."""
     from django.contrib.auth import SESSION_KEY
 
-    from apps.core.clients import client_user_id
-    from apps.core.routing import current_scope
+    from apps.core.data.routing import current_scope
+    from apps.core.http.clients import client_user_id
 
     settings.DATABASE_REPLICAS = ["replica_1"]
     request = RequestFactory().get("/admin/", HTTP_COOKIE=f"{settings.SESSION_COOKIE_NAME}=abc")

@@ -15,9 +15,8 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connections, transaction
 from django.utils import timezone
 
-from apps.core.inbox import EventEnvelope, consume_event, consumers_of, event_handler
-from apps.core.models import InboxMessage, OutboxMessage
-from apps.core.outbox import (
+from apps.core.messaging.inbox import EventEnvelope, consume_event, consumers_of, event_handler
+from apps.core.messaging.outbox import (
     NotInTransaction,
     claim_pending_messages,
     consumed_inline,
@@ -28,6 +27,7 @@ from apps.core.outbox import (
     relay_batch,
     relay_pending_messages,
 )
+from apps.core.models import InboxMessage, OutboxMessage
 from apps.core.selectors import outbox_backlog
 from apps.core.tasks import deliver_event, purge_processed_messages
 from config.celery import app as celery_app
@@ -328,9 +328,9 @@ def test_purge_deletes_only_messages_past_their_retention(settings):
 
 def test_tasks_land_in_their_queues_on_the_broker():
     before = {queue: queued_messages(queue) for queue in ("default", "events", "sagas")}
-    celery_app.send_task("apps.core.tasks.relay_outbox")
-    celery_app.send_task("apps.core.tasks.deliver_event", kwargs={})
-    celery_app.send_task("apps.core.tasks.purge_processed_messages")
+    celery_app.send_task("core.relay_outbox")
+    celery_app.send_task("core.deliver_event", kwargs={})
+    celery_app.send_task("core.purge_processed_messages")
     after = {queue: queued_messages(queue) for queue in ("default", "events", "sagas")}
     assert after == {
         "default": before["default"] + 1,

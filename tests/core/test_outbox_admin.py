@@ -3,8 +3,8 @@
 import pytest
 from django.db import transaction
 
+from apps.core.messaging.outbox import publish_event, relay_pending_messages
 from apps.core.models import OutboxMessage
-from apps.core.outbox import publish_event, relay_pending_messages
 from tests.core.event_probes import PROBED
 
 pytestmark = [

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from django.db import transaction
 
+from apps.core.messaging.outbox import publish_event, relay_pending_messages
 from apps.core.models import InboxMessage, OutboxMessage
-from apps.core.outbox import publish_event, relay_pending_messages
 from apps.core.selectors import outbox_backlog
 from apps.core.tasks import deliver_event
 from tests.core.event_probes import ECHOED, PROBED

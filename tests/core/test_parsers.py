@@ -4,7 +4,7 @@ error (500)."""
 
 import pytest
 
-from apps.core.api.parsers import MAX_JSON_DEPTH
+from apps.core.http.api.parsers import MAX_JSON_DEPTH
 from tests.conftest import bearer_client
 from tests.core.test_problems import api_paths
 from tests.users.factories import UserFactory

@@ -2,7 +2,7 @@ import pytest
 from django.contrib.auth.models import Group
 from rest_framework.test import APIRequestFactory
 
-from apps.core.api.permissions import staff_role_required
+from apps.core.http.api.permissions import staff_role_required
 from apps.users.roles import CATALOG_MANAGERS, SUPPORT
 from tests.users.factories import UserFactory
 

@@ -12,10 +12,10 @@ from django.conf import settings as settings_module
 from django.test import Client, RequestFactory
 from prometheus_client import REGISTRY
 
-from apps.core import ratelimit
-from apps.core.middleware import client_ip
-from apps.core.ratelimit import local_limiter
-from apps.core.redis_clients import redis_client
+from apps.core.data.redis_clients import redis_client
+from apps.core.http import ratelimit
+from apps.core.http.middleware import client_ip
+from apps.core.http.ratelimit import local_limiter
 from apps.payments.sandbox.server import sign
 from tests.conftest import bearer_client
 from tests.users.factories import UserFactory

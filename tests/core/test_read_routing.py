@@ -10,9 +10,9 @@ from rest_framework.test import APIClient
 
 from apps.catalog import selectors
 from apps.catalog.models import Product
-from apps.core.routing import replica_safe, routing_scope
+from apps.core.data.replicas import PRIMARY, choose_read_database, replica_health
+from apps.core.data.routing import replica_safe, routing_scope
 from config.celery import app as celery_app
-from config.db_router import PRIMARY, choose_read_database, replica_health
 from tests.catalog.factories import ProductFactory
 from tests.conftest import bearer_client
 from tests.core.conftest import replay_paused, replica_stopped

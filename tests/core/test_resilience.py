@@ -16,11 +16,24 @@ import pytest
 from apps.core.resilience import (
     CircuitCacheStorage,
     PreciseRedisStorage,
+    backoff_delay,
     jittered_retry,
     shared_circuit_breaker,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(
+    ("retries", "bound"),
+    [(0, 0.5), (1, 1.0), (3, 4.0), (4, 5.0), (40, 5.0)],  # 0.5 * 2**retries, capped at 5
+)
+def test_backoff_delay_is_full_jitter_under_the_capped_exponential(retries, bound):
+    delays = [backoff_delay(retries, base_seconds=0.5, max_seconds=5.0) for _ in range(400)]
+    assert all(0 <= delay <= bound for delay in delays)
+    # Full jitter: spread over the whole range, not bunched at the bound.
+    assert min(delays) < bound / 10
+    assert max(delays) > bound * 0.9
 
 
 class Transient(Exception):
@@ -107,7 +120,7 @@ def test_opened_at_keeps_sub_second_precision_and_only_moves_forward(redis_names
 def redis_commands(names=("get", "mget", "set", "incr", "eval", "evalsha")) -> int:
     from django.conf import settings
 
-    from apps.core.redis_clients import redis_client
+    from apps.core.data.redis_clients import redis_client
 
     stats = redis_client(settings.REDIS_URL).info("commandstats")
     return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in names)

@@ -6,7 +6,7 @@ from django.utils import timezone
 
 from apps.core.errors import DomainError
 from apps.core.models import SagaInstance
-from apps.core.sagas import (
+from apps.core.workflows.sagas import (
     SAGAS_QUEUE,
     SagaDefinition,
     Step,

@@ -11,7 +11,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from apps.core.models import OutboxMessage, SagaInstance
-from apps.core.sagas import (
+from apps.core.workflows.sagas import (
     SagaDefinition,
     Step,
     register_saga,

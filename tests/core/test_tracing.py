@@ -10,9 +10,9 @@ from django.db import transaction
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from apps.core import tracing
+from apps.core.messaging.outbox import publish_event
 from apps.core.models import OutboxMessage
-from apps.core.outbox import publish_event
+from apps.core.observability import tracing
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,7 +32,7 @@ def test_without_an_endpoint_tracing_is_off_and_nothing_is_instrumented():
     # tracing SDK, the instrumentations and the exporter.
     ours = ("opentelemetry.sdk.trace", "opentelemetry.instrumentation", "opentelemetry.exporter")
     probe = (
-        "import sys, config.wsgi, apps.core.tracing as t; "
+        "import sys, config.wsgi, apps.core.observability.tracing as t; "
         f"print(t.tracing_enabled(), any(m.startswith({ours!r}) for m in sys.modules))"
     )
     result = subprocess.run(

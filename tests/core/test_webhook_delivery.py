@@ -9,11 +9,14 @@ import pytest
 from django.db import transaction
 from django.utils import timezone
 
-from apps.core.inbox import EventEnvelope
+from apps.core.messaging.inbox import EventEnvelope
+from apps.core.messaging.outbox import event_message, publish, publish_event
+from apps.core.messaging.webhooks.delivery import delivery_body
+from apps.core.messaging.webhooks.services import (
+    webhook_delivery_redeliver,
+    webhook_subscription_create,
+)
 from apps.core.models import OutboxMessage, WebhookDelivery, WebhookSubscription
-from apps.core.outbox import event_message, publish, publish_event
-from apps.core.webhooks.delivery import delivery_body
-from apps.core.webhooks.services import webhook_delivery_redeliver, webhook_subscription_create
 from tests.core.event_probes import ECHOED, PROBED
 from tests.core.webhook_probes import UnsubscribedProbeHappened, WebhookProbeHappened
 from tests.support.celery_worker import wait_until

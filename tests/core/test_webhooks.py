@@ -8,10 +8,8 @@ import pytest
 from django.db import transaction
 from django.utils import timezone
 
-from apps.core.inbox import EventEnvelope, consumers_of
-from apps.core.metrics import render
-from apps.core.models import WebhookDelivery, WebhookSubscription
-from apps.core.webhooks.delivery import (
+from apps.core.messaging.inbox import EventEnvelope, consumers_of
+from apps.core.messaging.webhooks.delivery import (
     FAN_OUT_CONSUMER,
     fan_out,
     subscribed_event_types_forget,
@@ -20,7 +18,12 @@ from apps.core.webhooks.delivery import (
     webhook_deliveries_sweep,
     webhook_delivery_attempt,
 )
-from apps.core.webhooks.services import webhook_subscription_create, webhook_subscription_update
+from apps.core.messaging.webhooks.services import (
+    webhook_subscription_create,
+    webhook_subscription_update,
+)
+from apps.core.models import WebhookDelivery, WebhookSubscription
+from apps.core.observability.metrics import render_metrics
 from tests.core.webhook_probes import WebhookProbeHappened  # noqa: F401 (registers the type)
 from tests.support.metrics import sample_value
 from tests.support.webhook_receiver import WebhookReceiver, closed_port_url
@@ -55,7 +58,7 @@ def fan_out_committed(event: EventEnvelope) -> list[WebhookDelivery]:
 
 
 def metric(name: str, **labels: str) -> float:
-    return sample_value(render(with_platform_state=False).decode(), name, **labels) or 0.0
+    return sample_value(render_metrics(with_platform_state=False).decode(), name, **labels) or 0.0
 
 
 def test_fan_out_writes_one_delivery_per_active_matching_subscription_even_when_run_twice():

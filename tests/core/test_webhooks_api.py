@@ -8,10 +8,10 @@ from django.contrib.auth.models import Group, Permission
 from django.db import transaction
 from django.utils import timezone
 
-from apps.core.inbox import EventEnvelope
+from apps.core.messaging.inbox import EventEnvelope
+from apps.core.messaging.webhooks.delivery import fan_out
+from apps.core.messaging.webhooks.services import webhook_subscription_create
 from apps.core.models import WebhookDelivery, WebhookSubscription
-from apps.core.webhooks.delivery import fan_out
-from apps.core.webhooks.services import webhook_subscription_create
 from tests.conftest import bearer_client
 from tests.core.webhook_probes import WebhookProbeHappened  # noqa: F401 (registers the type)
 from tests.users.factories import UserFactory

@@ -6,12 +6,11 @@ from pathlib import Path
 import pytest
 from django.db import transaction
 
+from apps.core.messaging.outbox import publish, relay_pending_messages
+from apps.core.messaging.webhooks.delivery import FAN_OUT_CONSUMER, deliver_webhook
+from apps.core.messaging.webhooks.services import webhook_subscription_create
 from apps.core.models import OutboxMessage, WebhookDelivery
-from apps.core.outbox import publish, relay_pending_messages
 from apps.core.tasks import deliver_event
-from apps.core.webhooks.delivery import FAN_OUT_CONSUMER
-from apps.core.webhooks.services import webhook_subscription_create
-from apps.core.webhooks.tasks import deliver_webhook
 from tests.core.webhook_probes import WebhookProbeHappened
 from tests.support.webhook_receiver import WebhookReceiver
 

@@ -7,8 +7,8 @@ from django.core.cache import cache
 from django.db import connection, transaction
 from django.utils import timezone
 
+from apps.core.messaging.outbox import kick_relay, publish_event
 from apps.core.models import InboxMessage, OutboxMessage
-from apps.core.outbox import kick_relay, publish_event
 from apps.core.selectors import outbox_backlog
 from tests.core.event_probes import ECHOED, QUIET, SLOW
 from tests.support.celery_worker import VISIBILITY_TIMEOUT_SECONDS, wait_until

@@ -12,9 +12,9 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.core.api.serializers import StrictSerializer
-from apps.core.idempotency import IDEMPOTENCY_HEADER, idempotent_request
-from apps.core.outbox import publish_event
+from apps.core.http.api.serializers import StrictSerializer
+from apps.core.http.idempotency import IDEMPOTENCY_HEADER, idempotent_request
+from apps.core.messaging.outbox import publish_event
 from tests.core.event_probes import PROBED
 
 PROBES = "/probes"

@@ -4,8 +4,8 @@ the public contract."""
 
 from dataclasses import dataclass
 
-from apps.core.event_registry import published_event
-from apps.core.webhooks.delivery import register_fan_out
+from apps.core.messaging.event_registry import published_event
+from apps.core.messaging.webhooks.delivery import register_fan_out
 
 
 @published_event(context="tests", version=2)

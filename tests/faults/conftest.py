@@ -18,8 +18,8 @@ from django_redis import get_redis_connection
 
 from apps.catalog.services import stock_adjust
 from apps.core.models import SagaInstance
-from apps.core.sagas import saga_sweep
 from apps.core.selectors import outbox_backlog
+from apps.core.workflows.sagas import saga_sweep
 from config.celery import app as celery_app
 from tests.catalog.factories import ProductFactory
 from tests.conftest import bearer_client
@@ -89,7 +89,7 @@ class MixedLoad:
         def settled():
             # What beat does every few seconds: resume sagas, relay events.
             saga_sweep()
-            celery_app.send_task("apps.core.tasks.relay_outbox")
+            celery_app.send_task("core.relay_outbox")
             return (
                 not SagaInstance.objects.filter(
                     pk__in=self.order_ids, state__in=["running", "compensating"]

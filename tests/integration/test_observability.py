@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 # The writing process must know the worker's OrderPlaced consumer too: an event nobody
 # consumes is stored as already relayed, and its handling would never be traced.
 import tests.integration.trace_probes  # noqa: F401
-from apps.core import tracing
+from apps.core.observability import tracing
 from apps.orders.models import OrderSummary
 from tests.catalog.factories import ProductFactory
 from tests.conftest import bearer_client
@@ -183,7 +183,7 @@ def test_one_trace_runs_from_the_request_through_outbox_and_celery_to_the_provid
         # is confirmed, so they reach the file a moment after the status does.
         names = {s["name"] for s in read_spans(trace_file) if s["trace_id"] == trace_id}
         return "saga order_placement" in names and any(
-            name.startswith("run/apps.core.tasks.drain_sagas") for name in names
+            name.startswith("run/core.drain_sagas") for name in names
         )
 
     try:

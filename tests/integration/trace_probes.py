@@ -3,7 +3,7 @@ event then travels outbox -> relay -> deliver_event, and its handling is traced.
 
 import structlog
 
-from apps.core.inbox import EventEnvelope, event_handler
+from apps.core.messaging.inbox import EventEnvelope, event_handler
 
 logger = structlog.get_logger(__name__)
 

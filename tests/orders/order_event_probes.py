@@ -4,8 +4,8 @@ Its effect is an `OrderPlacedSeen` outbox row written in the consumer's inbox
 transaction, so counting those rows counts effects.
 """
 
-from apps.core.inbox import EventEnvelope, event_handler
-from apps.core.outbox import publish_event
+from apps.core.messaging.inbox import EventEnvelope, event_handler
+from apps.core.messaging.outbox import publish_event
 
 SEEN = "OrderPlacedSeen"
 

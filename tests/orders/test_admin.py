@@ -11,7 +11,7 @@ from pytest_django.asserts import assertInHTML
 from apps.orders import services
 from apps.orders.models import OrderSummary, StoredEvent
 from apps.payments.models import Payment
-from apps.payments.services import charge_for_order
+from apps.payments.services import payment_charge_for_order
 from apps.users.roles import ORDER_MANAGERS, SUPPORT
 from tests.catalog.factories import ProductFactory
 from tests.orders.conftest import confirm, place_order, staff_member
@@ -261,7 +261,7 @@ def test_refunding_part_of_the_payment_from_the_order_page_refunds_once_per_form
         setattr(settings, name, value)
     refunds_before = sandbox.state()["refunds"]
     order_id = str(place_order(UserFactory()).pk)
-    payment = charge_for_order(
+    payment = payment_charge_for_order(
         order_id=order_id, user_id=1, amount=Decimal("12.50"), currency="EUR", token="tok_visa"
     )
     services.order_record_stock_reserved(order_id=order_id, reservation_reference="r-1")

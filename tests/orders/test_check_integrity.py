@@ -43,7 +43,7 @@ def _placed_and_paid(user, product, quantity: int) -> str:
         payment_token="tok_visa",
     )
     order_id = str(summary.pk)
-    catalog_services.reserve_stock(reference=order_id, items=[(product.pk, quantity)])
+    catalog_services.stock_reserve(reference=order_id, items=[(product.pk, quantity)])
     services.order_record_stock_reserved(order_id=order_id, reservation_reference=order_id)
     payment = PaymentFactory(
         order_id=order_id, user_id=user.pk, amount=summary.total, currency=summary.currency
@@ -73,21 +73,21 @@ def build_shop() -> dict:
     catalog_services.stock_adjust(product_id=desk.pk, delta=3, reason="delivery")
 
     confirmed = _placed_and_paid(user, lamp, 2)
-    catalog_services.commit_reservation(reference=confirmed)
+    catalog_services.reservation_commit(reference=confirmed)
     services.order_confirm(order_id=confirmed)
 
     shipped = _placed_and_paid(user, desk, 1)
-    catalog_services.commit_reservation(reference=shipped)
+    catalog_services.reservation_commit(reference=shipped)
     services.order_confirm(order_id=shipped)
     services.order_ship(order_id=shipped, tracking_number="TRK-1")
 
     pending = services.order_place(
         user_id=user.pk, items=[(lamp.pk, 3)], shipping_address=ADDRESS, payment_token="tok_visa"
     )
-    catalog_services.reserve_stock(reference=str(pending.pk), items=[(lamp.pk, 3)])
+    catalog_services.stock_reserve(reference=str(pending.pk), items=[(lamp.pk, 3)])
 
     refunded = _placed_and_paid(user, desk, 2)
-    catalog_services.commit_reservation(reference=refunded)
+    catalog_services.reservation_commit(reference=refunded)
     services.order_confirm(order_id=refunded)
     services.order_cancel(order_id=refunded, reason="customer_request")
     payment = Payment.objects.get(order_id=refunded)
@@ -102,7 +102,7 @@ def build_shop() -> dict:
         refund_id="r1",
         captured=payment.amount,
     )
-    catalog_services.return_reservation(reference=refunded)
+    catalog_services.reservation_return(reference=refunded)
     return {"lamp": lamp, "desk": desk, "confirmed": confirmed, "pending": str(pending.pk)}
 
 

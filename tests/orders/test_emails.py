@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 from django.core import mail
 
-from apps.core.inbox import EventEnvelope, consume_event
+from apps.core.messaging.inbox import EventEnvelope, consume_event
 from apps.orders import services
 from tests.catalog.factories import ProductFactory
 from tests.orders.conftest import confirm, place_order

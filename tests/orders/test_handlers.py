@@ -4,7 +4,7 @@ import uuid
 
 import pytest
 
-from apps.core.inbox import EventEnvelope
+from apps.core.messaging.inbox import EventEnvelope
 from apps.orders import services
 from apps.orders.handlers import record_payment_captured
 from apps.orders.models import StoredEvent

@@ -14,9 +14,9 @@ from django.core.cache import caches
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 
-from apps.core import idempotency
+from apps.core.http import idempotency
 from apps.core.models import IdempotencyRecord, OutboxMessage, SagaInstance
-from apps.core.sagas import DRAIN_KICK_PENDING_KEY
+from apps.core.workflows.sagas import DRAIN_KICK_PENDING_KEY
 from apps.orders.models import OrderSummary, StoredEvent
 from tests.catalog.factories import ProductFactory
 from tests.conftest import bearer_client

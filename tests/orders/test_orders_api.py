@@ -3,7 +3,7 @@ from decimal import Decimal
 
 import pytest
 
-from apps.core.webhooks.delivery import subscribed_event_types
+from apps.core.messaging.webhooks.delivery import subscribed_event_types
 from apps.orders.models import OrderSummary, StoredEvent
 from tests.catalog.factories import ProductFactory
 from tests.orders.conftest import ADDRESS, confirm, place_order

@@ -13,7 +13,7 @@ from django.forms.models import model_to_dict
 
 from apps.catalog.models import Reservation, Stock
 from apps.core.models import SagaInstance
-from apps.core.sagas import saga_sweep
+from apps.core.workflows.sagas import saga_sweep
 from apps.orders.event_store import load_order
 from apps.orders.models import OrderSummary, StoredEvent
 from apps.orders.projections import summary_fields

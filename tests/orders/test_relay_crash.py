@@ -11,7 +11,7 @@ import pytest
 from django.forms.models import model_to_dict
 
 from apps.core.models import OutboxMessage
-from apps.core.sagas import saga_sweep
+from apps.core.workflows.sagas import saga_sweep
 from apps.orders.event_store import load_order
 from apps.orders.models import OrderSummary
 from apps.orders.projections import summary_fields
@@ -33,7 +33,7 @@ import os, signal, django
 django.setup()
 import tests.orders.order_event_probes
 from django.db import transaction
-from apps.core.outbox import claim_pending_messages, send_message
+from apps.core.messaging.outbox import claim_pending_messages, send_message
 with transaction.atomic():
     batch = claim_pending_messages(limit=100)
     for message in batch[: len(batch) // 2]:
@@ -80,7 +80,7 @@ def test_relay_killed_mid_batch_delivers_every_order_event(start_celery_worker, 
     )
 
     def all_seen():
-        celery_app.send_task("apps.core.tasks.relay_outbox")  # what beat's sweep does
+        celery_app.send_task("core.relay_outbox")  # what beat's sweep does
         seen = Counter(
             OutboxMessage.objects.filter(event_type=SEEN).values_list(
                 "payload__order_id", flat=True

@@ -6,7 +6,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from apps.core.models import InboxMessage, OutboxMessage, SagaInstance
-from apps.core.sagas import saga_advance
+from apps.core.workflows.sagas import saga_advance
 from apps.orders.handlers import RECORD_PAYMENT_CAPTURED
 from apps.orders.models import OrderSummary, StoredEvent
 from tests.catalog.factories import ProductFactory

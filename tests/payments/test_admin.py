@@ -9,7 +9,7 @@ from django.db.migrations.loader import MigrationLoader
 from django.urls import reverse
 
 from apps.payments.models import Payment, PaymentEvent
-from apps.payments.services import charge_for_order
+from apps.payments.services import payment_charge_for_order
 from apps.users.roles import ORDER_MANAGERS, SUPPORT
 from tests.payments.conftest import new_order_id
 from tests.payments.factories import PaymentFactory
@@ -35,7 +35,7 @@ def test_the_changelist_shows_the_breaker_state_and_filters(admin_client):
 
 
 def test_the_refund_action_refunds_through_the_service(admin_client, sandbox):
-    result = charge_for_order(
+    result = payment_charge_for_order(
         order_id=new_order_id(), user_id=1, amount=Decimal("8.00"), currency="EUR", token="tok_visa"
     )
     refunds_at_provider = sandbox.state()["refunds"]
@@ -76,7 +76,7 @@ def test_support_and_order_managers_may_view_payments():
 
 
 def test_refunding_several_payments_tells_in_one_message_what_was_refused(admin_client, sandbox):
-    captured = charge_for_order(
+    captured = payment_charge_for_order(
         order_id=new_order_id(), user_id=1, amount=Decimal("8.00"), currency="EUR", token="tok_visa"
     )
     failed = PaymentFactory(status=Payment.Status.FAILED)

@@ -8,7 +8,7 @@ from apps.payments.models import Payment
 from apps.payments.services import (
     PaymentDeclined,
     PaymentProviderUnavailable,
-    charge_for_order,
+    payment_charge_for_order,
 )
 from tests.payments.conftest import new_order_id
 
@@ -18,7 +18,9 @@ AMOUNT = Decimal("42.50")
 
 
 def charge(order_id: str, card: str = "tok_visa", amount: Decimal = AMOUNT):
-    return charge_for_order(order_id=order_id, user_id=7, amount=amount, currency="EUR", token=card)
+    return payment_charge_for_order(
+        order_id=order_id, user_id=7, amount=amount, currency="EUR", token=card
+    )
 
 
 def test_visa_charge_succeeds_and_is_recorded(sandbox):
@@ -127,7 +129,9 @@ def test_unavailable_provider_leaves_the_payment_pending_and_a_retry_resumes_it(
 def test_invalid_charge_input_is_refused_before_anything_is_written(sandbox):
     served = sandbox.requests_served()
     with pytest.raises(ValidationFailed) as invalid:
-        charge_for_order(order_id="", user_id=7, amount=Decimal("-1.001"), currency="XXX", token="")
+        payment_charge_for_order(
+            order_id="", user_id=7, amount=Decimal("-1.001"), currency="XXX", token=""
+        )
 
     assert set(invalid.value.errors) == {"order_id", "amount", "currency", "token"}
     assert not Payment.objects.exists()

@@ -16,7 +16,7 @@ from apps.payments.selectors import provider_breaker_state
 from apps.payments.services import (
     PaymentDeclined,
     PaymentProviderUnavailable,
-    charge_for_order,
+    payment_charge_for_order,
 )
 from tests.payments.conftest import new_order_id
 from tests.support.sandbox import ROOT
@@ -65,7 +65,7 @@ def one_attempt_per_call(settings):
 
 
 def charge(order_id: str | None = None):
-    return charge_for_order(
+    return payment_charge_for_order(
         order_id=order_id or new_order_id(),
         user_id=1,
         amount=Decimal("10.00"),
@@ -200,7 +200,7 @@ def test_a_declined_card_does_not_count_towards_opening_the_breaker(sandbox, one
     settings = one_attempt_per_call
     for _ in range(settings.PAYMENT_BREAKER_FAIL_MAX + 1):
         with pytest.raises(PaymentDeclined):
-            charge_for_order(
+            payment_charge_for_order(
                 order_id=new_order_id(),
                 user_id=1,
                 amount=Decimal("1.00"),

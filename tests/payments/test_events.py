@@ -7,9 +7,9 @@ import pytest
 
 from apps.payments.services import (
     PaymentDeclined,
-    charge_for_order,
+    payment_charge_for_order,
+    payment_refund,
     payment_void_for_order,
-    refund_payment,
 )
 from tests.payments.conftest import new_order_id
 from tests.support.outbox import published
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.django_db
 
 
 def charge(order_id: str, amount: str = "20.00", token: str = "tok_visa"):
-    return charge_for_order(
+    return payment_charge_for_order(
         order_id=order_id, user_id=7, amount=Decimal(amount), currency="EUR", token=token
     )
 
@@ -26,7 +26,7 @@ def charge(order_id: str, amount: str = "20.00", token: str = "tok_visa"):
 def test_a_capture_and_its_refunds_are_published_with_the_running_total(sandbox):
     order_id = new_order_id()
     payment = charge(order_id)
-    refund_payment(payment_id=payment.payment_id, amount=Decimal("5.00"), reason="scratched")
+    payment_refund(payment_id=payment.payment_id, amount=Decimal("5.00"), reason="scratched")
     payment_void_for_order(order_id=order_id, reason="order cancelled")
 
     (captured,) = published("PaymentCaptured", order_id=order_id)

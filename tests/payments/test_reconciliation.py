@@ -5,7 +5,11 @@ from django.utils import timezone
 
 from apps.payments.gateway import get_provider
 from apps.payments.models import Payment, Refund
-from apps.payments.services import charge_for_order, payments_reconcile_pending, refund_payment
+from apps.payments.services import (
+    payment_charge_for_order,
+    payment_refund,
+    payments_reconcile_pending,
+)
 from apps.payments.tasks import reconcile_pending_payments
 from tests.payments.conftest import new_order_id
 from tests.payments.factories import PaymentFactory, RefundFactory
@@ -99,7 +103,7 @@ def test_the_reconciliation_task_is_scheduled(settings):
 def test_a_late_capture_whose_refund_never_reached_the_provider_is_refunded_again(sandbox):
     """A given-up order's capture: its refund was lost on the way (failed `not_submitted`);
     reconciliation submits it again under the same key, and the money comes back once."""
-    result = charge_for_order(
+    result = payment_charge_for_order(
         order_id=new_order_id(), user_id=1, amount=Decimal("9.00"), currency="EUR",
         token="tok_visa",
     )  # fmt: skip
@@ -120,6 +124,6 @@ def test_a_late_capture_whose_refund_never_reached_the_provider_is_refunded_agai
     assert (lost.status, lost.failure_code) == ("succeeded", "")
     payment = Payment.objects.get(pk=result.payment_id)
     assert (payment.status, payment.amount_refunded) == ("refunded", Decimal("9.00"))
-    again = refund_payment(payment_id=result.payment_id, reason="once more")
+    again = payment_refund(payment_id=result.payment_id, reason="once more")
     assert again.refund_id == lost.pk  # refunded already: the same refund, nothing more
     assert sandbox.state()["refunds"] == refunds_at_provider + 1

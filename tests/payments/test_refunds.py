@@ -8,7 +8,7 @@ from django.db import connection
 from apps.core.errors import Conflict, InvalidState
 from apps.payments.errors import RefundExceedsCaptured
 from apps.payments.models import Payment, Refund
-from apps.payments.services import charge_for_order, refund_payment
+from apps.payments.services import payment_charge_for_order, payment_refund
 from apps.users.roles import ORDER_MANAGERS
 from tests.conftest import bearer_client
 from tests.payments.conftest import new_order_id
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def captured(sandbox) -> Payment:
-    result = charge_for_order(
+    result = payment_charge_for_order(
         order_id=new_order_id(),
         user_id=3,
         amount=Decimal("100.00"),
@@ -36,14 +36,14 @@ def sandbox_refund_count(sandbox) -> int:
 
 
 def test_partial_then_full_refund(captured):
-    partial = refund_payment(payment_id=captured.pk, amount=Decimal("30.00"), reason="damaged")
+    partial = payment_refund(payment_id=captured.pk, amount=Decimal("30.00"), reason="damaged")
     assert (partial.status, partial.amount) == ("succeeded", Decimal("30.00"))
     assert (partial.payment_status, partial.amount_refunded) == (
         "partially_refunded",
         Decimal("30.00"),
     )
 
-    rest = refund_payment(payment_id=captured.pk, reason="order cancelled")
+    rest = payment_refund(payment_id=captured.pk, reason="order cancelled")
 
     assert rest.amount == Decimal("70.00")
     assert (rest.payment_status, rest.amount_refunded) == ("refunded", Decimal("100.00"))
@@ -56,11 +56,11 @@ def test_partial_then_full_refund(captured):
 
 
 def test_over_refund_is_refused_and_nothing_is_written(captured, sandbox):
-    refund_payment(payment_id=captured.pk, amount=Decimal("60.00"), reason="partial")
+    payment_refund(payment_id=captured.pk, amount=Decimal("60.00"), reason="partial")
     refunds_at_provider = sandbox_refund_count(sandbox)
 
     with pytest.raises(RefundExceedsCaptured) as refused:
-        refund_payment(payment_id=captured.pk, amount=Decimal("40.01"), reason="too much")
+        payment_refund(payment_id=captured.pk, amount=Decimal("40.01"), reason="too much")
 
     assert refused.value.extra["refundable"] == "40.00"
     assert captured.refunds.count() == 1
@@ -72,10 +72,10 @@ def test_over_refund_is_refused_and_nothing_is_written(captured, sandbox):
 def test_the_same_refund_key_twice_refunds_once(captured, sandbox):
     refunds_at_provider = sandbox_refund_count(sandbox)
 
-    first = refund_payment(
+    first = payment_refund(
         payment_id=captured.pk, amount=Decimal("10.00"), reason="x", idempotency_key="rk-1"
     )
-    second = refund_payment(
+    second = payment_refund(
         payment_id=captured.pk, amount=Decimal("10.00"), reason="x", idempotency_key="rk-1"
     )
 
@@ -88,7 +88,7 @@ def test_the_same_refund_key_twice_refunds_once(captured, sandbox):
 
 def test_a_refund_key_counts_per_payment(captured, sandbox):
     other = Payment.objects.get(
-        pk=charge_for_order(
+        pk=payment_charge_for_order(
             order_id=new_order_id(),
             user_id=3,
             amount=Decimal("50.00"),
@@ -97,10 +97,10 @@ def test_a_refund_key_counts_per_payment(captured, sandbox):
         ).payment_id
     )
 
-    first = refund_payment(
+    first = payment_refund(
         payment_id=captured.pk, amount=Decimal("10.00"), reason="x", idempotency_key="same"
     )
-    second = refund_payment(
+    second = payment_refund(
         payment_id=other.pk, amount=Decimal("10.00"), reason="x", idempotency_key="same"
     )
 
@@ -110,19 +110,19 @@ def test_a_refund_key_counts_per_payment(captured, sandbox):
 
 
 def test_a_refund_key_reused_for_another_amount_is_a_conflict(captured):
-    refund_payment(
+    payment_refund(
         payment_id=captured.pk, amount=Decimal("10.00"), reason="x", idempotency_key="rk-2"
     )
     with pytest.raises(Conflict):
-        refund_payment(
+        payment_refund(
             payment_id=captured.pk, amount=Decimal("20.00"), reason="x", idempotency_key="rk-2"
         )
     assert captured.refunds.count() == 1
 
 
 def test_a_full_refund_without_a_key_is_repeatable(captured, sandbox):
-    first = refund_payment(payment_id=captured.pk, reason="saga compensation")
-    again = refund_payment(payment_id=captured.pk, reason="saga compensation")
+    first = payment_refund(payment_id=captured.pk, reason="saga compensation")
+    again = payment_refund(payment_id=captured.pk, reason="saga compensation")
 
     assert again.refund_id == first.refund_id
     assert captured.refunds.count() == 1
@@ -132,7 +132,7 @@ def test_a_refund_the_provider_refuses_is_recorded_as_failed_and_frees_the_amoun
     payment = PaymentFactory(provider_charge_id="ch_unknown_to_the_provider")
 
     with pytest.raises(InvalidState):
-        refund_payment(payment_id=payment.pk, amount=Decimal("5.00"), reason="x")
+        payment_refund(payment_id=payment.pk, amount=Decimal("5.00"), reason="x")
 
     refund = payment.refunds.get()
     assert (refund.status, refund.failure_code) == ("failed", "no_such_charge")
@@ -143,7 +143,7 @@ def test_a_refund_the_provider_refuses_is_recorded_as_failed_and_frees_the_amoun
 def test_a_failed_payment_cannot_be_refunded():
     payment = PaymentFactory(status=Payment.Status.FAILED)
     with pytest.raises(InvalidState):
-        refund_payment(payment_id=payment.pk, reason="x")
+        payment_refund(payment_id=payment.pk, reason="x")
     assert not Refund.objects.exists()
 
 
@@ -225,7 +225,7 @@ def test_refund_api_is_for_payment_staff_only(captured):
 
 @pytest.mark.django_db(transaction=True, databases="__all__")
 def test_concurrent_refunds_never_exceed_the_captured_amount(sandbox):
-    result = charge_for_order(
+    result = payment_charge_for_order(
         order_id=new_order_id(),
         user_id=3,
         amount=Decimal("100.00"),
@@ -238,7 +238,7 @@ def test_concurrent_refunds_never_exceed_the_captured_amount(sandbox):
     def refund_sixty(key: str) -> None:
         try:
             start.wait()
-            refund_payment(
+            payment_refund(
                 payment_id=result.payment_id,
                 amount=Decimal("60.00"),
                 reason="race",

@@ -9,7 +9,7 @@ import pytest
 from apps.payments.models import Payment
 from apps.payments.services import (
     PaymentProviderUnavailable,
-    charge_for_order,
+    payment_charge_for_order,
     payments_reconcile_pending,
 )
 from tests.payments.conftest import new_order_id
@@ -93,7 +93,7 @@ def test_latency_past_the_read_timeout_charges_once_and_reconciliation_settles_i
     order_id = new_order_id()
 
     with pytest.raises(PaymentProviderUnavailable):
-        charge_for_order(
+        payment_charge_for_order(
             order_id=order_id, user_id=1, amount=Decimal("3.00"), currency="EUR", token="tok_visa"
         )
 

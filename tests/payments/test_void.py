@@ -8,7 +8,7 @@ import pytest
 from apps.payments.models import Payment, PaymentEvent
 from apps.payments.services import (
     PaymentProviderUnavailable,
-    charge_for_order,
+    payment_charge_for_order,
     payment_void_for_order,
     payments_reconcile_pending,
 )
@@ -23,8 +23,9 @@ def test_nothing_charged_means_nothing_to_void(sandbox):
 
 def test_a_captured_charge_is_refunded_in_full_once(sandbox):
     order_id = new_order_id()
-    charge_for_order(order_id=order_id, user_id=1, amount=Decimal("8.00"), currency="EUR",
-                     token="tok_visa")  # fmt: skip
+    payment_charge_for_order(
+        order_id=order_id, user_id=1, amount=Decimal("8.00"), currency="EUR", token="tok_visa"
+    )
     first = payment_void_for_order(order_id=order_id, reason="order not placed")
     again = payment_void_for_order(order_id=order_id, reason="order not placed")
     assert first is not None and first.amount == Decimal("8.00")
@@ -38,8 +39,9 @@ def test_unknown_outcome_requests_a_void_and_a_late_capture_is_refunded(sandbox,
     sandbox.chaos(latency_ms=int(settings.PAYMENT_READ_TIMEOUT_SECONDS * 1000) + 300)
     order_id = new_order_id()
     with pytest.raises(PaymentProviderUnavailable):
-        charge_for_order(order_id=order_id, user_id=1, amount=Decimal("5.00"), currency="EUR",
-                         token="tok_visa")  # fmt: skip
+        payment_charge_for_order(
+            order_id=order_id, user_id=1, amount=Decimal("5.00"), currency="EUR", token="tok_visa"
+        )
     sandbox.chaos(down=True, latency_ms=0)
 
     assert payment_void_for_order(order_id=order_id, reason="order not placed") is None

@@ -9,7 +9,7 @@ from django.db import connection
 from apps.payments.gateway import get_provider
 from apps.payments.models import Payment, PaymentEvent
 from apps.payments.sandbox.server import sign
-from apps.payments.services import charge_for_order, webhook_handle
+from apps.payments.services import payment_charge_for_order, webhook_handle
 from tests.payments.factories import PaymentFactory
 from tests.support.sandbox import WEBHOOK_SECRET
 from tests.users.test_auth_api import assert_problem
@@ -145,7 +145,7 @@ def test_a_webhook_racing_the_synchronous_response_settles_the_payment_once(webh
             try:
                 start.wait()
                 # The saga's charge call for the pending payment: replayed by its key.
-                outcomes["response"] = charge_for_order(
+                outcomes["response"] = payment_charge_for_order(
                     order_id=payment.order_id,
                     user_id=payment.user_id,
                     amount=payment.amount,

@@ -6,7 +6,7 @@ import time
 
 from django.db import connections
 
-from config.db_router import PRIMARY, without_primary_fallback
+from apps.core.data.replicas import PRIMARY, without_primary_fallback
 
 CATCH_UP_TIMEOUT_SECONDS = 15
 

@@ -3,7 +3,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from apps.catalog import selectors
-from apps.core.api.serializers import StrictSerializer
+from apps.core.http.api.serializers import StrictSerializer
 
 ORDERINGS = {
     # query value -> cursor ordering (a unique last field keeps pages stable)

@@ -18,9 +18,9 @@ from apps.catalog.api.serializers import (
     StockAdjustmentResultSerializer,
     StockAdjustmentSerializer,
 )
-from apps.core.api.pagination import CursorPagination
-from apps.core.api.permissions import staff_role_required
-from apps.core.api.views import StrictQueryParameters
+from apps.core.http.api.pagination import CursorPagination
+from apps.core.http.api.permissions import staff_role_required
+from apps.core.http.api.views import StrictQueryParameters
 from apps.users.roles import CATALOG_MANAGERS
 
 CatalogManager = staff_role_required(CATALOG_MANAGERS)

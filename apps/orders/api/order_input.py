@@ -11,7 +11,7 @@ from typing import Any
 
 from django.conf import settings
 
-from apps.core.api.serializers import BIGINT_MAX
+from apps.core.http.api.serializers import BIGINT_MAX
 
 ITEM_KEYS = frozenset({"product_id", "quantity"})
 TOP_KEYS = frozenset({"items", "shipping_address_id", "shipping_address", "payment"})

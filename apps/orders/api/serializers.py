@@ -1,7 +1,7 @@
 from django.conf import settings
 from rest_framework import serializers
 
-from apps.core.api.serializers import SharedFieldsMixin, StrictSerializer
+from apps.core.http.api.serializers import SharedFieldsMixin, StrictSerializer
 from apps.orders.domain import OrderStatus
 from apps.orders.models import OrderSummary, StoredEvent
 

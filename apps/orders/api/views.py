@@ -5,15 +5,16 @@ from rest_framework.generics import ListAPIView
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.core.api.pagination import CursorPagination
-from apps.core.api.permissions import staff_role_required
-from apps.core.api.views import StrictQueryParameters
-from apps.core.idempotency import (
+from apps.core.http.api.pagination import CursorPagination
+from apps.core.http.api.permissions import staff_role_required
+from apps.core.http.api.views import StrictQueryParameters
+from apps.core.http.idempotency import (
     IDEMPOTENCY_HEADER,
     ClaimFirst,
     idempotent_request,
     unclaimed_key,
 )
+from apps.core.messaging.provenance import Provenance
 from apps.orders import selectors, services
 from apps.orders.api.order_input import well_formed_order
 from apps.orders.api.serializers import (
@@ -75,6 +76,7 @@ class OrderListCreateView(StrictQueryParameters, ListAPIView):
             "shipping_address": shipping_address,
             "payment_token": data["payment"]["token"],
             "idempotency_key": request.headers[IDEMPOTENCY_HEADER],
+            "provenance": Provenance.of_request(request),
         }
         if unclaimed is None:
             return _accepted(services.order_place(**placement))
@@ -124,6 +126,7 @@ class OrderCancelView(StrictQueryParameters, APIView):
             order_id=str(order_id),
             actor_id=request.user.pk,
             note=serializer.validated_data["note"],
+            provenance=Provenance.of_request(request),
         )
         return Response(OrderSerializer(_fresh(order_id)).data)
 
@@ -136,7 +139,10 @@ class OrderShipView(StrictQueryParameters, APIView):
         serializer = ShipSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         services.order_ship(
-            order_id=str(order_id), actor_id=request.user.pk, **serializer.validated_data
+            order_id=str(order_id),
+            actor_id=request.user.pk,
+            provenance=Provenance.of_request(request),
+            **serializer.validated_data,
         )
         return Response(OrderSerializer(_fresh(order_id)).data)
 
@@ -146,7 +152,11 @@ class OrderDeliverView(StrictQueryParameters, APIView):
 
     @extend_schema(request=None, responses=OrderSerializer)
     def post(self, request, order_id):
-        services.order_deliver(order_id=str(order_id), actor_id=request.user.pk)
+        services.order_deliver(
+            order_id=str(order_id),
+            actor_id=request.user.pk,
+            provenance=Provenance.of_request(request),
+        )
         return Response(OrderSerializer(_fresh(order_id)).data)
 
 

@@ -2,7 +2,7 @@ from decimal import Decimal
 
 from rest_framework import serializers
 
-from apps.core.api.serializers import StrictSerializer
+from apps.core.http.api.serializers import StrictSerializer
 from apps.payments.models import Payment, Refund
 
 

@@ -4,10 +4,10 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.core.api.pagination import CursorPagination
-from apps.core.api.permissions import staff_role_required
-from apps.core.api.views import StrictQueryParameters
-from apps.core.idempotency import IDEMPOTENCY_HEADER, idempotent_request
+from apps.core.http.api.pagination import CursorPagination
+from apps.core.http.api.permissions import staff_role_required
+from apps.core.http.api.views import StrictQueryParameters
+from apps.core.http.idempotency import IDEMPOTENCY_HEADER, idempotent_request
 from apps.payments import selectors, services
 from apps.payments.api.serializers import (
     PaymentListQuerySerializer,
@@ -61,7 +61,7 @@ class RefundCreateView(StrictQueryParameters, APIView):
         serializer.is_valid(raise_exception=True)
         # The generic Idempotency-Key layer replays responses; the same key given to the
         # service makes the refund itself once-only.
-        result = services.refund_payment(
+        result = services.payment_refund(
             payment_id=payment_id,
             idempotency_key=request.headers[IDEMPOTENCY_HEADER],
             **serializer.validated_data,

@@ -6,7 +6,7 @@ from rest_framework_simplejwt.authentication import JWTAuthentication as BaseJWT
 from rest_framework_simplejwt.exceptions import ExpiredTokenError, TokenError
 from rest_framework_simplejwt.settings import api_settings as jwt_settings
 
-from apps.core.clients import verified_access_token
+from apps.core.http.clients import verified_access_token
 
 
 def token_failure(error: TokenError) -> exceptions.AuthenticationFailed:
@@ -32,7 +32,7 @@ class JWTAuthentication(BaseJWTAuthentication):
     (User.from_token). Deactivating an account therefore revokes access when its last
     access token expires (JWT_ACCESS_MINUTES <= 5): refreshing is refused at once, and
     staff permissions read the account. Says why a token is refused
-    (apps.core.api.problems renders the code)."""
+    (apps.core.http.api.problems renders the code)."""
 
     def authenticate(self, request):
         header = self.get_header(request)

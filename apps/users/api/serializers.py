@@ -2,7 +2,7 @@ from django.conf import settings
 from rest_framework import serializers
 from rest_framework_simplejwt.serializers import TokenObtainPairSerializer, TokenRefreshSerializer
 
-from apps.core.api.serializers import (
+from apps.core.http.api.serializers import (
     StrictModelSerializer,
     StrictSerializer,
     StrictSerializerMixin,

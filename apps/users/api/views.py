@@ -6,8 +6,8 @@ from rest_framework.views import APIView
 from rest_framework_simplejwt import views as jwt_views
 from rest_framework_simplejwt.exceptions import TokenError
 
-from apps.core.api.views import StrictQueryParameters
-from apps.core.routing import pin_user_to_primary
+from apps.core.data.routing import pin_user_to_primary
+from apps.core.http.api.views import StrictQueryParameters
 from apps.users import selectors, services
 from apps.users.api.authentication import token_failure
 from apps.users.api.serializers import (

@@ -1,3 +1,5 @@
+from typing import Any
+
 from django.core.management.base import BaseCommand
 from django.utils.module_loading import autodiscover_modules
 
@@ -7,7 +9,7 @@ from apps.core.demo import registered_seeders
 class Command(BaseCommand):
     help = "Load the idempotent demo data of every context and print how to log in."
 
-    def handle(self, *args, **options):
+    def handle(self, *args: Any, **options: Any) -> None:
         autodiscover_modules("demo")
         for seeder in registered_seeders():
             for line in seeder():

@@ -1,0 +1,124 @@
+"""New rows of several tables written in one statement, all of them or none, unless a
+row that must be unique is there already.
+
+    statement = InsertStatement(using="default")   # one_statement_inserts(alias) first
+    statement.add(row, ...)                         # unsaved model instances
+    statement.on_commit(kick)                       # run once the rows are committed
+    written = statement.execute(unless_taken=record)
+
+On PostgreSQL this is one data-modifying CTE: `record` is inserted with `ON CONFLICT DO
+NOTHING`, and every other row only if it was (`INSERT ... SELECT ... WHERE EXISTS`). A
+single statement is atomic, so in autocommit it commits alone: one round trip instead of
+BEGIN, an INSERT per table and COMMIT. When `record`'s unique values are taken (a
+concurrent statement waits for the first to commit, then finds them), nothing is written
+and no error is raised, so PostgreSQL logs no failed statement with the rows' values.
+
+The rows are the ORM's: columns, defaults and `auto_now_add` values as Django's insert
+compiler sets them when the row is added, values prepared by each field's
+`get_db_prep_save`, each cast to its column's type (an `INSERT ... SELECT` types its
+values by the select list, not by the columns). Another unique violation (on one of
+the other rows) fails the statement with `IntegrityError`: nothing written; inside a
+caller's transaction it runs in a savepoint, so that transaction stays usable.
+"""
+
+import functools
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+from django.db import connections, models, transaction
+from django.db.models.constants import OnConflict
+from django.db.models.sql import InsertQuery
+
+
+def one_statement_inserts(using: str) -> bool:
+    """Whether this database takes several inserts as one statement (data-modifying CTEs)."""
+    return connections[using].vendor == "postgresql"
+
+
+class InsertStatement:
+    def __init__(self, *, using: str):
+        if not one_statement_inserts(using):
+            raise NotImplementedError(f"{connections[using].vendor} has no data-modifying CTEs")
+        self.using = using
+        self._inserts: list[tuple[str, list[Any]]] = []
+        self._callbacks: list[Callable[[], None]] = []
+
+    def add(self, *rows: models.Model) -> None:
+        """Add unsaved rows of one model; their defaults and `auto_now_add` values are set
+        on them now."""
+        if rows:
+            fields, values = self._values(rows)
+            self._inserts.append((_gated_insert(self.using, fields, len(rows)), values))
+
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        """Run `callback` after the rows commit (at once in autocommit), as
+        `transaction.on_commit(..., robust=True)`; not if nothing was written."""
+        self._callbacks.append(callback)
+
+    def execute(self, *, unless_taken: models.Model) -> bool:
+        """Insert `unless_taken` and the added rows, or nothing when a row with one of
+        `unless_taken`'s unique values exists. Returns whether the rows were written."""
+        fields, guard_params = self._values([unless_taken])
+        ctes = [f"taken_not AS ({_guard_insert(self.using, fields)})"]
+        ctes += [f"i{n} AS ({sql})" for n, (sql, _) in enumerate(self._inserts)]
+        sql = f"WITH {', '.join(ctes)} SELECT count(*) FROM taken_not"  # noqa: S608
+        params = [*guard_params, *(p for _, values in self._inserts for p in values)]
+        connection = connections[self.using]
+        savepoint = transaction.atomic(using=self.using) if connection.in_atomic_block else None
+        with savepoint or nullcontext(), connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            written: bool = cursor.fetchone()[0] == 1
+        if written:
+            for callback in self._callbacks:
+                transaction.on_commit(callback, using=self.using, robust=True)
+        return written
+
+    def _values(self, rows: Sequence[models.Model]) -> tuple[tuple[Any, ...], list[Any]]:
+        """The fields an insert of `rows` writes (as `bulk_create`: an unset automatic
+        primary key left to the database) and their values, prepared as the insert
+        compiler prepares plain values; marks the rows saved."""
+        meta = rows[0]._meta
+        fields = tuple(
+            f
+            for f in meta.concrete_fields
+            if not f.generated and not (f.primary_key and getattr(rows[0], f.attname) is None)
+        )
+        connection = connections[self.using]
+        values = []
+        for row in rows:
+            for field in fields:
+                value = field.pre_save(row, add=True)
+                if hasattr(value, "resolve_expression"):
+                    raise TypeError(f"{field}: an expression, not a value to insert")
+                values.append(field.get_db_prep_save(value, connection=connection))
+            row._state.adding = False
+            row._state.db = self.using
+        return fields, values
+
+
+@functools.cache
+def _gated_insert(using: str, fields: tuple[Any, ...], rows: int) -> str:
+    """INSERT of `rows` rows of `fields`, only if the statement's guard row was inserted."""
+    connection = connections[using]
+    quote = connection.ops.quote_name
+    # Cast to the column's type without its length or precision: assigning to the column
+    # then checks those as an insert of values does (no silent truncation).
+    casts = ", ".join(f"CAST(%s AS {field.db_type(connection).split('(')[0]})" for field in fields)
+    columns = ", ".join(quote(field.column) for field in fields)
+    # Only quoted names and column types are formatted in; every value is a parameter.
+    return (
+        f"INSERT INTO {quote(fields[0].model._meta.db_table)} ({columns})"  # noqa: S608
+        f" SELECT * FROM (VALUES {', '.join([f'({casts})'] * rows)}) AS v"
+        " WHERE EXISTS (SELECT FROM taken_not)"
+    )
+
+
+@functools.cache
+def _guard_insert(using: str, fields: tuple[Any, ...]) -> str:
+    """The guard row's INSERT, as the insert compiler writes it with `ignore_conflicts`."""
+    model = fields[0].model
+    query = InsertQuery(model, on_conflict=OnConflict.IGNORE)
+    query.insert_values(fields, [model()])
+    [(sql, _)] = query.get_compiler(using=using).as_sql()
+    return f"{sql} RETURNING 1"

@@ -1,0 +1,2 @@
+"""What operators see: structured logs, Prometheus metrics, traces, and the dependency
+checks behind the readiness probe."""

@@ -1,0 +1,169 @@
+"""Structured logging: structlog for our code and the stdlib loggers alike.
+
+Every line carries the context bound for the request or task (request_id, user_id,
+correlation ids). Secrets are redacted before rendering, whoever logged them.
+"""
+
+import functools
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import orjson
+import structlog
+
+from apps.core.observability.tracing import add_trace_ids
+
+REDACTED = "[redacted]"
+# Keys whose values are never written to a log, at any depth.
+_SECRET_KEY = re.compile(
+    r"pass(word)?|secret|token|authorization|cookie|api[_-]?key|^access$|^refresh$|signature",
+    re.IGNORECASE,
+)
+# Bearer tokens and JWTs that slipped into free text.
+_SECRET_TEXT = re.compile(r"(Bearer\s+)[\w\-.=]+|eyJ[\w\-]+\.[\w\-]+\.[\w\-]+", re.IGNORECASE)
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_secret_key(key: str) -> bool:
+    # Log lines use a few dozen keys over and over: each is matched once.
+    return _SECRET_KEY.search(key) is not None
+
+
+def _scrub_text(value: str) -> str:
+    # The pattern needs "bearer" or "eyj" in some case (no other character folds to
+    # these letters): looking for them in the lowered text is far cheaper than the
+    # case-insensitive scan, and most text has neither.
+    lowered = value.lower()
+    if "bearer" not in lowered and "eyj" not in lowered:
+        return value
+    return _SECRET_TEXT.sub(lambda m: (m.group(1) or "") + REDACTED, value)
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return _scrub_text(value)
+    if isinstance(value, dict):
+        return {k: REDACTED if _is_secret_key(str(k)) else _scrub(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_scrub(v) for v in value)
+    return value
+
+
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def escape_control_characters(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """A NUL, newline or terminal escape a client put in a path or header is written as
+    `\\x00`, `\\n`...: a line of the log stays one line, and a terminal shows it as text."""
+    for key, value in event_dict.items():
+        # isprintable() first: a cheap pass that is False for every control character.
+        if isinstance(value, str) and not value.isprintable() and _CONTROL_CHARACTER.search(value):
+            event_dict[key] = _CONTROL_CHARACTER.sub(
+                lambda match: match.group().encode("unicode_escape").decode("ascii"), value
+            )
+    return event_dict
+
+
+def redact_secrets(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    for key in list(event_dict):
+        if _is_secret_key(key):
+            event_dict[key] = REDACTED
+        else:
+            event_dict[key] = _scrub(event_dict[key])
+    return event_dict
+
+
+_SHARED_PROCESSORS: list[Any] = [
+    structlog.contextvars.merge_contextvars,
+    structlog.stdlib.add_log_level,
+    structlog.stdlib.add_logger_name,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+    structlog.stdlib.ExtraAdder(),
+    add_trace_ids,
+    redact_secrets,
+    escape_control_characters,
+]
+
+
+def build_logging_config(*, level: str, fmt: str) -> dict[str, Any]:
+    """stdlib logging dictConfig whose formatter renders through structlog."""
+    renderer = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "structured": {
+                "()": structlog.stdlib.ProcessorFormatter,
+                "processors": [
+                    structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info,
+                    renderer,
+                ],
+                "foreign_pre_chain": _SHARED_PROCESSORS,
+            }
+        },
+        "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "structured"}},
+        "root": {"handlers": ["console"], "level": level},
+        "loggers": {
+            # Every request is logged by RequestIdMiddleware; django.request adds the
+            # traceback of a 500.
+            "django.request": {"level": "ERROR"},
+            "django.server": {"level": "WARNING"},
+            "django.db.backends": {"level": "INFO"},
+            # httpx logs every request at INFO; provider calls are recorded by the
+            # payments context (and their failures logged) already.
+            "httpx": {"level": "WARNING"},
+        },
+    }
+
+
+def configure_structlog() -> None:
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *_SHARED_PROCESSORS,
+            structlog.processors.StackInfoRenderer(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+
+
+_timestamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
+_LEVEL_NAMES = {logging.INFO: "info", logging.WARNING: "warning", logging.ERROR: "error"}
+
+
+def render_line(logger_name: str, level: int, event: str, fields: dict[str, Any]) -> bytes:
+    """The JSON line the structlog -> stdlib -> JSONRenderer chain writes for
+    `structlog.get_logger(logger_name).log(level, event, **fields)`, field for field (the
+    same context, level, logger, timestamp, trace ids, redaction and escaping), rendered
+    directly: a tenth of the instructions, for the one line every request writes."""
+    event_dict = {**fields, "event": event}
+    structlog.contextvars.merge_contextvars(None, "", event_dict)
+    event_dict["level"] = _LEVEL_NAMES[level]
+    event_dict["logger"] = logger_name
+    _timestamp(None, "", event_dict)
+    add_trace_ids(None, "", event_dict)
+    redact_secrets(None, "", event_dict)
+    escape_control_characters(None, "", event_dict)
+    return orjson.dumps(event_dict, default=repr, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def write_line(logger_name: str, level: int, event: str, fields: dict[str, Any]) -> None:
+    """Log one event as `render_line` renders it, straight to standard error (where the
+    configured console handler writes), when its level is enabled."""
+    if logging.getLogger(logger_name).isEnabledFor(level):
+        sys.stderr.write(render_line(logger_name, level, event, fields).decode())
