@@ -76,7 +76,7 @@ MIDDLEWARE = [
 # paths other than the admin's and static files' (apps.core.middleware.FoldedMiddleware).
 # Path prefix -> a function EdgeMiddleware asks before URL resolution; it returns the
 # response (a cached rendering) or None, and the URL's view answers.
-EDGE_EARLY_ANSWERS: dict[str, str] = {}
+EDGE_EARLY_ANSWERS = {"/api/v1/products/": "apps.catalog.api.detail.early_answer"}
 BROWSER_MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "apps.core.middleware.ReadYourWritesMiddleware",

@@ -4,11 +4,13 @@ Every line carries the context bound for the request or task (request_id, user_i
 correlation ids). Secrets are redacted before rendering, whoever logged them.
 """
 
+import contextvars
 import functools
 import logging
 import re
 import sys
 from collections.abc import MutableMapping
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -55,6 +57,10 @@ def _scrub(value: Any) -> Any:
 _CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
+def _escape_control_character(match: re.Match) -> str:
+    return match.group().encode("unicode_escape").decode("ascii")
+
+
 def escape_control_characters(
     _logger: Any, _method: str, event_dict: MutableMapping
 ) -> MutableMapping:
@@ -63,9 +69,7 @@ def escape_control_characters(
     for key, value in event_dict.items():
         # isprintable() first: a cheap pass that is False for every control character.
         if isinstance(value, str) and not value.isprintable() and _CONTROL_CHARACTER.search(value):
-            event_dict[key] = _CONTROL_CHARACTER.sub(
-                lambda match: match.group().encode("unicode_escape").decode("ascii"), value
-            )
+            event_dict[key] = _CONTROL_CHARACTER.sub(_escape_control_character, value)
     return event_dict
 
 
@@ -137,28 +141,51 @@ def configure_structlog() -> None:
     )
 
 
-_timestamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
 _LEVEL_NAMES = {logging.INFO: "info", logging.WARNING: "warning", logging.ERROR: "error"}
+_CONTEXT_PREFIX = structlog.contextvars.STRUCTLOG_KEY_PREFIX
+_CONTEXT_PREFIX_LENGTH = len(_CONTEXT_PREFIX)
+_PLAIN_TYPES = (int, float, bool, type(None))
 
 
 def render_line(logger_name: str, level: int, event: str, fields: dict) -> bytes:
     """The JSON line the structlog -> stdlib -> JSONRenderer chain writes for
-    `structlog.get_logger(logger_name).log(level, event, **fields)`, field for field (the
-    same context, level, logger, timestamp, trace ids, redaction and escaping), rendered
-    directly: a tenth of the instructions, for the one line every request writes."""
+    `structlog.get_logger(logger_name).log(level, event, **fields)`, field for field and
+    in the same order (the same context, level, logger, timestamp, trace ids, redaction
+    and escaping), rendered directly: a tenth of the instructions, for the one line every
+    request writes. Each step is the chain's processor, inlined."""
     event_dict = {**fields, "event": event}
-    structlog.contextvars.merge_contextvars(None, "", event_dict)
+    # merge_contextvars: the bound context, in the context's order, under the fields.
+    for var, value in contextvars.copy_context().items():
+        name = var.name
+        if name.startswith(_CONTEXT_PREFIX) and value is not Ellipsis:
+            event_dict.setdefault(name[_CONTEXT_PREFIX_LENGTH:], value)
     event_dict["level"] = _LEVEL_NAMES[level]
     event_dict["logger"] = logger_name
-    _timestamp(None, "", event_dict)
+    # TimeStamper(fmt="iso", utc=True)
+    event_dict["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
     add_trace_ids(None, "", event_dict)
-    redact_secrets(None, "", event_dict)
-    escape_control_characters(None, "", event_dict)
+    # redact_secrets, then escape_control_characters: each key's result depends on its
+    # own value only, so one pass does both.
+    for key, value in event_dict.items():
+        if _is_secret_key(key):
+            event_dict[key] = REDACTED
+        elif type(value) not in _PLAIN_TYPES:
+            value = _scrub(value)
+            if isinstance(value, str) and not value.isprintable():
+                value = _CONTROL_CHARACTER.sub(_escape_control_character, value)
+            event_dict[key] = value
     return orjson.dumps(event_dict, default=repr, option=orjson.OPT_APPEND_NEWLINE)
+
+
+_loggers: dict[str, logging.Logger] = {}
 
 
 def write_line(logger_name: str, level: int, event: str, fields: dict) -> None:
     """Log one event as `render_line` renders it, straight to standard error (where the
     configured console handler writes), when its level is enabled."""
-    if logging.getLogger(logger_name).isEnabledFor(level):
+    # logging.getLogger takes the logging module's lock; the logger object never changes.
+    logger = _loggers.get(logger_name)
+    if logger is None:
+        logger = _loggers[logger_name] = logging.getLogger(logger_name)
+    if logger.isEnabledFor(level):
         sys.stderr.write(render_line(logger_name, level, event, fields).decode())

@@ -194,7 +194,7 @@ class EdgeMiddleware:
                 if scope.wrote and scope.user_id is not None:
                     pin_user_to_primary(scope.user_id)
         if decision is not None:
-            ratelimit.add_headers(response, decision)
+            put_headers(response, ratelimit.header_items(decision))
         return response
 
     def process_template_response(self, request, response):
@@ -319,7 +319,7 @@ class FoldedMiddleware:
             return self.chain(request)  # theirs to answer (a 400 for a refused host)
         response = None
         for prefix, answer in config.early_answers:
-            if request.path.startswith(prefix):
+            if request.path_info.startswith(prefix):
                 try:
                     response = answer(request)
                 except Exception:  # the view answers, and its error handling, as usual
