@@ -196,6 +196,14 @@ class TwoLevelCache:
         except SharedCacheDown:
             # Bounded staleness: stored data expires after `shared_ttl` anyway.
             logger.warning("cache_invalidation_failed", namespace=self.namespace, keys=keys)
+            return
+        # This process reads the new tokens at once, not when the pushed invalidation
+        # arrives (its next read would otherwise find the old data under the old token).
+        with self._lock:
+            self._sequence += 1
+            for key in keys:
+                self._known.pop(str(key), None)
+                self._local.pop(key, None)
 
     def invalidate_on_commit(self, *keys: Hashable) -> None:
         # Before the commit a concurrent reader could reload and cache the old row.

@@ -9,8 +9,8 @@ import functools
 import logging
 import re
 import sys
+import time
 from collections.abc import MutableMapping
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -147,6 +147,24 @@ _CONTEXT_PREFIX_LENGTH = len(_CONTEXT_PREFIX)
 _PLAIN_TYPES = (int, float, bool, type(None))
 
 
+_secret_keys: dict[str, bool] = {}
+
+
+def _utc_timestamp() -> str:
+    """What TimeStamper(fmt="iso", utc=True) writes (`2026-12-01T13:42:04.079245Z`; no
+    fraction at a whole second, as datetime.isoformat() does), with the date and time of
+    day formatted once per second."""
+    global _stamp
+    second, micro = divmod(time.time_ns() // 1000, 1_000_000)
+    stamp = _stamp  # (second, its text): one read, so threads never mix two seconds
+    if stamp[0] != second:
+        stamp = _stamp = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{stamp[1]}.{micro:06d}Z" if micro else f"{stamp[1]}Z"
+
+
+_stamp = (-1, "")
+
+
 def render_line(logger_name: str, level: int, event: str, fields: dict) -> bytes:
     """The JSON line the structlog -> stdlib -> JSONRenderer chain writes for
     `structlog.get_logger(logger_name).log(level, event, **fields)`, field for field and
@@ -161,19 +179,34 @@ def render_line(logger_name: str, level: int, event: str, fields: dict) -> bytes
             event_dict.setdefault(name[_CONTEXT_PREFIX_LENGTH:], value)
     event_dict["level"] = _LEVEL_NAMES[level]
     event_dict["logger"] = logger_name
-    # TimeStamper(fmt="iso", utc=True)
-    event_dict["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    event_dict["timestamp"] = _utc_timestamp()
     add_trace_ids(None, "", event_dict)
     # redact_secrets, then escape_control_characters: each key's result depends on its
-    # own value only, so one pass does both.
+    # own value only, so one pass does both; plain text takes _scrub_text's path inline.
     for key, value in event_dict.items():
-        if _is_secret_key(key):
+        secret = _secret_keys.get(key)
+        if secret is None:
+            if len(_secret_keys) > 4096:
+                _secret_keys.clear()
+            secret = _secret_keys[key] = _is_secret_key(key)
+        if secret:
             event_dict[key] = REDACTED
-        elif type(value) not in _PLAIN_TYPES:
+            continue
+        kind = type(value)
+        if kind is str:
+            lowered = value.lower()
+            if "bearer" in lowered or "eyj" in lowered:
+                value = _scrub_text(value)
+        elif kind in _PLAIN_TYPES:
+            continue
+        else:
             value = _scrub(value)
-            if isinstance(value, str) and not value.isprintable():
-                value = _CONTROL_CHARACTER.sub(_escape_control_character, value)
-            event_dict[key] = value
+            if not isinstance(value, str):
+                event_dict[key] = value
+                continue
+        if not value.isprintable():
+            value = _CONTROL_CHARACTER.sub(_escape_control_character, value)
+        event_dict[key] = value
     return orjson.dumps(event_dict, default=repr, option=orjson.OPT_APPEND_NEWLINE)
 
 

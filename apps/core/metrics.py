@@ -22,7 +22,9 @@ from bisect import bisect_left
 
 import structlog
 from django.conf import settings
+from django.core.signals import setting_changed
 from django.http import HttpResponse
+from django.http.response import HttpResponseBase
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -138,6 +140,33 @@ _KNOWN_METHODS = frozenset(
 )
 
 
+_charsets: dict[str, str] = {}
+
+
+def _charset(response) -> str | None:
+    """response.charset (django-prometheus's label), which parses the Content-Type and
+    reads DEFAULT_CHARSET each time: remembered per Content-Type."""
+    if not isinstance(response, HttpResponseBase):
+        return getattr(response, "charset", None)
+    if response._charset is not None:  # given to the response explicitly
+        return response._charset
+    content_type = response.get("Content-Type", "")
+    charset = _charsets.get(content_type)
+    if charset is None:
+        if len(_charsets) > 256:
+            _charsets.clear()
+        charset = _charsets[content_type] = response.charset
+    return charset
+
+
+def _forget_charsets(setting, **kwargs) -> None:
+    if setting == "DEFAULT_CHARSET":
+        _charsets.clear()
+
+
+setting_changed.connect(_forget_charsets)
+
+
 class RequestMetrics:
     """django-prometheus's request metrics (the same families, names and labels as its
     middleware), counted in process memory and added to the families every
@@ -167,12 +196,16 @@ class RequestMetrics:
             self._families = Metrics.get_instance()
         return self._families
 
-    def record(self, request, response, *, total: float, view_seconds: float) -> None:
+    def record(
+        self, request, response, *, total: float, view_seconds: float, secure: bool | None = None
+    ) -> None:
         """One request answered: `total` seconds since it arrived, `view_seconds` since
-        the middleware handed it on."""
+        the middleware handed it on; `secure`: request.is_secure(), when known."""
         families = self.families()
         method = request.method if request.method in _KNOWN_METHODS else "<invalid method>"
-        transport = "https" if request.is_secure() else "http"
+        if secure is None:
+            secure = request.is_secure()
+        transport = "https" if secure else "http"
         match = getattr(request, "resolver_match", None)
         view = (match.view_name or "<unnamed view>") if match is not None else None
         streaming = response.streaming
@@ -181,7 +214,7 @@ class RequestMetrics:
             transport,
             view,
             str(response.status_code),
-            getattr(response, "charset", None),
+            _charset(response),
             streaming,
             request.META.get("HTTP_X_REQUESTED_WITH") == "XMLHttpRequest",
         )

@@ -63,6 +63,8 @@ class EdgeSettings:
         self.upload_limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
         self.log_json = settings.LOG_FORMAT == "json"
         self.replicas = bool(settings.DATABASE_REPLICAS)
+        header = settings.SECURE_PROXY_SSL_HEADER
+        self.proxy_ssl_header = None if not header else tuple(header) if len(header) == 2 else False
         self.admin_prefix = "/" + settings.ADMIN_URL
         # Hosts that passed ALLOWED_HOSTS: request.get_host() is not asked again.
         self.valid_hosts: set[str] = set()
@@ -81,6 +83,30 @@ def _forget_edge_settings(**kwargs) -> None:
 
 
 setting_changed.connect(_forget_edge_settings)
+
+
+@functools.cache
+def _request_context_vars() -> tuple:
+    """structlog's context variables of request_id, correlation_id and ip (bound through
+    its API once to find them): set and reset directly per request, as bind_contextvars
+    would, without building their names and mappings each time."""
+    names = ("request_id", "correlation_id", "ip")
+    tokens = structlog.contextvars.bind_contextvars(**dict.fromkeys(names, ""))
+    structlog.contextvars.reset_contextvars(**tokens)
+    return tuple(tokens[name].var for name in names)
+
+
+def is_secure(request, config: "EdgeSettings") -> bool:
+    """request.is_secure(), with SECURE_PROXY_SSL_HEADER read once."""
+    header = config.proxy_ssl_header
+    if header is None:
+        return request._get_scheme() == "https"  # what HttpRequest.scheme falls back to
+    if header is False:
+        return request.is_secure()  # not a (header, value) pair: Django's error
+    value = request.META.get(header[0])
+    if value is None:
+        return request._get_scheme() == "https"
+    return value.split(",", 1)[0].strip() == header[1]
 
 
 class EdgeMiddleware:
@@ -130,8 +156,11 @@ class EdgeMiddleware:
         offered = meta.get("HTTP_X_CORRELATION_ID")
         correlation_id = offered if offered and _WELL_FORMED_ID.match(offered) else request_id
         meta["HTTP_X_CORRELATION_ID"] = correlation_id
-        structlog.contextvars.bind_contextvars(
-            request_id=request_id, correlation_id=correlation_id, ip=client_ip(request)
+        request_var, correlation_var, ip_var = _request_context_vars()
+        bound = (
+            request_var.set(request_id),
+            correlation_var.set(correlation_id),
+            ip_var.set(client_ip(request)),
         )
         try:
             handed_on = time.perf_counter()
@@ -153,10 +182,15 @@ class EdgeMiddleware:
             else:
                 logger.log(level, "request_finished", **fields)
             request_metrics.record(
-                request, response, total=finished - started, view_seconds=finished - handed_on
+                request,
+                response,
+                total=finished - started,
+                view_seconds=finished - handed_on,
+                secure=is_secure(request, config),
             )
         finally:
-            structlog.contextvars.unbind_contextvars("request_id", "correlation_id", "ip")
+            for token in bound:
+                token.var.reset(token)
         put_headers(
             response,
             {
@@ -310,7 +344,7 @@ class FoldedMiddleware:
         config = edge_settings()
         secure = None
         if self.ssl_redirect:
-            secure = request.is_secure()
+            secure = is_secure(request, config)
             if not secure:
                 return self.chain(request)  # redirected, or exempt: theirs to decide
         if request.method == "OPTIONS" or "HTTP_ORIGIN" in meta:
@@ -341,7 +375,7 @@ class FoldedMiddleware:
             patch_vary_headers(response, ("origin",))
         if self.hsts and "strict-transport-security" not in store:
             if secure is None:
-                secure = request.is_secure()
+                secure = is_secure(request, config)
             if secure:
                 store.update(self.hsts)
         for key, item in self.absent.items():

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.http import HttpResponse
+from django.http.response import ResponseHeaders
 from django.urls import Resolver404, get_resolver, get_urlconf
 from django.utils.cache import get_conditional_response
 from rest_framework.views import APIView
@@ -40,7 +41,17 @@ class RenderedResponse:
                     if name != "Content-Type":
                         not_modified[name] = value
                 return not_modified
-        return HttpResponse(self.body, headers=self.headers)
+        response = HttpResponse(self.body, content_type=self.headers["Content-Type"])
+        response.headers._store.update(self._stored_headers)
+        return response
+
+    @functools.cached_property
+    def _stored_headers(self) -> dict[str, tuple[str, str]]:
+        """The headers after Content-Type, checked and encoded once as ResponseHeaders
+        stores them, instead of per response (the same order, the same values)."""
+        return ResponseHeaders(
+            {name: value for name, value in self.headers.items() if name != "Content-Type"}
+        )._store
 
 
 def render(product, *, renderer, headers: dict[str, str]) -> RenderedResponse:
