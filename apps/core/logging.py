@@ -147,9 +147,6 @@ _CONTEXT_PREFIX_LENGTH = len(_CONTEXT_PREFIX)
 _PLAIN_TYPES = (int, float, bool, type(None))
 
 
-_secret_keys: dict[str, bool] = {}
-
-
 def _utc_timestamp() -> str:
     """What TimeStamper(fmt="iso", utc=True) writes (`2026-12-01T13:42:04.079245Z`; no
     fraction at a whole second, as datetime.isoformat() does), with the date and time of
@@ -181,15 +178,13 @@ def render_line(logger_name: str, level: int, event: str, fields: dict) -> bytes
     event_dict["logger"] = logger_name
     event_dict["timestamp"] = _utc_timestamp()
     add_trace_ids(None, "", event_dict)
+    line = orjson.dumps(event_dict, default=repr, option=orjson.OPT_APPEND_NEWLINE)
+    if _unchanged_by_redaction(event_dict, line):
+        return line
     # redact_secrets, then escape_control_characters: each key's result depends on its
     # own value only, so one pass does both; plain text takes _scrub_text's path inline.
     for key, value in event_dict.items():
-        secret = _secret_keys.get(key)
-        if secret is None:
-            if len(_secret_keys) > 4096:
-                _secret_keys.clear()
-            secret = _secret_keys[key] = _is_secret_key(key)
-        if secret:
+        if _is_known_secret(key):
             event_dict[key] = REDACTED
             continue
         kind = type(value)
@@ -208,6 +203,35 @@ def render_line(logger_name: str, level: int, event: str, fields: dict) -> bytes
             value = _CONTROL_CHARACTER.sub(_escape_control_character, value)
         event_dict[key] = value
     return orjson.dumps(event_dict, default=repr, option=orjson.OPT_APPEND_NEWLINE)
+
+
+_not_secret: set[str] = set()  # keys found not to be secret
+
+
+def _is_known_secret(key: str) -> bool:
+    if key in _not_secret:
+        return False
+    if _is_secret_key(key):
+        return True
+    if len(_not_secret) < 4096:
+        _not_secret.add(key)
+    return False
+
+
+def _unchanged_by_redaction(event_dict: dict, line: bytes) -> bool:
+    """Whether redaction and escaping would leave `event_dict` as it is, judged from its
+    JSON: no key is secret, no value nests keys (one object, no array), and no text holds
+    "bearer" or "eyj" in any case or a control character (which JSON writes as a
+    backslash escape, or raw as DEL or UTF-8 C1 bytes 0xC2 0x80-0x9F). A line that
+    merely looks suspicious takes the full pass, which changes nothing then."""
+    if not _not_secret.issuperset(event_dict):
+        return False
+    if b"\\" in line or b"\x7f" in line or b"\xc2" in line:
+        return False
+    if line.count(b"{") != 1 or b"[" in line:
+        return False
+    lowered = line.lower()
+    return b"bearer" not in lowered and b"eyj" not in lowered
 
 
 _loggers: dict[str, logging.Logger] = {}
