@@ -150,7 +150,8 @@ def _charset(response) -> str | None:
         return getattr(response, "charset", None)
     if response._charset is not None:  # given to the response explicitly
         return response._charset
-    content_type = response.get("Content-Type", "")
+    stored = response.headers._store.get("content-type")  # (name, value), as stored
+    content_type = stored[1] if stored is not None else ""
     charset = _charsets.get(content_type)
     if charset is None:
         if len(_charsets) > 256:

@@ -156,15 +156,12 @@ class EdgeMiddleware:
         offered = meta.get("HTTP_X_CORRELATION_ID")
         correlation_id = offered if offered and _WELL_FORMED_ID.match(offered) else request_id
         meta["HTTP_X_CORRELATION_ID"] = correlation_id
+        ip = client_ip(request)
         request_var, correlation_var, ip_var = _request_context_vars()
-        bound = (
-            request_var.set(request_id),
-            correlation_var.set(correlation_id),
-            ip_var.set(client_ip(request)),
-        )
+        bound = (request_var.set(request_id), correlation_var.set(correlation_id), ip_var.set(ip))
         try:
             handed_on = time.perf_counter()
-            response = self._respond(request, config)
+            response = self._respond(request, config, ip)
             finished = time.perf_counter()
             status = response.status_code
             user_id = client_user_id(request)
@@ -200,7 +197,7 @@ class EdgeMiddleware:
         )
         return response
 
-    def _respond(self, request, config: EdgeSettings):
+    def _respond(self, request, config: EdgeSettings, ip: str):
         limit = config.upload_limit
         length = request.META.get("CONTENT_LENGTH")
         if limit is not None and length:
@@ -212,7 +209,7 @@ class EdgeMiddleware:
                 from apps.core.api.problems import payload_too_large
 
                 return payload_too_large(request)
-        decision = ratelimit.request_decision(request)
+        decision = ratelimit.request_decision(request, ip=ip)
         if decision is not None and not decision.allowed:
             return ratelimit.refusal(request, decision)
         path = request.path

@@ -305,20 +305,21 @@ def _digest(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()[:32]
 
 
-def request_buckets(request) -> tuple[str, list[str]] | None:
-    """(scope, bucket keys) of a request, or None when it is exempt."""
+def request_buckets(request, *, ip: str | None = None) -> tuple[str, list[str]] | None:
+    """(scope, bucket keys) of a request, or None when it is exempt; `ip`: the client's
+    address when the caller has it already (client_ip)."""
     path = request.path_info.rstrip("/") or "/"
     if path in EXEMPT_PATHS or path.startswith(SIGNED_WEBHOOK_PATH_PREFIX):
         return None
     prefix = limiter_settings().key_prefix
     if request.method == "POST" and path in AUTH_PATHS:
-        keys = [f"{prefix}:auth:ip:{client_ip(request)}"]
+        keys = [f"{prefix}:auth:ip:{ip or client_ip(request)}"]
         email = _email_in_body(request)
         if email:
             keys.append(f"{prefix}:auth:email:{_digest(email)}")
         return "auth", keys
     user_id = client_user_id(request)
-    client = f"user:{user_id}" if user_id is not None else f"ip:{client_ip(request)}"
+    client = f"user:{user_id}" if user_id is not None else f"ip:{ip or client_ip(request)}"
     if request.method == "POST" and path == ORDERS_PATH and user_id is not None:
         return "orders", [f"{prefix}:orders:{client}"]
     return "default", [f"{prefix}:default:{client}"]
@@ -361,12 +362,12 @@ def header_items(decision: Decision) -> dict[str, tuple[str, str]]:
     }
 
 
-def request_decision(request) -> Decision | None:
+def request_decision(request, *, ip: str | None = None) -> Decision | None:
     """The limiter's decision on a request; None when it is not limited (disabled,
     exempt, or Redis failed open). Counts a refusal."""
     if not limiter_settings().enabled:
         return None
-    buckets = request_buckets(request)
+    buckets = request_buckets(request, ip=ip)
     if buckets is None:
         return None
     scope, keys = buckets
