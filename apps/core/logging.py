@@ -163,6 +163,11 @@ _stamp = (-1, "")
 
 
 def render_line(logger_name: str, level: int, event: str, fields: dict) -> bytes:
+    """`render_text`, encoded."""
+    return render_text(logger_name, level, event, fields).encode()
+
+
+def render_text(logger_name: str, level: int, event: str, fields: dict) -> str:
     """The JSON line the structlog -> stdlib -> JSONRenderer chain writes for
     `structlog.get_logger(logger_name).log(level, event, **fields)`, field for field and
     in the same order (the same context, level, logger, timestamp, trace ids, redaction
@@ -179,8 +184,11 @@ def render_line(logger_name: str, level: int, event: str, fields: dict) -> bytes
     event_dict["timestamp"] = _utc_timestamp()
     add_trace_ids(None, "", event_dict)
     line = orjson.dumps(event_dict, default=repr, option=orjson.OPT_APPEND_NEWLINE)
-    if _unchanged_by_redaction(event_dict, line):
-        return line
+    # DEL and C1 controls are written as they are, in UTF-8 as 0x7F and 0xC2 0x80-0x9F.
+    if line.find(b"\x7f") < 0 and line.find(b"\xc2") < 0:
+        line = line.decode()
+        if _unchanged_by_redaction(event_dict, line):
+            return line
     # redact_secrets, then escape_control_characters: each key's result depends on its
     # own value only, so one pass does both; plain text takes _scrub_text's path inline.
     for key, value in event_dict.items():
@@ -202,7 +210,7 @@ def render_line(logger_name: str, level: int, event: str, fields: dict) -> bytes
         if not value.isprintable():
             value = _CONTROL_CHARACTER.sub(_escape_control_character, value)
         event_dict[key] = value
-    return orjson.dumps(event_dict, default=repr, option=orjson.OPT_APPEND_NEWLINE)
+    return orjson.dumps(event_dict, default=repr, option=orjson.OPT_APPEND_NEWLINE).decode()
 
 
 _not_secret: set[str] = set()  # keys found not to be secret
@@ -218,31 +226,29 @@ def _is_known_secret(key: str) -> bool:
     return False
 
 
-def _unchanged_by_redaction(event_dict: dict, line: bytes) -> bool:
+def _unchanged_by_redaction(event_dict: dict, line: str) -> bool:
     """Whether redaction and escaping would leave `event_dict` as it is, judged from its
-    JSON: no key is secret, no value nests keys (one object, no array), and no text holds
-    "bearer" or "eyj" in any case or a control character (which JSON writes as a
-    backslash escape, or raw as DEL or UTF-8 C1 bytes 0xC2 0x80-0x9F). A line that
-    merely looks suspicious takes the full pass, which changes nothing then."""
+    JSON line, which holds no DEL or C1 control: no key is secret, no value nests keys (one
+    object, no array), and no text holds "bearer" or "eyj" in any case or another control
+    character (JSON writes those as backslash escapes). A line that merely looks
+    suspicious takes the full pass, which changes nothing then."""
     if not _not_secret.issuperset(event_dict):
         return False
-    if b"\\" in line or b"\x7f" in line or b"\xc2" in line:
-        return False
-    if line.count(b"{") != 1 or b"[" in line:
+    if "\\" in line or "[" in line or line.count("{") != 1:
         return False
     lowered = line.lower()
-    return b"bearer" not in lowered and b"eyj" not in lowered
+    return "bearer" not in lowered and "eyj" not in lowered
 
 
 _loggers: dict[str, logging.Logger] = {}
 
 
 def write_line(logger_name: str, level: int, event: str, fields: dict) -> None:
-    """Log one event as `render_line` renders it, straight to standard error (where the
+    """Log one event as `render_text` renders it, straight to standard error (where the
     configured console handler writes), when its level is enabled."""
     # logging.getLogger takes the logging module's lock; the logger object never changes.
     logger = _loggers.get(logger_name)
     if logger is None:
         logger = _loggers[logger_name] = logging.getLogger(logger_name)
     if logger.isEnabledFor(level):
-        sys.stderr.write(render_line(logger_name, level, event, fields).decode())
+        sys.stderr.write(render_text(logger_name, level, event, fields))
