@@ -72,6 +72,11 @@ MIDDLEWARE = [
     # BROWSER_MIDDLEWARE, for the admin only: the API authenticates by token.
     "apps.core.http.middleware.BrowserMiddleware",
 ]
+# EdgeMiddleware does the work of the four between it and BrowserMiddleware itself for
+# paths other than the admin's and static files' (apps.core.http.middleware.FoldedMiddleware).
+# Path prefix -> a function EdgeMiddleware asks before URL resolution; it returns the
+# response (a cached rendering) or None, and the URL's view answers.
+EDGE_EARLY_ANSWERS = {"/api/v1/products/": "apps.catalog.api.detail.early_answer"}
 BROWSER_MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "apps.core.http.middleware.ReadYourWritesMiddleware",

@@ -51,7 +51,7 @@ from apps.catalog.api.views import ProductDetailView
 from apps.catalog.services import ProductNotFound
 for line in sys.stdin:
     try:
-        rendered = rendered_detail(id_or_slug=line.strip(), view=ProductDetailView())
+        rendered = rendered_detail(id_or_slug=line.strip(), make_view=ProductDetailView)
     except ProductNotFound:
         print("null", flush=True)  # not for sale
     else:

@@ -51,7 +51,7 @@ def test_a_miss_storm_on_a_hot_product_queries_the_database_once():
         try:
             with connection.execute_wrapper(count_product_queries):
                 start.wait()
-                rendered = rendered_detail(id_or_slug=str(product.pk), view=ProductDetailView())
+                rendered = rendered_detail(id_or_slug=str(product.pk), make_view=ProductDetailView)
                 return json.loads(rendered.body)["id"]
         finally:
             connections.close_all()

@@ -194,3 +194,71 @@ def test_a_killed_tracking_connection_falls_back_to_reading_the_version(api_clie
         timeout=caching.TRACKING_STALE_AFTER,
         what="the pushed invalidation",
     )
+
+
+def answer_of(response) -> tuple:
+    headers = [
+        (name, "<counted>" if name.startswith(RATE_LIMIT_PREFIX + "-R") else value)
+        for name, value in response.items()
+    ]
+    return response.status_code, headers, response.content
+
+
+@pytest.mark.django_db(transaction=True, databases="__all__")
+def test_the_edge_answers_the_cached_detail_as_the_view_does(settings, monkeypatch):
+    """EdgeMiddleware answers before URL resolution (detail.early_answer) with the bytes
+    and headers the view answers, sets the view's resolver match (the metrics' label),
+    and leaves everything it does not serve to the view."""
+    from django.test import Client
+
+    from apps.catalog.api import detail
+    from apps.catalog.api.views import ProductDetailView
+
+    dispatched = []
+    dispatch = ProductDetailView.dispatch
+
+    def counted_dispatch(self, request, *args, **kwargs):
+        dispatched.append(request.path)
+        return dispatch(self, request, *args, **kwargs)
+
+    monkeypatch.setattr(ProductDetailView, "dispatch", counted_dispatch)
+    product = ProductFactory(slug="early-answer")
+    url = f"{PRODUCTS}/{product.pk}"
+    client = Client(HTTP_X_REQUEST_ID="early-answer-0001", HTTP_X_FORWARDED_PROTO="https")
+
+    def answers() -> list:
+        product_cache.invalidate(f"id:{product.pk}")
+        filled, cached, by_slug = (
+            client.get(url),
+            client.get(url),
+            client.get(f"{PRODUCTS}/early-answer"),
+        )
+        not_modified = client.get(url, HTTP_IF_NONE_MATCH=cached["ETag"])
+        assert cached.wsgi_request.resolver_match.view_name == "catalog-product"
+        return [answer_of(r) for r in (filled, cached, by_slug, not_modified)]
+
+    early = answers()
+    assert dispatched == []
+    settings.EDGE_EARLY_ANSWERS = {}
+    by_view = answers()
+    assert len(dispatched) == 4
+    assert early == by_view
+    assert [status for status, _, _ in early] == [200, 200, 200, 304]
+
+    # What the early answer does not serve reaches the view, as before.
+    settings.EDGE_EARLY_ANSWERS = {PRODUCTS + "/": "apps.catalog.api.detail.early_answer"}
+    dispatched.clear()
+    assert client.get(f"{PRODUCTS}/popular").status_code == 200
+    assert client.get(f"{url}/stock-adjustments").status_code in (401, 405)
+    assert client.get(url, HTTP_ACCEPT="application/problem+json").status_code == 200
+    assert client.get(f"{PRODUCTS}/999999").status_code == 404
+    assert dispatched == [url, f"{PRODUCTS}/999999"]
+
+    # An early answer that fails leaves the request to the view.
+    def broken(**kwargs):
+        raise RuntimeError("cache broke")
+
+    monkeypatch.setattr(detail, "rendered_detail", broken)
+    dispatched.clear()
+    assert answer_of(client.get(url)) == by_view[1]
+    assert dispatched == [url]

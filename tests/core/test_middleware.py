@@ -207,3 +207,82 @@ def test_an_admin_request_is_routed_as_its_session_user_though_the_edge_asked_be
 
     ReadYourWritesMiddleware(view)(request)
     assert seen == ["7"]
+
+
+def test_request_ids_are_32_random_lowercase_hex_digits_as_uuid4_hex_was():
+    from apps.core.http.middleware import _WELL_FORMED_ID, new_request_id
+
+    ids = {new_request_id() for _ in range(10_000)}
+    assert len(ids) == 10_000
+    for request_id in ids:
+        assert re.fullmatch(r"[0-9a-f]{32}", request_id) and _WELL_FORMED_ID.match(request_id)
+
+
+def test_the_direct_timestamp_is_the_time_stampers_text(monkeypatch):
+    import time as time_module
+    from datetime import UTC, datetime
+
+    from apps.core.observability import logging as core_logging
+
+    for micros in (1_764_596_524_079_245, 1_764_596_525_000_000, 1_764_596_525_000_001):
+        monkeypatch.setattr(time_module, "time_ns", lambda micros=micros: micros * 1000)
+        expected = datetime.fromtimestamp(micros / 1e6, UTC).isoformat().replace("+00:00", "Z")
+        assert core_logging._utc_timestamp() == expected
+
+
+@pytest.mark.parametrize(
+    "header",
+    [None, ("HTTP_X_FORWARDED_PROTO", "https")],
+)
+@pytest.mark.parametrize(
+    "meta",
+    [{}, {"HTTP_X_FORWARDED_PROTO": "https"}, {"HTTP_X_FORWARDED_PROTO": "http, https"},
+     {"HTTP_X_FORWARDED_PROTO": " https ,http"}, {"wsgi.url_scheme": "https"}],
+)  # fmt: skip
+def test_the_edges_is_secure_answers_as_djangos(settings, header, meta):
+    from apps.core.http.middleware import edge_settings, is_secure
+
+    settings.SECURE_PROXY_SSL_HEADER = header
+    request = RequestFactory().get("/api/v1/ping", **meta)
+    assert is_secure(request, edge_settings()) == request.is_secure()
+
+
+def test_a_request_leaves_the_log_context_as_it_found_it(api_client):
+    structlog.contextvars.bind_contextvars(request_id="outer-request-0001")
+    try:
+        api_client.get("/healthz", HTTP_X_REQUEST_ID="inner-request-0001")
+        assert structlog.contextvars.get_contextvars() == {"request_id": "outer-request-0001"}
+    finally:
+        structlog.contextvars.unbind_contextvars("request_id")
+    api_client.get("/healthz")
+    assert "request_id" not in structlog.contextvars.get_contextvars()
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"method": "GET", "path": "/api/v1/ping", "status": 200, "user_id": None},
+        {"method": "BEARER", "path": "/api/v1/ping", "status": 200},
+        {"method": "GET", "path": "/x/EYJhbGciOi.eyJzdWIi.c2lnbmF0dXJl", "status": 404},
+        {"method": "GET", "path": "/x/\x7f/\x85/\x1b/é/\\/\"", "status": 404},
+        {"method": "GET", "path": "/x", "status": 200, "body": {"password": "s3cret", "n": 1}},
+        {"method": "GET", "path": "/x", "status": 200, "items": [{"token": "s3cret"}, "Bearer x"]},
+        {"method": "GET", "path": "/x", "status": 200, "api_key": "s3cret"},
+        {"method": "GET", "path": "/x", "status": 200, "error": ValueError("Bearer abc")},
+    ],
+)  # fmt: skip
+def test_the_direct_line_equals_the_chain_whether_or_not_it_needs_redaction(fields):
+    """The second render takes the shortcut when nothing needs redaction or escaping."""
+    structlog.contextvars.bind_contextvars(
+        request_id="eyJhbGciOi.eyJzdWIi.c2lnbmF0dXJl", correlation_id="corr-0001-abcdef"
+    )
+    try:
+        expected = chain_line("mercato.request", logging.INFO, "request_finished", dict(fields))
+        for _ in range(2):
+            direct = json.loads(render_line("mercato.request", logging.INFO, "request_finished",
+                                            dict(fields)))  # fmt: skip
+            assert ISO_UTC.match(direct.pop("timestamp"))
+            assert direct == {k: v for k, v in expected.items() if k != "timestamp"}
+    finally:
+        structlog.contextvars.unbind_contextvars("request_id", "correlation_id")
+    assert "s3cret" not in json.dumps(direct) and "eyJ" not in json.dumps(direct)

@@ -5,13 +5,21 @@ one content negotiation picks for `application/json` or no Accept header) from
 `ProductDetailSerializer`, and cached in the product cache under the product's version.
 Every request that would get that renderer is answered from the cached bytes, so a
 cached answer is byte for byte the fresh one.
+
+The common anonymous read is answered by EdgeMiddleware before URL resolution
+(`early_answer`, settings.EDGE_EARLY_ANSWERS), with the same bytes the view would answer.
 """
 
+import functools
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.http import HttpResponse
+from django.http.response import ResponseHeaders
+from django.urls import Resolver404, get_resolver, get_urlconf
 from django.utils.cache import get_conditional_response
+from rest_framework.views import APIView
 
 from apps.catalog import selectors
 from apps.catalog.api.serializers import ProductDetailSerializer
@@ -33,7 +41,17 @@ class RenderedResponse:
                     if name != "Content-Type":
                         not_modified[name] = value
                 return not_modified
-        return HttpResponse(self.body, headers=self.headers)
+        response = HttpResponse(self.body, content_type=self.headers["Content-Type"])
+        response.headers._store.update(self._stored_headers)
+        return response
+
+    @functools.cached_property
+    def _stored_headers(self) -> dict[str, tuple[str, str]]:
+        """The headers after Content-Type, checked and encoded once as ResponseHeaders
+        stores them, instead of per response (the same order, the same values)."""
+        return ResponseHeaders(
+            {name: value for name, value in self.headers.items() if name != "Content-Type"}
+        )._store
 
 
 def render(product, *, renderer, headers: dict[str, str]) -> RenderedResponse:
@@ -47,14 +65,17 @@ def render(product, *, renderer, headers: dict[str, str]) -> RenderedResponse:
     )
 
 
-def rendered_detail(*, id_or_slug: str, view) -> RenderedResponse:
-    """The cached rendering of an active product by `view`; ProductNotFound otherwise."""
+def rendered_detail(*, id_or_slug: str, make_view: Callable[[], APIView]) -> RenderedResponse:
+    """The cached rendering of an active product by the view `make_view` returns, set up
+    for the request (its first renderer and default headers), called only to render;
+    ProductNotFound otherwise."""
     product_id = selectors.product_public_id(id_or_slug=id_or_slug)
 
     def load() -> RenderedResponse | None:
         product = selectors.product_public_get(product_id=product_id)
         if product is None:
             return None
+        view = make_view()
         return render(
             product, renderer=view.renderer_classes[0](), headers=view.default_response_headers
         )
@@ -63,3 +84,58 @@ def rendered_detail(*, id_or_slug: str, view) -> RenderedResponse:
     if rendered is None:
         raise ProductNotFound(f"No product {id_or_slug!r}.")
     return rendered
+
+
+# Accept headers for which negotiation picks the first renderer with no parameters.
+FIRST_RENDERER_ACCEPTS = frozenset({"", "*/*", "application/json"})
+
+
+def answers_from_cache(request) -> bool:
+    """Whether nothing in the request (no query parameters, credentials or negotiation)
+    could change the answer from the cached rendering's."""
+    meta = request.META
+    return (
+        request.method == "GET"
+        and not meta.get("QUERY_STRING")
+        and "HTTP_AUTHORIZATION" not in meta
+        and meta.get("HTTP_ACCEPT", "") in FIRST_RENDERER_ACCEPTS
+    )
+
+
+def early_answer(request) -> HttpResponse | None:
+    """The answer to a request for the public product detail before URL resolution (from
+    EdgeMiddleware, settings.EDGE_EARLY_ANSWERS): the cached rendering, as the view's
+    dispatch answers it, when the path resolves to that view; None otherwise (and for a
+    product not for sale), and the view answers."""
+    if not answers_from_cache(request):
+        return None
+    match = _detail_match(get_resolver(get_urlconf()), request.path_info)
+    if match is None:
+        return None
+
+    def make_view() -> APIView:
+        # As the view function of as_view() makes it for a request.
+        view = match.func.view_class(**match.func.view_initkwargs)
+        view.setup(request, *match.args, **match.kwargs)
+        return view
+
+    try:
+        rendered = rendered_detail(id_or_slug=match.kwargs["id_or_slug"], make_view=make_view)
+    except ProductNotFound:
+        return None
+    request.resolver_match = match  # the metrics' view label, as resolution would set it
+    return rendered.response(request)
+
+
+@functools.lru_cache(maxsize=4096)
+def _detail_match(resolver, path: str):
+    """How `resolver` resolves `path` when it names the product detail view, else None.
+    Remembered per resolver (a changed URLconf is another one) for the most asked paths;
+    the match is only read (its view name and captured id or slug)."""
+    from apps.catalog.api.views import ProductDetailView  # it imports this module
+
+    try:
+        match = resolver.resolve(path)
+    except Resolver404:
+        return None
+    return match if getattr(match.func, "view_class", None) is ProductDetailView else None

@@ -6,7 +6,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.catalog import selectors, services
-from apps.catalog.api.detail import rendered_detail
+from apps.catalog.api.detail import answers_from_cache, rendered_detail
 from apps.catalog.api.serializers import (
     ORDERINGS,
     CategoryNodeSerializer,
@@ -88,25 +88,16 @@ class PopularProductsView(StrictQueryParameters, APIView):
         return Response(ProductSerializer(selectors.popular_products(), many=True).data)
 
 
-# Accept headers for which negotiation picks the first renderer with no parameters.
-FIRST_RENDERER_ACCEPTS = frozenset({"", "*/*", "application/json"})
-
-
 class ProductDetailView(StrictQueryParameters, PublicReadStaffWrite, APIView):
     def dispatch(self, request, *args, **kwargs):
         # The common anonymous read is answered with the cached rendering before DRF's
         # request handling: nothing in it (no query parameters, credentials or
         # negotiation) could change the answer. Anything else, and a product that is not
         # for sale, takes DRF's path.
-        meta = request.META
-        if (
-            request.method == "GET"
-            and not meta.get("QUERY_STRING")
-            and "HTTP_AUTHORIZATION" not in meta
-            and meta.get("HTTP_ACCEPT", "") in FIRST_RENDERER_ACCEPTS
-        ):
+        # (EdgeMiddleware answers most of them earlier: detail.early_answer.)
+        if answers_from_cache(request):
             try:
-                rendered = rendered_detail(id_or_slug=kwargs["id_or_slug"], view=self)
+                rendered = rendered_detail(id_or_slug=kwargs["id_or_slug"], make_view=lambda: self)
             except services.ProductNotFound:
                 pass
             else:
@@ -119,7 +110,7 @@ class ProductDetailView(StrictQueryParameters, PublicReadStaffWrite, APIView):
         if type(renderer) is self.renderer_classes[0] and (
             request.accepted_media_type == renderer.media_type
         ):
-            return rendered_detail(id_or_slug=id_or_slug, view=self).response(request)
+            return rendered_detail(id_or_slug=id_or_slug, make_view=lambda: self).response(request)
         product_id = selectors.product_public_id(id_or_slug=id_or_slug)
         product = selectors.product_public_get(product_id=product_id)
         if product is None:

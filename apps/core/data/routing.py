@@ -11,9 +11,8 @@ and only its reads may go to a replica. The database router (apps.core.data.repl
 A forgotten declaration costs scale, never a stale read.
 """
 
-import contextlib
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import ParamSpec, TypeVar
@@ -52,16 +51,21 @@ def current_scope() -> RoutingScope | None:
     return _scope.get()
 
 
-@contextlib.contextmanager
-def routing_scope(
-    *, user_id: int | str | None = None, force_primary: bool = False
-) -> Iterator[RoutingScope]:
-    scope = RoutingScope(user_id=user_id, force_primary=force_primary)
-    token = _scope.set(scope)
-    try:
-        yield scope
-    finally:
-        _scope.reset(token)
+class routing_scope:  # lowercase: used as the function it replaced
+    """The routing scope of a request or task while the `with` block runs. A class, not
+    a generator: every request opens one."""
+
+    __slots__ = ("_token", "scope")
+
+    def __init__(self, *, user_id: int | str | None = None, force_primary: bool = False):
+        self.scope = RoutingScope(user_id=user_id, force_primary=force_primary)
+
+    def __enter__(self) -> RoutingScope:
+        self._token = _scope.set(self.scope)
+        return self.scope
+
+    def __exit__(self, *exc_info: object) -> None:
+        _scope.reset(self._token)
 
 
 def replica_safe(selector: Callable[P, R]) -> Callable[P, R]:

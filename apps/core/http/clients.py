@@ -1,18 +1,34 @@
 """Who is asking: the client's address and, before authentication runs, its user id."""
 
+import functools
+
 from django.conf import settings
 from django.contrib.auth import SESSION_KEY
+from django.core.signals import setting_changed
 from django.http import HttpRequest
 from rest_framework_simplejwt.exceptions import TokenError
 from rest_framework_simplejwt.settings import api_settings as jwt_settings
 from rest_framework_simplejwt.tokens import AccessToken
 
 
+@functools.cache
+def _trusted_proxy_count() -> int:
+    # Read once (every request asks), and again after the setting changes.
+    return int(settings.TRUSTED_PROXY_COUNT)
+
+
+def _forget_trusted_proxy_count(**kwargs: object) -> None:
+    _trusted_proxy_count.cache_clear()
+
+
+setting_changed.connect(_forget_trusted_proxy_count)
+
+
 def client_ip(request: HttpRequest) -> str:
     """REMOTE_ADDR, or the address the outermost trusted proxy saw (X-Forwarded-For)."""
-    trusted = settings.TRUSTED_PROXY_COUNT
-    forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
-    if trusted and forwarded:
+    trusted = _trusted_proxy_count()
+    if trusted:
+        forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
         hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
         if len(hops) >= trusted:
             return str(hops[-trusted])

@@ -31,17 +31,19 @@ scope, which falls back to a per-process limiter: guessing passwords must stay s
 embedded mode (no REDIS_URL) uses the per-process limiter for everything.
 """
 
+import functools
 import hashlib
 import json
 import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
+from django.core.signals import setting_changed
 from django.http import HttpRequest, JsonResponse
 from django.http.response import HttpResponseBase
 from redis.exceptions import RedisError
@@ -81,8 +83,9 @@ return {granted, free - granted, 0, new_tat - now}
 """
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
+    # A tuple: one is built per request, and a frozen dataclass sets each field through
+    # object.__setattr__.
     allowed: bool
     limit: int
     remaining: int
@@ -110,6 +113,10 @@ APPROXIMATE_SCOPES = ("default",)
 
 
 def policy(scope: str) -> Policy:
+    return limiter_settings().policies[scope]
+
+
+def _policy(scope: str) -> Policy:
     config = settings.RATE_LIMITS[scope]
     limit = int(config["limit"])
     lease = 1
@@ -253,9 +260,31 @@ class LeasedLimiter:
 leased_limiter = LeasedLimiter()
 
 
+@functools.cache
+def limiter_settings() -> "LimiterSettings":
+    return LimiterSettings()
+
+
+class LimiterSettings:
+    """What every request reads, read once (and again after a setting changes)."""
+
+    def __init__(self) -> None:
+        self.enabled = settings.RATE_LIMIT_ENABLED
+        self.key_prefix = settings.RATE_LIMIT_KEY_PREFIX
+        self.redis = bool(settings.REDIS_URL)
+        self.policies = {scope: _policy(scope) for scope in settings.RATE_LIMITS}
+
+
+def _forget_limiter_settings(**kwargs: object) -> None:
+    limiter_settings.cache_clear()
+
+
+setting_changed.connect(_forget_limiter_settings)
+
+
 def hit(key: str, policy: Policy) -> Decision:
     """Count one request against `key`; raise RedisError when Redis cannot answer."""
-    if not settings.REDIS_URL:
+    if not limiter_settings().redis:
         return local_limiter.hit(key, policy)
     if policy.lease > 1:
         return leased_limiter.hit(key, policy)
@@ -278,20 +307,21 @@ def _digest(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()[:32]
 
 
-def request_buckets(request: HttpRequest) -> tuple[str, list[str]] | None:
-    """(scope, bucket keys) of a request, or None when it is exempt."""
+def request_buckets(request: HttpRequest, *, ip: str | None = None) -> tuple[str, list[str]] | None:
+    """(scope, bucket keys) of a request, or None when it is exempt; `ip`: the client's
+    address when the caller has it already (client_ip)."""
     path = request.path_info.rstrip("/") or "/"
     if path in EXEMPT_PATHS or path.startswith(SIGNED_WEBHOOK_PATH_PREFIX):
         return None
-    prefix = settings.RATE_LIMIT_KEY_PREFIX
+    prefix = limiter_settings().key_prefix
     if request.method == "POST" and path in AUTH_PATHS:
-        keys = [f"{prefix}:auth:ip:{client_ip(request)}"]
+        keys = [f"{prefix}:auth:ip:{ip or client_ip(request)}"]
         email = _email_in_body(request)
         if email:
             keys.append(f"{prefix}:auth:email:{_digest(email)}")
         return "auth", keys
     user_id = client_user_id(request)
-    client = f"user:{user_id}" if user_id is not None else f"ip:{client_ip(request)}"
+    client = f"user:{user_id}" if user_id is not None else f"ip:{ip or client_ip(request)}"
     if request.method == "POST" and path == ORDERS_PATH and user_id is not None:
         return "orders", [f"{prefix}:orders:{client}"]
     return "default", [f"{prefix}:default:{client}"]
@@ -300,6 +330,13 @@ def request_buckets(request: HttpRequest) -> tuple[str, list[str]] | None:
 def check(scope: str, keys: list[str]) -> Decision | None:
     """The most restrictive decision over `keys`; None when Redis failed open."""
     limits = policy(scope)
+    if len(keys) == 1 and scope != "auth":  # the usual case, without the lists below
+        try:
+            return hit(keys[0], limits)
+        except RedisError:
+            metrics.ratelimit_backend_errors.labels(scope=scope).inc()
+            logger.warning("ratelimit_failed_open", scope=scope, exc_info=True)
+            return None
     decisions = []
     for key in keys:
         try:
@@ -317,20 +354,22 @@ def check(scope: str, keys: list[str]) -> Decision | None:
     return min(decisions, key=lambda d: d.remaining)
 
 
-def _headers(decision: Decision) -> dict[str, str]:
+def header_items(decision: Decision) -> dict[str, tuple[str, str]]:
+    """The RateLimit-* headers as ResponseHeaders stores them (lowercased name ->
+    (name, value)); digits only, so they need no encoding check."""
     return {
-        "RateLimit-Limit": str(decision.limit),
-        "RateLimit-Remaining": str(decision.remaining),
-        "RateLimit-Reset": str(math.ceil(decision.reset)),
+        "ratelimit-limit": ("RateLimit-Limit", str(decision.limit)),
+        "ratelimit-remaining": ("RateLimit-Remaining", str(decision.remaining)),
+        "ratelimit-reset": ("RateLimit-Reset", str(math.ceil(decision.reset))),
     }
 
 
-def request_decision(request: HttpRequest) -> Decision | None:
+def request_decision(request: HttpRequest, *, ip: str | None = None) -> Decision | None:
     """The limiter's decision on a request; None when it is not limited (disabled,
     exempt, or Redis failed open). Counts a refusal."""
-    if not settings.RATE_LIMIT_ENABLED:
+    if not limiter_settings().enabled:
         return None
-    buckets = request_buckets(request)
+    buckets = request_buckets(request, ip=ip)
     if buckets is None:
         return None
     scope, keys = buckets
@@ -341,7 +380,7 @@ def request_decision(request: HttpRequest) -> Decision | None:
 
 
 def add_headers(response: HttpResponseBase, decision: Decision) -> None:
-    for header, value in _headers(decision).items():
+    for header, value in header_items(decision).values():
         response[header] = value
 
 

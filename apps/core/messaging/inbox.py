@@ -159,7 +159,7 @@ def _inbox_claim(alias: str, *, consumer: str, event_id: UUID) -> bool:
     db = connections[alias]
     meta = InboxMessage._meta
     values = [
-        cast(Field[Any, Any], meta.get_field(name)).get_db_prep_save(value, db)
+        cast("Field[Any, Any]", meta.get_field(name)).get_db_prep_save(value, db)
         for name, value in (
             ("consumer", consumer),
             ("event_id", event_id),

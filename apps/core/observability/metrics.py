@@ -24,6 +24,7 @@ from typing import Any
 
 import structlog
 from django.conf import settings
+from django.core.signals import setting_changed
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from prometheus_client import (
@@ -141,6 +142,34 @@ _KNOWN_METHODS = frozenset(
 )
 
 
+_charsets: dict[str, str] = {}
+
+
+def _charset(response: Any) -> str | None:
+    """response.charset (django-prometheus's label), which parses the Content-Type and
+    reads DEFAULT_CHARSET each time: remembered per Content-Type."""
+    if not isinstance(response, HttpResponseBase):
+        return getattr(response, "charset", None)
+    if response._charset is not None:  # type: ignore[attr-defined]  # given explicitly
+        return str(response._charset)  # type: ignore[attr-defined]
+    stored = response.headers._store.get("content-type")  # (name, value), as stored
+    content_type = stored[1] if stored is not None else ""
+    charset = _charsets.get(content_type)
+    if charset is None:
+        if len(_charsets) > 256:
+            _charsets.clear()
+        charset = _charsets[content_type] = response.charset
+    return charset
+
+
+def _forget_charsets(setting: str, **kwargs: object) -> None:
+    if setting == "DEFAULT_CHARSET":
+        _charsets.clear()
+
+
+setting_changed.connect(_forget_charsets)
+
+
 class RequestMetrics:
     """django-prometheus's request metrics (the same families, names and labels as its
     middleware), counted in process memory and added to the families every
@@ -177,12 +206,15 @@ class RequestMetrics:
         *,
         total: float,
         view_seconds: float,
+        secure: bool | None = None,
     ) -> None:
         """One request answered: `total` seconds since it arrived, `view_seconds` since
-        the middleware handed it on."""
+        the middleware handed it on; `secure`: request.is_secure(), when known."""
         families = self.families()
         method = request.method if request.method in _KNOWN_METHODS else "<invalid method>"
-        transport = "https" if request.is_secure() else "http"
+        if secure is None:
+            secure = request.is_secure()
+        transport = "https" if secure else "http"
         match = getattr(request, "resolver_match", None)
         view = (match.view_name or "<unnamed view>") if match is not None else None
         streaming = response.streaming
@@ -191,7 +223,7 @@ class RequestMetrics:
             transport,
             view,
             str(response.status_code),
-            getattr(response, "charset", None),
+            _charset(response),
             streaming,
             request.META.get("HTTP_X_REQUESTED_WITH") == "XMLHttpRequest",
         )
