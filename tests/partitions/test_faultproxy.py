@@ -49,7 +49,14 @@ class Proxy:
              "--control", str(self.control_path)],
             cwd=ROOT,
         )  # fmt: skip
-        wait_until(self.control_path.exists, timeout=10, what="the proxy's control socket")
+        # The socket's file appears at bind(), before listen(): wait for an answer.
+        wait_until(self._answers, timeout=10, what="the proxy's control socket")
+
+    def _answers(self) -> bool:
+        try:
+            return "faults" in self.send({"get": True})
+        except (FileNotFoundError, ConnectionRefusedError):
+            return False
 
     def send(self, request: dict) -> dict:
         with socket.socket(socket.AF_UNIX) as sock:
