@@ -451,6 +451,14 @@ RATE = 3.0  # orders per second
 BEFORE_SECONDS = 4.0
 AFTER_SECONDS = 4.0
 TAKEOVER_GRACE_SECONDS = 30.0
+# A fault that caught nothing it is meant to test (worker-1 held no saga when cut off) is
+# healed and injected again, at most this many times in all.
+FAULT_ATTEMPTS = 3
+REINJECT_AFTER_SECONDS = 3.0
+
+
+class FaultMissed(Exception):
+    """The fault caught nothing the scenario watches for; heal and inject it again."""
 
 
 def wait_fault(cluster, outcome: Outcome, seconds: float) -> None:
@@ -481,6 +489,10 @@ def watch_takeover(cluster, outcome: Outcome, seconds: float) -> None:
         return {row[0] for row in rows}
 
     abandoned = set(leased) - moved_between(fault_at, lease_end)
+    if not abandoned:
+        # Every saga leased at the fault moved on, so they were all worker-2's: worker-1
+        # held none, and there is nothing for worker-2 to take over.
+        raise FaultMissed("worker-1 held no saga when it was cut off")
     time.sleep(max(0.0, seconds - (time.monotonic() - started)))
     # On a starved machine worker-2 can need longer: the partition holds until it has taken
     # every abandoned saga over, or TAKEOVER_GRACE_SECONDS more have passed.
@@ -633,20 +645,33 @@ def run_scenario(cluster, scenario: Scenario, *, fault_seconds: float | None = N
     outcome = Outcome(scenario.name, scenario.fault, fault_seconds)
     data = seed(cluster, f"{scenario.name.upper()}-")
     provider_chaos(cluster, latency_ms=scenario.provider_latency_ms)
-    bound = BEFORE_SECONDS + fault_seconds + AFTER_SECONDS + 60
+    missed_seconds = (FAULT_ATTEMPTS - 1) * (fault_seconds + REINJECT_AFTER_SECONDS)
+    bound = BEFORE_SECONDS + fault_seconds + missed_seconds + AFTER_SECONDS + 60
     load = ClientLoad(cluster, data, rate=rate, max_seconds=bound)
-    try:
-        time.sleep(BEFORE_SECONDS)
+    time.sleep(BEFORE_SECONDS)
+    for attempt in range(1, FAULT_ATTEMPTS + 1):
+        outcome.facts["fault attempts"] = attempt
         outcome.facts["sagas in flight at the fault"] = query(
             cluster, "SELECT count(*) FROM core_sagainstance WHERE state = 'running'"
         )[0][0]
         fault_at = time.monotonic()
-        scenario.inject(cluster)
-        scenario.watch(cluster, outcome, fault_seconds)
-    finally:
-        healed_at = time.monotonic()
-        cluster.heal()
-        cluster.proxy_faults()
+        try:
+            scenario.inject(cluster)
+            scenario.watch(cluster, outcome, fault_seconds)
+            missed = None
+        except FaultMissed as error:
+            missed = error
+        finally:
+            healed_at = time.monotonic()
+            cluster.heal()
+            cluster.proxy_faults()
+        if missed is None:
+            break
+        if attempt == FAULT_ATTEMPTS:
+            outcome.problems.append(f"{missed}, {FAULT_ATTEMPTS} times")
+        else:
+            say(f"{scenario.name}: {missed}; healed, injecting again")
+            time.sleep(REINJECT_AFTER_SECONDS)
     outcome.fault_seconds = round(healed_at - fault_at, 1)
     time.sleep(AFTER_SECONDS)
     load.stop()
