@@ -4,7 +4,10 @@ from decimal import Decimal
 
 import pytest
 
-from apps.catalog.selectors import ProductSnapshot, product_snapshots
+from rest_framework import serializers
+
+from apps.catalog.api.serializers import ProductDetailSerializer, ProductSerializer
+from apps.catalog.selectors import ProductSnapshot, product_list, product_snapshots
 from apps.catalog.services import reservation_commit, stock_reserve
 from tests.catalog.factories import CategoryFactory, ProductFactory
 from tests.users.test_auth_api import assert_problem
@@ -116,6 +119,26 @@ def test_list_pages_of_20_and_100_run_the_same_small_number_of_queries(
     assert counts[100] <= counts[20] <= 2
     with django_assert_max_num_queries(counts[100]):
         api_client.get(PRODUCTS, {**params, "page_size": 20})
+
+
+@pytest.mark.parametrize("serializer_class", [ProductSerializer, ProductDetailSerializer])
+def test_products_render_exactly_as_their_declared_fields_would(serializer_class):
+    ProductFactory(
+        price=Decimal("1234567.05"),
+        image_urls=["https://img.example/a.png", "https://img.example/b.png"],
+        attributes={"colour": "red", "sizes": [38, 40], "extra": None, "nested": {"a": 1}},
+        stock__on_hand=5,
+        stock__reserved=5,
+    )
+    ProductFactory(category=None, price=Decimal("0.10"), description="", stock=None)
+    ProductFactory(name="Ünïcode \u2603", stock__on_hand=7, stock__reserved=2)
+    products = list(product_list())
+    assert len(products) == 3
+    for product in products:
+        direct = serializer_class(product).data
+        # DRF's own walk over the declared fields, which the schema documents.
+        by_fields = serializers.Serializer.to_representation(serializer_class(product), product)
+        assert list(direct.items()) == list(by_fields.items())
 
 
 def test_detail_by_id_and_by_slug(api_client):

@@ -16,6 +16,14 @@ from tests.support.sandbox import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 ROUND_TRIPS = 20
+# A busy machine can hold any one exchange back by a scheduling delay: speed is judged on
+# the median (a proxy that stalls segments, as Nagle's algorithm would, shows there: ~40 ms
+# each), and the slowest exchange only against the bound a fault would break.
+FAST_MEDIAN_SECONDS = 0.03
+
+
+def median(seconds: list[float]) -> float:
+    return sorted(seconds)[len(seconds) // 2]
 
 
 class EchoServer:
@@ -99,7 +107,8 @@ def round_trips(port: int, count: int, size: int = 100) -> tuple[list[float], by
 def test_without_faults_the_bytes_pass_unchanged_and_fast(proxy):
     seconds, sent, received = round_trips(proxy.port, ROUND_TRIPS)
     assert received == sent
-    assert max(seconds) < 0.1
+    assert median(seconds) < FAST_MEDIAN_SECONDS
+    assert max(seconds) < 0.5
     assert proxy.send({"get": True})["counters"]["connections"] == 1
 
 
@@ -110,9 +119,10 @@ def test_latency_with_jitter_delays_each_way_within_its_bounds(proxy):
     assert received == sent
     # The first exchange waited for the handshake too (SYN and SYN-ACK cross the path).
     assert handshake >= 0.6
-    # Two ways of 150-250 ms each.
+    # Two ways of 150-250 ms each; one exchange may also wait for the CPU.
     assert min(seconds) >= 0.3
-    assert max(seconds) < 0.5 + 0.2  # scheduling slack on a loaded machine
+    assert sorted(seconds)[-2] < 0.5 + 0.05
+    assert max(seconds) < 1.0
     assert max(seconds) - min(seconds) > 0.01  # jitter varies the delay
 
 
@@ -129,7 +139,9 @@ def test_healing_removes_the_delay(proxy):
     proxy.send({"set": {"latency_ms": 300}})
     assert min(round_trips(proxy.port, 2)[0]) >= 0.6
     assert proxy.send({"set": {}})["faults"] == {"latency_ms": 0, "jitter_ms": 0, "loss": 0}
-    assert max(round_trips(proxy.port, ROUND_TRIPS)[0]) < 0.1
+    seconds = round_trips(proxy.port, ROUND_TRIPS)[0]
+    assert median(seconds) < FAST_MEDIAN_SECONDS
+    assert max(seconds) < 0.6  # no exchange delayed as the fault delayed each one
 
 
 @pytest.mark.parametrize(
