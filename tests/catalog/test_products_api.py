@@ -3,7 +3,6 @@
 from decimal import Decimal
 
 import pytest
-
 from rest_framework import serializers
 
 from apps.catalog.api.serializers import ProductDetailSerializer, ProductSerializer
