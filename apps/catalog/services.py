@@ -170,7 +170,7 @@ def _reserve_in_one_statement(
     """(the reference's existing lines, the lines made now), in one statement; raises
     ProductUnavailable or OutOfStock, with nothing written, when it made none."""
     now = timezone.now()
-    params = {
+    params: dict[str, Any] = {
         "products": list(wanted),
         "quantities": list(wanted.values()),
         "count": len(wanted),

@@ -59,6 +59,7 @@ class InsertStatement:
         """Add an update of the rows `rows` selects, as `rows.update(**values)` writes it;
         only for a statement executed without `unless_taken`."""
         query = rows.query.chain(UpdateQuery)
+        assert isinstance(query, UpdateQuery)
         query.add_update_values(values)
         sql, params = query.get_compiler(using=self.using).as_sql()
         self._updates.append((f"{sql} RETURNING 1", list(params)))
