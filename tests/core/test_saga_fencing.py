@@ -7,13 +7,11 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from django.core.cache import caches
 from django.db import connection, transaction
 from django.utils import timezone
 
 from apps.core.models import OutboxMessage, SagaInstance
 from apps.core.workflows.sagas import (
-    DRAIN_KICK_PENDING_KEY,
     SagaDefinition,
     Step,
     register_saga,
@@ -192,10 +190,9 @@ def test_a_drain_claims_in_batches_and_leaves_what_is_not_due(django_assert_max_
     SagaInstance.objects.filter(pk=later.pk).update(
         wake_at=timezone.now() + timezone.timedelta(seconds=60)
     )
-    # 3 claims (3 + 3 + 1) and two that find nothing (before and after the drain gives up
-    # its kick mark); per saga the first step's own insert, then one statement per step
-    # (the fenced update of the row with its transition's insert).
-    with django_assert_max_num_queries(5 + 7 + 7 * 2):
+    # 3 claims (3 + 3 + 1); per saga the first step's own insert, then one statement per
+    # step (the fenced update of the row with its transition's insert).
+    with django_assert_max_num_queries(3 + 7 + 7 * 2):
         assert sagas_drain(batch_size=3, time_budget=30) == 7
     assert set(SagaInstance.objects.filter(pk__in=[s.pk for s in due]).values_list(
         "state", flat=True)) == {"succeeded"}  # fmt: skip
@@ -208,26 +205,3 @@ def test_a_drain_past_its_budget_gives_back_what_it_did_not_start():
     assert sagas_drain(batch_size=5, time_budget=0) == 0
     rows = SagaInstance.objects.filter(pk__in=[s.pk for s in sagas])
     assert {(r.current_step, r.lease_until, r.lease_token) for r in rows} == {(0, None, None)}
-
-
-def test_a_drain_holds_the_kick_mark_and_runs_what_commits_meanwhile_until_none_is_due():
-    # Commits while a drain runs send no message (the mark is set): that drain must claim
-    # their sagas before it ends, and give the mark up so that later commits kick.
-    cache = caches["default"]
-    cache.add(DRAIN_KICK_PENDING_KEY, 1, timeout=30)  # the kick that started this drain
-    marks = []
-
-    def step(ctx):
-        marks.append(cache.get(DRAIN_KICK_PENDING_KEY))
-        if ctx["n"] < 3:
-            start("test_drain_mark", n=ctx["n"] + 1)
-
-    register_saga(
-        SagaDefinition("test_drain_mark", (Step("step", step),), failure_reason=lambda exc: None)
-    )
-    start("test_drain_mark", n=0)
-
-    assert sagas_drain(batch_size=5, time_budget=30) == 4
-    assert marks == [1, 1, 1, 1]
-    assert cache.get(DRAIN_KICK_PENDING_KEY) is None
-    assert set(SagaInstance.objects.values_list("state", flat=True)) == {"succeeded"}

@@ -14,10 +14,9 @@ and a transition log. Public API:
     saga_retry_now(saga_id)      # staff: wake a waiting saga at once
 
 Execution: `saga_start` writes the row in the caller's transaction and, after commit,
-kicks a `drain_sagas` task unless a kick is queued or a drain is running already (kicks
-coalesce: N orders do not cost N messages). A drain claims due sagas in batches (`FOR
-UPDATE SKIP LOCKED`, one statement) and runs them one after another until none is due;
-a full batch kicks another worker to join.
+kicks a `drain_sagas` task unless a kick is queued already (kicks coalesce: N orders do
+not cost N messages). A drain claims due sagas in batches (`FOR UPDATE SKIP LOCKED`, one
+statement) and runs them one after another; a full batch kicks another worker to join.
 
 Fencing: a claim gives the claimed rows a lease (`lease_until`) and a fresh token, and
 every write of the row is `UPDATE ... WHERE id = ? AND lease_token = ?`. A worker whose
@@ -71,12 +70,9 @@ logger = structlog.get_logger(__name__)
 SAGAS_QUEUE = "sagas"
 ACTIVE_STATES = (SagaInstance.State.RUNNING, SagaInstance.State.COMPENSATING)
 ERROR_MAX_CHARS = 2000
-# Set while a drain kick is queued or its drain runs; the drain clears it before its last
-# claim. Expires on its own, in case the queued kick is lost with the broker.
+# Set while a drain kick is queued and has not started; the drain clears it before it
+# claims. Expires on its own, in case the queued kick is lost with the broker.
 DRAIN_KICK_PENDING_KEY = "sagas:drain-kick-pending"
-# Set while a drain sent for a worker to join in (a full batch) is queued; every drain
-# clears it when it starts.
-DRAIN_JOIN_PENDING_KEY = "sagas:drain-join-pending"
 
 
 class LeaseLost(RuntimeError):
@@ -168,9 +164,9 @@ def saga_instance(
 
 
 def kick_sagas() -> None:
-    """Ask a worker to drain due sagas now, unless a kick is queued already or a drain runs
-    that has not made its last claim yet (that claim comes after this commit, so it sees
-    this saga). Best effort: the sweep is the guarantee."""
+    """Ask a worker to drain due sagas now, unless a kick is queued already and has not
+    started (it claims after this commit, so it sees this saga). Best effort: the sweep
+    is the guarantee."""
     send_unless_pending(
         DRAIN_KICK_PENDING_KEY,
         timeout=settings.SAGA_SWEEP_SECONDS,
@@ -248,43 +244,29 @@ def saga_advance(saga_id: str | uuid.UUID) -> str | None:
 
 def sagas_drain(*, batch_size: int | None = None, time_budget: float | None = None) -> int:
     """Run due sagas, a claimed batch at a time, until none is due or the time budget is
-    spent (then the rest is released and another drain sent). Returns how many ran.
-
-    The kick mark stays set while it runs: commits meanwhile send no drain of their own,
-    this one claims their sagas. It gives the mark up before its last claim, which finds
-    nothing: a commit after that claim sends a drain. A full batch sends one more drain
-    at once, for an idle worker to join in."""
+    spent (then the rest is released and a kick sent). Returns how many ran."""
+    # Before claiming: a commit from now on sends a new kick, one before it is seen here.
+    clear_pending(DRAIN_KICK_PENDING_KEY, log_as="saga_kick")
     batch_size = batch_size or settings.SAGA_CLAIM_BATCH_SIZE
     if time_budget is None:
         time_budget = settings.SAGA_DRAIN_BUDGET_SECONDS
     deadline = time.monotonic() + time_budget
-    clear_pending(DRAIN_JOIN_PENDING_KEY, log_as="saga_join")
     ran = 0
-    mark_given_up = False
     while True:
         batch = _claim(limit=batch_size)
-        if not batch:
-            if mark_given_up:
-                return ran
-            clear_pending(DRAIN_KICK_PENDING_KEY, log_as="saga_kick")
-            mark_given_up = True
-            continue
-        if len(batch) == batch_size:  # more may be due
-            send_unless_pending(
-                DRAIN_JOIN_PENDING_KEY,
-                timeout=settings.SAGA_SWEEP_SECONDS,
-                send=_send_drain,
-                log_as="saga_join",
-            )
+        if len(batch) == batch_size:
+            kick_sagas()  # more may be due: an idle worker joins in
         for index, saga in enumerate(batch):
             if time.monotonic() >= deadline:
                 _release(batch[index:])
-                _send_drain()
+                kick_sagas()
                 return ran
             _advance(saga)
             ran += 1
+        if len(batch) < batch_size:
+            return ran
         if time.monotonic() >= deadline:
-            _send_drain()
+            kick_sagas()
             return ran
 
 
