@@ -137,7 +137,7 @@ sellable AS (
 ),
 stock AS (
     SELECT product_id, on_hand - reserved AS free FROM catalog_stock
-    WHERE product_id IN (SELECT product_id FROM sellable) AND NOT EXISTS (SELECT FROM held)
+    WHERE product_id IN (SELECT id FROM sellable) AND NOT EXISTS (SELECT FROM held)
     ORDER BY product_id FOR UPDATE
 ),
 go AS (
@@ -159,8 +159,8 @@ made AS (
 )
 SELECT 'held', product_id, quantity, status, expires_at FROM held
 UNION ALL SELECT 'made', product_id, quantity, status, expires_at FROM made
-UNION ALL SELECT 'sellable', id, NULL, NULL, NULL FROM sellable
-UNION ALL SELECT 'free', product_id, free, NULL, NULL FROM stock
+UNION ALL SELECT 'sellable', id, NULL, NULL, NULL FROM sellable WHERE NOT (SELECT go FROM go)
+UNION ALL SELECT 'free', product_id, free, NULL, NULL FROM stock WHERE NOT (SELECT go FROM go)
 """
 
 
