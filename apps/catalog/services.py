@@ -20,7 +20,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connections, router, transaction
 from django.db.models import F
 from django.utils import timezone
 from django.utils.text import slugify
@@ -48,6 +48,7 @@ from apps.catalog.errors import (
     StockBelowReserved,
 )
 from apps.catalog.models import Category, Product, Reservation, Stock, StockAdjustment
+from apps.core.data.atomic_inserts import one_statement_inserts
 from apps.core.errors import InvalidState, ValidationFailed
 from apps.core.messaging.outbox import publish
 
@@ -88,51 +89,220 @@ def stock_reserve(
 
     Idempotent per reference: a repeat with the same items returns the existing lines
     (whatever their status) and changes nothing; other items raise ReservationMismatch.
+    On PostgreSQL it is one statement, which writes nothing when it raises a business
+    error: inside the caller's transaction it needs no savepoint.
     """
     _validate_reference(reference)
     wanted = _normalize_items(items)
     if not isinstance(ttl_seconds, int) or ttl_seconds <= 0:
         raise ValidationFailed({"ttl_seconds": ["Must be a positive number of seconds."]})
+    expires_at = timezone.now() + timedelta(seconds=ttl_seconds)
+    alias = router.db_for_write(Reservation)
+    one_statement = one_statement_inserts(alias)
     try:
-        with transaction.atomic():
-            existing = _locked_reservations(reference)
-            if existing:
-                return _same_reservation(existing, wanted)
-            _check_sellable(wanted)
-            _take_stock(wanted)
-            expires_at = timezone.now() + timedelta(seconds=ttl_seconds)
-            rows = Reservation.objects.bulk_create(
-                Reservation(
-                    reference=reference,
-                    product_id=product_id,
-                    quantity=quantity,
-                    expires_at=expires_at,
-                )
-                for product_id, quantity in wanted.items()
-            )
-            invalidate_products_on_commit(list(wanted))
-    except (IntegrityError, OutOfStock):
+        if one_statement:
+            existing, lines = _reserve_in_one_statement(reference, wanted, expires_at)
+        else:
+            with transaction.atomic():
+                existing = [_line(row) for row in _locked_reservations(reference)]
+                lines = [] if existing else _reserve_row_by_row(reference, wanted, expires_at)
+    except (IntegrityError, OutOfStock) as exc:
+        if isinstance(exc, IntegrityError) and one_statement and connections[alias].in_atomic_block:
+            raise  # the caller's transaction is aborted: its retry finds the other's rows
         # A concurrent call with the same reference may have committed first: then the
         # unique constraint stopped us, or its units made ours look short.
         with transaction.atomic():
-            existing = _locked_reservations(reference)
+            existing = [_line(row) for row in _locked_reservations(reference)]
         if not existing:
             raise
+    if existing:
         return _same_reservation(existing, wanted)
+    invalidate_products_on_commit(list(wanted))
+    return lines
+
+
+# Locks the reference's rows, then (when it has none) the stock rows in product order, as
+# every stock command does; takes the units and inserts the lines only when every
+# product is sellable and has them, else changes nothing. Its rows tell which case it was.
+_RESERVE_SQL = """
+WITH wanted (product_id, quantity) AS (
+    SELECT * FROM unnest(%(products)s::bigint[], %(quantities)s::integer[])
+),
+held AS (
+    SELECT product_id, quantity, status, expires_at FROM catalog_reservation
+    WHERE reference = %(reference)s ORDER BY product_id FOR UPDATE
+),
+sellable AS (
+    SELECT id FROM catalog_product WHERE id IN (SELECT product_id FROM wanted) AND is_active
+),
+stock AS (
+    SELECT product_id, on_hand - reserved AS free FROM catalog_stock
+    WHERE product_id IN (SELECT id FROM sellable) AND NOT EXISTS (SELECT FROM held)
+    ORDER BY product_id FOR UPDATE
+),
+go AS (
+    SELECT count(*) = %(count)s AS go FROM stock JOIN wanted USING (product_id)
+    WHERE stock.free >= wanted.quantity
+),
+taken AS (
+    UPDATE catalog_stock SET reserved = catalog_stock.reserved + wanted.quantity
+    FROM wanted WHERE catalog_stock.product_id = wanted.product_id
+    AND catalog_stock.product_id IN (SELECT product_id FROM stock) AND (SELECT go FROM go)
+    RETURNING catalog_stock.product_id
+),
+made AS (
+    INSERT INTO catalog_reservation
+        (reference, product_id, quantity, status, expires_at, created_at, updated_at)
+    SELECT %(reference)s, product_id, quantity, %(active)s, %(expires_at)s, %(now)s, %(now)s
+    FROM wanted WHERE (SELECT go FROM go)
+    RETURNING product_id, quantity, status, expires_at
+)
+SELECT 'held', product_id, quantity, status, expires_at FROM held
+UNION ALL SELECT 'made', product_id, quantity, status, expires_at FROM made
+UNION ALL SELECT 'sellable', id, NULL, NULL, NULL FROM sellable WHERE NOT (SELECT go FROM go)
+UNION ALL SELECT 'free', product_id, free, NULL, NULL FROM stock WHERE NOT (SELECT go FROM go)
+"""
+
+
+def _reserve_in_one_statement(
+    reference: str, wanted: dict[int, int], expires_at: datetime
+) -> tuple[list[ReservationLine], list[ReservationLine]]:
+    """(the reference's existing lines, the lines made now), in one statement; raises
+    ProductUnavailable or OutOfStock, with nothing written, when it made none."""
+    now = timezone.now()
+    params: dict[str, Any] = {
+        "products": list(wanted),
+        "quantities": list(wanted.values()),
+        "count": len(wanted),
+        "reference": reference,
+        "active": Reservation.Status.ACTIVE.value,
+        "expires_at": expires_at,
+        "now": now,
+    }
+    with connections[router.db_for_write(Reservation)].cursor() as cursor:
+        cursor.execute(_RESERVE_SQL, params)
+        rows = cursor.fetchall()
+    lines: dict[str, list[ReservationLine]] = {"held": [], "made": []}
+    sellable: set[int] = set()
+    free: dict[int, int] = {}
+    for kind, product_id, quantity, status, expires in rows:
+        if kind == "sellable":
+            sellable.add(product_id)
+        elif kind == "free":
+            free[product_id] = quantity
+        else:
+            lines[kind].append(ReservationLine(reference, product_id, quantity, status, expires))
+    if lines["held"] or lines["made"]:
+        return sorted(lines["held"], key=_by_product), sorted(lines["made"], key=_by_product)
+    unavailable = [product_id for product_id in wanted if product_id not in sellable]
+    if unavailable:
+        raise ProductUnavailable(unavailable)
+    short = [p for p, quantity in wanted.items() if free.get(p, 0) < quantity]
+    raise OutOfStock(short, {p: max(free.get(p, 0), 0) for p in short})
+
+
+def _by_product(line: ReservationLine) -> int:
+    return line.product_id
+
+
+def _reserve_row_by_row(
+    reference: str, wanted: dict[int, int], expires_at: datetime
+) -> list[ReservationLine]:
+    """What `_reserve_in_one_statement` does, a statement per row (SQLite), inside the
+    caller's transaction."""
+    _check_sellable(wanted)
+    _take_stock(wanted)
+    rows = Reservation.objects.bulk_create(
+        Reservation(
+            reference=reference, product_id=product_id, quantity=quantity, expires_at=expires_at
+        )
+        for product_id, quantity in wanted.items()
+    )
     return [_line(row) for row in rows]
 
 
-@transaction.atomic
 def reservation_commit(*, reference: str) -> None:
-    """Turn the reserved units into sold ones (they leave `on_hand`)."""
-    rows = _locked_reservations(reference)
-    if not rows:
-        raise ReservationNotFound(f"No reservation with reference {reference!r}.")
-    statuses = {row.status for row in rows}
-    if statuses == {Reservation.Status.COMMITTED}:
+    """Turn the reserved units into sold ones (they leave `on_hand`). On PostgreSQL one
+    statement and the StockChanged event's insert, with no savepoint inside the caller's
+    transaction: it raises only when it wrote nothing."""
+    alias = router.db_for_write(Reservation)
+    if not one_statement_inserts(alias):
+        _commit_row_by_row(reference)
         return
+    with transaction.atomic(using=alias, savepoint=False):
+        with connections[alias].cursor() as cursor:
+            cursor.execute(
+                _COMMIT_SQL,
+                {
+                    "reference": reference,
+                    "active": Reservation.Status.ACTIVE.value,
+                    "committed": Reservation.Status.COMMITTED.value,
+                    "now": timezone.now(),
+                },
+            )
+            rows = cursor.fetchall()
+        statuses = {status for status, *_ in rows}
+        if statuses == {Reservation.Status.ACTIVE}:
+            invalidate_products_on_commit([product_id for _, product_id, *_ in rows])
+            _publish_stock_changed_figures(
+                [(product, sku, on_hand, reserved) for _, product, sku, on_hand, reserved in rows],
+                cause="sale",
+                reference=reference,
+            )
+    _commit_allowed(reference, statuses)
+
+
+# Locks the reference's rows and, when all are active, their stock rows in product order;
+# then sells the units. Returns each line's status before, and its stock figures after.
+_COMMIT_SQL = """
+WITH held AS (
+    SELECT id, product_id, quantity, status FROM catalog_reservation
+    WHERE reference = %(reference)s ORDER BY product_id FOR UPDATE
+),
+go AS (
+    SELECT bool_and(status = %(active)s) AS go FROM held
+),
+stock AS (
+    SELECT product_id FROM catalog_stock
+    WHERE product_id IN (SELECT product_id FROM held) AND (SELECT go FROM go)
+    ORDER BY product_id FOR UPDATE
+),
+sold AS (
+    UPDATE catalog_stock SET on_hand = catalog_stock.on_hand - held.quantity,
+        reserved = catalog_stock.reserved - held.quantity
+    FROM held WHERE catalog_stock.product_id = held.product_id
+    AND catalog_stock.product_id IN (SELECT product_id FROM stock)
+    RETURNING catalog_stock.product_id, catalog_stock.on_hand, catalog_stock.reserved
+),
+marked AS (
+    UPDATE catalog_reservation SET status = %(committed)s, updated_at = %(now)s
+    FROM held WHERE catalog_reservation.id = held.id AND (SELECT go FROM go)
+)
+SELECT held.status, held.product_id, catalog_product.sku, sold.on_hand, sold.reserved
+FROM held JOIN catalog_product ON catalog_product.id = held.product_id
+LEFT JOIN sold USING (product_id) ORDER BY held.product_id
+"""
+
+
+def _commit_allowed(reference: str, statuses: set[str]) -> bool:
+    """Whether lines with these statuses are sold now: False when sold already; raises
+    when there are none or one was released."""
+    if not statuses:
+        raise ReservationNotFound(f"No reservation with reference {reference!r}.")
+    if statuses == {Reservation.Status.COMMITTED}:
+        return False
     if Reservation.Status.RELEASED in statuses:
         raise ReservationReleased(f"Reservation {reference!r} was released; it cannot be sold.")
+    if statuses != {Reservation.Status.ACTIVE}:
+        raise InvalidState(f"Reservation {reference!r} is not all active; it cannot be sold.")
+    return True
+
+
+@transaction.atomic
+def _commit_row_by_row(reference: str) -> None:
+    rows = _locked_reservations(reference)
+    if not _commit_allowed(reference, {row.status for row in rows}):
+        return
     for row in rows:
         Stock.objects.filter(product_id=row.product_id).update(
             on_hand=F("on_hand") - row.quantity, reserved=F("reserved") - row.quantity
@@ -232,12 +402,14 @@ def _locked_reservations(reference: str) -> list[Reservation]:
     )
 
 
-def _same_reservation(rows: list[Reservation], wanted: dict[int, int]) -> list[ReservationLine]:
-    if {row.product_id: row.quantity for row in rows} != wanted:
+def _same_reservation(
+    lines: list[ReservationLine], wanted: dict[int, int]
+) -> list[ReservationLine]:
+    if {line.product_id: line.quantity for line in lines} != wanted:
         raise ReservationMismatch(
-            f"Reference {rows[0].reference!r} already holds a reservation of other items."
+            f"Reference {lines[0].reference!r} already holds a reservation of other items."
         )
-    return [_line(row) for row in rows]
+    return lines
 
 
 def _check_sellable(wanted: dict[int, int]) -> None:
@@ -344,6 +516,13 @@ def _publish_stock_changed(product_ids: list[int], *, cause: str, reference: str
         .order_by("product_id")
         .values_list("product_id", "product__sku", "on_hand", "reserved")
     )
+    _publish_stock_changed_figures(list(rows), cause=cause, reference=reference)
+
+
+def _publish_stock_changed_figures(
+    figures: list[tuple[int, str, int, int]], *, cause: str, reference: str
+) -> None:
+    """StockChanged from (product id, sku, on hand, reserved) after the change."""
     publish(
         events.StockChanged(
             cause=cause,
@@ -356,7 +535,7 @@ def _publish_stock_changed(product_ids: list[int], *, cause: str, reference: str
                     "reserved": reserved,
                     "available": on_hand - reserved,
                 }
-                for product_id, sku, on_hand, reserved in rows
+                for product_id, sku, on_hand, reserved in figures
             ],
         ),
         aggregate_type="stock",

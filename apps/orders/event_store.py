@@ -9,18 +9,24 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, connection, router, transaction
 
-from apps.core.data.atomic_inserts import InsertStatement
+from apps.core.data.atomic_inserts import InsertStatement, one_statement_inserts
 from apps.core.errors import NotFound
 from apps.core.messaging.event_registry import published_event_types
-from apps.core.messaging.outbox import kick_relay, outbox_message, publish_event
+from apps.core.messaging.outbox import (
+    consumes_inline,
+    kick_relay,
+    outbox_message,
+    publish_event,
+)
 from apps.core.messaging.provenance import SYSTEM, Provenance
 from apps.orders import metrics
 from apps.orders.domain import Order
 from apps.orders.errors import ConcurrencyConflict
 from apps.orders.events import CONTEXT, upcast
 from apps.orders.models import StoredEvent
+from apps.orders.projections import project, project_to
 
 
 def history(order_id: str, *, as_of_version: int | None = None, as_of: datetime | None = None):
@@ -74,6 +80,40 @@ def append(
     return rows
 
 
+def append_projected(
+    order: Order,
+    *,
+    previous: tuple[int, dict[str, Any]],
+    actor_id: int | None = None,
+    provenance: Provenance = SYSTEM,
+) -> None:
+    """`append`, then `project(order, previous=previous)`: in one statement where the
+    database takes one (`apps.core.data.atomic_inserts`), with no savepoint of its own; a
+    concurrent append aborts the caller's transaction with `ConcurrencyConflict`, as
+    `append`'s does."""
+    alias = router.db_for_write(StoredEvent)
+    if not connection.in_atomic_block:
+        raise RuntimeError("append_projected inside transaction.atomic: see append")
+    if not one_statement_inserts(alias) or any(
+        _is_published(event.event_type) and consumes_inline(event.event_type)
+        for event in order.pending_events
+    ):
+        append(order, actor_id=actor_id, provenance=provenance)
+        project(order, previous=previous)
+        return
+    statement = InsertStatement(using=alias)
+    append_to(statement, order, actor_id=actor_id, provenance=provenance)
+    project_to(statement, order, previous=previous)
+    try:
+        projected = statement.execute(savepoint=False)
+    except IntegrityError as exc:
+        raise ConcurrencyConflict(
+            f"Order {order.id} was changed by someone else; reload and retry."
+        ) from exc
+    if not projected:  # the summary was not at the previous version
+        project(order)
+
+
 def append_to(
     statement: InsertStatement,
     order: Order,
@@ -117,7 +157,6 @@ def _published(
     order: Order, rows: list[StoredEvent], provenance: Provenance
 ) -> list[dict[str, Any]]:
     """`publish_event` arguments for the rows other contexts hear of."""
-    public = published_event_types()
     return [
         {
             "event_type": row.event_type,
@@ -127,10 +166,15 @@ def _published(
             "provenance": provenance,
         }
         for row in rows
-        # The order's own PaymentCaptured is bookkeeping; the payments context publishes
-        # its namesake.
-        if (published := public.get(row.event_type)) is not None and published.context == CONTEXT
+        if _is_published(row.event_type)
     ]
+
+
+def _is_published(event_type: str) -> bool:
+    # The order's own PaymentCaptured is bookkeeping; the payments context publishes its
+    # namesake.
+    published = published_event_types().get(event_type)
+    return published is not None and published.context == CONTEXT
 
 
 def _counted(rows: list[StoredEvent]) -> list[tuple[str, dict]]:

@@ -10,6 +10,7 @@ from operator import itemgetter
 
 from django.db import transaction
 
+from apps.core.data.atomic_inserts import InsertStatement
 from apps.orders.domain import Order
 from apps.orders.events import upcast
 from apps.orders.models import OrderSummary, StoredEvent
@@ -65,6 +66,17 @@ def project(
     if not updated:
         OrderSummary.objects.get_or_create(id=order.id, defaults=fields)
     return None
+
+
+def project_to(statement: InsertStatement, order: Order, *, previous: tuple[int, dict]) -> None:
+    """`project(order, previous=previous)`'s update as part of one statement: the fields
+    that changed, if the summary still shows the `previous` version. If it did not (the
+    statement says so), `project(order)` catches up."""
+    version, before = previous
+    changed = {
+        name: value for name, value in summary_fields(order).items() if before.get(name) != value
+    }
+    statement.update(OrderSummary.objects.filter(pk=order.id, version=version), **changed)
 
 
 @transaction.atomic

@@ -71,8 +71,9 @@ def _run(
                     order_id, command, remembered=remembered and attempt == 1
                 )
                 if order.pending_events:
-                    event_store.append(order, actor_id=actor_id, provenance=provenance)
-                    project(order, previous=before)
+                    event_store.append_projected(
+                        order, previous=before, actor_id=actor_id, provenance=provenance
+                    )
                     recent_orders.remember_on_commit(order)
                 return order
         except ConcurrencyConflict:

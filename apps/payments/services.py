@@ -6,6 +6,7 @@ a row lock. Whoever settles first (the synchronous response, a webhook, the
 reconciliation task) wins; the others find it settled and change nothing.
 """
 
+import json
 import uuid
 from collections import Counter
 from collections.abc import Mapping
@@ -16,10 +17,11 @@ from typing import Any
 
 import structlog
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, router, transaction
 from django.db.models import Sum
 from django.utils import timezone
 
+from apps.core.data.atomic_inserts import one_statement_inserts
 from apps.core.errors import Conflict, InvalidState, NotFound, ValidationFailed
 from apps.core.messaging.outbox import publish
 from apps.payments import events
@@ -84,11 +86,9 @@ def payment_charge_for_order(
         # Open circuit: fail fast (one Redis read), touch neither the provider nor the
         # database. The error is transient; a retry after the cool-down gets the outcome.
         raise PaymentProviderUnavailable("The payment provider is unavailable; retry later.")
-    payment = Payment.objects.filter(order_id=order_id).first()
-    if payment is None:
-        payment = _payment_create(
-            order_id=order_id, user_id=user_id, amount=amount, currency=currency, provider=provider
-        )
+    payment = _payment_of_order(
+        order_id=order_id, user_id=user_id, amount=amount, currency=currency, provider=provider
+    )
     if payment.amount != amount or payment.currency != currency:
         raise Conflict(
             f"Order {order_id} was already charged {payment.amount} {payment.currency}.",
@@ -202,6 +202,60 @@ def _valid_amount(amount: object) -> bool:
     )
 
 
+def _payment_of_order(
+    *, order_id: str, user_id: int, amount: Decimal, currency: str, provider: PaymentProvider
+) -> Payment:
+    """The order's payment, created pending with its log line if it has none yet: one
+    statement on PostgreSQL."""
+    alias = router.db_for_write(Payment)
+    if not one_statement_inserts(alias):
+        payment = Payment.objects.filter(order_id=order_id).first()
+        return payment or _payment_create(
+            order_id=order_id, user_id=user_id, amount=amount, currency=currency, provider=provider
+        )
+    now = timezone.now()
+    params = {
+        "order_id": order_id,
+        "user_id": user_id,
+        "amount": amount,
+        "currency": currency,
+        "pending": Payment.Status.PENDING.value,
+        "provider": provider.name,
+        "key": _new_idempotency_key(),
+        "log": json.dumps({"amount": str(amount), "currency": currency}),
+        "now": now,
+    }
+    found = list(Payment.objects.raw(_CREATE_SQL, params, using=alias))
+    # None: created concurrently, after this statement's snapshot (its insert waited).
+    return found[0] if found else Payment.objects.using(alias).get(order_id=order_id)
+
+
+# The new payment and its log line, unless the order has a payment: then that one (as
+# this statement's snapshot sees it).
+_CREATE_SQL = """
+WITH created AS (
+    INSERT INTO payments_payment (order_id, user_id, amount, currency, amount_refunded, status,
+        provider, provider_charge_id, idempotency_key, failure_code, failure_message,
+        created_at, updated_at)
+    VALUES (%(order_id)s, %(user_id)s, %(amount)s, %(currency)s, 0, %(pending)s,
+        %(provider)s, '', %(key)s, '', '', %(now)s, %(now)s)
+    ON CONFLICT (order_id) DO NOTHING
+    RETURNING *
+),
+logged AS (
+    INSERT INTO payments_paymentevent (payment_id, kind, source, data, created_at)
+    SELECT id, 'payment.created', 'api', %(log)s::jsonb, %(now)s FROM created
+)
+SELECT * FROM created
+UNION ALL SELECT * FROM payments_payment WHERE order_id = %(order_id)s
+"""
+
+
+def _new_idempotency_key() -> str:
+    # Our own key, not the order id: unique even if order ids are ever reused.
+    return f"pay_{uuid.uuid4().hex}"
+
+
 def _payment_create(
     *, order_id: str, user_id: int, amount: Decimal, currency: str, provider: PaymentProvider
 ) -> Payment:
@@ -213,8 +267,7 @@ def _payment_create(
                 amount=amount,
                 currency=currency,
                 provider=provider.name,
-                # Our own key, not the order id: unique even if order ids are ever reused.
-                idempotency_key=f"pay_{uuid.uuid4().hex}",
+                idempotency_key=_new_idempotency_key(),
             )
             _log(payment, "payment.created", "api", {"amount": str(amount), "currency": currency})
             return payment
@@ -233,44 +286,80 @@ def _settle_charge(
 ) -> tuple[Payment, str]:
     """Apply a charge outcome to a pending payment, once. Returns (payment, what happened):
     'settled', 'already-settled' or 'duplicate' (this provider event was seen before)."""
+    outcome = _charge_outcome(charge, failure)
+    log = f"payment.{outcome['status']}"
+    log_data = {k: outcome[k] for k in ("provider_charge_id", "failure_code")}
+    alias = router.db_for_write(Payment)
     with transaction.atomic():
-        payment = Payment.objects.select_for_update().get(pk=payment_id)
-        if provider_event_id is not None and not _record_provider_event(
-            payment, provider_event_id, charge
-        ):
-            return payment, "duplicate"
-        if payment.status != Payment.Status.PENDING:
-            return payment, "already-settled"
-        if charge is not None and charge.succeeded:
-            payment.status = Payment.Status.SUCCEEDED
-            payment.provider_charge_id = charge.id
+        if provider_event_id is None and one_statement_inserts(alias):
+            now = timezone.now()
+            params = {
+                **outcome,
+                "id": payment_id,
+                "pending": Payment.Status.PENDING.value,
+                "kind": log,
+                "source": source,
+                "log": json.dumps(log_data),
+                "now": now,
+            }
+            settled = list(Payment.objects.raw(_SETTLE_SQL, params, using=alias))
+            if not settled:
+                return Payment.objects.using(alias).get(pk=payment_id), "already-settled"
+            payment = settled[0]
         else:
-            payment.status = Payment.Status.FAILED
-            if charge is not None:
-                payment.provider_charge_id = charge.id
-                failure = (charge.decline_code, charge.decline_message)
-            payment.failure_code, payment.failure_message = failure or ("unknown", "")
-            payment.failure_message = payment.failure_message[:255]
-        payment.save(
-            update_fields=[
-                "status",
-                "provider_charge_id",
-                "failure_code",
-                "failure_message",
-                "updated_at",
-            ]
-        )
-        _log(
-            payment,
-            f"payment.{payment.status}",
-            source,
-            {
-                "provider_charge_id": payment.provider_charge_id,
-                "failure_code": payment.failure_code,
-            },
-        )
+            payment = Payment.objects.select_for_update().get(pk=payment_id)
+            if provider_event_id is not None and not _record_provider_event(
+                payment, provider_event_id, charge
+            ):
+                return payment, "duplicate"
+            if payment.status != Payment.Status.PENDING:
+                return payment, "already-settled"
+            for name, value in outcome.items():
+                setattr(payment, name, value)
+            payment.save(update_fields=[*outcome, "updated_at"])
+            _log(payment, log, source, log_data)
         _publish_charge_outcome(payment)
         return payment, "settled"
+
+
+# The pending payment settled and its log line, in one statement; no row when it was not
+# pending (settled by whoever came first: the update waits for their lock).
+_SETTLE_SQL = """
+WITH settled AS (
+    UPDATE payments_payment SET status = %(status)s, provider_charge_id = %(provider_charge_id)s,
+        failure_code = %(failure_code)s, failure_message = %(failure_message)s,
+        updated_at = %(now)s
+    WHERE id = %(id)s AND status = %(pending)s
+    RETURNING *
+),
+logged AS (
+    INSERT INTO payments_paymentevent (payment_id, kind, source, data, created_at)
+    SELECT id, %(kind)s, %(source)s, %(log)s::jsonb, %(now)s FROM settled
+)
+SELECT * FROM settled
+"""
+
+
+def _charge_outcome(
+    charge: ProviderCharge | None, failure: tuple[str, str] | None
+) -> dict[str, str]:
+    """The fields a pending payment takes from the provider's answer (or the failure)."""
+    if charge is not None and charge.succeeded:
+        return {
+            "status": Payment.Status.SUCCEEDED.value,
+            "provider_charge_id": charge.id,
+            "failure_code": "",
+            "failure_message": "",
+        }
+    if charge is not None:
+        failure = (charge.decline_code, charge.decline_message)
+    code, message = failure or ("unknown", "")
+    return {
+        "status": Payment.Status.FAILED.value,
+        "provider_charge_id": charge.id if charge is not None else "",
+        "failure_code": code,
+        "failure_message": message[:255],
+    }
 
 
 def _publish_charge_outcome(payment: Payment) -> None:

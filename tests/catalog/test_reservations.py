@@ -179,3 +179,25 @@ def test_database_refuses_reserved_above_on_hand():
     a = ProductFactory(stock__on_hand=2)
     with pytest.raises(IntegrityError), transaction.atomic():
         Stock.objects.filter(product=a).update(reserved=3)
+
+
+def test_refused_reservations_and_sales_leave_the_callers_transaction_usable_and_unchanged():
+    # A saga step reserves and sells inside its own transaction, with no savepoint around
+    # these calls: an error must mean nothing was written.
+    a, b = ProductFactory(stock__on_hand=5), ProductFactory(stock__on_hand=1)
+    with transaction.atomic():
+        with pytest.raises(OutOfStock) as raised:
+            stock_reserve(reference="order-1", items=[(a.pk, 2), (b.pk, 2)])
+        assert (raised.value.product_ids, raised.value.available) == ([b.pk], {b.pk: 1})
+        stock_reserve(reference="order-2", items=[(a.pk, 1)])
+        reservation_release(reference="order-2")
+        with pytest.raises(ReservationReleased):
+            reservation_commit(reference="order-2")
+        stock_reserve(reference="order-3", items=[(b.pk, 1)])
+        reservation_commit(reference="order-3")
+    assert stock_of(a) == (5, 0)
+    assert stock_of(b) == (0, 0)
+    assert list(Reservation.objects.values_list("reference", "status")) == [
+        ("order-2", "released"),
+        ("order-3", "committed"),
+    ]

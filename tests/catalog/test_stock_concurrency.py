@@ -5,7 +5,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from django.db import DatabaseError, connections
+from django.db import DatabaseError, connection, connections, transaction
 
 from apps.catalog.errors import OutOfStock
 from apps.catalog.models import Reservation, Stock
@@ -88,3 +88,33 @@ def test_concurrent_repeats_of_one_reference_reserve_once():
     assert outcomes == {"ok": 8}
     assert Stock.objects.get(product=product).reserved == 6
     assert Reservation.objects.filter(reference="order-7").count() == 1
+
+
+def test_reserving_and_selling_lock_the_stock_of_their_own_products_only():
+    # A reservation open in one transaction must not hold up another product's buyers.
+    held, other = ProductFactory(stock__on_hand=5), ProductFactory(stock__on_hand=5)
+    inside, release = threading.Event(), threading.Event()
+
+    def hold_a_reservation_open() -> None:
+        try:
+            with transaction.atomic():
+                stock_reserve(reference="order-held", items=[(held.pk, 1)])
+                inside.set()
+                assert release.wait(TIMEOUT_SECONDS)
+        finally:
+            connections.close_all()
+
+    holder = threading.Thread(target=hold_a_reservation_open)
+    holder.start()
+    try:
+        assert inside.wait(TIMEOUT_SECONDS)
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL lock_timeout = '2s'")
+            stock_reserve(reference="order-other", items=[(other.pk, 1)])
+            reservation_commit(reference="order-other")
+    finally:
+        release.set()
+        holder.join(TIMEOUT_SECONDS)
+    assert Stock.objects.get(product=other).on_hand == 4
+    assert Stock.objects.get(product=held).reserved == 1

@@ -68,3 +68,29 @@ def test_a_value_too_long_for_its_column_is_refused_not_cut():
     with pytest.raises(DataError):
         statement_of(message(aggregate_id="x" * 101), calls=[]).execute(unless_taken=guard("k"))
     assert not IdempotencyRecord.objects.exists()
+
+
+def test_without_a_guard_the_rows_and_the_updates_go_together_and_it_says_if_each_matched():
+    kept = OutboxMessage.objects.create(event_type="Probe", payload={}, attempts=1)
+    calls = []
+    statement = statement_of(message(aggregate_id="new"), calls=calls)
+    statement.update(OutboxMessage.objects.filter(pk=kept.pk, attempts=1), attempts=2)
+    assert statement.execute() is True
+    assert calls == ["committed"]
+    assert OutboxMessage.objects.get(pk=kept.pk).attempts == 2
+    assert OutboxMessage.objects.filter(aggregate_id="new").exists()
+
+    statement = statement_of(message(aggregate_id="newer"), calls=calls)
+    statement.update(OutboxMessage.objects.filter(pk=kept.pk, attempts=1), attempts=3)
+    assert statement.execute() is False  # the row was no longer at attempts=1
+    assert OutboxMessage.objects.get(pk=kept.pk).attempts == 2
+    assert OutboxMessage.objects.filter(aggregate_id="newer").exists()
+
+
+def test_without_a_guard_a_failing_insert_undoes_the_updates():
+    kept = OutboxMessage.objects.create(event_type="Probe", payload={}, attempts=1)
+    statement = statement_of(message(id=kept.pk), calls=[])
+    statement.update(OutboxMessage.objects.filter(pk=kept.pk), attempts=5)
+    with pytest.raises(IntegrityError):
+        statement.execute()
+    assert OutboxMessage.objects.get(pk=kept.pk).attempts == 1

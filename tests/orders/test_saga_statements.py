@@ -18,7 +18,7 @@ pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 # transition, in one statement.
 SAGA_MOVE = 'WITH moved AS (UPDATE "core_sagainstance"'
 # Statements per step, the move included (BEGIN/COMMIT and savepoints count).
-MOST_PER_STEP = {"reserve_stock": 12, "charge_payment": 17, "confirm_order": 13}
+MOST_PER_STEP = {"reserve_stock": 6, "charge_payment": 10, "confirm_order": 6}
 
 
 def statements_per_step(queries: list[dict]) -> list[list[str]]:

@@ -1,10 +1,13 @@
 """New rows of several tables written in one statement, all of them or none, unless a
-row that must be unique is there already.
+row that must be unique is there already; or, with no such row, new rows and updates.
 
     statement = InsertStatement(using="default")   # one_statement_inserts(alias) first
     statement.add(row, ...)                         # unsaved model instances
     statement.on_commit(kick)                       # run once the rows are committed
     written = statement.execute(unless_taken=record)
+
+    statement.update(Model.objects.filter(...), field=value)  # no guard row: then
+    all_updated = statement.execute()              # every update changed a row
 
 On PostgreSQL this is one data-modifying CTE: `record` is inserted with `ON CONFLICT DO
 NOTHING`, and every other row only if it was (`INSERT ... SELECT ... WHERE EXISTS`). A
@@ -28,7 +31,7 @@ from typing import Any
 
 from django.db import connections, models, transaction
 from django.db.models.constants import OnConflict
-from django.db.models.sql import InsertQuery
+from django.db.models.sql import InsertQuery, UpdateQuery
 
 
 def one_statement_inserts(using: str) -> bool:
@@ -41,7 +44,8 @@ class InsertStatement:
         if not one_statement_inserts(using):
             raise NotImplementedError(f"{connections[using].vendor} has no data-modifying CTEs")
         self.using = using
-        self._inserts: list[tuple[str, list[Any]]] = []
+        self._inserts: list[tuple[tuple[Any, ...], int, list[Any]]] = []
+        self._updates: list[tuple[str, list[Any]]] = []
         self._callbacks: list[Callable[[], None]] = []
 
     def add(self, *rows: models.Model) -> None:
@@ -49,30 +53,61 @@ class InsertStatement:
         on them now."""
         if rows:
             fields, values = self._values(rows)
-            self._inserts.append((_gated_insert(self.using, fields, len(rows)), values))
+            self._inserts.append((fields, len(rows), values))
+
+    def update(self, rows: "models.QuerySet[Any]", **values: Any) -> None:
+        """Add an update of the rows `rows` selects, as `rows.update(**values)` writes it;
+        only for a statement executed without `unless_taken`."""
+        query = rows.query.chain(UpdateQuery)
+        assert isinstance(query, UpdateQuery)
+        query.add_update_values(values)
+        sql, params = query.get_compiler(using=self.using).as_sql()
+        self._updates.append((f"{sql} RETURNING 1", list(params)))
 
     def on_commit(self, callback: Callable[[], None]) -> None:
         """Run `callback` after the rows commit (at once in autocommit), as
         `transaction.on_commit(..., robust=True)`; not if nothing was written."""
         self._callbacks.append(callback)
 
-    def execute(self, *, unless_taken: models.Model) -> bool:
+    def execute(self, *, unless_taken: models.Model | None = None, savepoint: bool = True) -> bool:
         """Insert `unless_taken` and the added rows, or nothing when a row with one of
-        `unless_taken`'s unique values exists. Returns whether the rows were written."""
-        fields, guard_params = self._values([unless_taken])
-        ctes = [f"taken_not AS ({_guard_insert(self.using, fields)})"]
-        ctes += [f"i{n} AS ({sql})" for n, (sql, _) in enumerate(self._inserts)]
-        sql = f"WITH {', '.join(ctes)} SELECT count(*) FROM taken_not"  # noqa: S608
-        params = [*guard_params, *(p for _, values in self._inserts for p in values)]
+        `unless_taken`'s unique values exists; returns whether the rows were written.
+        Without `unless_taken`: write the rows and run the updates; returns whether each
+        update changed a row. `savepoint=False`: inside a caller's transaction, a failure
+        aborts it (for a caller that retries the whole transaction anyway)."""
+        guarded = unless_taken is not None
+        if guarded and self._updates:
+            raise ValueError("updates run only in a statement without a guard row")
+        ctes, params = [], []
+        if unless_taken is not None:
+            fields, guard_params = self._values([unless_taken])
+            ctes.append(f"taken_not AS ({_guard_insert(self.using, fields)})")
+            params += guard_params
+        for n, (fields, rows, values) in enumerate(self._inserts):
+            ctes.append(f"i{n} AS ({_insert(self.using, fields, rows, gated=guarded)})")
+            params += values
+        for n, (sql, values) in enumerate(self._updates):
+            ctes.append(f"u{n} AS ({sql})")
+            params += values
+        if guarded:
+            result = "SELECT count(*) = 1 FROM taken_not"
+        else:
+            checks = "".join(f" AND EXISTS (SELECT FROM u{n})" for n in range(len(self._updates)))
+            result = f"SELECT true{checks}"
+        sql = f"WITH {', '.join(ctes)} {result}" if ctes else result
         connection = connections[self.using]
-        savepoint = transaction.atomic(using=self.using) if connection.in_atomic_block else None
-        with savepoint or nullcontext(), connection.cursor() as cursor:
+        in_savepoint = (
+            transaction.atomic(using=self.using)
+            if savepoint and connection.in_atomic_block
+            else nullcontext()
+        )
+        with in_savepoint, connection.cursor() as cursor:
             cursor.execute(sql, params)
-            written: bool = cursor.fetchone()[0] == 1
-        if written:
+            outcome: bool = cursor.fetchone()[0]
+        if outcome or not guarded:
             for callback in self._callbacks:
                 transaction.on_commit(callback, using=self.using, robust=True)
-        return written
+        return outcome
 
     def _values(self, rows: Sequence[models.Model]) -> tuple[tuple[Any, ...], list[Any]]:
         """The fields an insert of `rows` writes (as `bulk_create`: an unset automatic
@@ -98,8 +133,9 @@ class InsertStatement:
 
 
 @functools.cache
-def _gated_insert(using: str, fields: tuple[Any, ...], rows: int) -> str:
-    """INSERT of `rows` rows of `fields`, only if the statement's guard row was inserted."""
+def _insert(using: str, fields: tuple[Any, ...], rows: int, *, gated: bool) -> str:
+    """INSERT of `rows` rows of `fields`; `gated`: only if the statement's guard row was
+    inserted."""
     connection = connections[using]
     quote = connection.ops.quote_name
     # Cast to the column's type without its length or precision: assigning to the column
@@ -110,7 +146,7 @@ def _gated_insert(using: str, fields: tuple[Any, ...], rows: int) -> str:
     return (
         f"INSERT INTO {quote(fields[0].model._meta.db_table)} ({columns})"  # noqa: S608
         f" SELECT * FROM (VALUES {', '.join([f'({casts})'] * rows)}) AS v"
-        " WHERE EXISTS (SELECT FROM taken_not)"
+        + (" WHERE EXISTS (SELECT FROM taken_not)" if gated else "")
     )
 
 

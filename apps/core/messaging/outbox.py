@@ -209,6 +209,14 @@ def consumed_inline(*consumers: str) -> Iterator[list[uuid.UUID]]:
         _inline.reset(token)
 
 
+def consumes_inline(event_type: str) -> bool:
+    """Whether the `consumed_inline` scope around this call names a consumer of
+    `event_type`: then `publish_event` writes it (and runs that consumer), not a caller
+    inserting `outbox_message` rows itself."""
+    scope = _inline.get()
+    return scope is not None and not scope.consumers.isdisjoint(consumers_of(event_type))
+
+
 def _consume_inline(message: OutboxMessage, *, alias: str) -> tuple[list[str], list[str]]:
     """Run the consumers of `message` that the current `consumed_inline` scope names, now,
     each in a savepoint; return (those that handled it, all that want it)."""
