@@ -1,7 +1,6 @@
 """EdgeMiddleware and BrowserMiddleware: the API path without sessions, the admin with
 them, the direct request log line, read-your-writes without resolving the user."""
 
-import io
 import json
 import logging
 import re
@@ -18,11 +17,11 @@ from apps.core.observability.logging import (
     _SECRET_TEXT,
     REDACTED,
     _scrub_text,
-    build_logging_config,
     escape_control_characters,
     render_line,
 )
 from tests.conftest import bearer_client
+from tests.support.logs import production_json_lines
 from tests.users.factories import UserFactory
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
@@ -30,21 +29,10 @@ ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 
 def chain_line(logger_name: str, level: int, event: str, fields: dict) -> dict:
     """What structlog -> stdlib -> the JSON formatter of production writes."""
-    stream = io.StringIO()
-    config = build_logging_config(level="INFO", fmt="json")
-    formatter = config["formatters"]["structured"]["()"](
-        **{k: v for k, v in config["formatters"]["structured"].items() if k != "()"}
-    )
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(formatter)
-    root = logging.getLogger()
-    root.addHandler(handler)
-    try:
+    with production_json_lines() as lines:
         structlog.get_logger(logger_name).log(level, event, **fields)
-    finally:
-        root.removeHandler(handler)
-    [line] = stream.getvalue().splitlines()
-    return json.loads(line)
+    [line] = lines()
+    return line
 
 
 @pytest.mark.parametrize(
