@@ -204,6 +204,10 @@ class EdgeMiddleware:
                 "x-correlation-id": (CORRELATION_ID_HEADER, correlation_id),
             },
         )
+        # The WSGI handler lists the headers through response.items(), a Mapping view
+        # that looks each name up again, lowercased (~2.5 K instructions a header, a
+        # dozen headers): the stored (name, value) pairs are those items, in that order.
+        response.items = response.headers._store.values  # type: ignore[method-assign]
         return response
 
     def _respond(self, request: HttpRequest, config: EdgeSettings, ip: str) -> HttpResponseBase:
