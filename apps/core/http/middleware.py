@@ -238,7 +238,7 @@ class EdgeMiddleware:
                 if scope.wrote and scope.user_id is not None:
                     pin_user_to_primary(scope.user_id)
         if decision is not None:
-            put_headers(response, ratelimit.header_items(decision))
+            ratelimit.put_header_items(response.headers._store, decision)
         return response
 
     def process_template_response(
