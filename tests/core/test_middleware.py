@@ -4,6 +4,7 @@ them, the direct request log line, read-your-writes without resolving the user."
 import json
 import logging
 import re
+import uuid
 
 import pytest
 import structlog
@@ -61,6 +62,27 @@ def test_the_direct_request_line_equals_the_structlog_chain_field_for_field(leve
     assert direct == expected
     assert list(direct) == list(expected)  # the same order too
     assert "s3cret" not in json.dumps(direct) and "eyJ" not in json.dumps(direct)
+
+
+def test_the_direct_request_line_merges_keys_bound_later_in_the_chains_order():
+    # Keys new to this process (structlog makes a variable for each), one of them a field
+    # the line has already: the field wins, as in the chain.
+    late = [f"late_{uuid.uuid4().hex[:8]}_{n}" for n in range(6)]
+    fields = {"method": "GET", "path": "/api/v1/ping", "status": 200, "duration_ms": 1.0,
+              "user_id": None}  # fmt: skip
+    structlog.contextvars.bind_contextvars(
+        request_id="req-0002-abcdef", ip="10.1.2.3", path="/bound", **dict.fromkeys(late, "x")
+    )
+    try:
+        expected = chain_line("mercato.request", logging.INFO, "request_finished", dict(fields))
+        direct = json.loads(
+            render_line("mercato.request", logging.INFO, "request_finished", fields)
+        )
+    finally:
+        structlog.contextvars.unbind_contextvars("request_id", "ip", "path", *late)
+    expected.pop("timestamp"), direct.pop("timestamp")
+    assert list(direct.items()) == list(expected.items())
+    assert set(late) <= set(direct) and direct["path"] == "/api/v1/ping"
 
 
 @pytest.mark.django_db
