@@ -266,7 +266,7 @@ def _unchanged_by_redaction(event_dict: dict[str, Any], line: str) -> bool:
     suspicious takes the full pass, which changes nothing then."""
     if not _not_secret.issuperset(event_dict):
         return False
-    if "\\" in line or "[" in line or line.count("{") != 1:
+    if "\\" in line or "[" in line or line.find("{", 1) >= 0:
         return False
     lowered = line.lower()
     return "bearer" not in lowered and "eyj" not in lowered
