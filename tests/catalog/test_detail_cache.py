@@ -18,6 +18,7 @@ from apps.core.data import caching
 from tests.catalog.conftest import ReaderProcess
 from tests.catalog.factories import ProductFactory
 from tests.conftest import bearer_client
+from tests.support.celery_worker import wait_until
 from tests.users.factories import UserFactory
 
 PRODUCTS = "/api/v1/products"
@@ -32,13 +33,6 @@ def view_headers(response) -> dict[str, str]:
         for name, value in response.headers.items()
         if name not in PER_REQUEST_HEADERS and not name.startswith(RATE_LIMIT_PREFIX)
     }
-
-
-def wait_until(condition, *, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def redis_client() -> redis.Redis:

@@ -10,6 +10,7 @@ from rest_framework_simplejwt.tokens import AccessToken
 from apps.catalog import services as catalog_services
 from apps.core.observability.logging import REDACTED, build_logging_config
 from apps.core.workflows.sagas import saga_advance
+from tests.support.logs import production_json_lines
 from tests.support.sandbox import fast_payment_settings
 from tests.users.factories import DEFAULT_PASSWORD, UserFactory
 
@@ -21,19 +22,8 @@ PAYMENT_TOKEN = "tok_visa"  # the sandbox's succeeding card
 @pytest.fixture
 def json_logs():
     """Everything logged during the test, as the JSON lines production would write."""
-    stream = io.StringIO()
-    config = build_logging_config(level="INFO", fmt="json")
-    formatter = config["formatters"]["structured"]["()"](
-        **{k: v for k, v in config["formatters"]["structured"].items() if k != "()"}
-    )
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(formatter)
-    root = logging.getLogger()
-    root.addHandler(handler)
-    try:
-        yield lambda: [json.loads(line) for line in stream.getvalue().splitlines() if line]
-    finally:
-        root.removeHandler(handler)
+    with production_json_lines() as lines:
+        yield lines
 
 
 def test_request_id_is_generated_and_returned(api_client):

@@ -13,6 +13,7 @@ from tests.support.metrics import sample_value
 pytestmark = pytest.mark.django_db(databases="__all__")
 
 METRICS = "/metrics"
+NOT_FOUND = "apps.core.http.api.problems.not_found"  # handler404's view name
 
 
 def scrape(client, **extra) -> str:
@@ -46,6 +47,60 @@ def test_metrics_show_requests_by_view_and_status(api_client):
     )
     assert sample_value(after, "django_http_requests_latency_seconds_by_view_method_count")
     assert sample_value(after, "django_db_execute_total") is not None  # database metrics
+
+
+def test_each_request_family_counts_what_django_prometheus_counts(api_client):
+    """Every django-prometheus request family, its labels and its histograms' buckets, for
+    requests of several kinds (the first scrape's own request lands in the second)."""
+    before = scrape(api_client)
+    api_client.get("/api/v1/ping")
+    api_client.get("/api/v1/ping", HTTP_X_REQUESTED_WITH="XMLHttpRequest", secure=True)
+    api_client.post("/api/v1/ping", data=b"12345", content_type="application/json")  # 405
+    api_client.get("/api/v1/no-such-path")  # 404: the view of the error handler
+    api_client.generic("BREW", "/api/v1/ping")  # an unknown method: 405
+    after = scrape(api_client)
+
+    def delta(name: str, **labels: str) -> float:
+        return (sample_value(after, name, **labels) or 0) - (
+            sample_value(before, name, **labels) or 0
+        )
+
+    assert delta("django_http_requests_before_middlewares_total") == 6
+    assert delta("django_http_responses_before_middlewares_total") == 6
+    assert delta("django_http_requests_total_by_method_total", method="GET") == 4
+    assert delta("django_http_requests_total_by_method_total", method="POST") == 1
+    assert delta("django_http_requests_total_by_method_total", method="<invalid method>") == 1
+    assert delta("django_http_requests_total_by_transport_total", transport="http") == 5
+    assert delta("django_http_requests_total_by_transport_total", transport="https") == 1
+    assert delta("django_http_ajax_requests_total") == 1
+    assert delta("django_http_responses_streaming_total") == 0
+    by_view = "django_http_requests_total_by_view_transport_method_total"
+    assert delta(by_view, view="ping", transport="https", method="GET") == 1
+    assert delta(by_view, view="ping", transport="http", method="GET") == 1
+    assert delta(by_view, view="ping", transport="http", method="POST") == 1
+    assert delta(by_view, view=NOT_FOUND, transport="http", method="GET") == 1
+    by_status = "django_http_responses_total_by_status_view_method_total"
+    assert delta(by_status, status="200", view="ping", method="GET") == 2
+    assert delta(by_status, status="405", view="ping", method="POST") == 1
+    assert delta(by_status, status="404", view=NOT_FOUND, method="GET") == 1
+    assert delta(by_status, status="405", view="ping", method="<invalid method>") == 1
+    assert delta("django_http_responses_total_by_status_total", status="200") == 3
+    assert delta("django_http_responses_total_by_charset_total", charset="utf-8") == 6
+    request_bytes = "django_http_requests_body_total_bytes"
+    assert delta(f"{request_bytes}_count") == 6
+    assert delta(f"{request_bytes}_sum") == 5
+    assert delta(f"{request_bytes}_bucket", le="0.0") == 5
+    assert delta(f"{request_bytes}_bucket", le="4.0") == 5
+    assert delta(f"{request_bytes}_bucket", le="8.0") == 6
+    assert delta("django_http_responses_body_total_bytes_count") == 6
+    assert delta("django_http_responses_body_total_bytes_bucket", le="0.0") == 0
+    assert delta("django_http_requests_latency_including_middlewares_seconds_count") == 6
+    latency = "django_http_requests_latency_seconds_by_view_method"
+    assert delta(f"{latency}_count", view="ping", method="GET") == 2
+    assert delta(f"{latency}_count", view="ping", method="POST") == 1
+    assert delta(f"{latency}_count", view=NOT_FOUND, method="GET") == 1
+    assert delta(f"{latency}_count", view="ping", method="BREW") == 1  # as it came
+    assert delta(f"{latency}_bucket", view="ping", method="GET", le="+Inf") == 2
 
 
 def test_outbox_backlog_is_measured_at_scrape_time(api_client):

@@ -1,10 +1,10 @@
 """EdgeMiddleware and BrowserMiddleware: the API path without sessions, the admin with
 them, the direct request log line, read-your-writes without resolving the user."""
 
-import io
 import json
 import logging
 import re
+import uuid
 
 import pytest
 import structlog
@@ -18,11 +18,11 @@ from apps.core.observability.logging import (
     _SECRET_TEXT,
     REDACTED,
     _scrub_text,
-    build_logging_config,
     escape_control_characters,
     render_line,
 )
 from tests.conftest import bearer_client
+from tests.support.logs import production_json_lines
 from tests.users.factories import UserFactory
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
@@ -30,21 +30,10 @@ ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 
 def chain_line(logger_name: str, level: int, event: str, fields: dict) -> dict:
     """What structlog -> stdlib -> the JSON formatter of production writes."""
-    stream = io.StringIO()
-    config = build_logging_config(level="INFO", fmt="json")
-    formatter = config["formatters"]["structured"]["()"](
-        **{k: v for k, v in config["formatters"]["structured"].items() if k != "()"}
-    )
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(formatter)
-    root = logging.getLogger()
-    root.addHandler(handler)
-    try:
+    with production_json_lines() as lines:
         structlog.get_logger(logger_name).log(level, event, **fields)
-    finally:
-        root.removeHandler(handler)
-    [line] = stream.getvalue().splitlines()
-    return json.loads(line)
+    [line] = lines()
+    return line
 
 
 @pytest.mark.parametrize(
@@ -73,6 +62,27 @@ def test_the_direct_request_line_equals_the_structlog_chain_field_for_field(leve
     assert direct == expected
     assert list(direct) == list(expected)  # the same order too
     assert "s3cret" not in json.dumps(direct) and "eyJ" not in json.dumps(direct)
+
+
+def test_the_direct_request_line_merges_keys_bound_later_in_the_chains_order():
+    # Keys new to this process (structlog makes a variable for each), one of them a field
+    # the line has already: the field wins, as in the chain.
+    late = [f"late_{uuid.uuid4().hex[:8]}_{n}" for n in range(6)]
+    fields = {"method": "GET", "path": "/api/v1/ping", "status": 200, "duration_ms": 1.0,
+              "user_id": None}  # fmt: skip
+    structlog.contextvars.bind_contextvars(
+        request_id="req-0002-abcdef", ip="10.1.2.3", path="/bound", **dict.fromkeys(late, "x")
+    )
+    try:
+        expected = chain_line("mercato.request", logging.INFO, "request_finished", dict(fields))
+        direct = json.loads(
+            render_line("mercato.request", logging.INFO, "request_finished", fields)
+        )
+    finally:
+        structlog.contextvars.unbind_contextvars("request_id", "ip", "path", *late)
+    expected.pop("timestamp"), direct.pop("timestamp")
+    assert list(direct.items()) == list(expected.items())
+    assert set(late) <= set(direct) and direct["path"] == "/api/v1/ping"
 
 
 @pytest.mark.django_db

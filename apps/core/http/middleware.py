@@ -204,6 +204,10 @@ class EdgeMiddleware:
                 "x-correlation-id": (CORRELATION_ID_HEADER, correlation_id),
             },
         )
+        # The WSGI handler lists the headers through response.items(), a Mapping view
+        # that looks each name up again, lowercased (~2.5 K instructions a header, a
+        # dozen headers): the stored (name, value) pairs are those items, in that order.
+        response.items = response.headers._store.values  # type: ignore[method-assign]
         return response
 
     def _respond(self, request: HttpRequest, config: EdgeSettings, ip: str) -> HttpResponseBase:
@@ -234,7 +238,7 @@ class EdgeMiddleware:
                 if scope.wrote and scope.user_id is not None:
                     pin_user_to_primary(scope.user_id)
         if decision is not None:
-            put_headers(response, ratelimit.header_items(decision))
+            ratelimit.put_header_items(response.headers._store, decision)
         return response
 
     def process_template_response(

@@ -167,6 +167,33 @@ def _utc_timestamp() -> str:
 _stamp = (-1, "")
 
 
+# structlog's key -> ContextVar (one dict, filled as keys are bound, never replaced).
+_STRUCTLOG_VARIABLES: dict[str, contextvars.ContextVar[Any]] = structlog.contextvars._CONTEXT_VARS
+_fields_of_context: tuple[int, tuple[tuple[contextvars.ContextVar[Any], str], ...]] = (-1, ())
+
+
+def _structlog_fields() -> tuple[tuple[contextvars.ContextVar[Any], str], ...]:
+    """structlog's context variables (it binds through one ContextVar per key, kept in
+    structlog.contextvars._CONTEXT_VARS) with their field names, in the order
+    merge_contextvars finds them walking copy_context(): the context's hash trie lists
+    its variables by their hashes, so any of them come in the same order whatever else is
+    set. Listed again when structlog makes a variable for a new key."""
+    global _fields_of_context
+    known, listed = _fields_of_context
+    if known != len(_STRUCTLOG_VARIABLES):
+        variables = list(_STRUCTLOG_VARIABLES.values())
+
+        def in_context_order() -> list[contextvars.ContextVar[Any]]:
+            for var in variables:
+                var.set(None)
+            return [var for var in contextvars.copy_context() if var in variables]
+
+        ordered = contextvars.Context().run(in_context_order)
+        listed = tuple((var, var.name[_CONTEXT_PREFIX_LENGTH:]) for var in ordered)
+        _fields_of_context = (len(variables), listed)
+    return listed
+
+
 def render_line(logger_name: str, level: int, event: str, fields: dict[str, Any]) -> bytes:
     """`render_text`, encoded."""
     return render_text(logger_name, level, event, fields).encode()
@@ -180,10 +207,10 @@ def render_text(logger_name: str, level: int, event: str, fields: dict[str, Any]
     request writes. Each step is the chain's processor, inlined."""
     event_dict = {**fields, "event": event}
     # merge_contextvars: the bound context, in the context's order, under the fields.
-    for var, value in contextvars.copy_context().items():
-        name = var.name
-        if name.startswith(_CONTEXT_PREFIX) and value is not Ellipsis:
-            event_dict.setdefault(name[_CONTEXT_PREFIX_LENGTH:], value)
+    for var, name in _structlog_fields():
+        value = var.get(Ellipsis)
+        if value is not Ellipsis:
+            event_dict.setdefault(name, value)
     event_dict["level"] = _LEVEL_NAMES[level]
     event_dict["logger"] = logger_name
     event_dict["timestamp"] = _utc_timestamp()
@@ -239,7 +266,7 @@ def _unchanged_by_redaction(event_dict: dict[str, Any], line: str) -> bool:
     suspicious takes the full pass, which changes nothing then."""
     if not _not_secret.issuperset(event_dict):
         return False
-    if "\\" in line or "[" in line or line.count("{") != 1:
+    if "\\" in line or "[" in line or line.find("{", 1) >= 0:
         return False
     lowered = line.lower()
     return "bearer" not in lowered and "eyj" not in lowered

@@ -19,7 +19,7 @@ import os
 import secrets
 import threading
 from bisect import bisect_left
-from collections.abc import Hashable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import structlog
@@ -176,27 +176,38 @@ class RequestMetrics:
     METRICS_FLUSH_SECONDS by a thread, and before this process renders /metrics.
 
     Its middleware writes ~16 samples per request, each a write to the multiprocess
-    files under gunicorn; here a request is one dict update per family it touches, and
-    a flush writes each label set once. A scrape may see another process's requests up
-    to METRICS_FLUSH_SECONDS late; a process killed with SIGKILL loses at most that
-    much of its counts.
+    files under gunicorn; here a request is one entry per label set, found with one dict
+    look-up, and a flush writes each label set once. A scrape may see another process's
+    requests up to METRICS_FLUSH_SECONDS late; a process killed with SIGKILL loses at
+    most that much of its counts.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._flusher: threading.Thread | None = None
-        self._requests: dict[tuple[Any, ...], int] = {}  # (method, transport, view, status, ...)
+        # (method as sent, secure, view, status, charset, streaming, ajax) -> _Pending
+        self._pending: dict[tuple[Any, ...], _Pending] = {}
         self._counts: dict[tuple[Any, ...], int] = {}  # (family name, labels): rarer counters
-        # Histogram name -> [sum, count per bucket]; per (view, method) for latency.
-        self._latency_by_view: dict[tuple[Any, ...], list[Any]] = {}
-        self._sizes: dict[str, list[Any]] = {}
-        self._families = None
+        self._families: Any = None
+        # Upper bounds of the four histograms a request observes: the latency including
+        # the middleware, by view, and the request's and the response's body sizes.
+        self._bounds: tuple[list[float], ...] = ()
 
     def families(self) -> Any:  # django-prometheus's Metrics (untyped)
         if self._families is None:
             from django_prometheus.middleware import Metrics
 
-            self._families = Metrics.get_instance()
+            families = Metrics.get_instance()
+            self._bounds = tuple(
+                list(histogram._upper_bounds)
+                for histogram in (
+                    families.requests_latency_before,
+                    families.requests_latency_by_view_method,
+                    families.requests_body_bytes,
+                    families.responses_body_bytes,
+                )
+            )
+            self._families = families
         return self._families
 
     def record(
@@ -210,58 +221,55 @@ class RequestMetrics:
     ) -> None:
         """One request answered: `total` seconds since it arrived, `view_seconds` since
         the middleware handed it on; `secure`: request.is_secure(), when known."""
-        families = self.families()
-        method = request.method if request.method in _KNOWN_METHODS else "<invalid method>"
+        if self._families is None:
+            self.families()
         if secure is None:
             secure = request.is_secure()
-        transport = "https" if secure else "http"
         match = getattr(request, "resolver_match", None)
         view = (match.view_name or "<unnamed view>") if match is not None else None
         streaming = response.streaming
+        meta = request.META
         key = (
-            method,
-            transport,
+            request.method,
+            secure,
             view,
-            str(response.status_code),
+            response.status_code,
             _charset(response),
             streaming,
-            request.META.get("HTTP_X_REQUESTED_WITH") == "XMLHttpRequest",
+            meta.get("HTTP_X_REQUESTED_WITH") == "XMLHttpRequest",
         )
-        request_bytes = int(request.META.get("CONTENT_LENGTH") or 0)
-        response_bytes = None if streaming else len(getattr(response, "content", b""))
-        latency_key = (view or "<unnamed view>", request.method)
+        request_bytes = int(meta.get("CONTENT_LENGTH") or 0)
+        before_bounds, view_bounds, request_bounds, response_bounds = self._bounds
+        # Each value's bucket, as Histogram.observe finds it; without a body, the first
+        # (no size bound is negative).
+        total_bucket = bisect_left(before_bounds, total)
+        view_bucket = bisect_left(view_bounds, view_seconds)
+        request_bucket = bisect_left(request_bounds, request_bytes) if request_bytes else 0
+        if not streaming:
+            response_bytes = len(getattr(response, "content", b""))
+            response_bucket = bisect_left(response_bounds, response_bytes)
         with self._lock:
-            if self._flusher is None:
-                self._start_flusher()
-            self._requests[key] = self._requests.get(key, 0) + 1
-            self._observe(self._sizes, "before", families.requests_latency_before, total)
-            self._observe(self._sizes, "request_bytes", families.requests_body_bytes, request_bytes)
-            if response_bytes is not None:
-                self._observe(
-                    self._sizes, "response_bytes", families.responses_body_bytes, response_bytes
-                )
-            self._observe(
-                self._latency_by_view,
-                latency_key,
-                families.requests_latency_by_view_method,
-                view_seconds,
-            )
+            entry = self._pending.get(key)
+            if entry is None:
+                if self._flusher is None:
+                    self._start_flusher()
+                entry = self._pending[key] = _Pending(self._bounds)
+            entry.count += 1
+            entry.total_sum += total
+            entry.total_buckets[total_bucket] += 1
+            entry.view_sum += view_seconds
+            entry.view_buckets[view_bucket] += 1
+            entry.request_bytes_sum += request_bytes
+            entry.request_bytes_buckets[request_bucket] += 1
+            if not streaming:
+                entry.response_bytes_sum += response_bytes
+                entry.response_bytes_buckets[response_bucket] += 1
 
     def count(self, family: str, *labels: str) -> None:
         """One more on a django-prometheus counter (exceptions, template responses)."""
         with self._lock:
             key = (family, labels)
             self._counts[key] = self._counts.get(key, 0) + 1
-
-    @staticmethod
-    def _observe(
-        pending: dict[Any, list[Any]], key: Hashable, histogram: Any, value: float
-    ) -> None:
-        entry = pending.get(key)
-        if entry is None:
-            entry = pending[key] = [0.0, [0] * len(histogram._upper_bounds)]
-        entry[0] += value
-        entry[1][bisect_left(histogram._upper_bounds, value)] += 1
 
     def forked(self) -> None:
         """In a forked child: nothing counted yet, and no flusher thread (threads do not
@@ -285,22 +293,28 @@ class RequestMetrics:
     def flush(self) -> None:
         """Add what this process counted since the last flush to the metric families."""
         with self._lock:
-            requests, self._requests = self._requests, {}
+            pending, self._pending = self._pending, {}
             counts, self._counts = self._counts, {}
-            latency, self._latency_by_view = self._latency_by_view, {}
-            sizes, self._sizes = self._sizes, {}
         f = self.families()
-        if not (requests or counts or latency or sizes):
+        if not (pending or counts):
             return
-        total = sum(requests.values())
-        f.requests_total.inc(total)
-        f.responses_total.inc(total)
         by: dict[tuple[Any, ...], int] = {}
 
         def add(family: Any, labels: tuple[Any, ...], n: int) -> None:
             by[family, labels] = by.get((family, labels), 0) + n
 
-        for (method, transport, view, status, charset, streaming, ajax), n in requests.items():
+        total = 0
+        before, view_bounds, request_bounds, response_bounds = self._bounds
+        latency = _Histogram(len(before))
+        request_bytes = _Histogram(len(request_bounds))
+        response_bytes = _Histogram(len(response_bounds))
+        latency_by_view: dict[tuple[str, str], _Histogram] = {}
+        for (sent, secure, view, status, charset, streaming, ajax), entry in pending.items():
+            n = entry.count
+            total += n
+            method = sent if sent in _KNOWN_METHODS else "<invalid method>"
+            transport = "https" if secure else "http"
+            status = str(status)
             add(f.requests_by_method, (method,), n)
             add(f.requests_by_transport, (transport,), n)
             add(f.responses_by_status, (status,), n)
@@ -313,27 +327,81 @@ class RequestMetrics:
                 add(f.responses_streaming, (), n)
             if ajax:
                 add(f.requests_ajax, (), n)
+            latency.add(entry.total_sum, entry.total_buckets)
+            request_bytes.add(entry.request_bytes_sum, entry.request_bytes_buckets)
+            if not streaming:
+                response_bytes.add(entry.response_bytes_sum, entry.response_bytes_buckets)
+            labels = (view or "<unnamed view>", sent)
+            by_view = latency_by_view.get(labels)
+            if by_view is None:
+                by_view = latency_by_view[labels] = _Histogram(len(view_bounds))
+            by_view.add(entry.view_sum, entry.view_buckets)
+        f.requests_total.inc(total)
+        f.responses_total.inc(total)
         for (family, labels), n in by.items():
             (family.labels(*labels) if labels else family).inc(n)
         for (name, labels), n in counts.items():
             family = getattr(f, name)
             (family.labels(*labels) if labels else family).inc(n)
-        for name, histogram in (
-            ("before", f.requests_latency_before),
-            ("request_bytes", f.requests_body_bytes),
-            ("response_bytes", f.responses_body_bytes),
-        ):
-            if name in sizes:
-                self._add(histogram, *sizes[name])
-        for labels, entry in latency.items():
-            self._add(f.requests_latency_by_view_method.labels(*labels), *entry)
+        latency.add_to(f.requests_latency_before)
+        request_bytes.add_to(f.requests_body_bytes)
+        response_bytes.add_to(f.responses_body_bytes)
+        for labels, observed in latency_by_view.items():
+            observed.add_to(f.requests_latency_by_view_method.labels(*labels))
 
-    @staticmethod
-    def _add(histogram: Any, total: float, buckets: list[int]) -> None:
+
+class _Pending:
+    """What the requests of one label set observed since the last flush: their count, and
+    per histogram the sum of the values and the count per bucket (not cumulative)."""
+
+    __slots__ = (
+        "count",
+        "request_bytes_buckets",
+        "request_bytes_sum",
+        "response_bytes_buckets",
+        "response_bytes_sum",
+        "total_buckets",
+        "total_sum",
+        "view_buckets",
+        "view_sum",
+    )
+
+    def __init__(self, bounds: tuple[list[float], ...]) -> None:
+        before, view, request_bytes, response_bytes = bounds
+        self.count = 0
+        self.total_sum = 0.0
+        self.total_buckets = [0] * len(before)
+        self.view_sum = 0.0
+        self.view_buckets = [0] * len(view)
+        self.request_bytes_sum = 0
+        self.request_bytes_buckets = [0] * len(request_bytes)
+        self.response_bytes_sum = 0
+        self.response_bytes_buckets = [0] * len(response_bytes)
+
+
+class _Histogram:
+    """Observations summed over label sets, added to a prometheus_client histogram once."""
+
+    __slots__ = ("buckets", "observed", "sum")
+
+    def __init__(self, buckets: int) -> None:
+        self.observed = False
+        self.sum: float = 0
+        self.buckets = [0] * buckets
+
+    def add(self, total: float, buckets: list[int]) -> None:
+        self.observed = True
+        self.sum += total
+        for index, n in enumerate(buckets):
+            self.buckets[index] += n
+
+    def add_to(self, histogram: Any) -> None:
         # What observe() does per value, once per bucket (prometheus_client's own
         # per-bucket values; the cumulative counts are computed when it is collected).
-        histogram._sum.inc(total)
-        for index, n in enumerate(buckets):
+        if not self.observed:
+            return
+        histogram._sum.inc(self.sum)
+        for index, n in enumerate(self.buckets):
             if n:
                 histogram._buckets[index].inc(n)
 
