@@ -5,6 +5,7 @@ reads (product detail, category tree) load from the primary on a miss: a lagging
 replica's old row would otherwise be cached under the new version.
 """
 
+import functools
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -50,12 +51,32 @@ class ProductSnapshot:
     is_active: bool
 
 
+SNAPSHOT_FIELDS = ("id", "sku", "name", "price", "currency", "is_active")
+
+
 def product_snapshots(*, product_ids: list[int]) -> dict[int, ProductSnapshot]:
     """Snapshots of the given products in one query; unknown ids are absent."""
-    rows = Product.objects.filter(pk__in=product_ids).values_list(
-        "id", "sku", "name", "price", "currency", "is_active"
-    )
+    alias = router.db_for_read(Product)
+    connection = connections[alias]
+    if connection.vendor == "postgresql":
+        # Every order placement reads these: a plain statement costs a fraction of the
+        # ORM's query building (docs/performance.md).
+        with connection.cursor() as cursor:
+            cursor.execute(_snapshots_sql(alias), [product_ids])
+            rows = cursor.fetchall()
+    else:
+        rows = list(
+            Product.objects.using(alias).filter(pk__in=product_ids).values_list(*SNAPSHOT_FIELDS)
+        )
     return {row[0]: ProductSnapshot(*row) for row in rows}
+
+
+@functools.cache
+def _snapshots_sql(alias: str) -> str:
+    quote = connections[alias].ops.quote_name
+    columns = ", ".join(quote(Product._meta.get_field(name).column) for name in SNAPSHOT_FIELDS)
+    table, pk = quote(Product._meta.db_table), quote(Product._meta.pk.column)
+    return f"SELECT {columns} FROM {table} WHERE {pk} = ANY(%s)"  # noqa: S608
 
 
 def product_ids_by_sku(*, skus: list[str]) -> dict[str, int]:
