@@ -26,6 +26,7 @@ from apps.orders.api.serializers import (
     OrderStateSerializer,
     ShipSerializer,
     TimeTravelQuerySerializer,
+    order_representation,
 )
 from apps.users import selectors as user_selectors
 from apps.users.roles import ORDER_MANAGERS, SUPPORT
@@ -94,7 +95,7 @@ class OrderListCreateView(StrictQueryParameters, ListAPIView):
 
 def _accepted(summary) -> Response:
     return Response(
-        OrderSerializer(summary).data,
+        order_representation(summary),
         status=status.HTTP_202_ACCEPTED,
         headers={"Location": reverse("order-detail", kwargs={"order_id": summary.pk})},
     )
