@@ -13,6 +13,8 @@ BEGIN, an INSERT per table and COMMIT. When `record`'s unique values are taken (
 concurrent statement waits for the first to commit, then finds them), nothing is written
 and no error is raised, so PostgreSQL logs no failed statement with the rows' values.
 
+The statement is prepared once per connection (`apps.core.data.prepared`).
+
 The rows are the ORM's: columns, defaults and `auto_now_add` values as Django's insert
 compiler sets them when the row is added, values prepared by each field's
 `get_db_prep_save`, each cast to its column's type (an `INSERT ... SELECT` types its
@@ -29,6 +31,8 @@ from typing import Any
 from django.db import connections, models, transaction
 from django.db.models.constants import OnConflict
 from django.db.models.sql import InsertQuery
+
+from apps.core.data.prepared import prepared_cursor
 
 
 def one_statement_inserts(using: str) -> bool:
@@ -66,7 +70,7 @@ class InsertStatement:
         params = [*guard_params, *(p for _, values in self._inserts for p in values)]
         connection = connections[self.using]
         savepoint = transaction.atomic(using=self.using) if connection.in_atomic_block else None
-        with savepoint or nullcontext(), connection.cursor() as cursor:
+        with savepoint or nullcontext(), prepared_cursor(self.using) as cursor:
             cursor.execute(sql, params)
             written: bool = cursor.fetchone()[0] == 1
         if written:

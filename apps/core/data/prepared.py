@@ -1,0 +1,60 @@
+"""Statements a request runs every time, parsed and planned once per connection
+(PostgreSQL).
+
+Django's PostgreSQL connections bind parameters client-side (psycopg's `ClientCursor`):
+each execution sends the statement's text with its values rendered as literals, which
+PostgreSQL parses and plans again. `prepared_cursor(alias)` is a Django cursor over
+psycopg's server-side binding cursor instead: the values travel apart from the text,
+and with `DATABASE_PREPARED_STATEMENTS` on (the `prepare_threshold` option of the
+connection, config/settings.py) a statement is prepared at its first execution on a
+connection and afterwards only bound and run. Django's own cursors stay client-side and
+are never prepared. psycopg keeps up to 100 prepared statements per connection
+(`prepared_max`; the least recently used is deallocated).
+
+Each parameter is typed by its Python value (a `str` as "unknown"), so a statement run
+here must make its parameters' types clear: a column it is assigned to, or a CAST. The
+query log (DEBUG, `CaptureQueriesContext`) shows the statement with its values as
+literals, as for any other query.
+"""
+
+import functools
+from typing import Any
+
+from django.db import connections
+from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
+
+
+def prepared_cursor(alias: str) -> CursorWrapper:
+    """A cursor of `alias`'s connection (PostgreSQL) whose statements bind their values
+    server-side and are prepared (see above); use it as `connection.cursor()`."""
+    connection = connections[alias]
+    connection.close_if_health_check_failed()
+    connection.ensure_connection()
+    connection.validate_thread_sharing()
+    cursor = _cursor_class(alias)(connection.connection)
+    if connection.queries_logged:
+        return _LiteralDebugWrapper(cursor, connection)
+    return CursorWrapper(cursor, connection)
+
+
+@functools.cache
+def _cursor_class(alias: str) -> type:
+    from django.db.backends.postgresql.base import ServerBindingCursor
+
+    connection = connections[alias]
+    if connection.settings_dict["ENGINE"].startswith("django_prometheus."):
+        # Counted in django_db_execute_total and the query duration like the others.
+        from django_prometheus.db.common import ExportingCursorWrapper
+
+        cursor_class: type = ExportingCursorWrapper(ServerBindingCursor, alias, connection.vendor)
+        return cursor_class
+    return ServerBindingCursor
+
+
+class _LiteralDebugWrapper(CursorDebugWrapper):
+    """Logs the statement with its values as literals (the server-side statement's text
+    has $n placeholders)."""
+
+    def execute(self, sql: str, params: Any = None) -> Any:
+        with self.debug_sql(self.db.ops.compose_sql(sql, params), params):
+            return CursorWrapper.execute(self, sql, params)
