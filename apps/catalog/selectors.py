@@ -75,9 +75,10 @@ def product_snapshots(*, product_ids: list[int]) -> dict[int, ProductSnapshot]:
 @functools.cache
 def _snapshots_sql(alias: str) -> str:
     quote = connections[alias].ops.quote_name
-    columns = ", ".join(quote(Product._meta.get_field(name).column) for name in SNAPSHOT_FIELDS)
-    table, pk = quote(Product._meta.db_table), quote(Product._meta.pk.column)
-    return f"SELECT {columns} FROM {table} WHERE {pk} = ANY(%s)"  # noqa: S608
+    column = {field.name: quote(field.column) for field in Product._meta.concrete_fields}
+    columns = ", ".join(column[name] for name in SNAPSHOT_FIELDS)
+    table = quote(Product._meta.db_table)
+    return f"SELECT {columns} FROM {table} WHERE {column['id']} = ANY(%s)"  # noqa: S608
 
 
 def product_ids_by_sku(*, skus: list[str]) -> dict[str, int]:

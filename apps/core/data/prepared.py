@@ -20,6 +20,7 @@ literals, as for any other query.
 import functools
 from typing import Any
 
+import psycopg
 from django.db import connections
 from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
 
@@ -38,23 +39,23 @@ def prepared_cursor(alias: str) -> CursorWrapper:
 
 
 @functools.cache
-def _cursor_class(alias: str) -> type:
-    from django.db.backends.postgresql.base import ServerBindingCursor
-
+def _cursor_class(alias: str) -> type[psycopg.Cursor[Any]]:
     connection = connections[alias]
     if connection.settings_dict["ENGINE"].startswith("django_prometheus."):
         # Counted in django_db_execute_total and the query duration like the others.
         from django_prometheus.db.common import ExportingCursorWrapper
 
-        cursor_class: type = ExportingCursorWrapper(ServerBindingCursor, alias, connection.vendor)
-        return cursor_class
-    return ServerBindingCursor
+        counted: type[psycopg.Cursor[Any]] = ExportingCursorWrapper(
+            psycopg.Cursor, alias, connection.vendor
+        )
+        return counted
+    return psycopg.Cursor
 
 
 class _LiteralDebugWrapper(CursorDebugWrapper):
     """Logs the statement with its values as literals (the server-side statement's text
     has $n placeholders)."""
 
-    def execute(self, sql: str, params: Any = None) -> Any:
+    def execute(self, sql: Any, params: Any = None) -> Any:
         with self.debug_sql(self.db.ops.compose_sql(sql, params), params):
             return CursorWrapper.execute(self, sql, params)
