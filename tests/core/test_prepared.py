@@ -49,3 +49,9 @@ def test_the_query_log_shows_the_values():
     assert captured.captured_queries[-1]["sql"] == (
         "SELECT CAST(41 AS integer) + 1, CAST('it''s' AS text)"
     )
+
+
+def test_placeholders_and_percent_signs_as_in_django():
+    with prepared_cursor(DEFAULT_DB_ALIAS) as cursor:
+        cursor.execute("SELECT CAST(%s AS text) || '%%', CAST(%s AS integer)", ["50", 7])
+        assert cursor.fetchone() == ("50%", 7)

@@ -11,13 +11,18 @@ connection and afterwards only bound and run. Django's own cursors stay client-s
 are never prepared. psycopg keeps up to 100 prepared statements per connection
 (`prepared_max`; the least recently used is deallocated).
 
-Each parameter is typed by its Python value (a `str` as "unknown"), so a statement run
-here must make its parameters' types clear: a column it is assigned to, or a CAST. The
-query log (DEBUG, `CaptureQueriesContext`) shows the statement with its values as
-literals, as for any other query.
+Statements take Django's positional `%s` placeholders. They are rewritten once (cached)
+to PostgreSQL's `$1, $2...` for psycopg's `RawCursor`: psycopg's own conversion parses a
+statement's text at every execution when it has more than 50 parameters, as an order
+placement's has. Each parameter is typed by its Python value (a `str` as "unknown"), so
+a statement run here must make its parameters' types clear: a column it is assigned to,
+or a CAST. The query log (DEBUG, `CaptureQueriesContext`) shows the statement with its
+values as literals, as for any other query.
 """
 
 import functools
+import itertools
+import re
 from typing import Any
 
 import psycopg
@@ -46,10 +51,25 @@ def _cursor_class(alias: str) -> type[psycopg.Cursor[Any]]:
         from django_prometheus.db.common import ExportingCursorWrapper
 
         counted: type[psycopg.Cursor[Any]] = ExportingCursorWrapper(
-            psycopg.Cursor, alias, connection.vendor
+            _NumberedPlaceholdersCursor, alias, connection.vendor
         )
         return counted
-    return psycopg.Cursor
+    return _NumberedPlaceholdersCursor
+
+
+class _NumberedPlaceholdersCursor(psycopg.RawCursor[Any]):
+    def execute(self, query: Any, params: Any = None, **options: Any) -> Any:
+        return super().execute(_numbered(query), params, **options)
+
+
+_PLACEHOLDER = re.compile(r"%[%s]")
+
+
+@functools.lru_cache(maxsize=256)
+def _numbered(sql: str) -> str:
+    """`sql` with $1, $2... for its %s placeholders (and % for %%)."""
+    number = itertools.count(1)
+    return _PLACEHOLDER.sub(lambda m: "%" if m[0] == "%%" else f"${next(number)}", sql)
 
 
 class _LiteralDebugWrapper(CursorDebugWrapper):
