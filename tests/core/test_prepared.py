@@ -55,3 +55,9 @@ def test_placeholders_and_percent_signs_as_in_django():
     with prepared_cursor(DEFAULT_DB_ALIAS) as cursor:
         cursor.execute("SELECT CAST(%s AS text) || '%%', CAST(%s AS integer)", ["50", 7])
         assert cursor.fetchone() == ("50%", 7)
+
+
+def test_a_statement_without_parameters_is_taken_as_written():
+    with prepared_cursor(DEFAULT_DB_ALIAS) as cursor:
+        cursor.execute("SELECT '100%'")
+        assert cursor.fetchone() == ("100%",)

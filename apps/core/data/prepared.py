@@ -59,7 +59,8 @@ def _cursor_class(alias: str) -> type[psycopg.Cursor[Any]]:
 
 class _NumberedPlaceholdersCursor(psycopg.RawCursor[Any]):
     def execute(self, query: Any, params: Any = None, **options: Any) -> Any:
-        return super().execute(_numbered(query), params, **options)
+        # Without parameters a statement is taken as written, % signs too (as Django does).
+        return super().execute(query if params is None else _numbered(query), params, **options)
 
 
 _PLACEHOLDER = re.compile(r"%[%s]")
