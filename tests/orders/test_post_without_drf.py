@@ -5,6 +5,8 @@ import re
 import uuid
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from rest_framework.views import APIView
 
 from apps.orders.models import OrderSummary
@@ -81,3 +83,13 @@ def test_the_answer_is_drfs_to_the_byte(customer_client):
     through_drf = post(customer_client, body(product), HTTP_ACCEPT="application/json, */*")
     assert answer(plain) == answer(through_drf)
     assert plain["Location"] != through_drf["Location"]  # two orders were placed
+
+
+def test_a_replay_tries_the_one_statement_placement_once(customer_client):
+    data, key = body(ProductFactory()), str(uuid.uuid4())
+    first = customer_client.post(ORDERS, data, format="json", HTTP_IDEMPOTENCY_KEY=key)
+    with CaptureQueriesContext(connection) as captured:
+        replay = customer_client.post(ORDERS, data, format="json", HTTP_IDEMPOTENCY_KEY=key)
+    assert replay["Idempotent-Replayed"] == "true" and replay.content == first.content
+    placements = [q for q in captured.captured_queries if q["sql"].startswith("WITH taken_not")]
+    assert len(placements) == 1  # by the plain way; DRF's view then claims and replays

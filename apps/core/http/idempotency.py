@@ -238,13 +238,22 @@ class UnclaimedKey:
 
 
 def answered_in_one_statement(
-    answer: Callable[[UnclaimedKey], Any], *, user_id: int | None, key: str, fingerprint: str
+    answer: Callable[[UnclaimedKey], Any],
+    *,
+    request: HttpRequest,
+    user_id: int | None,
+    key: str,
+    fingerprint: str,
 ) -> Any:
     """`answer(unclaimed key)`: a response whose record it stored with its writes in one
-    statement; or None, where the database has no such statement or `answer` raised
-    (before writing anything): then the usual way (claim, run, store) must answer."""
-    if not one_statement_inserts(router.db_for_write(IdempotencyRecord)):
+    statement; or None, where the database has no such statement, `answer` raised
+    (before writing anything) or this request tried already: then the usual way (claim,
+    run, store) must answer."""
+    if request.__dict__.get("_one_statement_tried") or not one_statement_inserts(
+        router.db_for_write(IdempotencyRecord)
+    ):
         return None
+    request.__dict__["_one_statement_tried"] = True
     unclaimed = UnclaimedKey(user_id=user_id, key=key, fingerprint=fingerprint)
     try:
         answered = answer(unclaimed)
@@ -308,7 +317,11 @@ def idempotent_request(
                     del request.__dict__["_unclaimed_idempotency_key"]
 
             answered = answered_in_one_statement(
-                unclaimed_view, user_id=user_id, key=key, fingerprint=fingerprint
+                unclaimed_view,
+                request=request._request,
+                user_id=user_id,
+                key=key,
+                fingerprint=fingerprint,
             )
             if answered is not None:
                 return answered

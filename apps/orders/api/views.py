@@ -117,6 +117,7 @@ def _placed_without_drf(request: HttpRequest) -> HttpResponse | None:
     fingerprint = request_fingerprint(method="POST", path=request.get_full_path(), data=body)
     answered = answered_in_one_statement(
         functools.partial(_placed_with_answer, placement),
+        request=request,
         user_id=user_id,
         key=key,
         fingerprint=fingerprint,
