@@ -119,6 +119,7 @@ TEMPLATES = [
 # --- Databases ------------------------------------------------------------------
 
 CONN_MAX_AGE = env.int("CONN_MAX_AGE", default=60)
+DATABASE_PREPARED_STATEMENTS = env.bool("DATABASE_PREPARED_STATEMENTS", default=True)
 # Longer than any pause our code makes inside a transaction (the outbox relay publishing a
 # batch to the broker is the longest).
 DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS = env.float(
@@ -153,6 +154,11 @@ def _database(url: str, *, connect_timeout: int) -> dict:
             # row locks until TCP gives up, hours later: the server ends the session instead.
             "options": "-c idle_in_transaction_session_timeout="
             f"{int(DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS * 1000)}",
+            # Statements run through apps.core.data.prepared are prepared at their first
+            # execution on a connection; Django's own cursors bind client-side and are
+            # never prepared. Off (None) behind a pooler that cannot keep prepared
+            # statements (PgBouncer in transaction mode before 1.21).
+            "prepare_threshold": 0 if DATABASE_PREPARED_STATEMENTS else None,
         }
     return config
 

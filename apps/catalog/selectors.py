@@ -5,6 +5,7 @@ reads (product detail, category tree) load from the primary on a miss: a lagging
 replica's old row would otherwise be cached under the new version.
 """
 
+import functools
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -27,6 +28,7 @@ from apps.catalog.cache import (
 from apps.catalog.errors import CategoryNotFound, ProductNotFound
 from apps.catalog.models import Category, Product, Reservation, Stock, StockAdjustment
 from apps.catalog.search import search_products
+from apps.core.data.prepared import prepared_cursor
 from apps.core.data.routing import replica_safe
 
 logger = structlog.get_logger(__name__)
@@ -50,12 +52,33 @@ class ProductSnapshot:
     is_active: bool
 
 
+SNAPSHOT_FIELDS = ("id", "sku", "name", "price", "currency", "is_active")
+
+
 def product_snapshots(*, product_ids: list[int]) -> dict[int, ProductSnapshot]:
     """Snapshots of the given products in one query; unknown ids are absent."""
-    rows = Product.objects.filter(pk__in=product_ids).values_list(
-        "id", "sku", "name", "price", "currency", "is_active"
-    )
+    alias = router.db_for_read(Product)
+    connection = connections[alias]
+    if connection.vendor == "postgresql":
+        # Every order placement reads these: a prepared statement costs a fraction of the
+        # ORM's query building (docs/performance.md).
+        with prepared_cursor(alias) as cursor:
+            cursor.execute(_snapshots_sql(alias), [product_ids])
+            rows = cursor.fetchall()
+    else:
+        rows = list(
+            Product.objects.using(alias).filter(pk__in=product_ids).values_list(*SNAPSHOT_FIELDS)
+        )
     return {row[0]: ProductSnapshot(*row) for row in rows}
+
+
+@functools.cache
+def _snapshots_sql(alias: str) -> str:
+    quote = connections[alias].ops.quote_name
+    column = {field.name: quote(field.column) for field in Product._meta.concrete_fields}
+    columns = ", ".join(column[name] for name in SNAPSHOT_FIELDS)
+    table = quote(Product._meta.db_table)
+    return f"SELECT {columns} FROM {table} WHERE {column['id']} = ANY(%s)"  # noqa: S608
 
 
 def product_ids_by_sku(*, skus: list[str]) -> dict[str, int]:

@@ -10,7 +10,7 @@ are the order's own bookkeeping of its saga's steps and stay inside the context 
 payments context publishes the money facts).
 """
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from apps.core.messaging.event_registry import published_event
@@ -27,7 +27,10 @@ class OrderEvent:
         return type(self).__name__
 
     def as_data(self) -> dict[str, Any]:
-        return asdict(self)
+        """The payload, sharing the event's lists and dicts (stored or shown, never
+        changed): asdict()'s deep copy cost more than the rest of storing an order's
+        event."""
+        return dict(vars(self))
 
 
 @published_event(context=CONTEXT)

@@ -2,6 +2,7 @@ import uuid
 from decimal import Decimal
 
 import pytest
+from django.db import connection
 
 from apps.core.messaging.webhooks.delivery import subscribed_event_types
 from apps.orders.models import OrderSummary, StoredEvent
@@ -116,6 +117,16 @@ def test_customers_list_only_their_own_orders_filtered_by_status(customer_client
     confirmed = customer_client.get(ORDERS, {"status": "confirmed"}).json()["results"]
     assert [o["id"] for o in confirmed] == [str(mine[0].pk)]
     assert_problem(customer_client.get(ORDERS, {"status": "bogus"}), 400, "validation-error")
+
+
+def test_the_placement_statements_are_prepared_once_per_connection(customer_client):
+    products = ProductFactory.create_batch(2)
+    for _ in range(2):
+        assert post_order(customer_client, order_body(products)).status_code == 202
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT left(statement, 13) FROM pg_prepared_statements ORDER BY 1")
+        prepared = [row[0] for row in cursor.fetchall()]
+    assert prepared == ['SELECT "id", ', "WITH taken_no"]
 
 
 def test_order_list_query_count_does_not_grow(customer_client, customer,

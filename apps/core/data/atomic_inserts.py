@@ -16,6 +16,8 @@ BEGIN, an INSERT per table and COMMIT. When `record`'s unique values are taken (
 concurrent statement waits for the first to commit, then finds them), nothing is written
 and no error is raised, so PostgreSQL logs no failed statement with the rows' values.
 
+The statement is prepared once per connection (`apps.core.data.prepared`).
+
 The rows are the ORM's: columns, defaults and `auto_now_add` values as Django's insert
 compiler sets them when the row is added, values prepared by each field's
 `get_db_prep_save`, each cast to its column's type (an `INSERT ... SELECT` types its
@@ -32,6 +34,8 @@ from typing import Any
 from django.db import connections, models, transaction
 from django.db.models.constants import OnConflict
 from django.db.models.sql import InsertQuery, UpdateQuery
+
+from apps.core.data.prepared import prepared_cursor
 
 
 def one_statement_inserts(using: str) -> bool:
@@ -101,7 +105,7 @@ class InsertStatement:
             if savepoint and connection.in_atomic_block
             else nullcontext()
         )
-        with in_savepoint, connection.cursor() as cursor:
+        with in_savepoint, prepared_cursor(self.using) as cursor:
             cursor.execute(sql, params)
             outcome: bool = cursor.fetchone()[0]
         if outcome or not guarded:

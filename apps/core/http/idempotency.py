@@ -30,6 +30,7 @@ from celery import shared_task
 from django.conf import settings
 from django.db import IntegrityError, connections, router, transaction
 from django.db.models import QuerySet
+from django.http import HttpRequest
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -94,7 +95,7 @@ def request_fingerprint(*, method: str, path: str, data: Any) -> str:
     return hashlib.sha256(f"{method.upper()}\n{path}\n{body}".encode()).hexdigest()
 
 
-def _key_from(request: Request) -> str:
+def _key_from(request: Request | HttpRequest) -> str:
     key = request.headers.get(IDEMPOTENCY_HEADER, "").strip()
     if not key:
         raise IdempotencyKeyMissing(
@@ -236,6 +237,45 @@ class UnclaimedKey:
         )
 
 
+def answered_in_one_statement(
+    answer: Callable[[UnclaimedKey], Any],
+    *,
+    request: HttpRequest,
+    user_id: int | None,
+    key: str,
+    fingerprint: str,
+) -> Any:
+    """`answer(unclaimed key)`: a response whose record it stored with its writes in one
+    statement; or None, where the database has no such statement, `answer` raised
+    (before writing anything) or this request tried already: then the usual way (claim,
+    run, store) must answer."""
+    if request.__dict__.get("_one_statement_tried") or not one_statement_inserts(
+        router.db_for_write(IdempotencyRecord)
+    ):
+        return None
+    request.__dict__["_one_statement_tried"] = True
+    unclaimed = UnclaimedKey(user_id=user_id, key=key, fingerprint=fingerprint)
+    try:
+        answered = answer(unclaimed)
+    except (ClaimFirst, APIException, DomainError, IntegrityError):
+        return None  # nothing was written: the usual way answers
+    except Exception:
+        # Still nothing written, but not a way this should end: say so.
+        logger.warning("idempotent_one_statement_failed", exc_info=True)
+        return None
+    if not unclaimed.used:
+        raise RuntimeError("a view given an unclaimed key must store its answer")
+    return answered
+
+
+def idempotency_key_of(request: HttpRequest) -> str | None:
+    """The request's Idempotency-Key when it is well formed, else None."""
+    try:
+        return _key_from(request)
+    except DomainError:
+        return None
+
+
 def unclaimed_key(request: Request) -> UnclaimedKey | None:
     """The key a view decorated with `idempotent_request(answer_in_one_statement=True)`
     may store its answer with (None: the key is claimed already, answer as usual)."""
@@ -267,24 +307,23 @@ def idempotent_request(
         fingerprint = request_fingerprint(
             method=request.method or "", path=request.get_full_path(), data=request.data
         )
-        if answer_in_one_statement and one_statement_inserts(
-            router.db_for_write(IdempotencyRecord)
-        ):
-            unclaimed = UnclaimedKey(user_id=user_id, key=key, fingerprint=fingerprint)
-            request.__dict__["_unclaimed_idempotency_key"] = unclaimed
-            try:
-                answered = view(*args, **kwargs)
-            except (ClaimFirst, APIException, DomainError, IntegrityError):
-                answered = None  # nothing was written: the usual way answers
-            except Exception:
-                # Still nothing written, but not a way this should end: say so.
-                logger.warning("idempotent_one_statement_failed", exc_info=True)
-                answered = None
-            finally:
-                del request.__dict__["_unclaimed_idempotency_key"]
+        if answer_in_one_statement:
+
+            def unclaimed_view(unclaimed: UnclaimedKey) -> Any:
+                request.__dict__["_unclaimed_idempotency_key"] = unclaimed
+                try:
+                    return view(*args, **kwargs)
+                finally:
+                    del request.__dict__["_unclaimed_idempotency_key"]
+
+            answered = answered_in_one_statement(
+                unclaimed_view,
+                request=request._request,
+                user_id=user_id,
+                key=key,
+                fingerprint=fingerprint,
+            )
             if answered is not None:
-                if not unclaimed.used:
-                    raise RuntimeError("a view given an unclaimed key must store its answer")
                 return answered
         record, owned = _claim(user_id=user_id, key=key, fingerprint=fingerprint)
         if not owned:

@@ -8,7 +8,7 @@ Nothing is read from the logging context: a worker running many flows one after
 another cannot stamp one flow's ids on another's events.
 """
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from django.http import HttpRequest
@@ -41,7 +41,8 @@ class Provenance:
 
     def as_dict(self) -> dict[str, str]:
         """The ids that are set (stored metadata, a saga's context)."""
-        return {key: value for key, value in asdict(self).items() if value is not None}
+        # vars(), not asdict(): the ids are strings, nothing to copy deeply.
+        return {key: value for key, value in vars(self).items() if value is not None}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> "Provenance":

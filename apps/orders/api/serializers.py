@@ -1,4 +1,9 @@
+import decimal
+from datetime import datetime
+from typing import Any
+
 from django.conf import settings
+from django.utils import timezone
 from rest_framework import serializers
 
 from apps.core.http.api.serializers import SharedFieldsMixin, StrictSerializer
@@ -66,6 +71,47 @@ class OrderSerializer(SharedFieldsMixin, serializers.ModelSerializer):
             "updated_at",
         ]
         read_only_fields = fields
+
+
+# Amounts as DRF's DecimalField renders `OrderSummary`'s (max_digits=12, decimal_places=2).
+MONEY_CONTEXT = decimal.Context(prec=12)
+CENTS = decimal.Decimal("0.01")
+
+
+def order_representation(summary: OrderSummary) -> dict[str, Any]:
+    """`OrderSerializer(summary).data`, built directly: the order POST answers with it on
+    every placement, where the serializer's field machinery cost more than the rest of the
+    answer (tests/orders/test_order_representation.py holds the two equal)."""
+    return {
+        "id": str(summary.id),
+        "status": str(summary.status),
+        "currency": summary.currency,
+        "subtotal": _money(summary.subtotal),
+        "total": _money(summary.total),
+        "items": summary.items,
+        "item_count": int(summary.item_count),
+        "shipping_address": summary.shipping_address,
+        "refunded_amount": _money(summary.refunded_amount),
+        "tracking_number": summary.tracking_number,
+        "carrier": summary.carrier,
+        "cancellation_reason": summary.cancellation_reason,
+        "cancellation_details": summary.cancellation_details,
+        "version": int(summary.version),
+        "placed_at": _datetime(summary.placed_at),
+        "updated_at": _datetime(summary.updated_at),
+    }
+
+
+def _money(value: decimal.Decimal | int) -> str:
+    if not isinstance(value, decimal.Decimal):
+        value = decimal.Decimal(str(value).strip())
+    return f"{value.quantize(CENTS, context=MONEY_CONTEXT):f}"
+
+
+def _datetime(value: datetime) -> str:
+    """As DRF's DateTimeField: ISO 8601 in the current time zone, "Z" for UTC."""
+    text = value.astimezone(timezone.get_current_timezone()).isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
 class OrderEventSerializer(serializers.ModelSerializer):

@@ -3,7 +3,7 @@ from django.urls import path
 from apps.orders.api import views
 
 urlpatterns = [
-    path("orders", views.OrderListCreateView.as_view(), name="order-list"),
+    path("orders", views.order_list_create, name="order-list"),
     path("orders/<uuid:order_id>", views.OrderDetailView.as_view(), name="order-detail"),
     path("orders/<uuid:order_id>/events", views.OrderEventsView.as_view(), name="order-events"),
     path("orders/<uuid:order_id>/state", views.OrderStateView.as_view(), name="order-state"),

@@ -1,3 +1,6 @@
+import functools
+
+from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import status
@@ -7,11 +10,16 @@ from rest_framework.views import APIView
 
 from apps.core.http.api.pagination import CursorPagination
 from apps.core.http.api.permissions import staff_role_required
+from apps.core.http.api.plain_requests import as_drf_answers, bearer_json_body
 from apps.core.http.api.views import StrictQueryParameters
 from apps.core.http.idempotency import (
     IDEMPOTENCY_HEADER,
     ClaimFirst,
+    UnclaimedKey,
+    answered_in_one_statement,
+    idempotency_key_of,
     idempotent_request,
+    request_fingerprint,
     unclaimed_key,
 )
 from apps.core.messaging.provenance import Provenance
@@ -26,6 +34,7 @@ from apps.orders.api.serializers import (
     OrderStateSerializer,
     ShipSerializer,
     TimeTravelQuerySerializer,
+    order_representation,
 )
 from apps.users import selectors as user_selectors
 from apps.users.roles import ORDER_MANAGERS, SUPPORT
@@ -70,31 +79,81 @@ class OrderListCreateView(StrictQueryParameters, ListAPIView):
             shipping_address = {f: getattr(address, f) for f in services.ADDRESS_SNAPSHOT_FIELDS}
         else:
             shipping_address = data["shipping_address"]
-        placement = {
-            "user_id": request.user.pk,
-            "items": [(item["product_id"], item["quantity"]) for item in data["items"]],
-            "shipping_address": shipping_address,
-            "payment_token": data["payment"]["token"],
-            "idempotency_key": request.headers[IDEMPOTENCY_HEADER],
-            "provenance": Provenance.of_request(request),
-        }
+        placement = _placement(request, request.user.pk, data, shipping_address)
         if unclaimed is None:
             return _accepted(services.order_place(**placement))
-        # The order and this answer are stored by one statement.
-        answers = []
+        return _placed_with_answer(placement, unclaimed)
 
-        def answer(summary):
-            answers.append(_accepted(summary))
-            return unclaimed.completed_record(answers[0])
 
-        if services.order_place_answered(**placement, answer=answer) is None:
-            raise ClaimFirst  # the key is taken: nothing was written
-        return answers[0]
+def order_list_create(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+    """The view of `orders`: `OrderListCreateView`, except for the plain POST almost every
+    client sends (apps.core.http.api.plain_requests; an inline address, a well-formed body
+    and Idempotency-Key), which places the order without DRF's request handling. If that
+    placement cannot be stored in one statement with its answer (the key is taken, a
+    product is unknown...), nothing was written and the view answers as always."""
+    if request.method == "POST":
+        answered = _placed_without_drf(request)
+        if answered is not None:
+            return answered
+    return _order_list_create_view(request, *args, **kwargs)
+
+
+_order_list_create_view = OrderListCreateView.as_view()
+# To Django (csrf_exempt, view_class) and drf-spectacular (cls: the schema), the URL's
+# view is the class's.
+order_list_create.__dict__.update(_order_list_create_view.__dict__)
+
+
+def _placed_without_drf(request: HttpRequest) -> HttpResponse | None:
+    plain = bearer_json_body(request)
+    if plain is None:
+        return None
+    user_id, body = plain
+    data = well_formed_order(body)
+    key = idempotency_key_of(request)
+    if data is None or "shipping_address" not in data or key is None:
+        return None
+    placement = _placement(request, user_id, data, data["shipping_address"])
+    fingerprint = request_fingerprint(method="POST", path=request.get_full_path(), data=body)
+    answered = answered_in_one_statement(
+        functools.partial(_placed_with_answer, placement),
+        request=request,
+        user_id=user_id,
+        key=key,
+        fingerprint=fingerprint,
+    )
+    return None if answered is None else as_drf_answers(OrderListCreateView, answered)
+
+
+def _placement(request, user_id: int, data: dict, shipping_address: dict) -> dict:
+    """`order_place`'s arguments for this request."""
+    return {
+        "user_id": user_id,
+        "items": [(item["product_id"], item["quantity"]) for item in data["items"]],
+        "shipping_address": shipping_address,
+        "payment_token": data["payment"]["token"],
+        "idempotency_key": request.headers[IDEMPOTENCY_HEADER],
+        "provenance": Provenance.of_request(request),
+    }
+
+
+def _placed_with_answer(placement: dict, unclaimed: UnclaimedKey) -> Response:
+    """The order and its answer stored by one statement; `ClaimFirst` when the key is
+    taken (nothing was written)."""
+    answers = []
+
+    def answer(summary):
+        answers.append(_accepted(summary))
+        return unclaimed.completed_record(answers[0])
+
+    if services.order_place_answered(**placement, answer=answer) is None:
+        raise ClaimFirst
+    return answers[0]
 
 
 def _accepted(summary) -> Response:
     return Response(
-        OrderSerializer(summary).data,
+        order_representation(summary),
         status=status.HTTP_202_ACCEPTED,
         headers={"Location": reverse("order-detail", kwargs={"order_id": summary.pk})},
     )

@@ -1,0 +1,82 @@
+"""Statements a request runs every time, parsed and planned once per connection
+(PostgreSQL).
+
+Django's PostgreSQL connections bind parameters client-side (psycopg's `ClientCursor`):
+each execution sends the statement's text with its values rendered as literals, which
+PostgreSQL parses and plans again. `prepared_cursor(alias)` is a Django cursor over
+psycopg's server-side binding cursor instead: the values travel apart from the text,
+and with `DATABASE_PREPARED_STATEMENTS` on (the `prepare_threshold` option of the
+connection, config/settings.py) a statement is prepared at its first execution on a
+connection and afterwards only bound and run. Django's own cursors stay client-side and
+are never prepared. psycopg keeps up to 100 prepared statements per connection
+(`prepared_max`; the least recently used is deallocated).
+
+Statements take Django's positional `%s` placeholders. They are rewritten once (cached)
+to PostgreSQL's `$1, $2...` for psycopg's `RawCursor`: psycopg's own conversion parses a
+statement's text at every execution when it has more than 50 parameters, as an order
+placement's has. Each parameter is typed by its Python value (a `str` as "unknown"), so
+a statement run here must make its parameters' types clear: a column it is assigned to,
+or a CAST. The query log (DEBUG, `CaptureQueriesContext`) shows the statement with its
+values as literals, as for any other query.
+"""
+
+import functools
+import itertools
+import re
+from typing import Any
+
+import psycopg
+from django.db import connections
+from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
+
+
+def prepared_cursor(alias: str) -> CursorWrapper:
+    """A cursor of `alias`'s connection (PostgreSQL) whose statements bind their values
+    server-side and are prepared (see above); use it as `connection.cursor()`."""
+    connection = connections[alias]
+    connection.close_if_health_check_failed()
+    connection.ensure_connection()
+    connection.validate_thread_sharing()
+    cursor = _cursor_class(alias)(connection.connection)
+    if connection.queries_logged:
+        return _LiteralDebugWrapper(cursor, connection)
+    return CursorWrapper(cursor, connection)
+
+
+@functools.cache
+def _cursor_class(alias: str) -> type[psycopg.Cursor[Any]]:
+    connection = connections[alias]
+    if connection.settings_dict["ENGINE"].startswith("django_prometheus."):
+        # Counted in django_db_execute_total and the query duration like the others.
+        from django_prometheus.db.common import ExportingCursorWrapper
+
+        counted: type[psycopg.Cursor[Any]] = ExportingCursorWrapper(
+            _NumberedPlaceholdersCursor, alias, connection.vendor
+        )
+        return counted
+    return _NumberedPlaceholdersCursor
+
+
+class _NumberedPlaceholdersCursor(psycopg.RawCursor[Any]):
+    def execute(self, query: Any, params: Any = None, **options: Any) -> Any:
+        # Without parameters a statement is taken as written, % signs too (as Django does).
+        return super().execute(query if params is None else _numbered(query), params, **options)
+
+
+_PLACEHOLDER = re.compile(r"%[%s]")
+
+
+@functools.lru_cache(maxsize=256)
+def _numbered(sql: str) -> str:
+    """`sql` with $1, $2... for its %s placeholders (and % for %%)."""
+    number = itertools.count(1)
+    return _PLACEHOLDER.sub(lambda m: "%" if m[0] == "%%" else f"${next(number)}", sql)
+
+
+class _LiteralDebugWrapper(CursorDebugWrapper):
+    """Logs the statement with its values as literals (the server-side statement's text
+    has $n placeholders)."""
+
+    def execute(self, sql: Any, params: Any = None) -> Any:
+        with self.debug_sql(self.db.ops.compose_sql(sql, params), params):
+            return CursorWrapper.execute(self, sql, params)

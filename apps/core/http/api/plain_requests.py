@@ -1,0 +1,104 @@
+"""A DRF view's most common request answered without DRF's request handling.
+
+For a view whose own work is small (an order placement is one statement), DRF's
+per-request machinery (its Request, content negotiation, authentication, permission
+checks, finalizing the response) costs as much as the work. `bearer_json_body(request)`
+recognises the plain request such a view may answer itself, as DRF would take it with
+the default authentication (bearer JWT) and permission (IsAuthenticated):
+
+- no query string; `Content-Type: application/json`; `Accept` absent, `*/*` or
+  `application/json` (DRF renders JSON);
+- a bearer token the edge middleware verified already (authentication would succeed);
+- a body DRF's parser takes.
+
+It returns the token's user id and the parsed body, or None: the DRF view then handles
+the request as always (the body stays readable). `as_drf_answers(view_class, response)`
+finishes a `Response` as that view's `finalize_response` does.
+"""
+
+import functools
+import io
+from typing import Any
+
+from django.http import HttpRequest
+from django.utils.cache import patch_vary_headers
+from rest_framework import HTTP_HEADER_ENCODING
+from rest_framework.exceptions import APIException
+from rest_framework.response import Response
+from rest_framework.views import APIView
+from rest_framework_simplejwt.authentication import JWTAuthentication
+from rest_framework_simplejwt.settings import api_settings as jwt_settings
+
+from apps.core.http.api.parsers import DepthLimitedJSONParser
+from apps.core.http.clients import verified_access_token
+
+JSON = "application/json"
+ACCEPTED = ("*/*", JSON)
+
+
+def bearer_json_body(request: HttpRequest) -> tuple[int, Any] | None:
+    """(user id, parsed body) of a plain JSON request with a verified bearer token (see
+    above), else None."""
+    meta = request.META
+    if (
+        meta.get("QUERY_STRING")
+        or meta.get("CONTENT_TYPE") != JSON
+        or meta.get("HTTP_ACCEPT", "*/*") not in ACCEPTED
+    ):
+        return None
+    user_id = _bearer_user_id(request)
+    if user_id is None:
+        return None
+    try:
+        body = request.body
+        if not body:
+            return None
+        return user_id, DepthLimitedJSONParser().parse(io.BytesIO(body))
+    except Exception:  # too big, malformed, too deep: DRF's answer
+        return None
+
+
+def _bearer_user_id(request: HttpRequest) -> int | None:
+    header = request.META.get(jwt_settings.AUTH_HEADER_NAME)
+    if not isinstance(header, str):
+        return None
+    try:
+        raw_token = _authentication().get_raw_token(header.encode(HTTP_HEADER_ENCODING))
+    except APIException:
+        return None
+    token = None if raw_token is None else verified_access_token(request, raw_token)
+    if token is None:
+        return None
+    try:
+        return int(token[jwt_settings.USER_ID_CLAIM])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+@functools.cache
+def _authentication() -> JWTAuthentication:
+    # Only its header parsing is used; created once the apps are ready.
+    return JWTAuthentication()
+
+
+def as_drf_answers(view_class: type[APIView], response: Response) -> Response:
+    """`response` rendered and headed as `view_class` answers a request negotiated to
+    JSON: its first renderer, `Vary: Accept`, `Allow`."""
+    renderer = view_class.renderer_classes[0]()
+    if renderer.media_type != JSON:
+        raise TypeError(f"{view_class.__name__} does not render JSON first")
+    response.accepted_renderer = renderer
+    response.accepted_media_type = JSON
+    response.renderer_context = {}  # type: ignore[attr-defined]  # DRF's, unstubbed
+    if len(view_class.renderer_classes) > 1:
+        patch_vary_headers(response, ("Accept",))
+    allow = _ALLOW.get(view_class)
+    if allow is None:
+        view = view_class()
+        view.setup(HttpRequest())  # as for a request: HEAD where there is GET
+        allow = _ALLOW[view_class] = ", ".join(view.allowed_methods)
+    response["Allow"] = allow
+    return response
+
+
+_ALLOW: dict[type[APIView], str] = {}
