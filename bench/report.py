@@ -221,7 +221,7 @@ def scenario_celery(celery: dict, saga_max: float) -> dict:
                 "errors_5xx": 0, "non_2xx": 0}  # fmt: skip
     return _scenario(
         "8",
-        "Celery baseline: no-op task throughput on the same Redis broker",
+        "Celery baseline: no-op task throughput on the same broker",
         measured,
         None,
         tasks=celery["tasks"],

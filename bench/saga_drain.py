@@ -34,6 +34,7 @@ from bench.run import (
     GUNICORN_THREADS,
     GUNICORN_WORKERS,
     RESULTS_DIR,
+    fresh_tokens,
     git_commit,
     posted_orders,
     production_environment,
@@ -126,6 +127,7 @@ def wait_idle(timeout: float = 120) -> None:
 def burst_round(app: str, data, roots: dict[str, int], orders: int) -> dict:
     spread = ",".join(map(str, data.spread_products))
     wait_idle()
+    fresh_tokens(data)
     before = tree_cpu(roots)
     records = run_openloop(
         url=app, tokens_file=data.tokens_file, products=spread, count=orders,
@@ -196,6 +198,7 @@ def main(argv: list[str]) -> int:
         cheapest = min(rounds, key=lambda r: r["cpu_ms_per_order"]["total"])
         rate = max(1.0, best_rate / 2)
         spread = ",".join(map(str, data.spread_products))
+        fresh_tokens(data)
         steady = run_openloop(
             url=app, tokens_file=data.tokens_file, products=spread, rate=rate,
             count=int(rate * args.latency_seconds), max_in_flight=256,
