@@ -1,7 +1,6 @@
 """The Celery app. Tasks read from the primary, even through replica-safe selectors,
 unless they set `reads_from_replica`."""
 
-import contextlib
 import os
 from pathlib import Path
 
@@ -51,30 +50,6 @@ def open_task_routing_scope(task_id=None, task=None, **_):
 @task_postrun.connect
 def close_task_routing_scope(task_id=None, **_):
     scope = _task_scopes.pop(task_id, None)
-    if scope is not None:
-        scope.__exit__(None, None, None)
-
-
-_relay_scopes: dict[str, contextlib.AbstractContextManager[None]] = {}
-
-
-@task_prerun.connect
-def relay_task_events_in_process(task_id=None, task=None, **_):
-    # A task's commits relay their events themselves (the saga's confirmation, a
-    # consumer's reaction) instead of each kicking a relay task. Not for a task run
-    # eagerly: its caller decides.
-    from apps.core.messaging.outbox import relayed_in_process
-
-    if task is None or task.request.is_eager:
-        return
-    scope = relayed_in_process()
-    scope.__enter__()
-    _relay_scopes[task_id] = scope
-
-
-@task_postrun.connect
-def end_relay_in_process(task_id=None, **_):
-    scope = _relay_scopes.pop(task_id, None)
     if scope is not None:
         scope.__exit__(None, None, None)
 

@@ -4,16 +4,13 @@ import time
 import uuid
 
 import pytest
-from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
 
 from apps.core.messaging.outbox import (
-    RELAY_KICK_PENDING_KEY,
     claim_pending_messages,
     kick_relay,
     publish_event,
-    relayed_in_process,
     send_message,
 )
 from apps.core.models import InboxMessage, OutboxMessage
@@ -70,33 +67,6 @@ def test_committed_event_is_delivered_to_its_consumer_by_the_worker(celery_worke
     assert OutboxMessage.objects.get(pk=event_id).published_at is not None
     assert latency < 5, f"kicked relay took {latency:.2f}s"
     print(f"commit -> consumer effect: {latency * 1000:.0f} ms")
-
-
-def test_a_commit_inside_relayed_in_process_relays_its_event_before_it_returns():
-    cache.delete(RELAY_KICK_PENDING_KEY)
-    with relayed_in_process(), transaction.atomic():
-        event_id = publish_event(event_type=PROBED, payload={"n": 1})
-
-    # Claimed, sent and stamped here, after the commit: no relay task was asked for.
-    assert OutboxMessage.objects.get(pk=event_id).published_at is not None
-    assert cache.get(RELAY_KICK_PENDING_KEY) is None
-    wait_for_echo(event_id)
-    assert InboxMessage.objects.filter(event_id=event_id).count() == 1
-
-
-def test_a_full_batch_relayed_in_process_kicks_the_relay_task_for_the_rest(settings):
-    settings.OUTBOX_RELAY_BATCH_SIZE = 1
-    # An older pending event that nothing kicked a relay for (no beat runs here to sweep).
-    (older,) = OutboxMessage.objects.bulk_create(
-        [OutboxMessage(event_type=PROBED, payload={"n": 0}, created_at=timezone.now())]
-    )
-    with relayed_in_process(), transaction.atomic():
-        event_id = publish_event(event_type=PROBED, payload={"n": 1})
-
-    # The batch here took the older one; only the relay task can have sent this one.
-    assert OutboxMessage.objects.get(pk=older.pk).published_at is not None
-    for message_id in (older.pk, event_id):
-        assert len(wait_for_echo(message_id)) == 1
 
 
 def test_event_of_a_rolled_back_transaction_is_never_delivered(celery_worker):

@@ -274,28 +274,10 @@ def publish(
     )
 
 
-_relay_in_process: ContextVar[bool] = ContextVar("outbox_relay_in_process", default=False)
-
-
-@contextlib.contextmanager
-def relayed_in_process() -> Iterator[None]:
-    """Inside the block, a commit that published events relays them at once in this
-    process (one claim, send and stamp) instead of kicking a relay task. For a worker's
-    task: a relay task's message and run cost more than the relay. A relay here that
-    fails, or finds more than a batch pending, kicks the relay task as before."""
-    token = _relay_in_process.set(True)
-    try:
-        yield
-    finally:
-        _relay_in_process.reset(token)
-
-
 def kick_relay() -> None:
     """Ask a worker to relay now, unless a kick is queued already and has not started (it
-    claims after this commit, so it sees these rows); inside `relayed_in_process`, relay
-    here. Best effort: the periodic sweep is the guarantee."""
-    if _relay_in_process.get() and _relayed_here():
-        return
+    claims after this commit, so it sees these rows). Best effort: the periodic sweep is
+    the guarantee."""
     send_unless_pending(
         RELAY_KICK_PENDING_KEY,
         timeout=settings.OUTBOX_SWEEP_SECONDS,
@@ -306,19 +288,6 @@ def kick_relay() -> None:
 
 def _send_relay() -> None:
     relay_outbox.apply_async(queue=EVENTS_QUEUE, retry=False)
-
-
-def _relayed_here() -> bool:
-    """Relay one batch in this process; False when a relay task is still wanted."""
-    alias = router.db_for_write(OutboxMessage)
-    if connections[alias].in_atomic_block:  # not after a commit: the caller's transaction
-        return False
-    batch_size = settings.OUTBOX_RELAY_BATCH_SIZE
-    try:
-        return len(relay_batch(limit=batch_size)) < batch_size
-    except Exception:
-        logger.warning("outbox_relay_in_process_failed", exc_info=True)
-        return False
 
 
 # --- The relay ----------------------------------------------------------------------
