@@ -11,7 +11,7 @@ import uuid
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -647,7 +647,7 @@ def _webhook_charge_of_settled(
     the provider answered the charge call first), the webhook recorded, in one statement.
     Returns its pk (None: not ours) and 'already-settled', 'duplicate' or 'pending' (then
     nothing is written: the locking path records and settles it)."""
-    params = {
+    params: dict[str, str | datetime] = {
         "key": charge.idempotency_key,
         "pending": Payment.Status.PENDING.value,
         "event_id": event_id,
