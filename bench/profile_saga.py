@@ -1,5 +1,6 @@
 """Where a settled order's worker time goes, in process: the placement saga's steps, the
-relay and the consumers, with the SQL statements and transactions each runs.
+relay and the consumers, and the provider's webhook for the settled charge (the service
+behind the web endpoint), with the SQL statements and transactions each runs.
 
     scripts/testenv.py run -- .venv/bin/python -m bench.profile_saga --orders 100 [--cprofile]
 
@@ -14,10 +15,12 @@ import argparse
 import cProfile
 import os
 import pstats
+import sqlite3
 import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from decimal import Decimal
 from pathlib import Path
 
@@ -52,6 +55,8 @@ def main(argv: list[str]) -> int:
     import django
 
     django.setup()
+    from django.conf import settings
+
     if args.tracing:
         from apps.core.observability.tracing import setup_tracing_from_environment
 
@@ -67,7 +72,8 @@ def main(argv: list[str]) -> int:
     from apps.core.models import OutboxMessage
     from apps.core.workflows.sagas import saga_advance
     from apps.orders import services as orders
-    from apps.payments.sandbox.server import SandboxConfig, make_server
+    from apps.payments.sandbox.server import SIGNATURE_HEADER, SandboxConfig, make_server, sign
+    from apps.payments.services import webhook_handle
     from apps.users.models import User
 
     server, _ = make_server("127.0.0.1", psp_port, SandboxConfig(db_path=str(workdir / "psp.db")))
@@ -128,8 +134,24 @@ def main(argv: list[str]) -> int:
         started, cpu = time.perf_counter(), time.process_time()
         drain_events()
         figures["events"] = (time.perf_counter() - started, time.process_time() - cpu)
+    # The provider's webhooks for the charges (none was sent: no webhook URL), signed as
+    # its dispatcher signs them, and handled as the endpoint handles them.
+    with sqlite3.connect(workdir / "psp.db") as psp:
+        rows = psp.execute("SELECT payload FROM webhook_events ORDER BY rowid").fetchall()
+    timestamp, secret = int(time.time()), settings.PAYMENT_WEBHOOK_SECRET
+    deliveries = []
+    for (payload,) in rows[-args.orders :]:
+        body = payload.encode()
+        signature = f"t={timestamp},v1={sign(secret, timestamp, body)}"
+        deliveries.append((body, {SIGNATURE_HEADER: signature}))
+    with CaptureQueriesContext(connection) as webhooks_sql:
+        started, cpu = time.perf_counter(), time.process_time()
+        outcomes = Counter(
+            webhook_handle(body=body, headers=headers) for body, headers in deliveries
+        )
+        figures["webhooks"] = (time.perf_counter() - started, time.process_time() - cpu)
     n = args.orders
-    for name, sql in (("saga", sagas_sql), ("events", events_sql)):
+    for name, sql in (("saga", sagas_sql), ("events", events_sql), ("webhooks", webhooks_sql)):
         wall, cpu_s = figures[name]
         statements = [q["sql"] for q in sql.captured_queries]
         commits = sum(1 for s in statements if s.upper().startswith("COMMIT"))
@@ -138,6 +160,7 @@ def main(argv: list[str]) -> int:
               f"{len(statements) / n:.1f} statements ({commits / n:.1f} commits, "
               f"{savepoints / n:.1f} savepoints) per order")  # fmt: skip
     print(f"outbox rows pending after the sagas, per order: {pending / n:.2f}")
+    print(f"webhook outcomes: {dict(outcomes)}")
     if args.sql:
         start = next(i for i, q in enumerate(sagas_sql.captured_queries) if ids[0] in q["sql"])
         end = next(

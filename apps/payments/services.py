@@ -11,13 +11,13 @@ import uuid
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import structlog
 from django.conf import settings
-from django.db import IntegrityError, router, transaction
+from django.db import IntegrityError, connections, router, transaction
 from django.db.models import Sum
 from django.utils import timezone
 
@@ -618,11 +618,18 @@ def webhook_handle(*, body: bytes, headers: Mapping[str, str]) -> str:
 
 
 def _webhook_charge(event_id: str, charge: ProviderCharge) -> str:
-    payment_pk = (
-        Payment.objects.filter(idempotency_key=charge.idempotency_key)
-        .values_list("pk", flat=True)
-        .first()
-    )
+    alias = router.db_for_write(Payment)
+    payment_pk: int | None
+    if one_statement_inserts(alias):
+        payment_pk, outcome = _webhook_charge_of_settled(alias, event_id, charge)
+        if outcome != "pending":
+            return outcome
+    else:
+        payment_pk = (
+            Payment.objects.filter(idempotency_key=charge.idempotency_key)
+            .values_list("pk", flat=True)
+            .first()
+        )
     if payment_pk is None:
         return "ignored"
     payment, outcome = _settle_charge(
@@ -631,6 +638,49 @@ def _webhook_charge(event_id: str, charge: ProviderCharge) -> str:
     if outcome == "settled":
         _void_if_requested(payment)
     return outcome
+
+
+def _webhook_charge_of_settled(
+    alias: str, event_id: str, charge: ProviderCharge
+) -> tuple[int | None, str]:
+    """The payment the webhook is about and, when it is settled already (the usual case:
+    the provider answered the charge call first), the webhook recorded, in one statement.
+    Returns its pk (None: not ours) and 'already-settled', 'duplicate' or 'pending' (then
+    nothing is written: the locking path records and settles it)."""
+    params: dict[str, str | datetime] = {
+        "key": charge.idempotency_key,
+        "pending": Payment.Status.PENDING.value,
+        "event_id": event_id,
+        "data": json.dumps({"object_id": charge.id}),
+        "now": timezone.now(),
+    }
+    with connections[alias].cursor() as cursor:
+        cursor.execute(_WEBHOOK_OF_SETTLED_SQL, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None, "ignored"
+    payment_pk, status, recorded = row
+    if status == Payment.Status.PENDING:
+        return payment_pk, "pending"
+    return payment_pk, "already-settled" if recorded else "duplicate"
+
+
+# A settled payment never becomes pending again, so no lock is needed to record its
+# webhook; the provider event id's unique index makes the record once-only.
+_WEBHOOK_OF_SETTLED_SQL = """
+WITH payment AS (
+    SELECT id, status FROM payments_payment WHERE idempotency_key = %(key)s
+),
+recorded AS (
+    INSERT INTO payments_paymentevent (payment_id, kind, source, data, provider_event_id,
+        created_at)
+    SELECT id, 'webhook.received', 'webhook', %(data)s::jsonb, %(event_id)s, %(now)s
+    FROM payment WHERE status <> %(pending)s
+    ON CONFLICT (provider_event_id) DO NOTHING
+    RETURNING id
+)
+SELECT id, status, EXISTS (SELECT 1 FROM recorded) FROM payment
+"""
 
 
 def _webhook_refund(event_id: str, provider_refund: ProviderRefund) -> str:

@@ -5,6 +5,7 @@ from decimal import Decimal
 
 import pytest
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from apps.payments.gateway import get_provider
 from apps.payments.models import Payment, PaymentEvent
@@ -70,6 +71,50 @@ def test_a_signed_webhook_from_the_sandbox_settles_a_pending_payment_once(
     assert payment.provider_charge_id.startswith("ch_")
     kinds = list(payment.events.values_list("kind", flat=True))
     assert kinds == ["webhook.received", "payment.succeeded"]
+
+
+@pytest.mark.django_db
+def test_a_webhook_for_a_payment_the_charge_settled_is_recorded_once_in_one_statement(
+    webhook_receiver,
+):
+    payment = pending_payment()
+    # The saga's charge call, replayed by its key: the provider's answer settles it first.
+    payment_charge_for_order(
+        order_id=payment.order_id,
+        user_id=payment.user_id,
+        amount=payment.amount,
+        currency=payment.currency,
+        token="tok_visa",
+    )
+    delivery = delivery_for(webhook_receiver, payment.idempotency_key)[0]
+    event = json.loads(delivery.body)
+
+    with CaptureQueriesContext(connection) as first_sql:
+        first = webhook_handle(body=delivery.body, headers=delivery.headers)
+    second = webhook_handle(body=delivery.body, headers=delivery.headers)
+
+    assert (first, second) == ("already-settled", "duplicate")
+    assert len(first_sql.captured_queries) == 1
+    payment.refresh_from_db()
+    assert payment.status == "succeeded"
+    received = payment.events.get(kind="webhook.received")
+    assert (received.source, received.provider_event_id) == ("webhook", event["id"])
+    assert received.data == {"object_id": event["data"]["id"]}
+    kinds = list(payment.events.values_list("kind", flat=True))
+    assert kinds == ["payment.succeeded", "webhook.received"]
+
+
+@pytest.mark.django_db
+def test_a_charge_webhook_about_no_payment_of_ours_is_ignored(api_client, webhook_receiver):
+    payment = pending_payment()
+    charge_at_provider(payment)
+    delivery = delivery_for(webhook_receiver, payment.idempotency_key)[0]
+    payment.delete()
+
+    response = post_webhook(api_client, delivery.body, delivery.headers["Sandbox-Signature"])
+
+    assert (response.status_code, response.json()) == (200, {"status": "ignored"})
+    assert not PaymentEvent.objects.exists()
 
 
 @pytest.mark.django_db
