@@ -308,11 +308,20 @@ def _digest(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()[:32]
 
 
+def _exempt(path: str) -> bool:
+    return path in EXEMPT_PATHS or path.startswith(SIGNED_WEBHOOK_PATH_PREFIX)
+
+
+def _client(request: HttpRequest, user_id: int | str | None, ip: str | None) -> str:
+    """The client part of a bucket key: the token's user, else the address."""
+    return f"user:{user_id}" if user_id is not None else f"ip:{ip or client_ip(request)}"
+
+
 def request_buckets(request: HttpRequest, *, ip: str | None = None) -> tuple[str, list[str]] | None:
     """(scope, bucket keys) of a request, or None when it is exempt; `ip`: the client's
     address when the caller has it already (client_ip)."""
     path = request.path_info.rstrip("/") or "/"
-    if path in EXEMPT_PATHS or path.startswith(SIGNED_WEBHOOK_PATH_PREFIX):
+    if _exempt(path):
         return None
     prefix = limiter_settings().key_prefix
     if request.method == "POST" and path in AUTH_PATHS:
@@ -322,22 +331,27 @@ def request_buckets(request: HttpRequest, *, ip: str | None = None) -> tuple[str
             keys.append(f"{prefix}:auth:email:{_digest(email)}")
         return "auth", keys
     user_id = client_user_id(request)
-    client = f"user:{user_id}" if user_id is not None else f"ip:{ip or client_ip(request)}"
+    client = _client(request, user_id, ip)
     if request.method == "POST" and path == ORDERS_PATH and user_id is not None:
         return "orders", [f"{prefix}:orders:{client}"]
     return "default", [f"{prefix}:default:{client}"]
+
+
+def _hit_one(scope: str, key: str, limits: Policy) -> Decision | None:
+    """One bucket's decision; None when Redis failed open."""
+    try:
+        return hit(key, limits)
+    except RedisError:
+        metrics.ratelimit_backend_errors.labels(scope=scope).inc()
+        logger.warning("ratelimit_failed_open", scope=scope, exc_info=True)
+        return None
 
 
 def check(scope: str, keys: list[str]) -> Decision | None:
     """The most restrictive decision over `keys`; None when Redis failed open."""
     limits = policy(scope)
     if len(keys) == 1 and scope != "auth":  # the usual case, without the lists below
-        try:
-            return hit(keys[0], limits)
-        except RedisError:
-            metrics.ratelimit_backend_errors.labels(scope=scope).inc()
-            logger.warning("ratelimit_failed_open", scope=scope, exc_info=True)
-            return None
+        return _hit_one(scope, keys[0], limits)
     decisions = []
     for key in keys:
         try:
@@ -362,30 +376,17 @@ def request_decision(request: HttpRequest, *, ip: str | None = None) -> Decision
     if not config.enabled:
         return None
     path = request.path_info.rstrip("/") or "/"
-    if path in EXEMPT_PATHS or path.startswith(SIGNED_WEBHOOK_PATH_PREFIX):
+    if _exempt(path):
         return None
     if request.method == "POST" and (path in AUTH_PATHS or path == ORDERS_PATH):
         scope, keys = request_buckets(request, ip=ip)  # type: ignore[misc]  # not exempt
         decision = check(scope, keys)
     else:
-        # The default scope, as request_buckets and check give it, in one step: every
-        # request but a few POSTs takes this path.
+        # The default scope, as request_buckets and check give it, without their lists:
+        # every request but a few POSTs takes this path.
         scope = "default"
-        user_id = client_user_id(request)
-        if user_id is not None:
-            key = f"{config.key_prefix}:default:user:{user_id}"
-        else:
-            key = f"{config.key_prefix}:default:ip:{ip or client_ip(request)}"
-        default = config.policies["default"]
-        try:
-            if config.redis and default.lease > 1:
-                decision = leased_limiter.hit(key, default)
-            else:
-                decision = hit(key, default)
-        except RedisError:
-            metrics.ratelimit_backend_errors.labels(scope=scope).inc()
-            logger.warning("ratelimit_failed_open", scope=scope, exc_info=True)
-            return None
+        client = _client(request, client_user_id(request), ip)
+        decision = _hit_one(scope, f"{config.key_prefix}:default:{client}", config.policies[scope])
     if decision is not None and not decision.allowed:
         metrics.ratelimited_requests.labels(scope=scope).inc()
     return decision
