@@ -61,6 +61,7 @@ from django.db.models import Field, Model, Q
 from django.utils import timezone
 
 from apps.core.data.caching import clear_pending, send_unless_pending
+from apps.core.data.prepared import prepared_cursor
 from apps.core.models import SagaInstance, SagaTransition
 from apps.core.observability import metrics, tracing
 from apps.core.resilience import backoff_delay
@@ -382,7 +383,7 @@ def _move_and_log(
         f" INSERT INTO {quote(log_meta.db_table)} (saga_id, {', '.join(map(quote, columns))})"
         " SELECT id, %s::timestamptz, %s, %s, %s, %s, %s::jsonb FROM moved RETURNING id"
     )
-    with db.cursor() as cursor:
+    with prepared_cursor(db.alias) as cursor:
         cursor.execute(sql, [*values, saga.pk, fence, *log_values])
         return cursor.fetchone() is not None
 
