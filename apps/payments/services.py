@@ -22,6 +22,7 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from apps.core.data.atomic_inserts import one_statement_inserts
+from apps.core.data.prepared import prepared_cursor
 from apps.core.errors import Conflict, InvalidState, NotFound, ValidationFailed
 from apps.core.messaging.outbox import publish
 from apps.payments import events
@@ -225,7 +226,7 @@ def _payment_of_order(
         "log": json.dumps({"amount": str(amount), "currency": currency}),
         "now": now,
     }
-    found = list(Payment.objects.raw(_CREATE_SQL, params, using=alias))
+    found = _payments(_CREATE_SQL, params, alias)
     # None: created concurrently, after this statement's snapshot (its insert waited).
     return found[0] if found else Payment.objects.using(alias).get(order_id=order_id)
 
@@ -249,6 +250,22 @@ logged AS (
 SELECT * FROM created
 UNION ALL SELECT * FROM payments_payment WHERE order_id = %(order_id)s
 """
+
+
+def _payments(sql: str, params: dict[str, Any], alias: str) -> list[Payment]:
+    """The payments rows `sql` returns (`SELECT *` of the table), run as a prepared
+    statement: every charge runs both statements above."""
+    with prepared_cursor(alias) as cursor:
+        cursor.execute(sql, params)
+        columns = [column.name for column in cursor.description]
+        rows = cursor.fetchall()
+    fields = Payment._meta.concrete_fields
+    names = [field.attname for field in fields]
+    payments = []
+    for row in rows:
+        by_column = dict(zip(columns, row, strict=True))
+        payments.append(Payment.from_db(alias, names, [by_column[f.column] for f in fields]))
+    return payments
 
 
 def _new_idempotency_key() -> str:
@@ -302,7 +319,7 @@ def _settle_charge(
                 "log": json.dumps(log_data),
                 "now": now,
             }
-            settled = list(Payment.objects.raw(_SETTLE_SQL, params, using=alias))
+            settled = _payments(_SETTLE_SQL, params, alias)
             if not settled:
                 return Payment.objects.using(alias).get(pk=payment_id), "already-settled"
             payment = settled[0]
