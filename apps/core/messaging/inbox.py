@@ -156,8 +156,7 @@ def event_handler(
     delivery = _InRelay(batch) if in_relay else None
 
     def register(func: Handler) -> Handler:
-        registered = _handlers.setdefault(event_type, {})
-        existing = registered.get(consumer)
+        existing = _handlers.get(event_type, {}).get(consumer)
         if existing is not None and _qualified_name(existing) != _qualified_name(func):
             raise ImproperlyConfigured(
                 f"consumer {consumer!r} of {event_type} is already "
@@ -169,7 +168,7 @@ def event_handler(
             raise ImproperlyConfigured(
                 f"consumer {consumer!r} is registered with another `in_relay` or `batch`"
             )
-        registered[consumer] = func
+        _handlers.setdefault(event_type, {})[consumer] = func
         _delivery[consumer] = delivery
         if when is not None:
             _conditions[(event_type, consumer)] = when
