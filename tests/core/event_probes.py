@@ -42,9 +42,12 @@ def echo(event: EventEnvelope, *, consumer: str, **extra: Any) -> None:
 def failed_on_purpose(event: EventEnvelope) -> bool:
     """True for the first `payload["failures"]` attempts (counted in Redis, across
     processes)."""
+    failures = event.payload.get("failures", 0)
+    if not failures:
+        return False
     key = f"probe-attempts:{event.id}"
     cache.add(key, 0, timeout=60)
-    return bool(cache.incr(key) <= event.payload.get("failures", 0))
+    return bool(cache.incr(key) <= failures)
 
 
 @event_handler(PROBED, consumer="tests.echo")
