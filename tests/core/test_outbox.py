@@ -532,6 +532,23 @@ def test_in_relay_effects_roll_back_with_a_relay_that_dies_before_committing():
     assert all(len(echoes_by(i, "tests.in_relay")) == 1 for i in ids)
 
 
+def test_an_in_relay_consumer_without_a_batch_gets_each_event_at_its_types_handler():
+    seen: list[tuple[str, uuid.UUID]] = []
+    for event_type in ("TestOnlyParcelPacked", "TestOnlyParcelShipped"):
+        event_handler(event_type, consumer="tests.in_relay_alone", in_relay=True)(
+            lambda event, event_type=event_type: seen.append((event_type, event.id))
+        )
+    with transaction.atomic():
+        packed = publish_event(event_type="TestOnlyParcelPacked", payload={})
+        shipped = publish_event(event_type="TestOnlyParcelShipped", payload={})
+    before = queued_messages("events")
+
+    assert relay_batch(limit=10) == [packed, shipped]
+    assert seen == [("TestOnlyParcelPacked", packed), ("TestOnlyParcelShipped", shipped)]
+    assert handled_by("tests.in_relay_alone", [packed, shipped]) == {packed, shipped}
+    assert queued_messages("events") == before
+
+
 def test_in_relay_is_declared_once_per_consumer():
     def handler(event: EventEnvelope) -> None: ...
 
