@@ -102,7 +102,12 @@ def main(argv: list[str]) -> int:
 
     from apps.catalog import services as catalog
     from apps.catalog.selectors import product_ids_by_sku
-    from apps.core.messaging.inbox import EventEnvelope, consume_event, consumers_of
+    from apps.core.messaging.inbox import (
+        EventEnvelope,
+        consume_event,
+        consumers_of,
+        handled_in_relay,
+    )
     from apps.core.messaging.outbox import claim_pending_messages, relay_pending_messages
     from apps.core.models import OutboxMessage
     from apps.core.workflows.sagas import saga_advance
@@ -130,13 +135,17 @@ def main(argv: list[str]) -> int:
         return str(summary.pk)
 
     def drain_events() -> None:
-        # What the relay and deliver_event tasks do, in this process.
+        # What the relay (with the consumers it handles itself) and the delivery tasks
+        # do, in this process.
         from django.db import transaction
 
         while True:
             with transaction.atomic():
                 messages = claim_pending_messages(limit=100)
-                envelopes = [(m, consumers_of(m.event_type)) for m in messages]
+                envelopes = [
+                    (m, [c for c in consumers_of(m.event_type) if not handled_in_relay(c)])
+                    for m in messages
+                ]
             relay_pending_messages()
             if not messages:
                 return
