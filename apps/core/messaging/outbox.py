@@ -36,6 +36,7 @@ from django.utils import timezone
 from kombu import Producer
 from kombu.exceptions import OperationalError as BrokerUnavailable
 
+from apps.core.data.atomic_inserts import InsertStatement, one_statement_inserts
 from apps.core.data.caching import clear_pending, send_unless_pending
 from apps.core.messaging.event_registry import schema_version_of
 from apps.core.messaging.inbox import (
@@ -134,7 +135,13 @@ def publish_event(
         # inbox row).
         message.published_at = message.created_at
         message.consumers = handled
-    message.save(using=alias, force_insert=True)
+    if one_statement_inserts(alias):
+        # A prepared insert: every saga step publishes (stock, payments).
+        statement = InsertStatement(using=alias)
+        statement.add(message)
+        statement.execute(savepoint=False)
+    else:
+        message.save(using=alias, force_insert=True)
     if message.published_at is None:
         # Several events of one transaction each ask; kick_relay sends one kick at most.
         transaction.on_commit(kick_relay, using=alias, robust=True)
