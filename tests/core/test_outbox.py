@@ -556,3 +556,23 @@ def test_in_relay_is_declared_once_per_consumer():
         event_handler("AnotherProbeHappened", consumer="tests.in_relay")(handler)
     with pytest.raises(ImproperlyConfigured, match="for in_relay consumers"):
         event_handler(IN_RELAY, consumer="tests.other", batch=lambda events: None)  # type: ignore[arg-type,return-value]
+
+
+def test_an_in_relay_consumer_that_failed_gets_its_events_as_tasks_for_a_while(settings):
+    settings.OUTBOX_IN_RELAY_PAUSE_SECONDS = 60
+    (failing,) = publish_in_relay_probes({"failures": 1})
+    relay_batch(limit=10)  # fails in the relay: a retry task
+    assert not handled_by("tests.in_relay", [failing])
+
+    # While paused, a claim's events for the consumer go to a task without a try here.
+    later = publish_in_relay_probes({"n": 1}, {"n": 2})
+    before = queued_messages("events")
+    assert relay_batch(limit=10) == later
+    assert not handled_by("tests.in_relay", later)
+    assert queued_messages("events") == before + 2  # tests.by_task's, tests.in_relay's
+
+    # Once the pause is over, the relay handles the consumer's events again.
+    settings.OUTBOX_IN_RELAY_PAUSE_SECONDS = 0
+    again = publish_in_relay_probes({"n": 3})
+    assert relay_batch(limit=10) == again
+    assert handled_by("tests.in_relay", again) == set(again)

@@ -32,6 +32,7 @@ keeps its correlation id.
 """
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -183,9 +184,20 @@ def _delivery_name(delivery: _InRelay | None) -> str | None:
     return _qualified_name(delivery.batch) if delivery.batch is not None else "in relay"
 
 
+# in_relay consumer -> when (time.monotonic()) its handler last failed in this process's relay
+_failed_in_relay_at: dict[str, float] = {}
+
+
 def handled_in_relay(consumer: str) -> bool:
-    """Whether the relay handles this consumer's events itself (`in_relay`)."""
-    return _delivery.get(consumer) is not None
+    """Whether the relay handles this consumer's events itself (`in_relay`). Not for
+    OUTBOX_IN_RELAY_PAUSE_SECONDS after its handler failed there: its events go to tasks
+    meanwhile, so a mail server that hangs costs the relay one timeout, not one per claim."""
+    if _delivery.get(consumer) is None:
+        return False
+    failed_at = _failed_in_relay_at.get(consumer)
+    return failed_at is None or (
+        time.monotonic() - failed_at >= settings.OUTBOX_IN_RELAY_PAUSE_SECONDS
+    )
 
 
 def consumers_of(event_type: str) -> list[str]:
@@ -298,6 +310,9 @@ def consume_in_relay(events: list[EventEnvelope], *, consumer: str) -> InRelayOu
     except Exception:
         logger.warning("event_batch_failed", consumer=consumer, events=len(events), exc_info=True)
         outcome = InRelayOutcome(not_tried=events)
+        _failed_in_relay_at[consumer] = time.monotonic()
+    if outcome.failed is not None:
+        _failed_in_relay_at[consumer] = time.monotonic()
     transaction.on_commit(lambda: _record_in_relay(consumer, outcome), using=alias)
     return outcome
 

@@ -470,12 +470,13 @@ def relay_batch(*, limit: int) -> list[uuid.UUID]:
         by_consumer = _by_consumer(messages, wanted)
         with current_app.producer_or_acquire() as producer:
             sends = _Sends(producer)
+            here = {consumer for consumer in by_consumer if handled_in_relay(consumer)}
             # Tasks first: their consumers need not wait for the ones handled here.
             for consumer, consumer_messages in by_consumer.items():
-                if not handled_in_relay(consumer):
+                if consumer not in here:
                     sends.deliveries(consumer_messages, consumer)
             for consumer, consumer_messages in by_consumer.items():
-                if handled_in_relay(consumer):
+                if consumer in here:
                     _consume_here(consumer, consumer_messages, sends)
         for message in messages:
             if message.id in sends.failed:
