@@ -91,7 +91,8 @@ def backends_blocked_writing_an_echo() -> int:
         cursor.execute("SELECT pg_stat_clear_snapshot()")
         cursor.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-            " AND query LIKE 'INSERT INTO \"core_outboxmessage\"%%'"
+            # The echo's outbox row: one statement (WITH i0 AS (INSERT ...)) on PostgreSQL.
+            " AND query LIKE '%%INSERT INTO \"core_outboxmessage\"%%'"
         )
         return int(cursor.fetchone()[0])
 
