@@ -27,8 +27,11 @@ caller's transaction it runs in a savepoint, so that transaction stays usable.
 """
 
 import functools
+import uuid
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
+from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from django.db import connections, models, transaction
@@ -123,17 +126,91 @@ class InsertStatement:
             for f in meta.concrete_fields
             if not f.generated and not (f.primary_key and getattr(rows[0], f.attname) is None)
         )
-        connection = connections[self.using]
+        plan = _row_plan(self.using, fields)
         values = []
         for row in rows:
-            for field in fields:
-                value = field.pre_save(row, add=True)
+            for field, pre_saved, prepared in plan:
+                value = field.pre_save(row, add=True) if pre_saved else getattr(row, field.attname)
                 if hasattr(value, "resolve_expression"):
                     raise TypeError(f"{field}: an expression, not a value to insert")
-                values.append(field.get_db_prep_save(value, connection=connection))
+                values.append(prepared(value))
             row._state.adding = False
             row._state.db = self.using
         return fields, values
+
+
+_INTEGER_FIELDS = (
+    models.IntegerField,
+    models.BigIntegerField,
+    models.SmallIntegerField,
+    models.PositiveIntegerField,
+    models.PositiveBigIntegerField,
+    models.PositiveSmallIntegerField,
+)
+
+
+@functools.cache
+def _row_plan(
+    using: str, fields: tuple[Any, ...]
+) -> tuple[tuple[Any, bool, Callable[[Any], Any]], ...]:
+    """For each field: whether its `pre_save` does more than read the attribute (an
+    `auto_now_add` time, a subclass's own), and its value's preparation."""
+    return tuple(
+        (field, _pre_saved(field), _preparation(field, connections[using])) for field in fields
+    )
+
+
+def _pre_saved(field: Any) -> bool:
+    own = type(field).pre_save
+    if own is models.Field.pre_save:
+        return False
+    if own in (models.DateField.pre_save, models.DateTimeField.pre_save, models.TimeField.pre_save):
+        return bool(field.auto_now or field.auto_now_add)
+    return True
+
+
+def _preparation(field: Any, connection: Any) -> Callable[[Any], Any]:
+    """`field.get_db_prep_save(value, connection)`, without its chain of calls for the
+    values rows usually hold (of the exact built-in field classes, whose preparation of
+    such a value is known): a str for text, an int for integers, an aware datetime, a
+    UUID, a finite Decimal, a dict or list for JSON. Any other value or field goes
+    through `get_db_prep_save` itself (tests/core/test_atomic_inserts.py compares)."""
+
+    def prepared(value: Any) -> Any:
+        return field.get_db_prep_save(value, connection=connection)
+
+    kind = type(field)
+    ops = connection.ops
+    if kind in (models.CharField, models.TextField):
+        return lambda value: value if value is None or type(value) is str else prepared(value)
+    if kind in _INTEGER_FIELDS:
+        adapt_integer, internal_type = ops.adapt_integerfield_value, field.get_internal_type()
+        return lambda value: (
+            adapt_integer(value, internal_type) if type(value) is int else prepared(value)
+        )
+    if kind is models.DateTimeField:
+        adapt_datetime = ops.adapt_datetimefield_value
+        return lambda value: (
+            adapt_datetime(value)
+            if type(value) is datetime and value.utcoffset() is not None
+            else prepared(value)
+        )
+    if kind is models.UUIDField and connection.features.has_native_uuid_field:
+        return lambda value: value if type(value) is uuid.UUID else prepared(value)
+    if kind is models.DecimalField:
+        adapt_decimal = ops.adapt_decimalfield_value
+        digits, places = field.max_digits, field.decimal_places
+        return lambda value: (
+            adapt_decimal(value, digits, places)
+            if type(value) is Decimal and value.is_finite()
+            else prepared(value)
+        )
+    if kind is models.JSONField:
+        adapt_json, encoder = ops.adapt_json_value, field.encoder
+        return lambda value: (
+            adapt_json(value, encoder) if type(value) in (dict, list) else prepared(value)
+        )
+    return prepared
 
 
 @functools.cache
