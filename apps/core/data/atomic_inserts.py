@@ -40,6 +40,10 @@ from django.db.models.sql import InsertQuery, UpdateQuery
 
 from apps.core.data.prepared import prepared_cursor
 
+# An insert's model and whether its rows give their primary key: cache keys that hash
+# cheaply (a tuple of fields hashes each field in Python).
+_Shape = tuple[type[models.Model], bool]
+
 
 def one_statement_inserts(using: str) -> bool:
     """Whether this database takes several inserts as one statement (data-modifying CTEs)."""
@@ -51,7 +55,7 @@ class InsertStatement:
         if not one_statement_inserts(using):
             raise NotImplementedError(f"{connections[using].vendor} has no data-modifying CTEs")
         self.using = using
-        self._inserts: list[tuple[tuple[Any, ...], int, list[Any]]] = []
+        self._inserts: list[tuple[_Shape, int, list[Any]]] = []
         self._updates: list[tuple[str, list[Any]]] = []
         self._callbacks: list[Callable[[], None]] = []
 
@@ -59,8 +63,8 @@ class InsertStatement:
         """Add unsaved rows of one model; their defaults and `auto_now_add` values are set
         on them now."""
         if rows:
-            fields, values = self._values(rows)
-            self._inserts.append((fields, len(rows), values))
+            shape, values = self._values(rows)
+            self._inserts.append((shape, len(rows), values))
 
     def update(self, rows: "models.QuerySet[Any]", **values: Any) -> None:
         """Add an update of the rows `rows` selects, as `rows.update(**values)` writes it;
@@ -87,11 +91,11 @@ class InsertStatement:
             raise ValueError("updates run only in a statement without a guard row")
         ctes, params = [], []
         if unless_taken is not None:
-            fields, guard_params = self._values([unless_taken])
-            ctes.append(f"taken_not AS ({_guard_insert(self.using, fields)})")
+            shape, guard_params = self._values([unless_taken])
+            ctes.append(f"taken_not AS ({_guard_insert(self.using, shape)})")
             params += guard_params
-        for n, (fields, rows, values) in enumerate(self._inserts):
-            ctes.append(f"i{n} AS ({_insert(self.using, fields, rows, gated=guarded)})")
+        for n, (shape, rows, values) in enumerate(self._inserts):
+            ctes.append(f"i{n} AS ({_insert(self.using, shape, rows, gated=guarded)})")
             params += values
         for n, (sql, values) in enumerate(self._updates):
             ctes.append(f"u{n} AS ({sql})")
@@ -116,17 +120,12 @@ class InsertStatement:
                 transaction.on_commit(callback, using=self.using, robust=True)
         return outcome
 
-    def _values(self, rows: Sequence[models.Model]) -> tuple[tuple[Any, ...], list[Any]]:
-        """The fields an insert of `rows` writes (as `bulk_create`: an unset automatic
-        primary key left to the database) and their values, prepared as the insert
-        compiler prepares plain values; marks the rows saved."""
-        meta = rows[0]._meta
-        fields = tuple(
-            f
-            for f in meta.concrete_fields
-            if not f.generated and not (f.primary_key and getattr(rows[0], f.attname) is None)
-        )
-        plan = _row_plan(self.using, fields)
+    def _values(self, rows: Sequence[models.Model]) -> tuple[_Shape, list[Any]]:
+        """The shape of an insert of `rows` (see `_fields`) and its values, prepared as
+        the insert compiler prepares plain values; marks the rows saved."""
+        model = type(rows[0])
+        shape = (model, getattr(rows[0], model._meta.pk.attname) is not None)
+        plan = _row_plan(self.using, shape)
         values = []
         for row in rows:
             for field, pre_saved, prepared in plan:
@@ -136,7 +135,19 @@ class InsertStatement:
                 values.append(prepared(value))
             row._state.adding = False
             row._state.db = self.using
-        return fields, values
+        return shape, values
+
+
+@functools.cache
+def _fields(shape: _Shape) -> tuple[Any, ...]:
+    """The fields an insert writes, as `bulk_create`: a primary key the rows leave unset
+    is left to the database (an automatic one)."""
+    model, with_primary_key = shape
+    return tuple(
+        f
+        for f in model._meta.concrete_fields
+        if not f.generated and (with_primary_key or not f.primary_key)
+    )
 
 
 _INTEGER_FIELDS = (
@@ -150,13 +161,12 @@ _INTEGER_FIELDS = (
 
 
 @functools.cache
-def _row_plan(
-    using: str, fields: tuple[Any, ...]
-) -> tuple[tuple[Any, bool, Callable[[Any], Any]], ...]:
+def _row_plan(using: str, shape: _Shape) -> tuple[tuple[Any, bool, Callable[[Any], Any]], ...]:
     """For each field: whether its `pre_save` does more than read the attribute (an
     `auto_now_add` time, a subclass's own), and its value's preparation."""
     return tuple(
-        (field, _pre_saved(field), _preparation(field, connections[using])) for field in fields
+        (field, _pre_saved(field), _preparation(field, connections[using]))
+        for field in _fields(shape)
     )
 
 
@@ -196,7 +206,7 @@ def _preparation(field: Any, connection: Any) -> Callable[[Any], Any]:
             else prepared(value)
         )
     if kind is models.UUIDField and connection.features.has_native_uuid_field:
-        return lambda value: value if type(value) is uuid.UUID else prepared(value)
+        return lambda value: value if type(value) is uuid.UUID else _uuid(value, prepared)
     if kind is models.DecimalField:
         adapt_decimal = ops.adapt_decimalfield_value
         digits, places = field.max_digits, field.decimal_places
@@ -213,10 +223,21 @@ def _preparation(field: Any, connection: Any) -> Callable[[Any], Any]:
     return prepared
 
 
+def _uuid(value: Any, prepared: Callable[[Any], Any]) -> Any:
+    """A UUID field's value from its text, as its `to_python` reads it (errors: its own)."""
+    if type(value) is str:
+        try:
+            return uuid.UUID(hex=value)
+        except ValueError:
+            pass
+    return prepared(value)
+
+
 @functools.cache
-def _insert(using: str, fields: tuple[Any, ...], rows: int, *, gated: bool) -> str:
-    """INSERT of `rows` rows of `fields`; `gated`: only if the statement's guard row was
+def _insert(using: str, shape: _Shape, rows: int, *, gated: bool) -> str:
+    """INSERT of `rows` rows of that shape; `gated`: only if the statement's guard row was
     inserted."""
+    fields = _fields(shape)
     connection = connections[using]
     quote = connection.ops.quote_name
     # Cast to the column's type without its length or precision: assigning to the column
@@ -232,8 +253,9 @@ def _insert(using: str, fields: tuple[Any, ...], rows: int, *, gated: bool) -> s
 
 
 @functools.cache
-def _guard_insert(using: str, fields: tuple[Any, ...]) -> str:
+def _guard_insert(using: str, shape: _Shape) -> str:
     """The guard row's INSERT, as the insert compiler writes it with `ignore_conflicts`."""
+    fields = _fields(shape)
     model = fields[0].model
     query = InsertQuery(model, on_conflict=OnConflict.IGNORE)
     query.insert_values(fields, [model()])
