@@ -304,6 +304,15 @@ OUTBOX_RELAY_BATCH_SIZE = env.int("OUTBOX_RELAY_BATCH_SIZE", default=100)
 # kick or sweep goes on.
 OUTBOX_RELAY_TIME_BUDGET_SECONDS = env.float("OUTBOX_RELAY_TIME_BUDGET_SECONDS", default=20.0)
 OUTBOX_SWEEP_SECONDS = env.float("OUTBOX_SWEEP_SECONDS", default=5.0)
+# A relay kick waits this long before it claims: the events committed meanwhile join its
+# claim (one relay task for several events; the consumers see them this much later).
+OUTBOX_RELAY_LINGER_SECONDS = env.float("OUTBOX_RELAY_LINGER_SECONDS", default=0.1)
+# A consumer handled in the relay whose handler failed there gets its events as tasks for
+# this long (per relay process): a hanging mail server stalls one claim, not every claim.
+# 0 in tests, whose failing consumers must not change how the next test relays.
+OUTBOX_IN_RELAY_PAUSE_SECONDS = env.float(
+    "OUTBOX_IN_RELAY_PAUSE_SECONDS", default=0 if DJANGO_ENV == "test" else 30.0
+)
 # Events one delivery task hands one consumer: fewer Celery messages under load; small
 # enough that a batch still spreads over the events worker's processes.
 OUTBOX_DELIVERY_BATCH_SIZE = env.int("OUTBOX_DELIVERY_BATCH_SIZE", default=20)

@@ -49,6 +49,7 @@ from apps.catalog.errors import (
 )
 from apps.catalog.models import Category, Product, Reservation, Stock, StockAdjustment
 from apps.core.data.atomic_inserts import one_statement_inserts
+from apps.core.data.prepared import prepared_cursor
 from apps.core.errors import InvalidState, ValidationFailed
 from apps.core.messaging.outbox import publish
 
@@ -179,7 +180,7 @@ def _reserve_in_one_statement(
         "expires_at": expires_at,
         "now": now,
     }
-    with connections[router.db_for_write(Reservation)].cursor() as cursor:
+    with prepared_cursor(router.db_for_write(Reservation)) as cursor:
         cursor.execute(_RESERVE_SQL, params)
         rows = cursor.fetchall()
     lines: dict[str, list[ReservationLine]] = {"held": [], "made": []}
@@ -230,7 +231,7 @@ def reservation_commit(*, reference: str) -> None:
         _commit_row_by_row(reference)
         return
     with transaction.atomic(using=alias, savepoint=False):
-        with connections[alias].cursor() as cursor:
+        with prepared_cursor(alias) as cursor:
             cursor.execute(
                 _COMMIT_SQL,
                 {

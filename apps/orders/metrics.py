@@ -1,6 +1,8 @@
 """Order business metrics (prometheus_client), counted when the events that change an
 order's status commit (apps.orders.event_store.append)."""
 
+from typing import Any
+
 from prometheus_client import Counter
 
 orders_placed = Counter("mercato_orders_placed_total", "Orders placed.")
@@ -10,7 +12,7 @@ orders_cancelled = Counter(
 )
 
 
-def count_committed_events(events: list[tuple[str, dict]]) -> None:
+def count_committed_events(events: list[tuple[str, dict[str, Any]]]) -> None:
     """Count status changes among (event type, data) pairs that just committed."""
     for event_type, data in events:
         if event_type == "OrderPlaced":

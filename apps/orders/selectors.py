@@ -53,6 +53,13 @@ def order_summary(*, order_id: str, user_id: int | None = None) -> OrderSummary:
     return summary
 
 
+def order_summaries(*, order_ids: list[str]) -> dict[str, OrderSummary]:
+    """The summaries of these orders in one query, by order id; an order whose summary is
+    not written (yet) is left out (`order_summary` reads it from the event store)."""
+    summaries = OrderSummary.objects.filter(pk__in=order_ids).order_by()
+    return {str(summary.pk): summary for summary in summaries}
+
+
 @replica_safe
 def _summary_from_read_model(*, order_id: str, user_id: int | None) -> OrderSummary | None:
     orders = OrderSummary.objects.filter(pk=order_id)

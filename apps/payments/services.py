@@ -17,11 +17,12 @@ from typing import Any
 
 import structlog
 from django.conf import settings
-from django.db import IntegrityError, connections, router, transaction
+from django.db import IntegrityError, router, transaction
 from django.db.models import Sum
 from django.utils import timezone
 
 from apps.core.data.atomic_inserts import one_statement_inserts
+from apps.core.data.prepared import prepared_cursor
 from apps.core.errors import Conflict, InvalidState, NotFound, ValidationFailed
 from apps.core.messaging.outbox import publish
 from apps.payments import events
@@ -225,7 +226,7 @@ def _payment_of_order(
         "log": json.dumps({"amount": str(amount), "currency": currency}),
         "now": now,
     }
-    found = list(Payment.objects.raw(_CREATE_SQL, params, using=alias))
+    found = _payments(_CREATE_SQL, params, alias)
     # None: created concurrently, after this statement's snapshot (its insert waited).
     return found[0] if found else Payment.objects.using(alias).get(order_id=order_id)
 
@@ -249,6 +250,22 @@ logged AS (
 SELECT * FROM created
 UNION ALL SELECT * FROM payments_payment WHERE order_id = %(order_id)s
 """
+
+
+def _payments(sql: str, params: dict[str, Any], alias: str) -> list[Payment]:
+    """The payments rows `sql` returns (`SELECT *` of the table), run as a prepared
+    statement: every charge runs both statements above."""
+    with prepared_cursor(alias) as cursor:
+        cursor.execute(sql, params)
+        columns = [column.name for column in cursor.description]
+        rows = cursor.fetchall()
+    fields = Payment._meta.concrete_fields
+    names = [field.attname for field in fields]
+    payments = []
+    for row in rows:
+        by_column = dict(zip(columns, row, strict=True))
+        payments.append(Payment.from_db(alias, names, [by_column[f.column] for f in fields]))
+    return payments
 
 
 def _new_idempotency_key() -> str:
@@ -302,7 +319,7 @@ def _settle_charge(
                 "log": json.dumps(log_data),
                 "now": now,
             }
-            settled = list(Payment.objects.raw(_SETTLE_SQL, params, using=alias))
+            settled = _payments(_SETTLE_SQL, params, alias)
             if not settled:
                 return Payment.objects.using(alias).get(pk=payment_id), "already-settled"
             payment = settled[0]
@@ -646,7 +663,11 @@ def _webhook_charge_of_settled(
     """The payment the webhook is about and, when it is settled already (the usual case:
     the provider answered the charge call first), the webhook recorded, in one statement.
     Returns its pk (None: not ours) and 'already-settled', 'duplicate' or 'pending' (then
-    nothing is written: the locking path records and settles it)."""
+    nothing is written: the locking path records and settles it).
+
+    A webhook often arrives while the charge's own settlement is under way (the provider
+    sends it as it answers the call): seen pending, the statement runs once more with the
+    row locked, which waits for that settlement and then sees it."""
     params: dict[str, str | datetime] = {
         "key": charge.idempotency_key,
         "pending": Payment.Status.PENDING.value,
@@ -654,15 +675,16 @@ def _webhook_charge_of_settled(
         "data": json.dumps({"object_id": charge.id}),
         "now": timezone.now(),
     }
-    with connections[alias].cursor() as cursor:
-        cursor.execute(_WEBHOOK_OF_SETTLED_SQL, params)
-        row = cursor.fetchone()
-    if row is None:
-        return None, "ignored"
-    payment_pk, status, recorded = row
-    if status == Payment.Status.PENDING:
-        return payment_pk, "pending"
-    return payment_pk, "already-settled" if recorded else "duplicate"
+    for statement in (_WEBHOOK_OF_SETTLED_SQL, _WEBHOOK_OF_SETTLED_LOCKED_SQL):
+        with prepared_cursor(alias) as cursor:
+            cursor.execute(statement, params)
+            row = cursor.fetchone()
+        if row is None:
+            return None, "ignored"
+        payment_pk, status, recorded = row
+        if status != Payment.Status.PENDING:
+            return payment_pk, "already-settled" if recorded else "duplicate"
+    return payment_pk, "pending"
 
 
 # A settled payment never becomes pending again, so no lock is needed to record its
@@ -681,6 +703,11 @@ recorded AS (
 )
 SELECT id, status, EXISTS (SELECT 1 FROM recorded) FROM payment
 """
+# The same, once the row's lock is free: a settlement in progress commits first, and the
+# locked row is its latest version (READ COMMITTED re-reads a row it waited for).
+_WEBHOOK_OF_SETTLED_LOCKED_SQL = _WEBHOOK_OF_SETTLED_SQL.replace(
+    "WHERE idempotency_key = %(key)s", "WHERE idempotency_key = %(key)s FOR UPDATE"
+)
 
 
 def _webhook_refund(event_id: str, provider_refund: ProviderRefund) -> str:

@@ -39,6 +39,16 @@ def user_contact(*, user_id: int) -> tuple[str, str] | None:
     return User.objects.filter(pk=user_id, is_active=True).values_list("email", "full_name").first()
 
 
+def user_contacts(*, user_ids: list[int]) -> dict[int, tuple[str, str]]:
+    """`user_contact` of several users in one query, by user id (active users only)."""
+    rows = (
+        User.objects.filter(pk__in=user_ids, is_active=True)
+        .order_by()
+        .values_list("pk", "email", "full_name")
+    )
+    return {pk: (email, full_name) for pk, email, full_name in rows}
+
+
 def user_emails(*, user_ids: list[int]) -> dict[int, str]:
     """Email by user id (staff pages of other contexts name people by their email)."""
     return dict(User.objects.filter(pk__in=user_ids).values_list("pk", "email"))

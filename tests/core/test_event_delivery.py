@@ -15,7 +15,7 @@ from apps.core.messaging.outbox import (
 )
 from apps.core.models import InboxMessage, OutboxMessage
 from apps.core.selectors import outbox_backlog
-from tests.core.event_probes import ECHOED, FLAKY, PROBED
+from tests.core.event_probes import ECHOED, FLAKY, IN_RELAY, PROBED
 from tests.core.urls import PROBES
 from tests.support.celery_worker import wait_until
 
@@ -172,6 +172,30 @@ def test_events_relayed_together_reach_each_consumer_once_and_a_failing_one_retr
     retried = flaky[ids[0]][0].created_at
     assert all(flaky[event_id][0].created_at < retried for event_id in ids[1:])
     assert InboxMessage.objects.filter(event_id__in=ids).count() == 10
+    log = celery_worker.log_path.read_text(errors="replace")
+    assert log.count("event_handler_failed") >= 2
+
+
+def test_an_in_relay_consumer_gets_a_claim_as_one_batch_and_a_failing_event_retries_alone(
+    celery_worker,
+):
+    # One commit, one relay claim: tests.in_relay handles the four in the relay, as one
+    # batch, but for the second, which fails twice and is retried by tasks.
+    with transaction.atomic():
+        ids = [
+            publish_event(event_type=IN_RELAY, payload={"failures": 2 if n == 1 else 0})
+            for n in range(4)
+        ]
+    for event_id in ids:
+        wait_for_echo(event_id, "tests.by_task")
+    in_relay = {event_id: wait_for_echo(event_id, "tests.in_relay") for event_id in ids}
+
+    assert all(len(echoes) == 1 for echoes in in_relay.values())
+    first, retried = in_relay[ids[0]][0], in_relay[ids[1]][0]
+    assert first.payload["batch_size"] == 4  # in the relay, with the batch's handler
+    assert retried.payload["batch_size"] is None  # by a task
+    assert first.created_at < retried.created_at
+    assert InboxMessage.objects.filter(event_id__in=ids).count() == 8
     log = celery_worker.log_path.read_text(errors="replace")
     assert log.count("event_handler_failed") >= 2
 

@@ -15,7 +15,13 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connections, transaction
 from django.utils import timezone
 
-from apps.core.messaging.inbox import EventEnvelope, consume_event, consumers_of, event_handler
+from apps.core.messaging.inbox import (
+    EventEnvelope,
+    consume_event,
+    consume_in_relay,
+    consumers_of,
+    event_handler,
+)
 from apps.core.messaging.outbox import (
     NotInTransaction,
     claim_pending_messages,
@@ -31,7 +37,7 @@ from apps.core.models import InboxMessage, OutboxMessage
 from apps.core.selectors import outbox_backlog
 from apps.core.tasks import deliver_event, purge_processed_messages
 from config.celery import app as celery_app
-from tests.core.event_probes import ECHOED, FLAKY, PROBED, QUIET
+from tests.core.event_probes import ECHOED, FLAKY, IN_RELAY, PROBED, QUIET
 from tests.core.urls import PROBES
 from tests.support.celery_worker import queued_messages
 
@@ -435,3 +441,138 @@ def test_an_event_handled_inline_that_others_want_is_relayed_to_all_and_handled_
     assert deliver_event.apply(kwargs=delivery_kwargs(message, "tests.steady")).get() is False
     assert deliver_event.apply(kwargs=delivery_kwargs(message, "tests.flaky")).get() is True
     assert sorted(e.payload["by"] for e in echoes_of(event_id)) == ["tests.flaky", "tests.steady"]
+
+
+def publish_in_relay_probes(*payloads: dict) -> list[uuid.UUID]:
+    with transaction.atomic():
+        return [publish_event(event_type=IN_RELAY, payload=payload) for payload in payloads]
+
+
+def echoes_by(event_id, consumer: str) -> list[OutboxMessage]:
+    return [e for e in echoes_of(event_id) if e.payload["by"] == consumer]
+
+
+def handled_by(consumer: str, ids) -> set[uuid.UUID]:
+    return set(
+        InboxMessage.objects.filter(consumer=consumer, event_id__in=ids).values_list(
+            "event_id", flat=True
+        )
+    )
+
+
+def test_an_in_relay_consumer_handles_a_claim_as_one_batch_in_the_relay_and_gets_no_task():
+    ids = publish_in_relay_probes({"n": 1}, {"n": 2}, {"n": 3})
+    before = queued_messages("events")
+
+    assert relay_batch(limit=10) == ids
+
+    # Handled in the relay's transaction, one batch of three, with their inbox rows.
+    assert [echoes_by(i, "tests.in_relay")[0].payload["batch_size"] for i in ids] == [3, 3, 3]
+    assert handled_by("tests.in_relay", ids) == set(ids)
+    # One message: the task of tests.by_task; none for tests.in_relay.
+    assert queued_messages("events") == before + 1
+    assert not handled_by("tests.by_task", ids)
+    for message in OutboxMessage.objects.filter(pk__in=ids):
+        assert message.published_at is not None
+        assert message.consumers == ["tests.by_task", "tests.in_relay"]
+
+    # Relayed again (as after a crash): nothing is handled twice.
+    OutboxMessage.objects.filter(pk__in=ids).update(published_at=None)
+    assert relay_batch(limit=10) == ids
+    assert all(len(echoes_by(i, "tests.in_relay")) == 1 for i in ids)
+
+
+def test_a_failing_in_relay_event_goes_to_a_retry_task_and_the_ones_after_it_to_a_task():
+    first, failing, after = publish_in_relay_probes({"n": 1}, {"failures": 1}, {"n": 3})
+    before = queued_messages("events")
+
+    assert relay_batch(limit=10) == [first, failing, after]
+
+    # The first is handled; the failing one left no effect nor inbox row, and the relay
+    # did not go on with the one after it.
+    assert len(echoes_by(first, "tests.in_relay")) == 1
+    assert handled_by("tests.in_relay", [first, failing, after]) == {first}
+    assert not echoes_by(failing, "tests.in_relay") and not echoes_by(after, "tests.in_relay")
+    # tests.by_task's task, a retry for the failing one, a task for the one after it.
+    assert queued_messages("events") == before + 3
+    # What those tasks run: each is handled once.
+    for event_id in (failing, after):
+        message = OutboxMessage.objects.get(pk=event_id)
+        assert deliver_event.apply(kwargs=delivery_kwargs(message, "tests.in_relay")).get()
+    assert handled_by("tests.in_relay", [first, failing, after]) == {first, failing, after}
+    assert all(len(echoes_by(i, "tests.in_relay")) == 1 for i in (first, failing, after))
+
+
+def test_an_in_relay_batch_that_breaks_leaves_the_relay_to_stamp_and_its_events_to_a_task():
+    ids = publish_in_relay_probes({"n": 1}, {"break_batch": True})
+    before = queued_messages("events")
+
+    # The batch's broken statement aborted only its savepoint: the relay goes on.
+    assert relay_batch(limit=10) == ids
+    assert not handled_by("tests.in_relay", ids)
+    assert not any(echoes_by(i, "tests.in_relay") for i in ids)
+    assert queued_messages("events") == before + 2  # tests.by_task's, tests.in_relay's
+    assert outbox_backlog() == (0, 0.0)
+
+
+def test_in_relay_effects_roll_back_with_a_relay_that_dies_before_committing():
+    ids = publish_in_relay_probes({"n": 1}, {"n": 2})
+    with pytest.raises(Boom), transaction.atomic():
+        claimed = claim_pending_messages(limit=10)
+        envelopes = [
+            EventEnvelope(id=m.id, type=m.event_type, payload=m.payload, headers=m.headers)
+            for m in claimed
+        ]
+        assert consume_in_relay(envelopes, consumer="tests.in_relay").processed == 2
+        raise Boom  # dies after handling them, before stamping
+    assert not handled_by("tests.in_relay", ids)
+    assert not any(echoes_by(i, "tests.in_relay") for i in ids)
+    assert outbox_backlog()[0] == 2
+    assert relay_batch(limit=10) == ids
+    assert all(len(echoes_by(i, "tests.in_relay")) == 1 for i in ids)
+
+
+def test_an_in_relay_consumer_without_a_batch_gets_each_event_at_its_types_handler():
+    seen: list[tuple[str, uuid.UUID]] = []
+    for event_type in ("TestOnlyParcelPacked", "TestOnlyParcelShipped"):
+        event_handler(event_type, consumer="tests.in_relay_alone", in_relay=True)(
+            lambda event, event_type=event_type: seen.append((event_type, event.id))
+        )
+    with transaction.atomic():
+        packed = publish_event(event_type="TestOnlyParcelPacked", payload={})
+        shipped = publish_event(event_type="TestOnlyParcelShipped", payload={})
+    before = queued_messages("events")
+
+    assert relay_batch(limit=10) == [packed, shipped]
+    assert seen == [("TestOnlyParcelPacked", packed), ("TestOnlyParcelShipped", shipped)]
+    assert handled_by("tests.in_relay_alone", [packed, shipped]) == {packed, shipped}
+    assert queued_messages("events") == before
+
+
+def test_in_relay_is_declared_once_per_consumer():
+    def handler(event: EventEnvelope) -> None: ...
+
+    with pytest.raises(ImproperlyConfigured, match="another `in_relay`"):
+        event_handler("AnotherProbeHappened", consumer="tests.in_relay")(handler)
+    with pytest.raises(ImproperlyConfigured, match="for in_relay consumers"):
+        event_handler(IN_RELAY, consumer="tests.other", batch=lambda events: None)  # type: ignore[arg-type,return-value]
+
+
+def test_an_in_relay_consumer_that_failed_gets_its_events_as_tasks_for_a_while(settings):
+    settings.OUTBOX_IN_RELAY_PAUSE_SECONDS = 60
+    (failing,) = publish_in_relay_probes({"failures": 1})
+    relay_batch(limit=10)  # fails in the relay: a retry task
+    assert not handled_by("tests.in_relay", [failing])
+
+    # While paused, a claim's events for the consumer go to a task without a try here.
+    later = publish_in_relay_probes({"n": 1}, {"n": 2})
+    before = queued_messages("events")
+    assert relay_batch(limit=10) == later
+    assert not handled_by("tests.in_relay", later)
+    assert queued_messages("events") == before + 2  # tests.by_task's, tests.in_relay's
+
+    # Once the pause is over, the relay handles the consumer's events again.
+    settings.OUTBOX_IN_RELAY_PAUSE_SECONDS = 0
+    again = publish_in_relay_probes({"n": 3})
+    assert relay_batch(limit=10) == again
+    assert handled_by("tests.in_relay", again) == set(again)

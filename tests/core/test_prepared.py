@@ -66,6 +66,16 @@ def test_a_statement_without_parameters_is_taken_as_written():
         assert cursor.fetchone() == ("100%",)
 
 
+def test_named_placeholders_take_a_dict_and_a_name_used_twice_is_one_parameter():
+    statement = (
+        "SELECT CAST(%(n)s AS integer) + CAST(%(n)s AS integer), CAST(%(s)s AS text) || '%%'"
+    )
+    with prepared_cursor(DEFAULT_DB_ALIAS) as cursor:
+        cursor.execute(statement, {"s": "x", "n": 20})
+        assert cursor.fetchone() == (40, "x%")
+    assert prepared_statements("SELECT CAST($1 AS integer) + CAST($1 AS integer), CAST($2") == 1
+
+
 @pytest.fixture
 def checks(monkeypatch):
     """The calls of Django's health check (its `SELECT 1`), counted; it still runs."""

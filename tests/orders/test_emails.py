@@ -8,7 +8,10 @@ import pytest
 from django.core import mail
 
 from apps.core.messaging.inbox import EventEnvelope, consume_event
+from apps.core.messaging.outbox import relay_batch
+from apps.core.models import OutboxMessage
 from apps.orders import services
+from apps.orders.handlers import email_customers
 from tests.catalog.factories import ProductFactory
 from tests.orders.conftest import confirm, place_order
 from tests.support.outbox import published
@@ -71,3 +74,50 @@ def test_a_deactivated_customer_gets_no_mail():
     (confirmed,) = published("OrderConfirmed", order_id=order_id)
     assert consume_event(envelope(confirmed), consumer=CONSUMER) is True
     assert mail.outbox == []
+
+
+def confirmed_orders(customers) -> list[OutboxMessage]:
+    events = []
+    for customer in customers:
+        order_id = str(place_order(customer).pk)
+        confirm(order_id)
+        events += published("OrderConfirmed", order_id=order_id)
+    return events
+
+
+def test_a_batch_reads_its_orders_and_customers_once_and_sends_one_mail_per_event(
+    django_assert_num_queries,
+):
+    ada, bob = UserFactory(email="ada@example.com"), UserFactory(email="bob@example.com")
+    events = confirmed_orders([ada, bob, ada])
+
+    envelopes = [envelope(e) for e in events]
+    with django_assert_num_queries(2), email_customers(envelopes) as handle:
+        for event in envelopes:
+            handle(event)
+
+    recipients = [m.to for m in mail.outbox]
+    assert recipients == [["ada@example.com"], ["bob@example.com"], ["ada@example.com"]]
+    assert [m.extra_headers["Message-ID"] for m in mail.outbox] == [
+        f"<{e.id}@mercato.example>" for e in events
+    ]
+    assert [m.body for m in mail.outbox] == [body_sent_alone(e) for e in events]
+
+
+def body_sent_alone(event: OutboxMessage) -> str:
+    """The body of the mail for `event` when a task handles it on its own."""
+    before = len(mail.outbox)
+    assert consume_event(envelope(event), consumer=CONSUMER) is True
+    return mail.outbox.pop(before).body
+
+
+def test_the_relay_mails_the_orders_of_its_claim_once_however_often_relayed():
+    events = confirmed_orders([UserFactory(), UserFactory()])
+
+    assert set(relay_batch(limit=100)) >= {e.id for e in events}
+    OutboxMessage.objects.filter(pk__in=[e.id for e in events]).update(published_at=None)
+    assert relay_batch(limit=100) == [e.id for e in events]
+
+    assert sorted(m.extra_headers["Message-ID"] for m in mail.outbox) == sorted(
+        f"<{e.id}@mercato.example>" for e in events
+    )

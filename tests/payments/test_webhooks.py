@@ -4,7 +4,7 @@ import time
 from decimal import Decimal
 
 import pytest
-from django.db import connection
+from django.db import connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
 
 from apps.payments.gateway import get_provider
@@ -211,3 +211,53 @@ def test_a_webhook_racing_the_synchronous_response_settles_the_payment_once(webh
         payment.refresh_from_db()
         assert payment.status == "succeeded"
         assert payment.events.filter(kind="payment.succeeded").count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_webhook_arriving_during_the_charges_own_settlement_waits_for_it_in_two_statements(
+    webhook_receiver,
+):
+    payment = pending_payment()
+    charge_at_provider(payment)
+    delivery = delivery_for(webhook_receiver, payment.idempotency_key)[0]
+    settling, answered = threading.Event(), {}
+
+    def webhook() -> None:
+        try:
+            settling.wait(10)
+            with CaptureQueriesContext(connection) as sql:
+                answered["outcome"] = webhook_handle(body=delivery.body, headers=delivery.headers)
+            answered["statements"] = len(sql.captured_queries)
+        except Exception as exc:
+            answered["error"] = repr(exc)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=webhook)
+    thread.start()
+    # The saga's settlement, under way: the row is locked and changed, not yet committed.
+    with transaction.atomic():
+        locked = Payment.objects.select_for_update().get(pk=payment.pk)
+        locked.status = Payment.Status.SUCCEEDED
+        locked.save(update_fields=["status", "updated_at"])
+        settling.set()
+        deadline = time.monotonic() + 10
+        while not waiting_for_a_lock() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert waiting_for_a_lock(), "the webhook never waited for the settlement"
+    thread.join(timeout=10)
+
+    assert answered == {"outcome": "already-settled", "statements": 2}
+    received = payment.events.get(kind="webhook.received")
+    assert received.provider_event_id == json.loads(delivery.body)["id"]
+
+
+def waiting_for_a_lock() -> bool:
+    with connections["default"].cursor() as cursor:
+        # Inside a transaction the activity view is a snapshot taken at its first read.
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        )
+        return cursor.fetchone()[0] > 0

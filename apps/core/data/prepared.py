@@ -11,7 +11,8 @@ connection and afterwards only bound and run. Django's own cursors stay client-s
 are never prepared. psycopg keeps up to 100 prepared statements per connection
 (`prepared_max`; the least recently used is deallocated).
 
-Statements take Django's positional `%s` placeholders. They are rewritten once (cached)
+Statements take Django's positional `%s` placeholders, or named `%(name)s` ones with a
+dict of values (a name used twice is one parameter). They are rewritten once (cached)
 to PostgreSQL's `$1, $2...` for psycopg's `RawCursor`: psycopg's own conversion parses a
 statement's text at every execution when it has more than 50 parameters, as an order
 placement's has. Each parameter is typed by its Python value (a `str` as "unknown"), so
@@ -90,17 +91,34 @@ def _cursor_class(alias: str) -> type[psycopg.Cursor[Any]]:
 class _NumberedPlaceholdersCursor(psycopg.RawCursor[Any]):
     def execute(self, query: Any, params: Any = None, **options: Any) -> Any:
         # Without parameters a statement is taken as written, % signs too (as Django does).
-        return super().execute(query if params is None else _numbered(query), params, **options)
+        if params is None:
+            return super().execute(query, None, **options)
+        numbered, names = _numbered(query)
+        if names:
+            params = [params[name] for name in names]
+        return super().execute(numbered, params, **options)
 
 
-_PLACEHOLDER = re.compile(r"%[%s]")
+_PLACEHOLDER = re.compile(r"%%|%s|%\((\w+)\)s")
 
 
 @functools.lru_cache(maxsize=256)
-def _numbered(sql: str) -> str:
-    """`sql` with $1, $2... for its %s placeholders (and % for %%)."""
+def _numbered(sql: str) -> tuple[str, tuple[str, ...]]:
+    """`sql` with $1, $2... for its %s or %(name)s placeholders (and % for %%), and the
+    names in parameter order (empty for positional placeholders)."""
     number = itertools.count(1)
-    return _PLACEHOLDER.sub(lambda m: "%" if m[0] == "%%" else f"${next(number)}", sql)
+    names: dict[str, int] = {}
+
+    def replace(match: re.Match[str]) -> str:
+        if match[0] == "%%":
+            return "%"
+        if match[1] is None:
+            return f"${next(number)}"
+        if match[1] not in names:
+            names[match[1]] = next(number)
+        return f"${names[match[1]]}"
+
+    return _PLACEHOLDER.sub(replace, sql), tuple(names)
 
 
 class _LiteralDebugWrapper(CursorDebugWrapper):

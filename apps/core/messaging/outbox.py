@@ -6,10 +6,11 @@ the flow's ids as headers (`provenance`, else the logging context). Consumers th
 an event inline (`consumed_inline`) handle it in the publisher's transaction, with their
 inbox row; an event no other consumer wants is stored as relayed already. After commit
 the relay is kicked (kicks coalesce; beat sweeps too). The relay (`relay_outbox`) claims
-pending rows with SKIP LOCKED and sends each consumer the claimed events it wants, one
-`deliver_event` task for one, `deliver_events` for up to OUTBOX_DELIVERY_BATCH_SIZE, at
-least once; consumers deduplicate through the inbox and must not rely on the order of
-events. `outbox_message` builds the row unsaved, for a caller that inserts it with its
+pending rows with SKIP LOCKED; a consumer declared `in_relay` handles the claimed events
+it wants in the relay's transaction, every other one gets them as tasks, one
+`deliver_event` task for one, `deliver_events` for up to OUTBOX_DELIVERY_BATCH_SIZE; at
+least once either way: consumers deduplicate through the inbox and must not rely on the
+order of events. `outbox_message` builds the row unsaved, for a caller that inserts it with its
 other rows in one statement (`apps.core.data.atomic_inserts`). docs/architecture.md
 ("Outbox → relay → consumers") has the whole picture.
 """
@@ -35,16 +36,21 @@ from django.utils import timezone
 from kombu import Producer
 from kombu.exceptions import OperationalError as BrokerUnavailable
 
+from apps.core.data.atomic_inserts import InsertStatement, one_statement_inserts
 from apps.core.data.caching import clear_pending, send_unless_pending
 from apps.core.messaging.event_registry import schema_version_of
 from apps.core.messaging.inbox import (
     EventEnvelope,
     consume_event,
+    consume_in_relay,
     consumers_of,
     deliver_event,
     deliver_events,
+    event_log_alone,
     event_log_context,
+    handled_in_relay,
     inbox_purge_processed,
+    retry_countdown,
 )
 from apps.core.messaging.provenance import Provenance
 from apps.core.models import OutboxMessage
@@ -129,7 +135,13 @@ def publish_event(
         # inbox row).
         message.published_at = message.created_at
         message.consumers = handled
-    message.save(using=alias, force_insert=True)
+    if one_statement_inserts(alias):
+        # A prepared insert: every saga step publishes (stock, payments).
+        statement = InsertStatement(using=alias)
+        statement.add(message)
+        statement.execute(savepoint=False)
+    else:
+        message.save(using=alias, force_insert=True)
     if message.published_at is None:
         # Several events of one transaction each ask; kick_relay sends one kick at most.
         transaction.on_commit(kick_relay, using=alias, robust=True)
@@ -224,15 +236,7 @@ def _consume_inline(message: OutboxMessage, *, alias: str) -> tuple[list[str], l
     if scope is None:
         return [], []
     wanted = consumers_of(message.event_type)
-    event = EventEnvelope(
-        id=message.id,
-        type=message.event_type,
-        payload=message.payload,
-        aggregate_type=message.aggregate_type,
-        aggregate_id=message.aggregate_id,
-        headers=message.headers,
-        created_at=message.created_at,
-    )
+    event = _envelope(message)
     handled = []
     context = event_log_context(event_id=event.id, event_type=event.type, headers=event.headers)
     with structlog.contextvars.bound_contextvars(**context):
@@ -275,9 +279,10 @@ def publish(
 
 
 def kick_relay() -> None:
-    """Ask a worker to relay now, unless a kick is queued already and has not started (it
-    claims after this commit, so it sees these rows). Best effort: the periodic sweep is
-    the guarantee."""
+    """Ask a worker to relay in OUTBOX_RELAY_LINGER_SECONDS, unless a kick is queued
+    already and has not started (it claims after this commit, so it sees these rows).
+    Best effort: the periodic sweep is the guarantee. The linger lets the events committed
+    meanwhile join one claim instead of each costing a relay task of its own."""
     send_unless_pending(
         RELAY_KICK_PENDING_KEY,
         timeout=settings.OUTBOX_SWEEP_SECONDS,
@@ -287,7 +292,10 @@ def kick_relay() -> None:
 
 
 def _send_relay() -> None:
-    relay_outbox.apply_async(queue=EVENTS_QUEUE, retry=False)
+    # A countdown waits in the worker's timer, not in a pool process (0: none).
+    relay_outbox.apply_async(
+        queue=EVENTS_QUEUE, retry=False, countdown=settings.OUTBOX_RELAY_LINGER_SECONDS
+    )
 
 
 # --- The relay ----------------------------------------------------------------------
@@ -309,25 +317,15 @@ def claim_pending_messages(*, limit: int) -> list[OutboxMessage]:
     return list(pending[:limit])
 
 
-@contextlib.contextmanager
-def _log_context_of(message: OutboxMessage) -> Iterator[None]:
+def _log_context_of(message: OutboxMessage) -> contextlib.AbstractContextManager[None]:
     """The event's log context alone, in place of the relay's, for the duration.
 
     django_structlog copies the context at publish time into the task's headers, so the
     consumer task's every log line (started, succeeded, retried) names the event's flow.
     """
-    saved = structlog.contextvars.get_contextvars()
-    structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(
-        **event_log_context(
-            event_id=message.id, event_type=message.event_type, headers=message.headers
-        )
+    return event_log_alone(
+        event_id=message.id, event_type=message.event_type, headers=message.headers
     )
-    try:
-        yield
-    finally:
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(**saved)
 
 
 def send_message(message: OutboxMessage, *, producer: Producer | None = None) -> list[str]:
@@ -370,66 +368,141 @@ def _send_delivery(messages: list[OutboxMessage], consumer: str, producer: Produ
     )
 
 
-def _batches(
+def _by_consumer(
     messages: list[OutboxMessage], wanted: dict[uuid.UUID, list[str]]
-) -> Iterator[tuple[str, list[OutboxMessage]]]:
-    """(consumer, up to OUTBOX_DELIVERY_BATCH_SIZE of its messages, oldest first)."""
+) -> dict[str, list[OutboxMessage]]:
+    """Each consumer's messages, oldest first."""
     by_consumer: dict[str, list[OutboxMessage]] = {}
     for message in messages:
         for consumer in wanted[message.id]:
             by_consumer.setdefault(consumer, []).append(message)
+    return by_consumer
+
+
+def _chunks(messages: list[OutboxMessage]) -> Iterator[list[OutboxMessage]]:
     size = settings.OUTBOX_DELIVERY_BATCH_SIZE
-    for consumer, batch in by_consumer.items():
-        for start in range(0, len(batch), size):
-            yield consumer, batch[start : start + size]
+    for start in range(0, len(messages), size):
+        yield messages[start : start + size]
+
+
+def _envelope(message: OutboxMessage) -> EventEnvelope:
+    return EventEnvelope(
+        id=message.id,
+        type=message.event_type,
+        payload=message.payload,
+        aggregate_type=message.aggregate_type,
+        aggregate_id=message.aggregate_id,
+        headers=message.headers,
+        created_at=message.created_at,
+    )
+
+
+class _Sends:
+    """The relay's sends for one claim, and the messages that could not be sent."""
+
+    def __init__(self, producer: Producer) -> None:
+        self.producer = producer
+        self.failed: dict[uuid.UUID, Exception] = {}  # recorded on the row
+        self.unsent: set[uuid.UUID] = set()  # left pending (failed, or not tried: broker down)
+        self.broker_down = False
+
+    def deliveries(self, messages: list[OutboxMessage], consumer: str) -> None:
+        """`messages` to `consumer` in tasks of up to OUTBOX_DELIVERY_BATCH_SIZE."""
+        for batch in _chunks(messages):
+            self._send(batch, consumer)
+
+    def retry(self, message: OutboxMessage, consumer: str) -> None:
+        """`message` to `consumer` after a failed first attempt in the relay."""
+        self._send([message], consumer, retry=True)
+
+    def _send(self, batch: list[OutboxMessage], consumer: str, *, retry: bool = False) -> None:
+        if self.broker_down:
+            self.unsent.update(m.id for m in batch)
+            return
+        try:
+            if retry:
+                _send_retry(batch[0], consumer, self.producer)
+            else:
+                _send_delivery(batch, consumer, self.producer)
+        except BrokerUnavailable as exc:
+            # The broker is down: the rest would fail the same way.
+            self.broker_down = True
+            self.failed.update((m.id, exc) for m in batch)
+            self.unsent.update(m.id for m in batch)
+        except Exception as exc:
+            if len(batch) == 1:
+                self.failed[batch[0].id] = exc
+                self.unsent.add(batch[0].id)
+                return
+            # One of them is unsendable: send them one by one to find which.
+            for message in batch:
+                self._send([message], consumer)
+
+
+def _send_retry(message: OutboxMessage, consumer: str, producer: Producer) -> None:
+    """A `deliver_event` retry with backoff, as if a task had made the first attempt."""
+    with _log_context_of(message):
+        deliver_event.apply_async(
+            kwargs={**delivery_fields(message), "consumer": consumer},
+            countdown=retry_countdown(0),
+            retries=1,  # type: ignore[call-arg]  # a message option the stubs leave out
+            queue=EVENTS_QUEUE,
+            producer=producer,
+        )
 
 
 def relay_batch(*, limit: int) -> list[uuid.UUID]:
-    """Claim, send and stamp one batch in one transaction; return the ids sent.
+    """Claim, hand over and stamp one batch in one transaction; return the ids relayed.
 
-    Each consumer gets the claimed events it wants in tasks of up to
-    OUTBOX_DELIVERY_BATCH_SIZE (one Celery message per consumer and batch, not per event
-    and consumer). A message one of whose tasks was not sent stays pending and is sent
-    again in full: the consumers that got it skip it through their inbox."""
+    A consumer declared `in_relay` handles the claimed events it wants here, in this
+    transaction (`consume_in_relay`); its first failing event goes on as a retry task and
+    the events after it as a task. Every other consumer gets the claimed events it wants
+    in tasks of up to OUTBOX_DELIVERY_BATCH_SIZE (one Celery message per consumer and
+    batch, not per event and consumer). A message one of whose tasks was not sent stays
+    pending and is relayed again in full: the consumers that got it skip it through their
+    inbox."""
     alias = router.db_for_write(OutboxMessage)
-    failed: dict[uuid.UUID, Exception] = {}  # recorded on the row
-    unsent: set[uuid.UUID] = set()  # left pending (failed, or not tried: broker down)
     with transaction.atomic(using=alias):
         messages = claim_pending_messages(limit=limit)
         if not messages:
             return []
         wanted = {m.id: consumers_of(m.event_type) for m in messages}
+        by_consumer = _by_consumer(messages, wanted)
         with current_app.producer_or_acquire() as producer:
-            for consumer, batch in _batches(messages, wanted):
-                try:
-                    _send_delivery(batch, consumer, producer)
-                except BrokerUnavailable as exc:
-                    # The broker is down: the rest would fail the same way.
-                    failed.update((m.id, exc) for m in batch)
-                    unsent.update(m.id for m in messages)
-                    break
-                except Exception:
-                    # One of them is unsendable: send them one by one to find which.
-                    for message in batch:
-                        try:
-                            _send_delivery([message], consumer, producer)
-                        except Exception as exc:
-                            failed[message.id] = exc
-                            unsent.add(message.id)
+            sends = _Sends(producer)
+            here = {consumer for consumer in by_consumer if handled_in_relay(consumer)}
+            # Tasks first: their consumers need not wait for the ones handled here.
+            for consumer, consumer_messages in by_consumer.items():
+                if consumer not in here:
+                    sends.deliveries(consumer_messages, consumer)
+            for consumer, consumer_messages in by_consumer.items():
+                if consumer in here:
+                    _consume_here(consumer, consumer_messages, sends)
         for message in messages:
-            if message.id in failed:
-                _record_failure(alias, message, failed[message.id])
-        # consumers sent to -> the ids sent to them: one UPDATE per distinct set
-        sent_to: dict[tuple[str, ...], list[uuid.UUID]] = {}
+            if message.id in sends.failed:
+                _record_failure(alias, message, sends.failed[message.id])
+        # consumers relayed to -> the ids relayed to them: one UPDATE per distinct set
+        relayed_to: dict[tuple[str, ...], list[uuid.UUID]] = {}
         for message in messages:
-            if message.id not in unsent:
-                sent_to.setdefault(tuple(wanted[message.id]), []).append(message.id)
+            if message.id not in sends.unsent:
+                relayed_to.setdefault(tuple(wanted[message.id]), []).append(message.id)
         now = timezone.now()
-        for sent_consumers, ids in sent_to.items():
+        for consumers, ids in relayed_to.items():
             OutboxMessage.objects.using(alias).filter(pk__in=ids).update(
-                published_at=now, attempts=F("attempts") + 1, consumers=list(sent_consumers)
+                published_at=now, attempts=F("attempts") + 1, consumers=list(consumers)
             )
-    return [m.id for m in messages if m.id not in unsent]
+    return [m.id for m in messages if m.id not in sends.unsent]
+
+
+def _consume_here(consumer: str, messages: list[OutboxMessage], sends: _Sends) -> None:
+    """An in-relay consumer's events, handled in the relay's transaction; what it did not
+    handle goes on to tasks."""
+    outcome = consume_in_relay([_envelope(m) for m in messages], consumer=consumer)
+    by_id = {m.id: m for m in messages}
+    if outcome.failed is not None:
+        sends.retry(by_id[outcome.failed.id], consumer)
+    if outcome.not_tried:
+        sends.deliveries([by_id[e.id] for e in outcome.not_tried], consumer)
 
 
 def _record_failure(alias: str, message: OutboxMessage, exc: Exception) -> None:

@@ -44,6 +44,7 @@ sends a kick with the backoff as countdown.
 - Context keys named in `sensitive_keys` are removed once the saga is finished.
 """
 
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -61,8 +62,10 @@ from django.db.models import Field, Model, Q
 from django.utils import timezone
 
 from apps.core.data.caching import clear_pending, send_unless_pending
+from apps.core.data.prepared import prepared_cursor
 from apps.core.models import SagaInstance, SagaTransition
 from apps.core.observability import metrics, tracing
+from apps.core.observability.logging import write_line
 from apps.core.resilience import backoff_delay
 
 logger = structlog.get_logger(__name__)
@@ -382,13 +385,18 @@ def _move_and_log(
         f" INSERT INTO {quote(log_meta.db_table)} (saga_id, {', '.join(map(quote, columns))})"
         " SELECT id, %s::timestamptz, %s, %s, %s, %s, %s::jsonb FROM moved RETURNING id"
     )
-    with db.cursor() as cursor:
+    with prepared_cursor(db.alias) as cursor:
         cursor.execute(sql, [*values, saga.pk, fence, *log_values])
         return cursor.fetchone() is not None
 
 
 def _saved(saga: SagaInstance, kind: str, step: str, detail: str, now: datetime) -> None:
-    logger.info("saga_" + kind, step=step, state=saga.state, detail=detail[:200])
+    fields = {"step": step, "state": saga.state, "detail": detail[:200]}
+    if settings.LOG_FORMAT == "json":
+        # A line per step of every saga: rendered directly, as the chain would render it.
+        write_line(__name__, logging.INFO, "saga_" + kind, fields)
+    else:
+        logger.info("saga_" + kind, **fields)
     if kind in ("step_retry", "compensation_retry", "compensating"):
         metrics.saga_step_failures.labels(saga_type=saga.saga_type, step=step, kind=kind).inc()
     if saga.finished_at == now:
