@@ -1,8 +1,11 @@
 """Statements run through `prepared_cursor` bind their values server-side and are
 prepared once per connection; the query log still shows them with literal values."""
 
+import select
+import time
+
 import pytest
-from django.db import DEFAULT_DB_ALIAS, connection
+from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.test.utils import CaptureQueriesContext
 
 from apps.core.data.prepared import prepared_cursor
@@ -71,3 +74,63 @@ def test_named_placeholders_take_a_dict_and_a_name_used_twice_is_one_parameter()
         cursor.execute(statement, {"s": "x", "n": 20})
         assert cursor.fetchone() == (40, "x%")
     assert prepared_statements("SELECT CAST($1 AS integer) + CAST($1 AS integer), CAST($2") == 1
+
+
+@pytest.fixture
+def checks(monkeypatch):
+    """The calls of Django's health check (its `SELECT 1`), counted; it still runs."""
+    calls = []
+    wrapper = type(connections[DEFAULT_DB_ALIAS])
+    is_usable = wrapper.is_usable
+
+    def counted(self):
+        calls.append(self.alias)
+        return is_usable(self)
+
+    monkeypatch.setattr(wrapper, "is_usable", counted)
+    return calls
+
+
+def backend_pid() -> int:
+    with prepared_cursor(DEFAULT_DB_ALIAS) as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        return cursor.fetchone()[0]
+
+
+def next_request() -> None:
+    # What request_started does to each connection: check its health again before use.
+    connection.close_if_unusable_or_obsolete()
+    assert connection.health_check_enabled and not connection.health_check_done
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_idle_connection_is_checked_without_a_round_trip(checks):
+    first = backend_pid()
+    next_request()
+    assert backend_pid() == first
+    assert connection.health_check_done
+    assert checks == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_connection_the_server_ended_is_replaced_before_the_request_uses_it(checks):
+    ended = backend_pid()
+    other = connection.get_new_connection(connection.get_connection_params())
+    try:
+        other.execute("SELECT pg_terminate_backend(%s)", [ended])
+    finally:
+        other.close()
+    next_request()
+    # Its socket turns readable (the server's goodbye) once the backend has exited.
+    for _ in range(100):
+        if connection.connection.pgconn.socket and _readable(connection.connection):
+            break
+        time.sleep(0.01)
+    assert backend_pid() != ended  # reconnected: no error for the request
+    assert checks == [DEFAULT_DB_ALIAS]
+
+
+def _readable(raw) -> bool:
+    poller = select.poll()
+    poller.register(raw.pgconn.socket, select.POLLIN)
+    return bool(poller.poll(0))

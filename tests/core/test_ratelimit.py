@@ -327,3 +327,23 @@ def test_with_redis_stopped_the_leased_default_scope_fails_open(
     errors_before = counter("mercato_ratelimit_backend_errors_total", scope="default")
     assert [api_client.get(PING).status_code for _ in range(3)] == [200] * 3
     assert counter("mercato_ratelimit_backend_errors_total", scope="default") == errors_before + 3
+
+
+@pytest.mark.django_db
+def test_a_restarted_redis_that_forgot_the_script_and_the_connection_still_counts_exactly(
+    settings,
+):
+    """The limiter's own connection per thread: a server that closed it (a restart, an
+    idle timeout) and forgot the script costs a reconnect and a SCRIPT LOAD, never a
+    request let through uncounted or counted twice."""
+    limit(settings, "orders", 3, 60)
+    client = bearer_client(UserFactory())
+    assert client.post(ORDERS, {}, format="json")["RateLimit-Remaining"] == "2"
+    server = redis_client(settings.REDIS_URL)
+    server.script_flush()
+    server.client_kill_filter(_type="normal", skipme=True)  # every client but this one
+
+    answers = [client.post(ORDERS, {}, format="json") for _ in range(3)]
+
+    assert [r.status_code == 429 for r in answers] == [False, False, True]
+    assert [r["RateLimit-Remaining"] for r in answers] == ["1", "0", "0"]

@@ -93,3 +93,18 @@ def test_a_replay_tries_the_one_statement_placement_once(customer_client):
     assert replay["Idempotent-Replayed"] == "true" and replay.content == first.content
     placements = [q for q in captured.captured_queries if q["sql"].startswith("WITH taken_not")]
     assert len(placements) == 1  # by the plain way; DRF's view then claims and replays
+
+
+@pytest.mark.parametrize("script_prefix", ["/", "/shop/"])
+def test_the_location_is_the_url_reverse_gives(script_prefix):
+    from django.urls import reverse, set_script_prefix
+
+    from apps.orders.api.views import _order_url
+
+    order_id = str(uuid.uuid4())
+    set_script_prefix(script_prefix)
+    try:
+        assert _order_url(order_id) == reverse("order-detail", kwargs={"order_id": order_id})
+        assert _order_url(order_id).startswith(script_prefix)
+    finally:
+        set_script_prefix("/")

@@ -35,6 +35,9 @@ from cachetools import TTLCache
 from django.conf import settings
 from django.core.cache import caches
 from django.db import transaction
+from django_redis.client import DefaultClient  # type: ignore[import-untyped]
+
+from apps.core.data.routing import pin_due, pin_stored
 
 logger = structlog.get_logger(__name__)
 
@@ -341,7 +344,7 @@ def send_unless_pending(
     set in the default cache until its receiver calls `clear_pending`, or `timeout` runs
     out in case the message is lost). Best effort: a periodic sweep is the guarantee."""
     try:
-        if not caches["default"].add(mark, 1, timeout=timeout):
+        if not _marked_pending(mark, timeout):
             return
     except Exception:  # no cache to coalesce with: send anyway
         logger.warning(f"{log_as}_mark_failed", exc_info=True)
@@ -350,6 +353,25 @@ def send_unless_pending(
     except Exception:  # the caller committed already; the sweep picks its work up
         logger.warning(f"{log_as}_failed", exc_info=True)
         clear_pending(mark, log_as=log_as)  # the next commit tries again
+
+
+def _marked_pending(mark: str, timeout: float) -> bool:
+    """Set `mark` unless it is set; whether it was. A request that wrote (a commit kicks
+    a worker) also needs its client's read pin (apps.core.data.routing): on Redis, both
+    are stored in one round trip."""
+    cache = caches["default"]
+    pin = pin_due()
+    client = getattr(cache, "client", None)
+    if pin is None or type(client) is not DefaultClient or timeout <= 0 or pin[1] <= 0:
+        return bool(cache.add(mark, 1, timeout=timeout))
+    pin_key, pin_seconds = pin
+    # As django-redis's add() and set() write them: an int is stored as its digits.
+    pipeline = client.get_client(write=True).pipeline(transaction=False)
+    pipeline.set(client.make_key(mark), 1, nx=True, px=int(timeout * 1000))
+    pipeline.set(client.make_key(pin_key), 1, px=int(pin_seconds * 1000))
+    added, _ = pipeline.execute()
+    pin_stored()
+    return bool(added)
 
 
 def clear_pending(mark: str, *, log_as: str) -> None:

@@ -24,6 +24,7 @@ values as literals, as for any other query.
 import functools
 import itertools
 import re
+import select
 from typing import Any
 
 import psycopg
@@ -33,15 +34,44 @@ from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
 
 def prepared_cursor(alias: str) -> CursorWrapper:
     """A cursor of `alias`'s connection (PostgreSQL) whose statements bind their values
-    server-side and are prepared (see above); use it as `connection.cursor()`."""
+    server-side and are prepared (see above); use it as `connection.cursor()`. The
+    request's health check of the connection costs no round trip while it is idle
+    (`_check_health`)."""
     connection = connections[alias]
-    connection.close_if_health_check_failed()
+    _check_health(connection)
     connection.ensure_connection()
     connection.validate_thread_sharing()
     cursor = _cursor_class(alias)(connection.connection)
     if connection.queries_logged:
         return _LiteralDebugWrapper(cursor, connection)
     return CursorWrapper(cursor, connection)
+
+
+def _check_health(connection: Any) -> None:
+    """Django's health check (CONN_HEALTH_CHECKS: before a request's first query, a
+    `SELECT 1` round trip, reconnecting if it fails), without the round trip while the
+    connection is idle and its socket has nothing to read. A server that ends a session
+    (a restart, a terminated backend, an idle timeout) sends its error and closes the
+    socket, which makes it readable: such a connection, or one in any other state, gets
+    Django's own check."""
+    raw = connection.connection
+    if raw is None or not connection.health_check_enabled or connection.health_check_done:
+        return
+    try:
+        idle = raw.info.transaction_status == _IDLE and not raw.broken
+        if idle:
+            poller = select.poll()
+            poller.register(raw.pgconn.socket, select.POLLIN)
+            idle = not poller.poll(0)
+    except (psycopg.Error, OSError):
+        idle = False
+    if idle:
+        connection.health_check_done = True
+    else:
+        connection.close_if_health_check_failed()
+
+
+_IDLE = psycopg.pq.TransactionStatus.IDLE
 
 
 @functools.cache

@@ -41,6 +41,7 @@ class RoutingScope:
     pinned: bool | None = None  # looked up lazily, once per scope
     replica_alias: str | None = None  # one replica per scope: reads stay monotonic
     verified_aliases: set[str] = field(default_factory=set)
+    pin_stored: bool = False  # the client's pin was stored after its last write (pin_due)
 
 
 _scope: ContextVar[RoutingScope | None] = ContextVar("mercato_routing_scope", default=None)
@@ -96,6 +97,24 @@ def record_write() -> None:
     scope = _scope.get()
     if scope is not None:
         scope.wrote = True
+        scope.pin_stored = False
+
+
+def pin_due() -> tuple[str, int] | None:
+    """The read pin (cache key, seconds) the current scope's writes call for and that was
+    not stored since its last write, or None. Whoever stores it (with other work, in one
+    round trip: apps.core.data.caching) says so with `pin_stored()`, and the request's end
+    does not store it again."""
+    scope = _scope.get()
+    if scope is None or not scope.wrote or scope.user_id is None or scope.pin_stored:
+        return None
+    return PIN_KEY.format(user_id=scope.user_id), settings.READ_YOUR_WRITES_SECONDS
+
+
+def pin_stored() -> None:
+    scope = _scope.get()
+    if scope is not None:
+        scope.pin_stored = True
 
 
 def pin_user_to_primary(user_id: int | str) -> None:

@@ -1,6 +1,7 @@
 """Who is asking: the client's address and, before authentication runs, its user id."""
 
 import functools
+import time
 
 from django.conf import settings
 from django.contrib.auth import SESSION_KEY
@@ -37,6 +38,35 @@ def client_ip(request: HttpRequest) -> str:
 
 _UNKNOWN = object()
 
+# Access tokens this process verified, with the time each expires (its `exp` claim plus
+# the leeway): a client sends the same token with every request for its lifetime, and
+# its signature and claims verify the same way each time; only its expiry depends on the
+# time, checked at each use. Only valid tokens are kept, at most VERIFIED_TOKENS_KEPT.
+_verified_tokens: dict[str, tuple[AccessToken, float]] = {}
+VERIFIED_TOKENS_KEPT = 10_000
+
+
+def access_token(raw: str) -> AccessToken:
+    """`AccessToken(raw)`: the verified token, or TokenError; a token verified before is
+    taken again until it expires."""
+    known = _verified_tokens.get(raw)
+    if known is not None and time.time() < known[1]:
+        return known[0]
+    token = AccessToken(raw)  # type: ignore[arg-type]  # the stub says Token; it takes the text
+    expires_at = token["exp"] + token.get_token_backend().get_leeway().total_seconds()
+    if len(_verified_tokens) >= VERIFIED_TOKENS_KEPT:
+        _verified_tokens.clear()
+    _verified_tokens[raw] = (token, expires_at)
+    return token
+
+
+def _forget_verified_tokens(**kwargs: object) -> None:
+    # A changed signing key, algorithm or lifetime verifies differently.
+    _verified_tokens.clear()
+
+
+setting_changed.connect(_forget_verified_tokens)
+
 
 def client_user_id(request: HttpRequest, *, session_loaded: bool = False) -> int | str | None:
     """The client's user id before authentication runs, without a database query: from a
@@ -57,7 +87,7 @@ def _client_user_id(request: HttpRequest) -> int | str | None:
     scheme, _, raw = header.partition(" ")
     if scheme in jwt_settings.AUTH_HEADER_TYPES and raw:
         try:
-            token = AccessToken(raw.strip())
+            token = access_token(raw.strip())
             user_id: int | str = token[jwt_settings.USER_ID_CLAIM]
         except (TokenError, KeyError):
             return None

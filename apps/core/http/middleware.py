@@ -235,7 +235,7 @@ class EdgeMiddleware:
         else:
             with routing_scope(user_id=client_user_id(request)) as scope:
                 response = answer(request)
-                if scope.wrote and scope.user_id is not None:
+                if scope.wrote and scope.user_id is not None and not scope.pin_stored:
                     pin_user_to_primary(scope.user_id)
         if decision is not None:
             ratelimit.put_header_items(response.headers._store, decision)

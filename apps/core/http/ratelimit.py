@@ -35,6 +35,7 @@ import functools
 import hashlib
 import json
 import math
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -45,7 +46,8 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.core.signals import setting_changed
 from django.http import HttpRequest, JsonResponse
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError
 
 from apps.core.data.redis_clients import redis_client
 from apps.core.http.api.problems import PROBLEM_CONTENT_TYPE, problem_body
@@ -171,18 +173,45 @@ class LocalLimiter:
 local_limiter = LocalLimiter()
 
 
-_gcra = None
+_GCRA_SHA = hashlib.sha1(_GCRA_SCRIPT.encode()).hexdigest()  # noqa: S324  # Redis's script id
+_own_connection = threading.local()
 
 
 def redis_take(key: str, policy: Policy, wanted: int) -> list[int]:
     """[granted, remaining, retry_after_us, reset_us] of taking up to `wanted` units."""
-    global _gcra
-    client = redis_client(settings.REDIS_URL)
-    if _gcra is None:
-        # EVALSHA, loading the script again when a (restarted) Redis does not know it.
-        _gcra = client.register_script(_GCRA_SCRIPT)
-    raw = _gcra(keys=[key], args=[policy.interval_us, policy.period_us, wanted], client=client)
-    return [int(v) for v in raw]
+    connection = _connection(redis_client(settings.REDIS_URL))
+    loaded = reconnected = False
+    while True:
+        try:
+            connection.send_command(
+                "EVALSHA", _GCRA_SHA, 1, key, policy.interval_us, policy.period_us, wanted
+            )
+            return [int(v) for v in connection.read_response()]
+        except NoScriptError:  # a restarted Redis: load the script, once
+            if loaded:
+                raise
+            connection.send_command("SCRIPT", "LOAD", _GCRA_SCRIPT)
+            connection.read_response()
+            loaded = True
+        except RedisConnectionError:
+            # It disconnected itself: the server had closed it (a restart, an idle
+            # timeout) and took nothing. A second failure is an outage.
+            if reconnected:
+                raise
+            reconnected = True
+
+
+def _connection(client: Any) -> Any:
+    """This thread's own connection to `client`'s server, for the limiter's one command
+    per request: without the pool's lock, checks and counters and the retry and
+    observability wrappers redis-py puts around each command (as costly as the round
+    trip's own work). A thread of a forked process makes its own."""
+    own = _own_connection
+    pool = client.connection_pool
+    if getattr(own, "pool", None) is not pool or own.pid != os.getpid():
+        own.connection = pool.connection_class(**pool.connection_kwargs)
+        own.pool, own.pid = pool, os.getpid()
+    return own.connection
 
 
 def redis_hit(key: str, policy: Policy) -> Decision:

@@ -1,7 +1,7 @@
 import functools
 
 from django.http import HttpRequest, HttpResponse
-from django.urls import reverse
+from django.urls import get_script_prefix, get_urlconf, reverse
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import status
 from rest_framework.generics import ListAPIView
@@ -155,8 +155,24 @@ def _accepted(summary) -> Response:
     return Response(
         order_representation(summary),
         status=status.HTTP_202_ACCEPTED,
-        headers={"Location": reverse("order-detail", kwargs={"order_id": summary.pk})},
+        headers={"Location": _order_url(str(summary.pk))},
     )
+
+
+# An order detail's URL is the same text around each id: reverse() once per URLconf and
+# script prefix, with this id, instead of walking the URL patterns for every answer.
+_PLACEHOLDER_ID = "00000000-0000-0000-0000-000000000000"
+
+
+def _order_url(order_id: str) -> str:
+    """reverse("order-detail") of the order `order_id` (a UUID's text)."""
+    template = _order_url_template(get_urlconf(), get_script_prefix())
+    return template.replace(_PLACEHOLDER_ID, order_id)
+
+
+@functools.lru_cache(maxsize=16)
+def _order_url_template(urlconf: str | None, script_prefix: str) -> str:
+    return reverse("order-detail", kwargs={"order_id": _PLACEHOLDER_ID})
 
 
 class OrderDetailView(StrictQueryParameters, APIView):
