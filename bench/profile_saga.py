@@ -102,13 +102,12 @@ def main(argv: list[str]) -> int:
 
     from apps.catalog import services as catalog
     from apps.catalog.selectors import product_ids_by_sku
-    from apps.core.messaging.inbox import (
-        EventEnvelope,
-        consume_event,
-        consumers_of,
-        handled_in_relay,
+    from apps.core.messaging.inbox import consume_event, consumers_of, handled_in_relay
+    from apps.core.messaging.outbox import (
+        claim_pending_messages,
+        event_envelope,
+        relay_pending_messages,
     )
-    from apps.core.messaging.outbox import claim_pending_messages, relay_pending_messages
     from apps.core.models import OutboxMessage
     from apps.core.workflows.sagas import saga_advance
     from apps.orders import services as orders
@@ -150,13 +149,8 @@ def main(argv: list[str]) -> int:
             if not messages:
                 return
             for message, consumers in envelopes:
-                envelope = EventEnvelope(
-                    id=message.id, type=message.event_type, payload=message.payload,
-                    aggregate_type=message.aggregate_type, aggregate_id=message.aggregate_id,
-                    headers=message.headers, created_at=message.created_at,
-                )  # fmt: skip
                 for consumer in consumers:
-                    consume_event(envelope, consumer=consumer)
+                    consume_event(event_envelope(message), consumer=consumer)
 
     for n in range(5):  # warm-up
         saga_advance(place(n))

@@ -236,7 +236,7 @@ def _consume_inline(message: OutboxMessage, *, alias: str) -> tuple[list[str], l
     if scope is None:
         return [], []
     wanted = consumers_of(message.event_type)
-    event = _envelope(message)
+    event = event_envelope(message)
     handled = []
     context = event_log_context(event_id=event.id, event_type=event.type, headers=event.headers)
     with structlog.contextvars.bound_contextvars(**context):
@@ -385,7 +385,8 @@ def _chunks(messages: list[OutboxMessage]) -> Iterator[list[OutboxMessage]]:
         yield messages[start : start + size]
 
 
-def _envelope(message: OutboxMessage) -> EventEnvelope:
+def event_envelope(message: OutboxMessage) -> EventEnvelope:
+    """The event of an outbox row, as its consumers get it."""
     return EventEnvelope(
         id=message.id,
         type=message.event_type,
@@ -497,7 +498,7 @@ def relay_batch(*, limit: int) -> list[uuid.UUID]:
 def _consume_here(consumer: str, messages: list[OutboxMessage], sends: _Sends) -> None:
     """An in-relay consumer's events, handled in the relay's transaction; what it did not
     handle goes on to tasks."""
-    outcome = consume_in_relay([_envelope(m) for m in messages], consumer=consumer)
+    outcome = consume_in_relay([event_envelope(m) for m in messages], consumer=consumer)
     by_id = {m.id: m for m in messages}
     if outcome.failed is not None:
         sends.retry(by_id[outcome.failed.id], consumer)
