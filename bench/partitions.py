@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -453,7 +453,7 @@ AFTER_SECONDS = 4.0
 TAKEOVER_GRACE_SECONDS = 30.0
 # A fault that caught nothing it is meant to test (worker-1 held no saga when cut off) is
 # healed and injected again, at most this many times in all.
-FAULT_ATTEMPTS = 3
+FAULT_ATTEMPTS = 4
 REINJECT_AFTER_SECONDS = 3.0
 
 
@@ -466,39 +466,44 @@ def wait_fault(cluster, outcome: Outcome, seconds: float) -> None:
 
 
 def watch_takeover(cluster, outcome: Outcome, seconds: float) -> None:
-    """worker-1's sagas: leased at the fault, and no step recorded until the lease ran out
-    (a live worker records one every few hundred milliseconds). Taken over: such a saga
-    moved on before healing, which only worker-2 can have done."""
+    """worker-1's sagas: leased at the fault, and no step recorded from the fault until
+    their own lease ran out (a live worker records one every few hundred milliseconds, and
+    renews the lease with it). Taken over: such a saga moved on after its lease ran out and
+    before healing, which only worker-2 can have done. Each saga is judged by its own lease:
+    one claimed in a batch, or whose last step was seconds ago, runs out well before the
+    fault's start plus a lease, and worker-2 may take it over before then."""
     started = time.monotonic()
     lease = float(SETTINGS["SAGA_LEASE_SECONDS"])
-    fault_at, leased = query(
+    fault_at, leased, lease_ends = query(
         cluster,
-        "SELECT now(), array(SELECT id FROM core_sagainstance "
-        "WHERE state IN ('running', 'compensating') AND lease_until > now())",
+        "SELECT now(), coalesce(array_agg(id), '{}'), coalesce(array_agg(lease_until), '{}') "
+        "FROM core_sagainstance "
+        "WHERE state IN ('running', 'compensating') AND lease_until > now()",
     )[0]
     time.sleep(min(lease + 1, seconds))
-    lease_end = fault_at + timedelta(seconds=lease)
 
-    def moved_between(start, end) -> set:
+    def moved(after_lease: bool) -> set:
+        # Sagas with a step recorded between the fault and their lease's end, or after it.
+        window = "t.at >= s.lease_until" if after_lease else "t.at >= %s AND t.at < s.lease_until"
         rows = query(
             cluster,
-            "SELECT DISTINCT saga_id FROM core_sagatransition "
-            "WHERE saga_id = ANY(%s) AND at >= %s AND at < %s",
-            (leased, start, end),
+            "SELECT DISTINCT s.id FROM unnest(%s::uuid[], %s::timestamptz[]) AS s(id, "  # noqa: S608
+            f"lease_until) JOIN core_sagatransition AS t ON t.saga_id = s.id WHERE {window}",
+            (leased, lease_ends) if after_lease else (leased, lease_ends, fault_at),
         )
         return {row[0] for row in rows}
 
-    abandoned = set(leased) - moved_between(fault_at, lease_end)
+    abandoned = set(leased) - moved(after_lease=False)
     if not abandoned:
-        # Every saga leased at the fault moved on, so they were all worker-2's: worker-1
-        # held none, and there is nothing for worker-2 to take over.
+        # Every saga leased at the fault moved on within its lease, so they were all
+        # worker-2's: worker-1 held none, and there is nothing for worker-2 to take over.
         raise FaultMissed("worker-1 held no saga when it was cut off")
     time.sleep(max(0.0, seconds - (time.monotonic() - started)))
     # On a starved machine worker-2 can need longer: the partition holds until it has taken
     # every abandoned saga over, or TAKEOVER_GRACE_SECONDS more have passed.
     grace_until = time.monotonic() + TAKEOVER_GRACE_SECONDS
     while True:
-        taken_over = abandoned & moved_between(lease_end, lease_end + timedelta(days=1))
+        taken_over = abandoned & moved(after_lease=True)
         if taken_over == abandoned or time.monotonic() > grace_until:
             break
         time.sleep(0.5)
