@@ -6,7 +6,7 @@ urlpatterns = [
     path("payments", views.PaymentListView.as_view(), name="payments"),
     path(
         "payments/webhooks/sandbox",
-        views.SandboxWebhookView.as_view(),
+        views.sandbox_webhook,
         name="payments-webhook-sandbox",
     ),
     path("payments/<id:payment_id>", views.PaymentDetailView.as_view(), name="payment"),

@@ -12,15 +12,19 @@ the default authentication (bearer JWT) and permission (IsAuthenticated):
 - a body DRF's parser takes.
 
 It returns the token's user id and the parsed body, or None: the DRF view then handles
-the request as always (the body stays readable). `as_drf_answers(view_class, response)`
-finishes a `Response` as that view's `finalize_response` does.
+the request as always (the body stays readable). `answered_as_json(request)` is the
+part of that test about the answer (no query string, an `Accept` DRF negotiates to
+JSON), for a view that reads no parsed body and needs no user. `as_drf_answers(view_class,
+response)` finishes a `Response` as that view's `finalize_response` does.
 """
 
 import functools
 import io
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from django.http import HttpRequest
+from django.http.request import HttpHeaders
 from django.utils.cache import patch_vary_headers
 from rest_framework import HTTP_HEADER_ENCODING
 from rest_framework.exceptions import APIException
@@ -39,12 +43,7 @@ ACCEPTED = ("*/*", JSON)
 def bearer_json_body(request: HttpRequest) -> tuple[int, Any] | None:
     """(user id, parsed body) of a plain JSON request with a verified bearer token (see
     above), else None."""
-    meta = request.META
-    if (
-        meta.get("QUERY_STRING")
-        or meta.get("CONTENT_TYPE") != JSON
-        or meta.get("HTTP_ACCEPT", "*/*") not in ACCEPTED
-    ):
+    if request.META.get("CONTENT_TYPE") != JSON or not answered_as_json(request):
         return None
     user_id = _bearer_user_id(request)
     if user_id is None:
@@ -56,6 +55,32 @@ def bearer_json_body(request: HttpRequest) -> tuple[int, Any] | None:
         return user_id, DepthLimitedJSONParser().parse(io.BytesIO(body))
     except Exception:  # too big, malformed, too deep: DRF's answer
         return None
+
+
+def answered_as_json(request: HttpRequest) -> bool:
+    """No query string, and an `Accept` (or none) that DRF answers with JSON."""
+    meta = request.META
+    return not meta.get("QUERY_STRING") and meta.get("HTTP_ACCEPT", "*/*") in ACCEPTED
+
+
+class HeadersInMeta(Mapping[str, str]):
+    """A request's headers by name (in any case), each read from `META` when asked for:
+    `request.headers` renames every header of the request first."""
+
+    __slots__ = ("_meta",)
+
+    def __init__(self, request: HttpRequest) -> None:
+        self._meta = request.META
+
+    def __getitem__(self, name: str) -> str:
+        value: str = self._meta[HttpHeaders.to_wsgi_name(name)]
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(HttpHeaders(self._meta))
+
+    def __len__(self) -> int:
+        return len(HttpHeaders(self._meta))
 
 
 def _bearer_user_id(request: HttpRequest) -> int | None:
