@@ -7,8 +7,12 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from apps.core.http import probes
 from apps.core.http.api.problems import not_found
 from apps.core.observability.metrics import metrics_view
+from apps.payments.api.views import sandbox_webhook
 
 urlpatterns = [
+    # First: Django tries the routes in order, and the provider sends a webhook per
+    # payment; after the API's other routes, its resolution cost more than its answer.
+    path("api/v1/payments/webhooks/sandbox", sandbox_webhook, name="payments-webhook-sandbox"),
     path("healthz", probes.healthz, name="healthz"),
     path("readyz", probes.readyz, name="readyz"),
     path("metrics", metrics_view, name="metrics"),

@@ -2,7 +2,6 @@
 implementation over HTTP with timeouts, jittered retries and a shared circuit breaker.
 """
 
-import hashlib
 import hmac
 import json
 import threading
@@ -15,6 +14,7 @@ from typing import Protocol, TypeVar
 import httpx
 import tenacity
 from django.conf import settings
+from django.core.signals import setting_changed
 
 from apps.core.resilience import (
     CircuitBreakerError,
@@ -155,9 +155,7 @@ def verify_signature(
     now = time.time() if now is None else now
     if abs(now - timestamp) > tolerance_seconds:
         raise WebhookVerificationFailed("stale signature timestamp")
-    expected = hmac.new(
-        secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256
-    ).hexdigest()
+    expected = hmac.digest(secret.encode(), f"{timestamp}.".encode() + body, "sha256").hex()
     if not hmac.compare_digest(expected, signature):
         raise WebhookVerificationFailed("signature mismatch")
 
@@ -362,6 +360,29 @@ def get_provider() -> PaymentProvider:
             _providers[key] = provider
     provider.breaker = _breaker()  # re-fetched: a Redis outage at start is not permanent
     return provider
+
+
+def webhook_provider() -> PaymentProvider:
+    """`get_provider()`'s provider, asked for again only when settings change: a webhook is
+    verified with the provider's secret, not through its breaker, which `get_provider()`
+    fetches again at every call (with the ~20 settings it reads, most of a webhook's
+    verification)."""
+    global _webhook_provider
+    provider = _webhook_provider
+    if provider is None:
+        provider = _webhook_provider = get_provider()
+    return provider
+
+
+_webhook_provider: PaymentProvider | None = None
+
+
+def _forget_webhook_provider(**kwargs) -> None:
+    global _webhook_provider
+    _webhook_provider = None
+
+
+setting_changed.connect(_forget_webhook_provider)
 
 
 def _breaker() -> SharedCircuitBreaker:

@@ -1,3 +1,5 @@
+import functools
+
 from django.http import HttpRequest, HttpResponse
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
@@ -8,7 +10,13 @@ from rest_framework.views import APIView
 
 from apps.core.http.api.pagination import CursorPagination
 from apps.core.http.api.permissions import staff_role_required
-from apps.core.http.api.plain_requests import HeadersInMeta, answered_as_json, as_drf_answers
+from apps.core.http.api.plain_requests import (
+    HeadersInMeta,
+    answered_as_json,
+    as_drf_answers,
+    drf_rendered,
+    rendered_as_drf_answers,
+)
 from apps.core.http.api.views import StrictQueryParameters
 from apps.core.http.idempotency import IDEMPOTENCY_HEADER, idempotent_request
 from apps.payments import selectors, services
@@ -99,9 +107,14 @@ def sandbox_webhook(request: HttpRequest, *args, **kwargs) -> HttpResponse:
         answer = api_settings.EXCEPTION_HANDLER(exc, {"request": request})
         if answer is None:
             raise
-    else:
-        answer = Response({"status": outcome})
-    return as_drf_answers(SandboxWebhookView, answer)
+        return as_drf_answers(SandboxWebhookView, answer)
+    return rendered_as_drf_answers(SandboxWebhookView, _outcome_content(outcome))
+
+
+@functools.cache
+def _outcome_content(outcome: str) -> bytes:
+    """The view's body for `outcome`, one of a few: rendered once."""
+    return drf_rendered(SandboxWebhookView, {"status": outcome})
 
 
 _sandbox_webhook_view = SandboxWebhookView.as_view()

@@ -15,19 +15,21 @@ It returns the token's user id and the parsed body, or None: the DRF view then h
 the request as always (the body stays readable). `answered_as_json(request)` is the
 part of that test about the answer (no query string, an `Accept` DRF negotiates to
 JSON), for a view that reads no parsed body and needs no user. `as_drf_answers(view_class,
-response)` finishes a `Response` as that view's `finalize_response` does.
+response)` finishes a `Response` as that view's `finalize_response` does;
+`rendered_as_drf_answers` answers bytes rendered once (`drf_rendered`) the same way.
 """
 
 import functools
 import io
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.http.request import HttpHeaders
 from django.utils.cache import patch_vary_headers
 from rest_framework import HTTP_HEADER_ENCODING
 from rest_framework.exceptions import APIException
+from rest_framework.renderers import BaseRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework_simplejwt.authentication import JWTAuthentication
@@ -37,6 +39,7 @@ from apps.core.http.api.parsers import DepthLimitedJSONParser
 from apps.core.http.clients import verified_access_token
 
 JSON = "application/json"
+ResponseT = TypeVar("ResponseT", bound=HttpResponse)
 ACCEPTED = ("*/*", JSON)
 
 
@@ -109,12 +112,32 @@ def _authentication() -> JWTAuthentication:
 def as_drf_answers(view_class: type[APIView], response: Response) -> Response:
     """`response` rendered and headed as `view_class` answers a request negotiated to
     JSON: its first renderer, `Vary: Accept`, `Allow`."""
+    response.accepted_renderer = _json_renderer(view_class)
+    response.accepted_media_type = JSON
+    response.renderer_context = {}  # type: ignore[attr-defined]  # DRF's, unstubbed
+    return _headed_as_drf_answers(view_class, response)
+
+
+def drf_rendered(view_class: type[APIView], data: Any) -> bytes:
+    """`data` as `view_class`'s first renderer renders it for a request negotiated to
+    JSON: the body `as_drf_answers` gives a `Response` of `data`."""
+    return _json_renderer(view_class).render(data, JSON, {})
+
+
+def rendered_as_drf_answers(view_class: type[APIView], content: bytes) -> HttpResponse:
+    """A 200 with `content` (from `drf_rendered`) headed as `as_drf_answers` heads one:
+    the same bytes, without a `Response` rendered again at each request."""
+    return _headed_as_drf_answers(view_class, HttpResponse(content, content_type=JSON))
+
+
+def _json_renderer(view_class: type[APIView]) -> BaseRenderer:
     renderer = view_class.renderer_classes[0]()
     if renderer.media_type != JSON:
         raise TypeError(f"{view_class.__name__} does not render JSON first")
-    response.accepted_renderer = renderer
-    response.accepted_media_type = JSON
-    response.renderer_context = {}  # type: ignore[attr-defined]  # DRF's, unstubbed
+    return renderer
+
+
+def _headed_as_drf_answers(view_class: type[APIView], response: ResponseT) -> ResponseT:
     if len(view_class.renderer_classes) > 1:
         patch_vary_headers(response, ("Accept",))
     allow = _ALLOW.get(view_class)
