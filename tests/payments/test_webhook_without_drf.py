@@ -147,3 +147,18 @@ def test_a_refused_webhook_is_drfs_problem_to_the_byte(api_client, refused):
     payment.refresh_from_db()
     assert payment.status == Payment.Status.PENDING
     assert not PaymentEvent.objects.filter(payment=payment).exists()
+
+
+def test_a_changed_webhook_secret_is_used_at_once(api_client, settings):
+    event = charge_event(PaymentFactory())
+    assert post(api_client, event).status_code == 200  # the provider is looked up and kept
+    signed_before = json.dumps({**event, "id": f"evt_{uuid.uuid4().hex}"}).encode()
+    timestamp = int(time.time())
+    old_signature = (
+        f"t={timestamp},v1={sign(settings.PAYMENT_WEBHOOK_SECRET, timestamp, signed_before)}"
+    )
+
+    settings.PAYMENT_WEBHOOK_SECRET = "a-rotated-secret"
+
+    assert post(api_client, signed_before, signature=old_signature).status_code == 400
+    assert post(api_client, signed_before).status_code == 200
