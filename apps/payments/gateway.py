@@ -365,8 +365,8 @@ def get_provider() -> PaymentProvider:
 def webhook_provider() -> PaymentProvider:
     """`get_provider()`'s provider, asked for again only when settings change: a webhook is
     verified with the provider's secret, not through its breaker, which `get_provider()`
-    fetches again at every call (with the ~20 settings it reads, most of a webhook's
-    verification)."""
+    fetches again at every call (with the ~20 settings it reads, as much as the
+    signature check and the event's parsing together)."""
     global _webhook_provider
     provider = _webhook_provider
     if provider is None:
