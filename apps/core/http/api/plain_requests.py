@@ -121,7 +121,8 @@ def as_drf_answers(view_class: type[APIView], response: Response) -> Response:
 def drf_rendered(view_class: type[APIView], data: Any) -> bytes:
     """`data` as `view_class`'s first renderer renders it for a request negotiated to
     JSON: the body `as_drf_answers` gives a `Response` of `data`."""
-    return _json_renderer(view_class).render(data, JSON, {})
+    content: bytes = _json_renderer(view_class).render(data, JSON, {})
+    return content
 
 
 def rendered_as_drf_answers(view_class: type[APIView], content: bytes) -> HttpResponse:
