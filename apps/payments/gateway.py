@@ -2,6 +2,7 @@
 implementation over HTTP with timeouts, jittered retries and a shared circuit breaker.
 """
 
+import hashlib
 import hmac
 import json
 import threading
@@ -155,7 +156,9 @@ def verify_signature(
     now = time.time() if now is None else now
     if abs(now - timestamp) > tolerance_seconds:
         raise WebhookVerificationFailed("stale signature timestamp")
-    expected = hmac.digest(secret.encode(), f"{timestamp}.".encode() + body, "sha256").hex()
+    expected = hmac.new(
+        secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256
+    ).hexdigest()
     if not hmac.compare_digest(expected, signature):
         raise WebhookVerificationFailed("signature mismatch")
 
