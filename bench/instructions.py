@@ -15,8 +15,11 @@ divided by N are the figure. callgrind is deterministic: no best-of rounds.
 
 Scenarios: B0 (the ping view, no middleware, own urlconf: `bench.bare_settings`), the
 same view through the app's middleware (`bench.app_settings`), the cached product
-detail, the product list of `make bench`, and POST /api/v1/orders (a fresh
-Idempotency-Key per request, tokens of several buyers). Writes
+detail, the product list of `make bench`, POST /api/v1/orders (a fresh
+Idempotency-Key per request, tokens of several buyers), and the payment provider's
+webhook for a payment already settled (as the saga's charge call settles it before the
+provider's `charge.succeeded` arrives; a fresh event id per request, signed as the
+sandbox signs it). Writes
 bench/results/<stamp>-instructions.json and .md.
 """
 
@@ -47,8 +50,15 @@ LIST_QUERY = "/api/v1/products?category=electronics&min_price=10&max_price=400&i
 ORDER_CLIENTS = 5
 # (warm-up, measured) requests per scenario. callgrind counts the same instructions each
 # time, so a few dozen suffice; the expensive ones run ~10 s each under it on a busy VM.
-FULL = {"b0": (50, 200), "ping": (50, 200), "detail": (10, 40), "list": (5, 20), "orders": (10, 20)}
-QUICK = {"b0": (20, 50), "ping": (20, 50), "detail": (5, 10), "list": (3, 5), "orders": (5, 5)}
+FULL = {
+    "b0": (50, 200), "ping": (50, 200), "detail": (10, 40), "list": (5, 20), "orders": (10, 20),
+    "webhook": (10, 40),
+}  # fmt: skip
+QUICK = {
+    "b0": (20, 50), "ping": (20, 50), "detail": (5, 10), "list": (3, 5), "orders": (5, 5),
+    "webhook": (5, 10),
+}  # fmt: skip
+WEBHOOK_PATH = "/api/v1/payments/webhooks/sandbox"
 
 
 def say(message: str) -> None:
@@ -124,6 +134,38 @@ def _order_body(product_id: int) -> bytes:
     ).encode()
 
 
+def _webhooks(spec: dict, count: int):
+    """`count` signed `charge.succeeded` webhooks for the settled payment, each a new event,
+    sent as the sandbox sends them (no Accept header)."""
+    import time
+
+    from django.conf import settings
+
+    from apps.payments.sandbox.server import SIGNATURE_HEADER, sign
+
+    requests = []
+    for _ in range(count):
+        body = json.dumps(
+            {
+                "id": f"evt_{uuid.uuid4().hex}",
+                "type": "charge.succeeded",
+                "created": int(time.time()),
+                "data": spec["settled_charge"],
+            }
+        ).encode()
+        timestamp = int(time.time())
+        signature = sign(settings.PAYMENT_WEBHOOK_SECRET, timestamp, body)
+        environ = _environ(
+            "POST",
+            WEBHOOK_PATH,
+            body=body,
+            headers={SIGNATURE_HEADER: f"t={timestamp},v1={signature}"},
+        )
+        del environ["HTTP_ACCEPT"]
+        requests.append((environ, body, "200"))
+    return requests
+
+
 def _requests(spec: dict, scenario: str, count: int):
     """`count` (environ, body, expected status prefix) of a scenario."""
     from django.contrib.auth import get_user_model
@@ -137,6 +179,8 @@ def _requests(spec: dict, scenario: str, count: int):
         return [(_environ("GET", url), b"", "200")] * count
     if scenario == "list":
         return [(_environ("GET", LIST_QUERY), b"", "200")] * count
+    if scenario == "webhook":
+        return _webhooks(spec, count)
     # Minted here, once per run of the scenario (its warm-up starts it): under callgrind a
     # whole run outlasts an access token. ORDER_CLIENTS buyers send the POSTs, each its
     # token with every request as clients (and the wrk load of `make bench`) do, so the
@@ -196,7 +240,7 @@ def measure(spec_path: Path) -> int:
 # --- parent: seeds, runs the child under callgrind, reads its dumps ----------------------
 
 
-SCENARIOS = ("b0", "ping", "detail", "list", "orders")
+SCENARIOS = ("b0", "ping", "detail", "list", "orders", "webhook")
 
 
 def seed_spec(workdir: Path, counts: dict, scenarios: list[str]) -> Path:
@@ -213,9 +257,42 @@ def seed_spec(workdir: Path, counts: dict, scenarios: list[str]) -> Path:
         spec["buyers"] = [
             AccessToken(token)["user_id"] for token in data.tokens_file.read_text().split()
         ]
+        if "webhook" in scenarios:
+            spec["settled_charge"] = _settled_charge(spec["buyers"][0])
     path = workdir / "spec.json"
     path.write_text(json.dumps(spec))
     return path
+
+
+def _settled_charge(user_id: int) -> dict:
+    """A payment the provider's charge answer settled, as the provider describes the
+    charge in its webhooks."""
+    from decimal import Decimal
+
+    from apps.payments.models import Payment
+
+    payment = Payment.objects.create(
+        order_id=str(uuid.uuid4()),
+        user_id=user_id,
+        amount=Decimal("10.00"),
+        currency="EUR",
+        status=Payment.Status.SUCCEEDED,
+        provider="sandbox",
+        provider_charge_id=f"ch_{uuid.uuid4().hex[:24]}",
+        idempotency_key=f"pay_{uuid.uuid4().hex}",
+    )
+    return {
+        "id": payment.provider_charge_id,
+        "object": "charge",
+        "idempotency_key": payment.idempotency_key,
+        "amount": str(payment.amount),
+        "currency": payment.currency,
+        "reference": payment.order_id,
+        "status": "succeeded",
+        "decline_code": "",
+        "decline_message": "",
+        "created": payment.created_at.timestamp(),
+    }
 
 
 def dump_instructions(path: Path) -> int:
@@ -274,6 +351,7 @@ LABELS = {
     "detail": "cached product detail",
     "list": "product list (filters, 20 per page)",
     "orders": "POST /api/v1/orders",
+    "webhook": "provider webhook, payment settled already",
 }
 
 

@@ -15,6 +15,7 @@ from typing import Protocol, TypeVar
 import httpx
 import tenacity
 from django.conf import settings
+from django.core.signals import setting_changed
 
 from apps.core.resilience import (
     CircuitBreakerError,
@@ -362,6 +363,29 @@ def get_provider() -> PaymentProvider:
             _providers[key] = provider
     provider.breaker = _breaker()  # re-fetched: a Redis outage at start is not permanent
     return provider
+
+
+def webhook_provider() -> PaymentProvider:
+    """`get_provider()`'s provider, asked for again only when settings change: a webhook is
+    verified with the provider's secret, not through its breaker, which `get_provider()`
+    fetches again at every call (with the ~20 settings it reads, as much as the
+    signature check and the event's parsing together)."""
+    global _webhook_provider
+    provider = _webhook_provider
+    if provider is None:
+        provider = _webhook_provider = get_provider()
+    return provider
+
+
+_webhook_provider: PaymentProvider | None = None
+
+
+def _forget_webhook_provider(**kwargs) -> None:
+    global _webhook_provider
+    _webhook_provider = None
+
+
+setting_changed.connect(_forget_webhook_provider)
 
 
 def _breaker() -> SharedCircuitBreaker:

@@ -40,6 +40,7 @@ from apps.payments.gateway import (
     ProviderUnavailable,
     WebhookVerificationFailed,
     get_provider,
+    webhook_provider,
 )
 from apps.payments.models import Payment, PaymentEvent, Refund
 
@@ -619,7 +620,7 @@ def _refund_result(refund: Refund) -> RefundResult:
 def webhook_handle(*, body: bytes, headers: Mapping[str, str]) -> str:
     """Verify and apply a provider webhook; returns what happened to it:
     'settled', 'already-settled', 'duplicate' or 'ignored' (not about our payments)."""
-    provider = get_provider()
+    provider = webhook_provider()
     try:
         event = provider.verify_webhook(body=body, headers=headers)
     except WebhookVerificationFailed as exc:

@@ -4,11 +4,7 @@ from apps.payments.api import views
 
 urlpatterns = [
     path("payments", views.PaymentListView.as_view(), name="payments"),
-    path(
-        "payments/webhooks/sandbox",
-        views.SandboxWebhookView.as_view(),
-        name="payments-webhook-sandbox",
-    ),
+    # The provider's webhook (payments/webhooks/sandbox) is routed first, in config.urls.
     path("payments/<id:payment_id>", views.PaymentDetailView.as_view(), name="payment"),
     path(
         "payments/<id:payment_id>/refunds",

@@ -1,11 +1,22 @@
+import functools
+
+from django.http import HttpRequest, HttpResponse
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
 from apps.core.http.api.pagination import CursorPagination
 from apps.core.http.api.permissions import staff_role_required
+from apps.core.http.api.plain_requests import (
+    HeadersInMeta,
+    answered_as_json,
+    as_drf_answers,
+    drf_rendered,
+    rendered_as_drf_answers,
+)
 from apps.core.http.api.views import StrictQueryParameters
 from apps.core.http.idempotency import IDEMPOTENCY_HEADER, idempotent_request
 from apps.payments import selectors, services
@@ -79,3 +90,34 @@ class SandboxWebhookView(StrictQueryParameters, APIView):
     def post(self, request):
         outcome = services.webhook_handle(body=request.body, headers=request.headers)
         return Response({"status": outcome})
+
+
+def sandbox_webhook(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+    """The view of `payments-webhook-sandbox`: `SandboxWebhookView`, except for the POST
+    the provider sends (no query string, no `Accept`), which needs nothing of DRF's
+    request handling (no user, no parsed body) and is answered without it, as the view
+    answers it (apps.core.http.api.plain_requests)."""
+    if request.method != "POST" or not answered_as_json(request):
+        return _sandbox_webhook_view(request, *args, **kwargs)
+    try:
+        outcome = services.webhook_handle(body=request.body, headers=HeadersInMeta(request))
+    except Exception as exc:
+        # As DRF's view handles it: a problem (a refused signature, a malformed event)
+        # or, for anything else, Django's own answer.
+        answer = api_settings.EXCEPTION_HANDLER(exc, {"request": request})
+        if answer is None:
+            raise
+        return as_drf_answers(SandboxWebhookView, answer)
+    return rendered_as_drf_answers(SandboxWebhookView, _outcome_content(outcome))
+
+
+@functools.cache
+def _outcome_content(outcome: str) -> bytes:
+    """The view's body for `outcome`, one of a few: rendered once."""
+    return drf_rendered(SandboxWebhookView, {"status": outcome})
+
+
+_sandbox_webhook_view = SandboxWebhookView.as_view()
+# To Django (csrf_exempt, view_class) and drf-spectacular (cls: the schema), the URL's
+# view is the class's.
+sandbox_webhook.__dict__.update(_sandbox_webhook_view.__dict__)

@@ -12,18 +12,24 @@ the default authentication (bearer JWT) and permission (IsAuthenticated):
 - a body DRF's parser takes.
 
 It returns the token's user id and the parsed body, or None: the DRF view then handles
-the request as always (the body stays readable). `as_drf_answers(view_class, response)`
-finishes a `Response` as that view's `finalize_response` does.
+the request as always (the body stays readable). `answered_as_json(request)` is the
+part of that test about the answer (no query string, an `Accept` DRF negotiates to
+JSON), for a view that reads no parsed body and needs no user. `as_drf_answers(view_class,
+response)` finishes a `Response` as that view's `finalize_response` does;
+`rendered_as_drf_answers` answers bytes rendered once (`drf_rendered`) the same way.
 """
 
 import functools
 import io
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import Any, TypeVar
 
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.http.request import HttpHeaders
 from django.utils.cache import patch_vary_headers
 from rest_framework import HTTP_HEADER_ENCODING
 from rest_framework.exceptions import APIException
+from rest_framework.renderers import BaseRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework_simplejwt.authentication import JWTAuthentication
@@ -33,18 +39,14 @@ from apps.core.http.api.parsers import DepthLimitedJSONParser
 from apps.core.http.clients import verified_access_token
 
 JSON = "application/json"
+ResponseT = TypeVar("ResponseT", bound=HttpResponse)
 ACCEPTED = ("*/*", JSON)
 
 
 def bearer_json_body(request: HttpRequest) -> tuple[int, Any] | None:
     """(user id, parsed body) of a plain JSON request with a verified bearer token (see
     above), else None."""
-    meta = request.META
-    if (
-        meta.get("QUERY_STRING")
-        or meta.get("CONTENT_TYPE") != JSON
-        or meta.get("HTTP_ACCEPT", "*/*") not in ACCEPTED
-    ):
+    if request.META.get("CONTENT_TYPE") != JSON or not answered_as_json(request):
         return None
     user_id = _bearer_user_id(request)
     if user_id is None:
@@ -56,6 +58,32 @@ def bearer_json_body(request: HttpRequest) -> tuple[int, Any] | None:
         return user_id, DepthLimitedJSONParser().parse(io.BytesIO(body))
     except Exception:  # too big, malformed, too deep: DRF's answer
         return None
+
+
+def answered_as_json(request: HttpRequest) -> bool:
+    """No query string, and an `Accept` (or none) that DRF answers with JSON."""
+    meta = request.META
+    return not meta.get("QUERY_STRING") and meta.get("HTTP_ACCEPT", "*/*") in ACCEPTED
+
+
+class HeadersInMeta(Mapping[str, str]):
+    """A request's headers by name (in any case), each read from `META` when asked for:
+    `request.headers` renames every header of the request first."""
+
+    __slots__ = ("_meta",)
+
+    def __init__(self, request: HttpRequest) -> None:
+        self._meta = request.META
+
+    def __getitem__(self, name: str) -> str:
+        value: str = self._meta[HttpHeaders.to_wsgi_name(name)]
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(HttpHeaders(self._meta))
+
+    def __len__(self) -> int:
+        return len(HttpHeaders(self._meta))
 
 
 def _bearer_user_id(request: HttpRequest) -> int | None:
@@ -84,12 +112,33 @@ def _authentication() -> JWTAuthentication:
 def as_drf_answers(view_class: type[APIView], response: Response) -> Response:
     """`response` rendered and headed as `view_class` answers a request negotiated to
     JSON: its first renderer, `Vary: Accept`, `Allow`."""
+    response.accepted_renderer = _json_renderer(view_class)
+    response.accepted_media_type = JSON
+    response.renderer_context = {}  # type: ignore[attr-defined]  # DRF's, unstubbed
+    return _headed_as_drf_answers(view_class, response)
+
+
+def drf_rendered(view_class: type[APIView], data: Any) -> bytes:
+    """`data` as `view_class`'s first renderer renders it for a request negotiated to
+    JSON: the body `as_drf_answers` gives a `Response` of `data`."""
+    content: bytes = _json_renderer(view_class).render(data, JSON, {})
+    return content
+
+
+def rendered_as_drf_answers(view_class: type[APIView], content: bytes) -> HttpResponse:
+    """A 200 with `content` (from `drf_rendered`) headed as `as_drf_answers` heads one:
+    the same bytes, without a `Response` rendered again at each request."""
+    return _headed_as_drf_answers(view_class, HttpResponse(content, content_type=JSON))
+
+
+def _json_renderer(view_class: type[APIView]) -> BaseRenderer:
     renderer = view_class.renderer_classes[0]()
     if renderer.media_type != JSON:
         raise TypeError(f"{view_class.__name__} does not render JSON first")
-    response.accepted_renderer = renderer
-    response.accepted_media_type = JSON
-    response.renderer_context = {}  # type: ignore[attr-defined]  # DRF's, unstubbed
+    return renderer
+
+
+def _headed_as_drf_answers(view_class: type[APIView], response: ResponseT) -> ResponseT:
     if len(view_class.renderer_classes) > 1:
         patch_vary_headers(response, ("Accept",))
     allow = _ALLOW.get(view_class)
