@@ -62,8 +62,9 @@ def product_snapshots(*, product_ids: list[int]) -> dict[int, ProductSnapshot]:
     if connection.vendor == "postgresql":
         # Every order placement reads these: a prepared statement costs a fraction of the
         # ORM's query building (docs/performance.md).
-        with prepared_cursor(alias) as cursor:
-            cursor.execute(_snapshots_sql(alias), [product_ids])
+        statement = _snapshots_sql(alias)
+        with prepared_cursor(alias, kept_for=statement) as cursor:
+            cursor.execute(statement, [product_ids])
             rows = cursor.fetchall()
     else:
         rows = list(

@@ -134,3 +134,35 @@ def _readable(raw) -> bool:
     poller = select.poll()
     poller.register(raw.pgconn.socket, select.POLLIN)
     return bool(poller.poll(0))
+
+
+def run_kept(*params):
+    with prepared_cursor(DEFAULT_DB_ALIAS, kept_for=STATEMENT) as cursor:
+        cursor.execute(STATEMENT, list(params))
+        return cursor.fetchone(), cursor.cursor
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_kept_cursor_serves_each_run_of_its_statement_until_the_connection_changes():
+    first, kept = run_kept(41, "one")
+    second, again = run_kept(1, "two")
+    assert (first, second) == ((42, "one"), (2, "two"))
+    assert again is kept and not kept.closed  # the `with` block left it open
+    assert run(5, "own") == (6, "own")  # a cursor not kept is another one
+
+    connection.close()
+    third, after = run_kept(2, "three")
+
+    assert third == (3, "three")
+    assert after is not kept
+
+
+def test_a_kept_cursors_runs_are_in_the_query_log_with_their_values():
+    run_kept(1, "a")
+    with CaptureQueriesContext(connection) as queries:
+        assert run_kept(7, "logged")[0] == (8, "logged")
+        assert run_kept(8, "again")[0] == (9, "again")
+    assert [q["sql"] for q in queries.captured_queries] == [
+        "SELECT CAST(7 AS integer) + 1, CAST('logged' AS text)",
+        "SELECT CAST(8 AS integer) + 1, CAST('again' AS text)",
+    ]

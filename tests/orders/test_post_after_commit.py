@@ -94,3 +94,25 @@ def test_with_redis_down_after_commit_the_order_is_accepted_and_its_drain_kicked
     assert saga.state == SagaInstance.State.RUNNING
     # No mark could be stored to coalesce with: the kick is sent anyway.
     assert queued_messages("sagas") == queued + 1
+
+
+def test_a_connection_redis_closed_is_replaced_and_the_kick_still_sent():
+    """The mark and the pin go on a connection of the thread's own: one the server closed
+    (a restart, an idle timeout) is replaced, and the kick is sent (the lost reply could
+    have been the mark's)."""
+    pin = PIN_KEY.format(user_id=43)
+    with routing_scope(user_id=43):
+        record_write()
+        send_unless_pending(MARK, timeout=30, send=lambda: None, log_as="probe")
+    caches["default"].delete_many([MARK, pin])
+    redis_of_cache().client_kill_filter(_type="normal", skipme=True)  # every client but this
+    sent = []
+
+    with routing_scope(user_id=43):
+        record_write()
+        send_unless_pending(MARK, timeout=30, send=lambda: sent.append(1), log_as="probe")
+        assert pin_due() is None
+
+    assert sent == [1]
+    assert caches["default"].get(MARK) == 1
+    assert caches["default"].get(pin) == 1

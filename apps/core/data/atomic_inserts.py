@@ -112,7 +112,7 @@ class InsertStatement:
             if savepoint and connection.in_atomic_block
             else nullcontext()
         )
-        with in_savepoint, prepared_cursor(self.using) as cursor:
+        with in_savepoint, prepared_cursor(self.using, kept_for=sql) as cursor:
             cursor.execute(sql, params)
             outcome: bool = cursor.fetchone()[0]
         if outcome or not guarded:

@@ -37,6 +37,7 @@ from django.core.cache import caches
 from django.db import transaction
 from django_redis.client import DefaultClient  # type: ignore[import-untyped]
 
+from apps.core.data.redis_clients import own_connection
 from apps.core.data.routing import pin_due, pin_stored
 
 logger = structlog.get_logger(__name__)
@@ -365,13 +366,34 @@ def _marked_pending(mark: str, timeout: float) -> bool:
     if pin is None or type(client) is not DefaultClient or timeout <= 0 or pin[1] <= 0:
         return bool(cache.add(mark, 1, timeout=timeout))
     pin_key, pin_seconds = pin
-    # As django-redis's add() and set() write them: an int is stored as its digits.
-    pipeline = client.get_client(write=True).pipeline(transaction=False)
-    pipeline.set(client.make_key(mark), 1, nx=True, px=int(timeout * 1000))
-    pipeline.set(client.make_key(pin_key), 1, px=int(pin_seconds * 1000))
-    added, _ = pipeline.execute()
+    # As django-redis's add() and set() write them: an int is stored as its digits. Both
+    # commands go out together on this thread's own connection (one round trip, without
+    # redis-py's pipeline and per-command layers).
+    commands = (
+        ("SET", client.make_key(mark), 1, "NX", "PX", int(timeout * 1000)),
+        ("SET", client.make_key(pin_key), 1, "PX", int(pin_seconds * 1000)),
+    )
+    connection = own_connection(client.get_client(write=True))
+    try:
+        added = _sent_together(connection, commands)[0]
+    except redis.ConnectionError:
+        # The server had closed the connection (a restart, an idle timeout): once more on
+        # a new one. The first attempt may have stored the mark before its reply was
+        # lost, so the caller sends its message either way (one message too many at most).
+        _sent_together(connection, commands)
+        added = True
     pin_stored()
     return bool(added)
+
+
+def _sent_together(connection: Any, commands: tuple[tuple[Any, ...], ...]) -> list[Any]:
+    """The replies to `commands`, sent in one write on `connection`."""
+    connection.send_packed_command(connection.pack_commands(commands))
+    try:
+        return [connection.read_response() for _ in commands]
+    except BaseException:
+        connection.disconnect()  # replies left unread would answer the next commands
+        raise
 
 
 def clear_pending(mark: str, *, log_as: str) -> None:

@@ -32,19 +32,47 @@ from django.db import connections
 from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
 
 
-def prepared_cursor(alias: str) -> CursorWrapper:
+def prepared_cursor(alias: str, *, kept_for: str | None = None) -> CursorWrapper:
     """A cursor of `alias`'s connection (PostgreSQL) whose statements bind their values
     server-side and are prepared (see above); use it as `connection.cursor()`. The
     request's health check of the connection costs no round trip while it is idle
-    (`_check_health`)."""
+    (`_check_health`).
+
+    `kept_for`: the statement (its text) the cursor is for, run every time with the same
+    text: the connection keeps one cursor for it, which psycopg does not have to set up
+    again (a new cursor finds the dumper of each parameter's type anew: for a statement
+    of many parameters, as much work as binding them). Its rows must be fetched inside
+    the `with` block, before the same statement runs again."""
     connection = connections[alias]
     _check_health(connection)
     connection.ensure_connection()
     connection.validate_thread_sharing()
-    cursor = _cursor_class(alias)(connection.connection)
-    if connection.queries_logged:
-        return _LiteralDebugWrapper(cursor, connection)
-    return CursorWrapper(cursor, connection)
+    if kept_for is None:
+        cursor = _cursor_class(alias)(connection.connection)
+        logged, plain = _LiteralDebugWrapper, CursorWrapper
+    else:
+        cursor = _kept_cursor(connection, alias, kept_for)
+        logged, plain = _KeptLiteralDebugWrapper, _KeptCursorWrapper
+    return (logged if connection.queries_logged else plain)(cursor, connection)
+
+
+KEPT_CURSORS_PER_CONNECTION = 32
+
+
+def _kept_cursor(connection: Any, alias: str, statement: str) -> Any:
+    """The cursor kept for `statement` on `connection`'s current psycopg connection (a
+    reconnection starts afresh)."""
+    raw = connection.connection
+    owner, kept = connection.__dict__.get("_kept_prepared_cursors", (None, None))
+    if owner is not raw:
+        kept = {}
+        connection.__dict__["_kept_prepared_cursors"] = (raw, kept)
+    cursor = kept.get(statement)
+    if cursor is None or cursor.closed:
+        if len(kept) >= KEPT_CURSORS_PER_CONNECTION:  # statements built from data: bounded
+            kept.clear()
+        cursor = kept[statement] = _cursor_class(alias)(raw)
+    return cursor
 
 
 def _check_health(connection: Any) -> None:
@@ -128,3 +156,15 @@ class _LiteralDebugWrapper(CursorDebugWrapper):
     def execute(self, sql: Any, params: Any = None) -> Any:
         with self.debug_sql(self.db.ops.compose_sql(sql, params), params):
             return CursorWrapper.execute(self, sql, params)
+
+
+class _KeptCursorWrapper(CursorWrapper):
+    """Leaves its cursor open at the end of the `with` block: the connection keeps it."""
+
+    def close(self) -> None:
+        pass
+
+
+class _KeptLiteralDebugWrapper(_LiteralDebugWrapper):
+    def close(self) -> None:
+        pass

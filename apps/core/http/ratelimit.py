@@ -35,7 +35,6 @@ import functools
 import hashlib
 import json
 import math
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -49,7 +48,7 @@ from django.http import HttpRequest, JsonResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
-from apps.core.data.redis_clients import redis_client
+from apps.core.data.redis_clients import own_connection, redis_client
 from apps.core.http.api.problems import PROBLEM_CONTENT_TYPE, problem_body
 from apps.core.http.clients import client_ip, client_user_id
 from apps.core.observability import metrics
@@ -174,12 +173,11 @@ local_limiter = LocalLimiter()
 
 
 _GCRA_SHA = hashlib.sha1(_GCRA_SCRIPT.encode()).hexdigest()  # noqa: S324  # Redis's script id
-_own_connection = threading.local()
 
 
 def redis_take(key: str, policy: Policy, wanted: int) -> list[int]:
     """[granted, remaining, retry_after_us, reset_us] of taking up to `wanted` units."""
-    connection = _connection(redis_client(settings.REDIS_URL))
+    connection = own_connection(redis_client(settings.REDIS_URL))
     loaded = reconnected = False
     while True:
         try:
@@ -199,19 +197,6 @@ def redis_take(key: str, policy: Policy, wanted: int) -> list[int]:
             if reconnected:
                 raise
             reconnected = True
-
-
-def _connection(client: Any) -> Any:
-    """This thread's own connection to `client`'s server, for the limiter's one command
-    per request: without the pool's lock, checks and counters and the retry and
-    observability wrappers redis-py puts around each command (as costly as the round
-    trip's own work). A thread of a forked process makes its own."""
-    own = _own_connection
-    pool = client.connection_pool
-    if getattr(own, "pool", None) is not pool or own.pid != os.getpid():
-        own.connection = pool.connection_class(**pool.connection_kwargs)
-        own.pool, own.pid = pool, os.getpid()
-    return own.connection
 
 
 def redis_hit(key: str, policy: Policy) -> Decision:
