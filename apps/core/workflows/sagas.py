@@ -18,7 +18,8 @@ kicks a `drain_sagas` task unless a kick is queued already (kicks coalesce: N or
 not cost N messages). A drain claims due sagas in batches (`FOR UPDATE SKIP LOCKED`, one
 statement) and runs a batch a step at a time: an atomic step with a `batch_action` runs
 once for all the batch's sagas at it, in one transaction with all their moves (one
-statement), the other steps saga by saga; a full batch kicks another worker to join.
+statement), the other steps saga by saga, their moves one statement after them; a full
+batch kicks another worker to join.
 
 Fencing: a claim gives the claimed rows a lease (`lease_until`) and a fresh token, and
 every write of the row is `UPDATE ... WHERE id = ? AND lease_token = ?`. A worker whose
@@ -299,7 +300,7 @@ def _run_together(sagas: list[SagaInstance]) -> None:
         going_on = []
         for (definition, step), group in batched.items():
             going_on += _run_batch_step(group, definition, step)
-        going_on += [saga for saga in alone if _advance_one_step(saga)]
+        going_on += _run_alone(alone)
 
 
 def _batchable(
@@ -342,12 +343,58 @@ def _advance(saga: SagaInstance) -> str | None:
     return saga.state
 
 
-def _advance_one_step(saga: SagaInstance) -> bool:
+def _run_alone(sagas: list[SagaInstance]) -> list[SagaInstance]:
+    """Each saga's next step (or compensation), one after another; those that may go on
+    now. The moves past the steps that ran outside a transaction and succeeded are
+    written after them, in one statement (PostgreSQL): such a step is idempotent, as a
+    crash between its effect and its move always required, and runs again if the worker
+    dies before that statement."""
+    defer = len(sagas) > 1 and connections[router.db_for_write(SagaInstance)].vendor == "postgresql"
+    done: list[_Done] = []
+    going_on = [saga for saga in sagas if _advance_one_step(saga, done if defer else None)]
+    if done:
+        going_on += _move_together(done)
+    return going_on
+
+
+# A saga past a step done, not yet moved: the step's name and what it returned.
+_Done = tuple[SagaInstance, str, dict[str, Any] | None]
+
+
+def _move_together(done: list[_Done]) -> list[SagaInstance]:
+    """Write the moves past steps done, in one statement; the sagas that may go on now."""
+    now = timezone.now()
+    moves = [
+        _moved(
+            saga,
+            kind="step_done",
+            step=step,
+            keep_lease=saga.state == SagaInstance.State.RUNNING,
+            result=updates,
+            now=now,
+        )
+        for saga, step, updates in done
+    ]
+    moved = _move_all_and_log(connections[router.db_for_write(SagaInstance)], moves)
+    going_on = []
+    for saga, step, _ in done:
+        if saga.pk not in moved:
+            with _saga_scope(saga):
+                logger.warning("saga_lease_lost", step=saga.current_step)
+            continue
+        _saved_in_batch(saga, step, now)
+        if saga.state == SagaInstance.State.RUNNING:
+            going_on.append(saga)
+    return going_on
+
+
+def _advance_one_step(saga: SagaInstance, done: list[_Done] | None = None) -> bool:
     """Run the saga's next step (or compensation); whether the one after may run now
-    (False too when its lease was lost)."""
+    (False too when its lease was lost). `done`: where a step run outside a transaction
+    that succeeded leaves the saga, not moved yet (see `_run_alone`)."""
     with _saga_scope(saga):
         try:
-            return _run_next(saga, _definitions[saga.saga_type])
+            return _run_next(saga, _definitions[saga.saga_type], done)
         except LeaseLost:
             logger.warning("saga_lease_lost", step=saga.current_step)
             return False
@@ -405,14 +452,8 @@ def _batch_done(
     now = timezone.now()
     moves = []
     for saga, updates in zip(sagas, results, strict=True):
-        saga.context = {**saga.context, **(updates or {})}
-        saga.current_step += 1
-        saga.attempts = 0
-        saga.last_error = ""
-        saga.wake_at = now
-        if saga.current_step == len(definition.steps):
-            saga.state = SagaInstance.State.SUCCEEDED
-        going_on = saga.state == SagaInstance.State.RUNNING
+        saga.context = dict(saga.context)  # the one before stays as it was (a rollback)
+        going_on = _past_step(saga, definition, updates, now=now)
         moves.append(
             _moved(
                 saga,
@@ -424,7 +465,7 @@ def _batch_done(
             )
         )
     db = connections[router.db_for_write(SagaInstance)]
-    moved = _move_all_and_log(db, moves)
+    moved = len(_move_all_and_log(db, moves))
     if moved != len(sagas):
         raise LeaseLost(
             f"{len(sagas) - moved} of {len(sagas)} sagas: lease lost before {step.name}"
@@ -443,10 +484,12 @@ def _saved_in_batch(saga: SagaInstance, step: str, now: datetime) -> None:
         _saved(saga, "step_done", step, "", now)
 
 
-def _run_next(saga: SagaInstance, definition: SagaDefinition) -> bool:
+def _run_next(
+    saga: SagaInstance, definition: SagaDefinition, done: list[_Done] | None = None
+) -> bool:
     """Run one step or compensation; True when the next one may run now (lease kept)."""
     if saga.state == SagaInstance.State.RUNNING:
-        return _run_action(saga, definition)
+        return _run_action(saga, definition, done)
     return _run_compensation(saga, definition)
 
 
@@ -479,7 +522,7 @@ def _save(
     )
     db = connections[router.db_for_write(SagaInstance)]
     if db.vendor == "postgresql":
-        moved = _move_all_and_log(db, [(saga, fence, transition)]) == 1
+        moved = bool(_move_all_and_log(db, [(saga, fence, transition)]))
     else:
         # In an atomic step's transaction already: no savepoint of its own.
         with transaction.atomic(using=db.alias, savepoint=False):
@@ -530,10 +573,10 @@ def _moved(
     return saga, fence, transition
 
 
-def _move_all_and_log(db: BaseDatabaseWrapper, moves: list[_Move]) -> int:
+def _move_all_and_log(db: BaseDatabaseWrapper, moves: list[_Move]) -> set[uuid.UUID]:
     """The fenced updates of the sagas' rows and their transitions' inserts in one
     statement (atomic on its own, no transaction block to open): a row moves only with
-    its log line. Returns how many moved (the others' leases were lost)."""
+    its log line. Returns the ids of those that moved (the others' leases were lost)."""
     columns = list(moves[0][2])
     params: list[Any] = []
     for saga, fence, transition in moves:
@@ -548,7 +591,7 @@ def _move_all_and_log(db: BaseDatabaseWrapper, moves: list[_Move]) -> int:
         ]
     with prepared_cursor(db.alias) as cursor:
         cursor.execute(_move_sql(db.alias, tuple(columns), len(moves)), params)
-        return len(cursor.fetchall())
+        return {saga_id for (saga_id,) in cursor.fetchall()}
 
 
 @functools.cache
@@ -612,7 +655,9 @@ def _wait_and_retry(saga: SagaInstance, *, step: str, exc: Exception, kind: str)
     _send_drain(countdown=delay)
 
 
-def _run_action(saga: SagaInstance, definition: SagaDefinition) -> bool:
+def _run_action(
+    saga: SagaInstance, definition: SagaDefinition, done: list[_Done] | None = None
+) -> bool:
     step = definition.steps[saga.current_step]
     try:
         if step.atomic:
@@ -647,22 +692,33 @@ def _run_action(saga: SagaInstance, definition: SagaDefinition) -> bool:
             keep_lease=True,
         )
         return True
+    if done is not None:
+        _past_step(saga, definition, updates, now=timezone.now())
+        done.append((saga, step.name, updates))
+        return False  # goes on once moved
     return _action_done(saga, definition, step, updates)
 
 
 def _action_done(
     saga: SagaInstance, definition: SagaDefinition, step: Step, updates: dict[str, Any] | None
 ) -> bool:
+    going_on = _past_step(saga, definition, updates, now=timezone.now())
+    _save(saga, kind="step_done", step=step.name, keep_lease=going_on, result=updates)
+    return going_on
+
+
+def _past_step(
+    saga: SagaInstance, definition: SagaDefinition, updates: dict[str, Any] | None, *, now: datetime
+) -> bool:
+    """Set the saga's fields for the step after the current one; whether it is running."""
     saga.context.update(updates or {})
     saga.current_step += 1
     saga.attempts = 0
     saga.last_error = ""
-    saga.wake_at = timezone.now()
+    saga.wake_at = now
     if saga.current_step == len(definition.steps):
         saga.state = SagaInstance.State.SUCCEEDED
-    going_on = saga.state == SagaInstance.State.RUNNING
-    _save(saga, kind="step_done", step=step.name, keep_lease=going_on, result=updates)
-    return going_on
+    return saga.state == SagaInstance.State.RUNNING
 
 
 def _run_compensation(saga: SagaInstance, definition: SagaDefinition) -> bool:
