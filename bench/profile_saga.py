@@ -5,7 +5,8 @@ behind the web endpoint), with the SQL statements and transactions each runs.
     scripts/testenv.py run -- .venv/bin/python -m bench.profile_saga --orders 100 [--cprofile]
 
 Places orders through the service (as the POST does), then runs each saga with
-`saga_advance` and relays and consumes its events with the same functions the Celery
+`saga_advance` (or, with `--drain`, all of them with `sagas_drain`, in claimed batches as
+the task runs them) and relays and consumes its events with the same functions the Celery
 tasks call, against real PostgreSQL and Redis and the sandbox PSP on loopback.
 """
 
