@@ -5,7 +5,8 @@ behind the web endpoint), with the SQL statements and transactions each runs.
     scripts/testenv.py run -- .venv/bin/python -m bench.profile_saga --orders 100 [--cprofile]
 
 Places orders through the service (as the POST does), then runs each saga with
-`saga_advance` and relays and consumes its events with the same functions the Celery
+`saga_advance` (or, with `--drain`, all of them with `sagas_drain`, in claimed batches as
+the task runs them) and relays and consumes its events with the same functions the Celery
 tasks call, against real PostgreSQL and Redis and the sandbox PSP on loopback.
 """
 
@@ -40,6 +41,12 @@ def main(argv: list[str]) -> int:
         "closed local port; OTEL_TRACES_SAMPLER applies)",
     )
     parser.add_argument("--sql", action="store_true", help="print the first order's statements")
+    parser.add_argument(
+        "--drain",
+        action="store_true",
+        help="run the sagas as the drain task does (claimed in batches) instead of one "
+        "saga_advance per order",
+    )
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="mercato-profile-saga-"))
     psp_port = free_port()
@@ -109,7 +116,7 @@ def main(argv: list[str]) -> int:
         relay_pending_messages,
     )
     from apps.core.models import OutboxMessage
-    from apps.core.workflows.sagas import saga_advance
+    from apps.core.workflows.sagas import saga_advance, sagas_drain
     from apps.orders import services as orders
     from apps.payments.sandbox.server import SIGNATURE_HEADER, SandboxConfig, make_server, sign
     from apps.payments.services import webhook_handle
@@ -162,8 +169,11 @@ def main(argv: list[str]) -> int:
         started, cpu = time.perf_counter(), time.process_time()
         if profiler:
             profiler.enable()
-        for order_id in ids:
-            saga_advance(order_id)
+        if args.drain:
+            sagas_drain(time_budget=3600)
+        else:
+            for order_id in ids:
+                saga_advance(order_id)
         if profiler:
             profiler.disable()
         figures["saga"] = (time.perf_counter() - started, time.process_time() - cpu)

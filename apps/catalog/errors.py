@@ -30,6 +30,14 @@ class ProductUnavailable(Conflict):
         self.product_ids = product_ids
 
 
+class ReservationsNotMade(Conflict):
+    """A batch of reservations (or sales) could not be made as a whole: nothing was
+    written. Each one alone says which failed and why."""
+
+    problem_type = "reservations-not-made"
+    title = "Reservations not made together"
+
+
 class ProductNotFound(NotFound):
     problem_type = "product-not-found"
     title = "Product not found"

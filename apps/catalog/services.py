@@ -45,13 +45,15 @@ from apps.catalog.errors import (
     ReservationMismatch,
     ReservationNotFound,
     ReservationReleased,
+    ReservationsNotMade,
     StockBelowReserved,
 )
 from apps.catalog.models import Category, Product, Reservation, Stock, StockAdjustment
 from apps.core.data.atomic_inserts import one_statement_inserts
 from apps.core.data.prepared import prepared_cursor
 from apps.core.errors import InvalidState, ValidationFailed
-from apps.core.messaging.outbox import publish
+from apps.core.messaging.outbox import publish, publish_all
+from apps.core.messaging.provenance import Provenance
 
 MAX_REFERENCE_LENGTH = 100
 PRODUCT_FIELDS = frozenset(
@@ -202,6 +204,89 @@ def _reserve_in_one_statement(
     raise OutOfStock(short, {p: max(free.get(p, 0), 0) for p in short})
 
 
+def stocks_reserve(
+    *, reservations: list[tuple[str, list[tuple[int, int]]]], ttl_seconds: int = 900
+) -> None:
+    """`stock_reserve` for several references at once (PostgreSQL, inside the caller's
+    transaction), in one statement: every one is made, or none when one reference has
+    lines already or a product is unavailable or short for the references' units
+    together (`ReservationsNotMade`; nothing written, the transaction stays usable).
+    Each alone then says which failed and why."""
+    if not isinstance(ttl_seconds, int) or ttl_seconds <= 0:
+        raise ValidationFailed({"ttl_seconds": ["Must be a positive number of seconds."]})
+    references, products, quantities = [], [], []
+    demand: dict[int, int] = defaultdict(int)
+    for reference, items in reservations:
+        _validate_reference(reference)
+        for product_id, quantity in _normalize_items(items).items():
+            references.append(reference)
+            products.append(product_id)
+            quantities.append(quantity)
+            demand[product_id] += quantity
+    if len(set(references)) != len(reservations):
+        raise ValidationFailed({"reservations": ["Each reference at most once."]})
+    now = timezone.now()
+    params: dict[str, Any] = {
+        "references": references,
+        "products": products,
+        "quantities": quantities,
+        "distinct": [reference for reference, _ in reservations],
+        "count": len(demand),
+        "active": Reservation.Status.ACTIVE.value,
+        "expires_at": now + timedelta(seconds=ttl_seconds),
+        "now": now,
+    }
+    with prepared_cursor(router.db_for_write(Reservation)) as cursor:
+        cursor.execute(_RESERVE_ALL_SQL, params)
+        made = cursor.fetchone()[0]
+    if not made:
+        raise ReservationsNotMade("Not every reservation of the batch could be made.")
+    invalidate_products_on_commit(sorted(demand))
+
+
+# `_RESERVE_SQL` for several references: locks their rows, then (when none has any) the
+# stock rows of all their products in product order; takes the units and inserts the
+# lines only when every product is sellable and has the units of all of them together.
+_RESERVE_ALL_SQL = """
+WITH wanted (reference, product_id, quantity) AS (
+    SELECT * FROM unnest(%(references)s::text[], %(products)s::bigint[],
+        %(quantities)s::integer[])
+),
+demand AS (
+    SELECT product_id, sum(quantity) AS quantity FROM wanted GROUP BY product_id
+),
+held AS (
+    SELECT 1 FROM catalog_reservation WHERE reference = ANY(%(distinct)s::text[])
+    ORDER BY reference, product_id FOR UPDATE
+),
+sellable AS (
+    SELECT id FROM catalog_product WHERE id IN (SELECT product_id FROM demand) AND is_active
+),
+stock AS (
+    SELECT product_id, on_hand - reserved AS free FROM catalog_stock
+    WHERE product_id IN (SELECT id FROM sellable) AND NOT EXISTS (SELECT FROM held)
+    ORDER BY product_id FOR UPDATE
+),
+go AS (
+    SELECT count(*) = %(count)s AS go FROM stock JOIN demand USING (product_id)
+    WHERE stock.free >= demand.quantity
+),
+taken AS (
+    UPDATE catalog_stock SET reserved = catalog_stock.reserved + demand.quantity
+    FROM demand WHERE catalog_stock.product_id = demand.product_id
+    AND catalog_stock.product_id IN (SELECT product_id FROM stock) AND (SELECT go FROM go)
+),
+made AS (
+    INSERT INTO catalog_reservation
+        (reference, product_id, quantity, status, expires_at, created_at, updated_at)
+    SELECT reference, product_id, quantity, %(active)s, %(expires_at)s, %(now)s, %(now)s
+    FROM wanted WHERE (SELECT go FROM go)
+    RETURNING 1
+)
+SELECT count(*) > 0 FROM made
+"""
+
+
 def _by_product(line: ReservationLine) -> int:
     return line.product_id
 
@@ -282,6 +367,82 @@ marked AS (
 SELECT held.status, held.product_id, catalog_product.sku, sold.on_hand, sold.reserved
 FROM held JOIN catalog_product ON catalog_product.id = held.product_id
 LEFT JOIN sold USING (product_id) ORDER BY held.product_id
+"""
+
+
+def reservations_commit(*, references: list[tuple[str, Provenance]]) -> None:
+    """`reservation_commit` for several references at once (PostgreSQL, inside the
+    caller's transaction): one statement sells them all, when every line of every one is
+    active, and one insert writes their StockChanged events (each with its reference's
+    provenance, and its products' figures after the whole sale). Else nothing is written
+    and `ReservationsNotMade` raised: each alone then says what stands in the way."""
+    alias = router.db_for_write(Reservation)
+    with prepared_cursor(alias) as cursor:
+        cursor.execute(
+            _COMMIT_ALL_SQL,
+            {
+                "references": [reference for reference, _ in references],
+                "count": len(references),
+                "active": Reservation.Status.ACTIVE.value,
+                "committed": Reservation.Status.COMMITTED.value,
+                "now": timezone.now(),
+            },
+        )
+        rows = cursor.fetchall()
+    if not rows or rows[0][3] is None:  # not sold: sold already, released, missing
+        raise ReservationsNotMade("Not every reservation of the batch could be sold.")
+    figures: dict[str, list[tuple[int, str, int, int]]] = defaultdict(list)
+    for reference, product_id, sku, on_hand, reserved in rows:
+        figures[reference].append((product_id, sku, on_hand, reserved))
+    invalidate_products_on_commit(sorted({row[1] for row in rows}))
+    publish_all(
+        [
+            (
+                _stock_changed(figures[reference], cause="sale", reference=reference),
+                reference,
+                provenance,
+            )
+            for reference, provenance in references
+        ],
+        aggregate_type="stock",
+    )
+
+
+# `_COMMIT_SQL` for several references: locks their lines and, when every reference has
+# some and all are active, the stock rows of their products in product order; then sells
+# the units. Returns each line with its product's figures after the sale (NULLs when it
+# sold nothing).
+_COMMIT_ALL_SQL = """
+WITH held AS (
+    SELECT id, reference, product_id, quantity, status FROM catalog_reservation
+    WHERE reference = ANY(%(references)s::text[]) ORDER BY reference, product_id FOR UPDATE
+),
+go AS (
+    SELECT bool_and(status = %(active)s) AND count(DISTINCT reference) = %(count)s AS go
+    FROM held
+),
+demand AS (
+    SELECT product_id, sum(quantity) AS quantity FROM held GROUP BY product_id
+),
+stock AS (
+    SELECT product_id FROM catalog_stock
+    WHERE product_id IN (SELECT product_id FROM demand) AND (SELECT go FROM go)
+    ORDER BY product_id FOR UPDATE
+),
+sold AS (
+    UPDATE catalog_stock SET on_hand = catalog_stock.on_hand - demand.quantity,
+        reserved = catalog_stock.reserved - demand.quantity
+    FROM demand WHERE catalog_stock.product_id = demand.product_id
+    AND catalog_stock.product_id IN (SELECT product_id FROM stock)
+    RETURNING catalog_stock.product_id, catalog_stock.on_hand, catalog_stock.reserved
+),
+marked AS (
+    UPDATE catalog_reservation SET status = %(committed)s, updated_at = %(now)s
+    FROM held WHERE catalog_reservation.id = held.id AND (SELECT go FROM go)
+)
+SELECT held.reference, held.product_id, catalog_product.sku, sold.on_hand, sold.reserved
+FROM held JOIN catalog_product ON catalog_product.id = held.product_id
+LEFT JOIN sold USING (product_id) ORDER BY held.reference, held.product_id
 """
 
 
@@ -525,22 +686,28 @@ def _publish_stock_changed_figures(
 ) -> None:
     """StockChanged from (product id, sku, on hand, reserved) after the change."""
     publish(
-        events.StockChanged(
-            cause=cause,
-            reference=reference,
-            products=[
-                {
-                    "product_id": product_id,
-                    "sku": sku,
-                    "on_hand": on_hand,
-                    "reserved": reserved,
-                    "available": on_hand - reserved,
-                }
-                for product_id, sku, on_hand, reserved in figures
-            ],
-        ),
+        _stock_changed(figures, cause=cause, reference=reference),
         aggregate_type="stock",
         aggregate_id=reference,
+    )
+
+
+def _stock_changed(
+    figures: list[tuple[int, str, int, int]], *, cause: str, reference: str
+) -> events.StockChanged:
+    return events.StockChanged(
+        cause=cause,
+        reference=reference,
+        products=[
+            {
+                "product_id": product_id,
+                "sku": sku,
+                "on_hand": on_hand,
+                "reserved": reserved,
+                "available": on_hand - reserved,
+            }
+            for product_id, sku, on_hand, reserved in figures
+        ],
     )
 
 

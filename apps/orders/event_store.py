@@ -68,6 +68,33 @@ def load_order(order_id: str, **as_of) -> Order:
     return order
 
 
+def load_orders(order_ids: list[str]) -> dict[str, Order]:
+    """`load_order` for several orders, their histories in one read (PostgreSQL)."""
+    keys = {uuid.UUID(str(order_id)): str(order_id) for order_id in order_ids}
+    with prepared_cursor(router.db_for_read(StoredEvent)) as cursor:
+        cursor.execute(_HISTORIES_SQL, [list(keys)])
+        rows = cursor.fetchall()
+    histories: dict[str, list] = {order_id: [] for order_id in keys.values()}
+    for aggregate_id, version, event_type, schema_version, data, recorded_at in rows:
+        histories[keys[aggregate_id]].append(
+            (version, upcast(event_type, schema_version, orjson.loads(data)), recorded_at)
+        )
+    orders = {}
+    for order_id, events in histories.items():
+        order = Order.from_history(order_id, events)
+        if not order.exists:
+            raise NotFound("No such order.")
+        orders[order_id] = order
+    return orders
+
+
+_HISTORIES_SQL = (
+    "SELECT aggregate_id, version, event_type, schema_version, data, recorded_at"
+    " FROM orders_storedevent WHERE aggregate_id = ANY(%s::uuid[])"
+    " ORDER BY aggregate_id, version"
+)
+
+
 def append(
     order: Order, *, actor_id: int | None = None, provenance: Provenance = SYSTEM
 ) -> list[StoredEvent]:
@@ -131,6 +158,53 @@ def append_projected(
         ) from exc
     if not projected:  # the summary was not at the previous version
         project(order)
+
+
+def append_projected_all(
+    changes: list[tuple[Order, tuple[int, dict[str, Any]], Provenance]],
+) -> None:
+    """`append_projected` for several orders (order, its version and summary fields
+    before, provenance), in one statement on PostgreSQL; a concurrent append to one of
+    them aborts the caller's transaction with `ConcurrencyConflict`."""
+    alias = router.db_for_write(StoredEvent)
+    if not connection.in_atomic_block:
+        raise RuntimeError("append_projected_all inside transaction.atomic: see append")
+    if not one_statement_inserts(alias) or any(
+        _is_published(event.event_type) and consumes_inline(event.event_type)
+        for order, _, _ in changes
+        for event in order.pending_events
+    ):
+        for order, previous, provenance in changes:
+            append_projected(order, previous=previous, provenance=provenance)
+        return
+    statement = InsertStatement(using=alias)
+    rows = [
+        _event_rows(order, actor_id=None, provenance=provenance) for order, _, provenance in changes
+    ]
+    statement.add(*(row for order_rows in rows for row in order_rows))  # sets recorded_at
+    messages = [
+        outbox_message(**published)
+        for (order, _, provenance), order_rows in zip(changes, rows, strict=True)
+        for published in _published(order, order_rows, provenance)
+    ]
+    statement.add(*messages)
+    if any(message.published_at is None for message in messages):
+        statement.on_commit(kick_relay)
+    statement.on_commit(
+        partial(metrics.count_committed_events, [c for r in rows for c in _counted(r)])
+    )
+    for (order, previous, _), order_rows in zip(changes, rows, strict=True):
+        _applied(order, order_rows)
+        project_to(statement, order, previous=previous)
+    try:
+        projected = statement.execute(savepoint=False)
+    except IntegrityError as exc:
+        raise ConcurrencyConflict(
+            "One of the orders was changed by someone else; reload and retry."
+        ) from exc
+    if not projected:  # a summary was not at its previous version: each catches up
+        for order, _, _ in changes:
+            project(order)
 
 
 def append_to(

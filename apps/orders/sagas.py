@@ -43,6 +43,21 @@ def reserve_stock(ctx: dict[str, Any]) -> None:
     )
 
 
+def reserve_stock_together(contexts: list[dict[str, Any]]) -> None:
+    """`reserve_stock` for the sagas of a batch: the reservations in one statement, the
+    orders' events and read model rows in another (or none made, and each runs alone)."""
+    catalog.stocks_reserve(
+        reservations=[
+            (ctx["order_id"], [(product_id, quantity) for product_id, quantity in ctx["items"]])
+            for ctx in contexts
+        ],
+        ttl_seconds=settings.ORDER_RESERVATION_TTL_SECONDS,
+    )
+    orders.orders_record_stock_reserved(
+        orders=[(ctx["order_id"], ctx["order_id"], Provenance.from_dict(ctx)) for ctx in contexts]
+    )
+
+
 def release_stock(ctx: dict[str, Any]) -> None:
     catalog.reservation_release(reference=ctx["order_id"])
 
@@ -81,6 +96,14 @@ def confirm_order(ctx: dict[str, Any]) -> None:
     # is sold. A reservation that expired rolls the confirmation back, then compensation.
     orders.order_confirm(order_id=ctx["order_id"], provenance=Provenance.from_dict(ctx))
     catalog.reservation_commit(reference=ctx["order_id"])
+
+
+def confirm_orders_together(contexts: list[dict[str, Any]]) -> None:
+    """`confirm_order` for the sagas of a batch: the orders' events and read model rows in
+    one statement, the sales in another, their StockChanged events in a third."""
+    provenances = [(ctx["order_id"], Provenance.from_dict(ctx)) for ctx in contexts]
+    orders.orders_confirm(orders=provenances)
+    catalog.reservations_commit(references=provenances)
 
 
 def cancel_order(ctx: dict[str, Any], reason: str) -> None:
@@ -139,9 +162,16 @@ register_saga(
         steps=(
             # Reservation rows, the order's event and read model, the saga's move: one
             # commit. The charge calls the provider, so it runs outside a transaction.
-            Step("reserve_stock", reserve_stock, release_stock, atomic=True),
+            # Run for the sagas of a drained batch at once where they can be.
+            Step(
+                "reserve_stock",
+                reserve_stock,
+                release_stock,
+                atomic=True,
+                batch_action=reserve_stock_together,
+            ),
             Step("charge_payment", charge_payment, refund_payment),
-            Step("confirm_order", confirm_order, atomic=True),
+            Step("confirm_order", confirm_order, atomic=True, batch_action=confirm_orders_together),
         ),
         failure_reason=failure_reason,
         failure_details=failure_details,

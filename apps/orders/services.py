@@ -10,6 +10,7 @@ import contextlib
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 import structlog
@@ -82,6 +83,44 @@ def _run(
             if in_callers_transaction or attempt == MAX_COMMAND_ATTEMPTS:
                 raise
     raise AssertionError("unreachable")
+
+
+def _run_all(commands: list[tuple[str, Callable[[Order], None], Provenance]]) -> None:
+    """`_run` with `remembered` for several orders, inside the caller's transaction (a
+    saga step run for a batch of sagas): the orders this process does not remember are
+    loaded in one read, their new events and read model rows written in one statement.
+    Any order's DomainError or conflict raises: the caller's transaction is then to be
+    rolled back (a conflict aborts it) and each order's command run alone."""
+    if not connection.in_atomic_block:
+        raise RuntimeError("_run_all belongs in the caller's transaction")
+    remembered = {order_id: recent_orders.take(order_id) for order_id, _, _ in commands}
+    missing = [order_id for order_id, order in remembered.items() if order is None]
+    loaded = event_store.load_orders(missing) if missing else {}
+    changes = []
+    for order_id, command, provenance in commands:
+        order = remembered[order_id] or loaded[order_id]
+        before = (order.version, summary_fields(order))
+        try:
+            command(order)
+        except DomainError:
+            if remembered[order_id] is None:
+                raise
+            # Perhaps only stale: the history decides.
+            order = event_store.load_order(order_id)
+            before = (order.version, summary_fields(order))
+            command(order)
+        if order.pending_events:
+            changes.append((order, before, provenance))
+    if not changes:
+        return
+    try:
+        event_store.append_projected_all(changes)
+    except ConcurrencyConflict:
+        for order, _, _ in changes:
+            recent_orders.forget(order.id)
+        raise
+    for order, _, _ in changes:
+        recent_orders.remember_on_commit(order)
 
 
 def _commanded(
@@ -290,6 +329,27 @@ def order_record_payment_captured(
 
 def order_confirm(*, order_id: str, provenance: Provenance = SYSTEM) -> Order:
     return _run(order_id, lambda o: o.confirm(), provenance=provenance, remembered=True)
+
+
+def orders_record_stock_reserved(*, orders: list[tuple[str, str, Provenance]]) -> None:
+    """`order_record_stock_reserved` for several (order id, reservation reference,
+    provenance) in the caller's transaction, written together (see `_run_all`)."""
+    _run_all(
+        [
+            (order_id, partial(_record_stock_reserved, reservation_reference=reference), provenance)
+            for order_id, reference, provenance in orders
+        ]
+    )
+
+
+def _record_stock_reserved(order: Order, *, reservation_reference: str) -> None:
+    order.record_stock_reserved(reservation_reference=reservation_reference)
+
+
+def orders_confirm(*, orders: list[tuple[str, Provenance]]) -> None:
+    """`order_confirm` for several (order id, provenance) in the caller's transaction,
+    written together (see `_run_all`)."""
+    _run_all([(order_id, Order.confirm, provenance) for order_id, provenance in orders])
 
 
 def order_ship(

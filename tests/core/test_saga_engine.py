@@ -195,3 +195,9 @@ def test_saga_admin_shows_history_and_wakes_sagas(client):
         follow=True,
     )
     assert b"1 saga(s) woken" in response.content
+
+
+def test_a_batch_action_belongs_to_an_atomic_step():
+    # Its sagas' moves commit with it; a step that calls out (a provider) runs alone.
+    with pytest.raises(ValueError, match="atomic"):
+        Step("calls_out", lambda ctx: None, batch_action=lambda contexts: None)

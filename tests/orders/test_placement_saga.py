@@ -12,7 +12,7 @@ from django.db.models import Sum
 from django.forms.models import model_to_dict
 
 from apps.catalog.models import Reservation, Stock
-from apps.core.models import SagaInstance
+from apps.core.models import SagaInstance, SagaTransition
 from apps.core.workflows.sagas import saga_sweep
 from apps.orders.event_store import load_order
 from apps.orders.models import OrderSummary, StoredEvent
@@ -309,24 +309,28 @@ def order_events(order_id: str) -> list[str]:
     )
 
 
+@pytest.mark.parametrize("orders", [1, 3], ids=["alone", "batch"])
 @pytest.mark.parametrize("step", ["reserve_stock", "confirm_order"])
 def test_a_worker_killed_inside_a_one_transaction_step_leaves_none_of_it_and_the_saga_ends(
-    step, start_celery_worker, saga_settings, customer_client, sandbox
+    step, orders, start_celery_worker, saga_settings, customer_client, sandbox
 ):
-    product = ProductFactory(stock__on_hand=5)
+    # Three orders placed while the worker is stopped are claimed together: their step
+    # runs for all three in one transaction (a batch step).
+    on_hand = 2 * orders + 3
+    product = ProductFactory(stock__on_hand=on_hand)
     if step == "confirm_order":
         sandbox.chaos(latency_ms=250)  # time to take the lock while the charge runs
     worker = start_celery_worker(env=saga_settings)  # first: it purges the queues
     with contextlib.ExitStack() as held:
+        # The saga's task waits in the queue until the worker starts.
+        worker.stop()
+        order_ids = [place(customer_client, [(product, 2)]) for _ in range(orders)]
         if step == "reserve_stock":
-            # The saga's task waits in the queue until the row is locked.
-            worker.stop()
-            order_id = place(customer_client, [(product, 2)])
             conn = held.enter_context(stock_row_locked(product))
             worker.start()
         else:
-            order_id = place(customer_client, [(product, 2)])
-            wait_until(lambda: _active_steps([order_id]) == {1}, timeout=60, what="charging")
+            worker.start()
+            wait_until(lambda: _active_steps(order_ids) == {1}, timeout=60, what="charging")
             conn = held.enter_context(stock_row_locked(product))
 
         # The step's transaction has begun and waits on the stock row: kill it there.
@@ -338,8 +342,11 @@ def test_a_worker_killed_inside_a_one_transaction_step_leaves_none_of_it_and_the
         try:
             wait_until(step_waits_on_the_row, timeout=60, interval=0.2, what=f"{step} on the row")
         except AssertionError as timed_out:
-            report = saga_report(order_id)
+            report = "\n".join(map(saga_report, order_ids))
             raise AssertionError(f"{timed_out}\n{report}\n{worker.log_tail()}") from None
+        if step == "confirm_order":
+            # A batch is charged saga by saga, then confirmed together: all are at it.
+            assert _active_steps(order_ids) == {2}
         worker.kill()
     sandbox.chaos(latency_ms=0)
     with stock_row_locked(product) as conn:
@@ -349,29 +356,39 @@ def test_a_worker_killed_inside_a_one_transaction_step_leaves_none_of_it_and_the
             timeout=15,
             what="the killed worker's transaction to end",
         )
-    # None of the step committed: the saga is still at it, the order has none of its events.
+    # None of the step committed: the sagas are still at it, the orders have none of its
+    # events.
     expected_before = {
         "reserve_stock": ["OrderPlaced"],
         "confirm_order": ["OrderPlaced", "StockReserved", "PaymentCaptured"],
     }
-    assert order_events(order_id) == expected_before[step]  # fmt: skip
-    assert stock(product) == ((5, 0) if step == "reserve_stock" else (5, 2))
+    for order_id in order_ids:
+        assert order_events(order_id) == expected_before[step]  # fmt: skip
+    reserved = 0 if step == "reserve_stock" else 2 * orders
+    assert stock(product) == (on_hand, reserved)
 
     worker.start()
 
     def finished():
-        saga_sweep()  # what beat does: resume the saga whose worker died
-        return summary(order_id).status in TERMINAL
+        saga_sweep()  # what beat does: resume the sagas whose worker died
+        return all(summary(order_id).status in TERMINAL for order_id in order_ids)
 
-    wait_until(finished, timeout=60, interval=0.5, what="the saga to finish")
-    assert summary(order_id).status == "confirmed", saga_report(order_id)
-    assert order_events(order_id) == [
-        "OrderPlaced", "StockReserved", "PaymentCaptured", "OrderConfirmed",
-    ]  # fmt: skip
-    assert stock(product) == (3, 0)
-    assert payments_of(order_id) == ["succeeded"]
-    assert len(sandbox.charges_for(order_id)) == 1
-    assert Reservation.objects.get(reference=order_id).status == "committed"
-    live = model_to_dict(OrderSummary.objects.get(pk=order_id))
-    rebuilt = model_to_dict(OrderSummary(id=order_id, **summary_fields(load_order(order_id))))
-    assert live == rebuilt
+    wait_until(finished, timeout=60, interval=0.5, what="the sagas to finish")
+    for order_id in order_ids:
+        assert summary(order_id).status == "confirmed", saga_report(order_id)
+        assert order_events(order_id) == [
+            "OrderPlaced", "StockReserved", "PaymentCaptured", "OrderConfirmed",
+        ]  # fmt: skip
+        assert payments_of(order_id) == ["succeeded"]
+        assert len(sandbox.charges_for(order_id)) == 1
+        assert Reservation.objects.get(reference=order_id).status == "committed"
+        live = model_to_dict(OrderSummary.objects.get(pk=order_id))
+        rebuilt = model_to_dict(OrderSummary(id=order_id, **summary_fields(load_order(order_id))))
+        assert live == rebuilt
+    assert stock(product) == (on_hand - 2 * orders, 0)
+    if orders > 1 and step == "reserve_stock":
+        # Claimed together again once their leases ran out, and the step ran for them
+        # together: their moves are one statement, at one time. (Before a confirmation,
+        # each charge renewed its saga's lease: they may be claimed apart after the kill.)
+        moves = SagaTransition.objects.filter(saga_id__in=order_ids, step=step, kind="step_done")
+        assert len({move.at for move in moves}) == 1

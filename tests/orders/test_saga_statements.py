@@ -16,7 +16,7 @@ pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
 # Each step ends with the saga's move: the fenced update of its row and the insert of its
 # transition, in one statement.
-SAGA_MOVE = 'WITH moved AS (UPDATE "core_sagainstance"'
+SAGA_MOVE = 'WITH data ("id", "fence"'
 # Statements per step, the move included (BEGIN/COMMIT and savepoints count).
 MOST_PER_STEP = {"reserve_stock": 6, "charge_payment": 10, "confirm_order": 6}
 

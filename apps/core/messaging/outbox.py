@@ -278,6 +278,40 @@ def publish(
     )
 
 
+def publish_all(
+    published: list[tuple[Any, str, Provenance | None]], *, aggregate_type: str = ""
+) -> None:
+    """`publish` for several (event, aggregate id, provenance): one insert on PostgreSQL
+    (a saga step run for a batch of sagas), else one each, as inside a `consumed_inline`
+    scope that names a consumer of one of them."""
+    alias = router.db_for_write(OutboxMessage)
+    _require_transaction(alias)
+    messages = []
+    for event, aggregate_id, provenance in published:
+        event_type, payload = event_message(event)
+        messages.append(
+            outbox_message(
+                event_type=event_type,
+                payload=payload,
+                aggregate_type=aggregate_type,
+                aggregate_id=aggregate_id,
+                provenance=provenance,
+            )
+        )
+    if not one_statement_inserts(alias) or any(
+        consumes_inline(message.event_type) for message in messages
+    ):
+        for event, aggregate_id, provenance in published:
+            publish(event, aggregate_type=aggregate_type, aggregate_id=aggregate_id,
+                    provenance=provenance)  # fmt: skip
+        return
+    statement = InsertStatement(using=alias)
+    statement.add(*messages)
+    statement.execute(savepoint=False)
+    if any(message.published_at is None for message in messages):
+        transaction.on_commit(kick_relay, using=alias, robust=True)
+
+
 def kick_relay() -> None:
     """Ask a worker to relay in OUTBOX_RELAY_LINGER_SECONDS, unless a kick is queued
     already and has not started (it claims after this commit, so it sees these rows).

@@ -16,7 +16,10 @@ and a transition log. Public API:
 Execution: `saga_start` writes the row in the caller's transaction and, after commit,
 kicks a `drain_sagas` task unless a kick is queued already (kicks coalesce: N orders do
 not cost N messages). A drain claims due sagas in batches (`FOR UPDATE SKIP LOCKED`, one
-statement) and runs them one after another; a full batch kicks another worker to join.
+statement) and runs a batch a step at a time: an atomic step with a `batch_action` runs
+once for all the batch's sagas at it, in one transaction with all their moves (one
+statement), the other steps saga by saga, their moves one statement after them; a full
+batch kicks another worker to join.
 
 Fencing: a claim gives the claimed rows a lease (`lease_until`) and a fresh token, and
 every write of the row is `UPDATE ... WHERE id = ? AND lease_token = ?`. A worker whose
@@ -44,10 +47,12 @@ sends a kick with the backoff as countdown.
 - Context keys named in `sensitive_keys` are removed once the saga is finished.
 """
 
+import contextlib
+import functools
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
@@ -92,6 +97,16 @@ class Step:
     # leaves both or neither, and the step costs one commit. Only for actions that call
     # nothing outside the database (never a provider: no remote call under row locks).
     atomic: bool = False
+    # An atomic step's action for the sagas of a drained batch at this step at once
+    # (PostgreSQL): copies of their contexts in, each one's context updates out (or
+    # None for none), with set-based statements. It succeeds for all of them or raises,
+    # writing nothing that stays: its transaction, with all their moves, is then rolled
+    # back and each saga runs `action` alone, which fails or succeeds for it alone.
+    batch_action: Callable[[list[dict[str, Any]]], list[dict[str, Any] | None] | None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_action is not None and not self.atomic:
+            raise ValueError(f"step {self.name}: a batch action belongs to an atomic step")
 
 
 @dataclass(frozen=True)
@@ -247,7 +262,11 @@ def saga_advance(saga_id: str | uuid.UUID) -> str | None:
 
 def sagas_drain(*, batch_size: int | None = None, time_budget: float | None = None) -> int:
     """Run due sagas, a claimed batch at a time, until none is due or the time budget is
-    spent (then the rest is released and a kick sent). Returns how many ran."""
+    spent (then the rest is released and a kick sent). Returns how many ran.
+
+    A batch runs step by step: the sagas at a step with a `batch_action` run it together
+    (one transaction and a few statements for all), the others one after another; then
+    the next step of those that go on. The budget is checked before each batch."""
     # Before claiming: a commit from now on sends a new kick, one before it is seen here.
     clear_pending(DRAIN_KICK_PENDING_KEY, log_as="saga_kick")
     batch_size = batch_size or settings.SAGA_CLAIM_BATCH_SIZE
@@ -259,13 +278,12 @@ def sagas_drain(*, batch_size: int | None = None, time_budget: float | None = No
         batch = _claim(limit=batch_size)
         if len(batch) == batch_size:
             kick_sagas()  # more may be due: an idle worker joins in
-        for index, saga in enumerate(batch):
-            if time.monotonic() >= deadline:
-                _release(batch[index:])
-                kick_sagas()
-                return ran
-            _advance(saga)
-            ran += 1
+        if batch and time.monotonic() >= deadline:
+            _release(batch)
+            kick_sagas()
+            return ran
+        _run_together(batch)
+        ran += len(batch)
         if len(batch) < batch_size:
             return ran
         if time.monotonic() >= deadline:
@@ -273,18 +291,47 @@ def sagas_drain(*, batch_size: int | None = None, time_budget: float | None = No
             return ran
 
 
+def _run_together(sagas: list[SagaInstance]) -> None:
+    """Run claimed sagas to where each stops (finished, waiting for a retry, or its lease
+    lost), a step at a time for all of them."""
+    going_on = sagas
+    while going_on:
+        batched, alone = _batchable(going_on)
+        going_on = []
+        for (definition, step), group in batched.items():
+            going_on += _run_batch_step(group, definition, step)
+        going_on += _run_alone(alone)
+
+
+def _batchable(
+    sagas: list[SagaInstance],
+) -> tuple[dict[tuple[SagaDefinition, Step], list[SagaInstance]], list[SagaInstance]]:
+    """The running sagas at a step with a batch action, by step (two or more at one), and
+    the others."""
+    batched: dict[tuple[SagaDefinition, Step], list[SagaInstance]] = {}
+    alone = []
+    for saga in sagas:
+        definition = _definitions[saga.saga_type]
+        step = (
+            definition.steps[saga.current_step]
+            if saga.state == SagaInstance.State.RUNNING
+            else None
+        )
+        if step is not None and step.batch_action is not None:
+            batched.setdefault((definition, step), []).append(saga)
+        else:
+            alone.append(saga)
+    for key, group in list(batched.items()):
+        if len(group) == 1 or connections[router.db_for_write(SagaInstance)].vendor != "postgresql":
+            alone += batched.pop(key)
+    return batched, alone
+
+
 def _advance(saga: SagaInstance) -> str | None:
+    """Run the saga's steps (or compensations) while they succeed; its state after, or
+    None when its lease was lost."""
     definition = _definitions[saga.saga_type]
-    with (
-        structlog.contextvars.bound_contextvars(
-            saga_id=str(saga.pk),
-            saga_type=saga.saga_type,
-            correlation_id=saga.context.get("correlation_id"),
-        ),
-        tracing.continue_trace(
-            saga.context.get("traceparent"), f"saga {saga.saga_type}", step=saga.current_step
-        ),
-    ):
+    with _saga_scope(saga):
         try:
             # Ends: every pass that returns True moves current_step forward (running) or
             # back towards 0 (compensating), and a saga turns to compensating at most once.
@@ -296,10 +343,153 @@ def _advance(saga: SagaInstance) -> str | None:
     return saga.state
 
 
-def _run_next(saga: SagaInstance, definition: SagaDefinition) -> bool:
+def _run_alone(sagas: list[SagaInstance]) -> list[SagaInstance]:
+    """Each saga's next step (or compensation), one after another; those that may go on
+    now. The moves past the steps that ran outside a transaction and succeeded are
+    written after them, in one statement (PostgreSQL): such a step is idempotent, as a
+    crash between its effect and its move always required, and runs again if the worker
+    dies before that statement."""
+    defer = len(sagas) > 1 and connections[router.db_for_write(SagaInstance)].vendor == "postgresql"
+    done: list[_Done] = []
+    going_on = [saga for saga in sagas if _advance_one_step(saga, done if defer else None)]
+    if done:
+        going_on += _move_together(done)
+    return going_on
+
+
+# A saga past a step done, not yet moved: the step's name and what it returned.
+_Done = tuple[SagaInstance, str, dict[str, Any] | None]
+
+
+def _move_together(done: list[_Done]) -> list[SagaInstance]:
+    """Write the moves past steps done, in one statement; the sagas that may go on now."""
+    now = timezone.now()
+    moves = [
+        _moved(
+            saga,
+            kind="step_done",
+            step=step,
+            keep_lease=saga.state == SagaInstance.State.RUNNING,
+            result=updates,
+            now=now,
+        )
+        for saga, step, updates in done
+    ]
+    moved = _move_all_and_log(connections[router.db_for_write(SagaInstance)], moves)
+    going_on = []
+    for saga, step, _ in done:
+        if saga.pk not in moved:
+            with _saga_scope(saga):
+                logger.warning("saga_lease_lost", step=saga.current_step)
+            continue
+        _saved_in_batch(saga, step, now)
+        if saga.state == SagaInstance.State.RUNNING:
+            going_on.append(saga)
+    return going_on
+
+
+def _advance_one_step(saga: SagaInstance, done: list[_Done] | None = None) -> bool:
+    """Run the saga's next step (or compensation); whether the one after may run now
+    (False too when its lease was lost). `done`: where a step run outside a transaction
+    that succeeded leaves the saga, not moved yet (see `_run_alone`)."""
+    with _saga_scope(saga):
+        try:
+            return _run_next(saga, _definitions[saga.saga_type], done)
+        except LeaseLost:
+            logger.warning("saga_lease_lost", step=saga.current_step)
+            return False
+
+
+@contextlib.contextmanager
+def _saga_scope(saga: SagaInstance) -> Iterator[None]:
+    """The saga's ids on log lines, and its span in the trace of the request that
+    started it."""
+    with (
+        structlog.contextvars.bound_contextvars(
+            saga_id=str(saga.pk),
+            saga_type=saga.saga_type,
+            correlation_id=saga.context.get("correlation_id"),
+        ),
+        tracing.continue_trace(
+            saga.context.get("traceparent"), f"saga {saga.saga_type}", step=saga.current_step
+        ),
+    ):
+        yield
+
+
+def _run_batch_step(
+    sagas: list[SagaInstance], definition: SagaDefinition, step: Step
+) -> list[SagaInstance]:
+    """Run `step` for `sagas` (all running, at it) with its batch action, their moves in
+    its transaction; those that may go on now. When the batch action or a move fails,
+    nothing of it stays and each saga runs the step alone (its own outcome: done, retry
+    or compensation; one out of stock does not fail the others)."""
+    assert step.batch_action is not None
+    before = [
+        (saga.context, {name: getattr(saga, name) for name in SAVED_FIELDS}) for saga in sagas
+    ]
+    try:
+        with transaction.atomic():
+            results = step.batch_action([dict(saga.context) for saga in sagas])
+            _batch_done(sagas, definition, step, results or [None] * len(sagas))
+    except Exception as exc:
+        for saga, (context, fields) in zip(sagas, before, strict=True):
+            saga.context = context
+            for name, value in fields.items():
+                setattr(saga, name, value)
+        logger.info("saga_batch_step_alone", step=step.name, sagas=len(sagas), error=_describe(exc))
+        return [saga for saga in sagas if _advance_one_step(saga)]
+    return [saga for saga in sagas if saga.state == SagaInstance.State.RUNNING]
+
+
+def _batch_done(
+    sagas: list[SagaInstance],
+    definition: SagaDefinition,
+    step: Step,
+    results: list[dict[str, Any] | None],
+) -> None:
+    """`_action_done` for every saga of a batch step, their moves in one statement."""
+    now = timezone.now()
+    moves = []
+    for saga, updates in zip(sagas, results, strict=True):
+        saga.context = dict(saga.context)  # the one before stays as it was (a rollback)
+        going_on = _past_step(saga, definition, updates, now=now)
+        moves.append(
+            _moved(
+                saga,
+                kind="step_done",
+                step=step.name,
+                keep_lease=going_on,
+                result=updates,
+                now=now,
+            )
+        )
+    db = connections[router.db_for_write(SagaInstance)]
+    moved = len(_move_all_and_log(db, moves))
+    if moved != len(sagas):
+        raise LeaseLost(
+            f"{len(sagas) - moved} of {len(sagas)} sagas: lease lost before {step.name}"
+        )
+    for saga, _, _ in moves:
+        transaction.on_commit(partial(_saved_in_batch, saga, step.name, now), using=db.alias)
+
+
+def _saved_in_batch(saga: SagaInstance, step: str, now: datetime) -> None:
+    """`_saved` for a saga of a batch step, with the saga's ids on its line as alone."""
+    with structlog.contextvars.bound_contextvars(
+        saga_id=str(saga.pk),
+        saga_type=saga.saga_type,
+        correlation_id=saga.context.get("correlation_id"),
+    ):
+        _saved(saga, "step_done", step, "", now)
+
+
+def _run_next(
+    saga: SagaInstance, definition: SagaDefinition, done: list[_Done] | None = None
+) -> bool:
     """Run one step or compensation; True when the next one may run now (lease kept)."""
     if saga.state == SagaInstance.State.RUNNING:
-        return _run_action(saga, definition)
+        return _run_action(saga, definition, done)
     return _run_compensation(saga, definition)
 
 
@@ -327,24 +517,12 @@ def _save(
     the lease (else `LeaseLost`, which aborts the transaction); release the lease, or
     renew it when this task goes on with the next step."""
     now = timezone.now()
-    fence = saga.lease_token
-    saga.updated_at = now
-    if keep_lease:
-        saga.lease_until = now + timedelta(seconds=settings.SAGA_LEASE_SECONDS)
-    else:
-        saga.lease_until = saga.lease_token = None
-    if saga.state not in ACTIVE_STATES:
-        saga.finished_at = now
-        definition = _definitions[saga.saga_type]
-        for key in definition.sensitive_keys:
-            saga.context.pop(key, None)
-    transition = {
-        "at": now, "step": step, "kind": kind, "state": saga.state, "detail": detail,
-        "result": result,
-    }  # fmt: skip
+    _, fence, transition = _moved(
+        saga, kind=kind, step=step, detail=detail, keep_lease=keep_lease, result=result, now=now
+    )
     db = connections[router.db_for_write(SagaInstance)]
     if db.vendor == "postgresql":
-        moved = _move_and_log(db, saga, fence, transition)
+        moved = bool(_move_all_and_log(db, [(saga, fence, transition)]))
     else:
         # In an atomic step's transaction already: no savepoint of its own.
         with transaction.atomic(using=db.alias, savepoint=False):
@@ -361,33 +539,92 @@ def _save(
     transaction.on_commit(partial(_saved, saga, kind, step, detail, now), using=db.alias)
 
 
-def _move_and_log(
-    db: BaseDatabaseWrapper, saga: SagaInstance, fence: uuid.UUID | None, transition: dict[str, Any]
-) -> bool:
-    """The fenced update of the row and the transition's insert in one statement (atomic
-    on its own, no transaction block to open): the row moves only with its log line."""
-    meta, log_meta = SagaInstance._meta, SagaTransition._meta
-    quote = db.ops.quote_name
-    assignments = ", ".join(f"{quote(name)} = %s" for name in SAVED_FIELDS)
-    values = [
-        _concrete_field(SagaInstance, name).get_db_prep_save(getattr(saga, name), db)
-        for name in SAVED_FIELDS
-    ]
-    columns = list(transition)
-    log_values = [
-        _concrete_field(SagaTransition, name).get_db_prep_save(transition[name], db)
-        for name in columns
-    ]
-    # Only names from the models are formatted in; every value is a parameter.
-    sql = (
-        f"WITH moved AS (UPDATE {quote(meta.db_table)} SET {assignments}"  # noqa: S608
-        " WHERE id = %s AND lease_token = %s RETURNING id)"
-        f" INSERT INTO {quote(log_meta.db_table)} (saga_id, {', '.join(map(quote, columns))})"
-        " SELECT id, %s::timestamptz, %s, %s, %s, %s, %s::jsonb FROM moved RETURNING id"
-    )
+# A saga with its new state, the lease token its row must still have, and its transition.
+_Move = tuple[SagaInstance, uuid.UUID | None, dict[str, Any]]
+
+
+def _moved(
+    saga: SagaInstance,
+    *,
+    kind: str,
+    step: str,
+    detail: str = "",
+    keep_lease: bool,
+    result: dict[str, Any] | None,
+    now: datetime,
+) -> _Move:
+    """Set the fields every move sets (lease, times, sensitive keys once finished) and
+    give what `_move_all_and_log` writes."""
+    fence = saga.lease_token
+    saga.updated_at = now
+    if keep_lease:
+        saga.lease_until = now + timedelta(seconds=settings.SAGA_LEASE_SECONDS)
+    else:
+        saga.lease_until = saga.lease_token = None
+    if saga.state not in ACTIVE_STATES:
+        saga.finished_at = now
+        definition = _definitions[saga.saga_type]
+        for key in definition.sensitive_keys:
+            saga.context.pop(key, None)
+    transition = {
+        "at": now, "step": step, "kind": kind, "state": saga.state, "detail": detail,
+        "result": result,
+    }  # fmt: skip
+    return saga, fence, transition
+
+
+def _move_all_and_log(db: BaseDatabaseWrapper, moves: list[_Move]) -> set[uuid.UUID]:
+    """The fenced updates of the sagas' rows and their transitions' inserts in one
+    statement (atomic on its own, no transaction block to open): a row moves only with
+    its log line. Returns the ids of those that moved (the others' leases were lost)."""
+    columns = list(moves[0][2])
+    params: list[Any] = []
+    for saga, fence, transition in moves:
+        params += [saga.pk, fence]
+        params += [
+            _concrete_field(SagaInstance, name).get_db_prep_save(getattr(saga, name), db)
+            for name in SAVED_FIELDS
+        ]
+        params += [
+            _concrete_field(SagaTransition, name).get_db_prep_save(transition[name], db)
+            for name in columns
+        ]
     with prepared_cursor(db.alias) as cursor:
-        cursor.execute(sql, [*values, saga.pk, fence, *log_values])
-        return cursor.fetchone() is not None
+        cursor.execute(_move_sql(db.alias, tuple(columns), len(moves)), params)
+        return {saga_id for (saga_id,) in cursor.fetchall()}
+
+
+@functools.cache
+def _move_sql(alias: str, columns: tuple[str, ...], count: int) -> str:
+    db = connections[alias]
+    quote = db.ops.quote_name
+
+    def cast(model: type[Model], name: str) -> str:
+        # The column's type without its length (assigning checks that).
+        return "%s::" + str(_concrete_field(model, name).db_type(db)).split("(")[0]
+
+    row = ", ".join(
+        [
+            "%s::uuid",
+            "%s::uuid",
+            *(cast(SagaInstance, name) for name in SAVED_FIELDS),
+            *(cast(SagaTransition, name) for name in columns),
+        ]
+    )
+    names = ["id", "fence", *SAVED_FIELDS, *(f"t_{name}" for name in columns)]
+    assignments = ", ".join(f"{quote(name)} = data.{quote(name)}" for name in SAVED_FIELDS)
+    table = quote(SagaInstance._meta.db_table)
+    # Only names and types from the models are formatted in; every value is a parameter.
+    return (
+        f"WITH data ({', '.join(map(quote, names))}) AS"  # noqa: S608
+        f" (VALUES {', '.join([f'({row})'] * count)}),"
+        f" moved AS (UPDATE {table} SET {assignments} FROM data"
+        f" WHERE {table}.id = data.id AND {table}.lease_token = data.fence RETURNING {table}.id)"
+        f" INSERT INTO {quote(SagaTransition._meta.db_table)}"
+        f" (saga_id, {', '.join(map(quote, columns))})"
+        f" SELECT data.id, {', '.join(quote(f't_{name}') for name in columns)}"
+        " FROM data JOIN moved ON moved.id = data.id RETURNING saga_id"
+    )
 
 
 def _saved(saga: SagaInstance, kind: str, step: str, detail: str, now: datetime) -> None:
@@ -418,7 +655,9 @@ def _wait_and_retry(saga: SagaInstance, *, step: str, exc: Exception, kind: str)
     _send_drain(countdown=delay)
 
 
-def _run_action(saga: SagaInstance, definition: SagaDefinition) -> bool:
+def _run_action(
+    saga: SagaInstance, definition: SagaDefinition, done: list[_Done] | None = None
+) -> bool:
     step = definition.steps[saga.current_step]
     try:
         if step.atomic:
@@ -453,22 +692,33 @@ def _run_action(saga: SagaInstance, definition: SagaDefinition) -> bool:
             keep_lease=True,
         )
         return True
+    if done is not None:
+        _past_step(saga, definition, updates, now=timezone.now())
+        done.append((saga, step.name, updates))
+        return False  # goes on once moved
     return _action_done(saga, definition, step, updates)
 
 
 def _action_done(
     saga: SagaInstance, definition: SagaDefinition, step: Step, updates: dict[str, Any] | None
 ) -> bool:
+    going_on = _past_step(saga, definition, updates, now=timezone.now())
+    _save(saga, kind="step_done", step=step.name, keep_lease=going_on, result=updates)
+    return going_on
+
+
+def _past_step(
+    saga: SagaInstance, definition: SagaDefinition, updates: dict[str, Any] | None, *, now: datetime
+) -> bool:
+    """Set the saga's fields for the step after the current one; whether it is running."""
     saga.context.update(updates or {})
     saga.current_step += 1
     saga.attempts = 0
     saga.last_error = ""
-    saga.wake_at = timezone.now()
+    saga.wake_at = now
     if saga.current_step == len(definition.steps):
         saga.state = SagaInstance.State.SUCCEEDED
-    going_on = saga.state == SagaInstance.State.RUNNING
-    _save(saga, kind="step_done", step=step.name, keep_lease=going_on, result=updates)
-    return going_on
+    return saga.state == SagaInstance.State.RUNNING
 
 
 def _run_compensation(saga: SagaInstance, definition: SagaDefinition) -> bool:
