@@ -88,8 +88,16 @@ def test_no_public_function_name_means_two_things():
 # The entities each context's services act on: a service is `<entity>_<action>`.
 SERVICE_ENTITIES = {
     "users": ("user", "address"),
-    "catalog": ("stock", "reservation", "reservations", "product", "products", "category"),
-    "orders": ("order",),
+    "catalog": (
+        "stock",
+        "stocks",
+        "reservation",
+        "reservations",
+        "product",
+        "products",
+        "category",
+    ),
+    "orders": ("order", "orders"),
     "payments": ("payment", "payments", "webhook"),
 }
 
