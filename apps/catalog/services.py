@@ -316,58 +316,19 @@ def reservation_commit(*, reference: str) -> None:
         _commit_row_by_row(reference)
         return
     with transaction.atomic(using=alias, savepoint=False):
-        with prepared_cursor(alias) as cursor:
-            cursor.execute(
-                _COMMIT_SQL,
-                {
-                    "reference": reference,
-                    "active": Reservation.Status.ACTIVE.value,
-                    "committed": Reservation.Status.COMMITTED.value,
-                    "now": timezone.now(),
-                },
-            )
-            rows = cursor.fetchall()
+        rows = _sell(alias, [reference])
         statuses = {status for status, *_ in rows}
         if statuses == {Reservation.Status.ACTIVE}:
-            invalidate_products_on_commit([product_id for _, product_id, *_ in rows])
+            invalidate_products_on_commit([product_id for _, _, product_id, *_ in rows])
             _publish_stock_changed_figures(
-                [(product, sku, on_hand, reserved) for _, product, sku, on_hand, reserved in rows],
+                [
+                    (product, sku, on_hand, reserved)
+                    for _, _, product, sku, on_hand, reserved in rows
+                ],
                 cause="sale",
                 reference=reference,
             )
     _commit_allowed(reference, statuses)
-
-
-# Locks the reference's rows and, when all are active, their stock rows in product order;
-# then sells the units. Returns each line's status before, and its stock figures after.
-_COMMIT_SQL = """
-WITH held AS (
-    SELECT id, product_id, quantity, status FROM catalog_reservation
-    WHERE reference = %(reference)s ORDER BY product_id FOR UPDATE
-),
-go AS (
-    SELECT bool_and(status = %(active)s) AS go FROM held
-),
-stock AS (
-    SELECT product_id FROM catalog_stock
-    WHERE product_id IN (SELECT product_id FROM held) AND (SELECT go FROM go)
-    ORDER BY product_id FOR UPDATE
-),
-sold AS (
-    UPDATE catalog_stock SET on_hand = catalog_stock.on_hand - held.quantity,
-        reserved = catalog_stock.reserved - held.quantity
-    FROM held WHERE catalog_stock.product_id = held.product_id
-    AND catalog_stock.product_id IN (SELECT product_id FROM stock)
-    RETURNING catalog_stock.product_id, catalog_stock.on_hand, catalog_stock.reserved
-),
-marked AS (
-    UPDATE catalog_reservation SET status = %(committed)s, updated_at = %(now)s
-    FROM held WHERE catalog_reservation.id = held.id AND (SELECT go FROM go)
-)
-SELECT held.status, held.product_id, catalog_product.sku, sold.on_hand, sold.reserved
-FROM held JOIN catalog_product ON catalog_product.id = held.product_id
-LEFT JOIN sold USING (product_id) ORDER BY held.product_id
-"""
 
 
 def reservations_commit(*, references: list[tuple[str, Provenance]]) -> None:
@@ -376,25 +337,13 @@ def reservations_commit(*, references: list[tuple[str, Provenance]]) -> None:
     active, and one insert writes their StockChanged events (each with its reference's
     provenance, and its products' figures after the whole sale). Else nothing is written
     and `ReservationsNotMade` raised: each alone then says what stands in the way."""
-    alias = router.db_for_write(Reservation)
-    with prepared_cursor(alias) as cursor:
-        cursor.execute(
-            _COMMIT_ALL_SQL,
-            {
-                "references": [reference for reference, _ in references],
-                "count": len(references),
-                "active": Reservation.Status.ACTIVE.value,
-                "committed": Reservation.Status.COMMITTED.value,
-                "now": timezone.now(),
-            },
-        )
-        rows = cursor.fetchall()
-    if not rows or rows[0][3] is None:  # not sold: sold already, released, missing
+    rows = _sell(router.db_for_write(Reservation), [reference for reference, _ in references])
+    if not rows or rows[0][4] is None:  # not sold: sold already, released, missing
         raise ReservationsNotMade("Not every reservation of the batch could be sold.")
     figures: dict[str, list[tuple[int, str, int, int]]] = defaultdict(list)
-    for reference, product_id, sku, on_hand, reserved in rows:
+    for _, reference, product_id, sku, on_hand, reserved in rows:
         figures[reference].append((product_id, sku, on_hand, reserved))
-    invalidate_products_on_commit(sorted({row[1] for row in rows}))
+    invalidate_products_on_commit(sorted({row[2] for row in rows}))
     publish_all(
         [
             (
@@ -408,11 +357,29 @@ def reservations_commit(*, references: list[tuple[str, Provenance]]) -> None:
     )
 
 
-# `_COMMIT_SQL` for several references: locks their lines and, when every reference has
-# some and all are active, the stock rows of their products in product order; then sells
-# the units. Returns each line with its product's figures after the sale (NULLs when it
-# sold nothing).
-_COMMIT_ALL_SQL = """
+def _sell(alias: str, references: list[str]) -> list[tuple[Any, ...]]:
+    """Sell the references' reservations in one statement, when every reference has lines
+    and all are active (else nothing is written). Each line, by reference and product:
+    (its status before, reference, product id, sku, the product's on hand and reserved
+    after the sale, both None when nothing was sold)."""
+    with prepared_cursor(alias) as cursor:
+        cursor.execute(
+            _SELL_SQL,
+            {
+                "references": references,
+                "count": len(references),
+                "active": Reservation.Status.ACTIVE.value,
+                "committed": Reservation.Status.COMMITTED.value,
+                "now": timezone.now(),
+            },
+        )
+        rows: list[tuple[Any, ...]] = cursor.fetchall()
+    return rows
+
+
+# Locks the references' lines and, when every reference has some and all are active,
+# the stock rows of their products in product order; then sells the units.
+_SELL_SQL = """
 WITH held AS (
     SELECT id, reference, product_id, quantity, status FROM catalog_reservation
     WHERE reference = ANY(%(references)s::text[]) ORDER BY reference, product_id FOR UPDATE
@@ -440,7 +407,8 @@ marked AS (
     UPDATE catalog_reservation SET status = %(committed)s, updated_at = %(now)s
     FROM held WHERE catalog_reservation.id = held.id AND (SELECT go FROM go)
 )
-SELECT held.reference, held.product_id, catalog_product.sku, sold.on_hand, sold.reserved
+SELECT held.status, held.reference, held.product_id, catalog_product.sku, sold.on_hand,
+    sold.reserved
 FROM held JOIN catalog_product ON catalog_product.id = held.product_id
 LEFT JOIN sold USING (product_id) ORDER BY held.reference, held.product_id
 """
